@@ -1,0 +1,1 @@
+//! workfence linux backend (in progress).

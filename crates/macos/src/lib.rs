@@ -1,0 +1,1 @@
+//! workfence macos backend (in progress).

@@ -1,0 +1,1 @@
+//! workfence proxy backend (in progress).

@@ -1,0 +1,1 @@
+//! workfence windows backend (in progress).

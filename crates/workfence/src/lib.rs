@@ -1,0 +1,1 @@
+//! workfence facade (in progress).
