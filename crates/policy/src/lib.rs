@@ -21,6 +21,7 @@ pub mod env;
 pub mod layout;
 mod model;
 pub mod resolve;
+pub mod run;
 pub mod units;
 
 pub use model::{

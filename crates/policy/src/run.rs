@@ -1,0 +1,33 @@
+//! What every backend is asked to run, and the exit-status contract.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit status when the command hit `--timeout`.
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit status when the sandbox could not be set up (one-line reason on stderr).
+pub const EXIT_SETUP: i32 = 125;
+/// Exit status when the command exists but cannot be executed.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+/// Exit status when the command is not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+/// Exit status base for a command killed by a signal (128 + signal number).
+pub const EXIT_SIGNAL_BASE: i32 = 128;
+
+/// One command to run inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    /// argv; `argv[0]` is looked up in the sandbox's `PATH` when it has no slash.
+    pub argv: Vec<OsString>,
+    /// The complete environment of the command (already scrubbed).
+    pub env: Vec<(String, String)>,
+    /// Working directory (canonical).
+    pub cwd: PathBuf,
+    /// Kill the whole tree at this deadline.
+    pub timeout: Option<Duration>,
+    /// Allocate a pseudo-terminal.
+    pub pty: bool,
+    /// Extra fds to inherit (Unix).
+    pub keep_fds: Vec<i32>,
+}
