@@ -1,1 +1,171 @@
-//! workfence windows backend (in progress).
+//! # workfence-windows
+//!
+//! The Windows backend of workfence: the same policy as on Linux, built from a
+//! write-restricted token with a per-workspace capability SID, journaled ACEs, a
+//! hidden offline user whose traffic WFP filters block, and a job object.
+//!
+//! The crate has two halves:
+//! - the **plan** ([`plan()`], [`WindowsPlan`]), pure data that compiles and is tested on
+//!   every OS, and that `workfence explain --target windows` prints;
+//! - the **apply layer** (`#[cfg(windows)]`): setup, the ACL journal, the runner and the
+//!   job, through `windows-sys`, with every `unsafe` block in one `sys` module.
+//!
+//! Supporting pure modules: [`path`] (one comparison key for the many names of a
+//! Windows path), [`cmdline`] (exact `CommandLineToArgvW` and `cmd.exe` quoting),
+//! [`sddl`] (ACEs and DACL edits) and [`journal`].
+//!
+//! ```
+//! use workfence_policy::layout::{FsLayout, RootKind, WritableRoot};
+//! use workfence_policy::{Policy, Source};
+//! use workfence_windows::{plan, RunAs, WindowsContext};
+//!
+//! let policy = Policy::new(r"C:\Users\dev\src\proj");
+//! let layout = FsLayout {
+//!     writable: vec![WritableRoot {
+//!         path: r"C:\Users\dev\src\proj".into(),
+//!         kind: RootKind::Workspace,
+//!         source: Source::Default,
+//!     }],
+//!     protected: vec![],
+//!     hidden: vec![],
+//!     cwd: r"C:\Users\dev\src\proj".into(),
+//!     notes: vec![],
+//! };
+//! let ctx = WindowsContext::example(&policy);
+//! let p = plan(&policy, &layout, &ctx).unwrap();
+//! assert!(matches!(p.run_as, RunAs::OfflineUser { .. }));
+//! assert!(p.to_string().contains("WRITE_RESTRICTED"));
+//!
+//! // A policy that would grant on the profile root is refused.
+//! let mut bad = layout.clone();
+//! bad.writable[0].path = r"C:\Users\dev".into();
+//! assert!(plan(&policy, &bad, &ctx).is_err());
+//! ```
+
+pub mod cmdline;
+mod display;
+mod error;
+pub mod journal;
+pub mod path;
+mod plan;
+pub mod sddl;
+
+#[cfg(windows)]
+mod win;
+
+pub use error::WindowsError;
+pub use plan::{
+    capability_sid_from_bytes, default_shared_roots, plan, sids, to_win, wfp_filters,
+    workspace_id, AcePlan, AcePurpose, EnvPlan, JobSpec, NamedSid, NetworkPlan, Placeholder,
+    RunAs, SandboxUsers, TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer,
+    WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT, GROUP_NAME, JOURNAL_FILE, OFFLINE_USER,
+    ONLINE_USER, REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
+};
+
+use workfence_policy::run::RunRequest;
+use workfence_policy::LayerStatus;
+#[cfg(not(windows))]
+use workfence_policy::Enforcement;
+#[cfg(windows)]
+use workfence_policy::Policy;
+
+/// The first argument that turns a workfence binary into the sandbox runner.
+pub const RUNNER_FLAG: &str = "--workfence-windows-runner";
+
+/// The runner executable's file name, looked up next to the running binary.
+pub const RUNNER_EXE: &str = "workfence-windows-runner.exe";
+
+#[cfg(windows)]
+impl WindowsContext {
+    /// Reads the host: the user, profile, state dir, this workspace's capability SID
+    /// (created on first use) and what `workfence setup` installed.
+    pub fn detect(policy: &Policy) -> Result<Self, WindowsError> {
+        win::detect::detect(policy)
+    }
+}
+
+/// Runs one command under `plan`. Returns the exit status under the contract of
+/// [`workfence_policy::run`]: the command's own code, 124 on timeout, 125 when the
+/// sandbox cannot be set up, 126/127 when the command cannot be executed or found.
+pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
+    #[cfg(windows)]
+    {
+        win::run::run(plan, req)
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = (plan, req);
+        Err(WindowsError::Unsupported)
+    }
+}
+
+/// What this host can enforce, per layer.
+pub fn doctor() -> Vec<LayerStatus> {
+    #[cfg(windows)]
+    {
+        win::detect::doctor()
+    }
+    #[cfg(not(windows))]
+    {
+        vec![LayerStatus {
+            layer: "windows backend".into(),
+            state: Enforcement::None,
+            detail: "unsupported on this OS: the Windows backend runs only on Windows".into(),
+        }]
+    }
+}
+
+/// `workfence setup` (elevated): creates the group, the offline and online users (with
+/// DPAPI-protected credentials) and the offline user's WFP filters. With `uninstall`,
+/// removes all of that and every journaled ACE.
+pub fn setup(uninstall: bool) -> Result<String, WindowsError> {
+    #[cfg(windows)]
+    {
+        if uninstall {
+            win::setup::uninstall()
+        } else {
+            win::setup::install()
+        }
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = uninstall;
+        Err(WindowsError::Unsupported)
+    }
+}
+
+/// `workfence cleanup`: restores every DACL workfence changed (from the journal) and
+/// removes leftover placeholders and temp dirs.
+pub fn cleanup() -> Result<String, WindowsError> {
+    #[cfg(windows)]
+    {
+        win::acl::cleanup()
+    }
+    #[cfg(not(windows))]
+    {
+        Err(WindowsError::Unsupported)
+    }
+}
+
+/// The runner's entry point (the `workfence-windows-runner` binary calls it). It runs
+/// as the sandbox user, reads its request from the pipe named on its command line,
+/// builds the restricted token and starts the command.
+pub fn runner_main() -> i32 {
+    #[cfg(windows)]
+    {
+        win::runner::main()
+    }
+    #[cfg(not(windows))]
+    {
+        eprintln!("workfence: the Windows runner only runs on Windows");
+        workfence_policy::run::EXIT_SETUP
+    }
+}
+
+/// For a host binary that wants to double as the runner (so that no second executable
+/// must be shipped): call this first in `main`; it returns the exit status when the
+/// process was started as the runner.
+pub fn runner_main_if_requested() -> Option<i32> {
+    let first = std::env::args_os().nth(1)?;
+    (first == RUNNER_FLAG).then(runner_main)
+}

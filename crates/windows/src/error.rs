@@ -1,0 +1,121 @@
+//! Errors of the Windows backend. Each names the step and the API that failed, and
+//! says what to do.
+
+use std::path::PathBuf;
+
+use crate::cmdline::CmdLineError;
+use crate::path::PathError;
+use crate::sddl::SddlError;
+
+/// What went wrong in the Windows backend.
+#[derive(Debug, thiserror::Error)]
+pub enum WindowsError {
+    /// Called on an OS other than Windows.
+    #[error("the Windows backend only runs on Windows; use `workfence explain --target windows` to read the plan on this host")]
+    Unsupported,
+
+    /// The policy names a path that cannot be used.
+    #[error("{what}: {source}")]
+    BadPath {
+        /// Which policy entry.
+        what: String,
+        /// Why.
+        #[source]
+        source: PathError,
+    },
+
+    /// The policy would grant access on a path that must never be granted.
+    #[error("refusing to grant {what} on {path}: it is {why}. workfence never adds grants there; name a narrower directory")]
+    DangerousGrant {
+        /// The path.
+        path: String,
+        /// The grant (for example "write").
+        what: String,
+        /// Why it is refused.
+        why: String,
+    },
+
+    /// `workfence setup` has not been run, and the policy needs it.
+    #[error("the sandbox users and network filters are not installed, so {missing} cannot be enforced; run `workfence setup` once from an elevated prompt, or pass --allow-degraded to run without it")]
+    SetupMissing {
+        /// What cannot be enforced.
+        missing: String,
+    },
+
+    /// A command line cannot be represented.
+    #[error("cannot build the command line: {0}")]
+    CommandLine(#[from] CmdLineError),
+
+    /// A DACL could not be edited.
+    #[error("cannot edit the DACL of {path}: {source}")]
+    Dacl {
+        /// The object.
+        path: String,
+        /// Why.
+        #[source]
+        source: SddlError,
+    },
+
+    /// A Win32 call failed.
+    #[error("{step}: {api} failed with Windows error {code} ({message}). {hint}")]
+    Api {
+        /// What workfence was doing.
+        step: String,
+        /// The API.
+        api: &'static str,
+        /// `GetLastError` / returned code.
+        code: u32,
+        /// The system message for the code.
+        message: String,
+        /// What to do about it.
+        hint: String,
+    },
+
+    /// A path to be protected or granted is not what the plan expected (a junction,
+    /// symlink or other reparse point, or it was swapped since planning).
+    #[error("{path} is a reparse point or resolves to {actual}; refusing to change its ACL (it may have been swapped for a junction). Remove the link and run again")]
+    Reparse {
+        /// Planned path.
+        path: String,
+        /// Where it resolves.
+        actual: String,
+    },
+
+    /// The state directory (journal, capability SIDs, credentials) cannot be used.
+    #[error("{step} ({path}): {source}. Check that the directory is yours and writable")]
+    State {
+        /// What workfence was doing.
+        step: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The journal is corrupt.
+    #[error("the ACL journal {path} is unreadable at line {line}: {why}. Keep a copy of it, then run `workfence cleanup`")]
+    Journal {
+        /// The file.
+        path: PathBuf,
+        /// The line.
+        line: usize,
+        /// Why.
+        why: String,
+    },
+
+    /// Setup or uninstall needs administrator rights.
+    #[error("`workfence setup` needs administrator rights: run it from an elevated prompt (Run as administrator)")]
+    NotElevated,
+
+    /// The runner reported an error in the sandbox user's session.
+    #[error("the sandbox runner failed: {0}")]
+    Runner(String),
+}
+
+impl WindowsError {
+    /// The exit status for this error under the contract (setup failures are 125).
+    pub fn exit_code(&self) -> i32 {
+        workfence_policy::run::EXIT_SETUP
+    }
+}

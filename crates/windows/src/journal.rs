@@ -1,0 +1,313 @@
+//! The ACL journal: every DACL change and placeholder, written (and flushed) to the
+//! state directory *before* it is applied, so that `workfence cleanup` can restore the
+//! exact previous DACLs and a crash never leaves an ACE nobody knows about.
+//!
+//! The format is JSON lines, append-only. This module is pure: parsing, and deciding
+//! what is outstanding; the apply layer does the I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Entry {
+    /// About to change a DACL.
+    Intent {
+        /// Change id (increasing).
+        id: u64,
+        /// Unix time, seconds.
+        time: u64,
+        /// Object path.
+        path: String,
+        /// The DACL before the change, as SDDL (`D:...`), exactly as read.
+        before: String,
+        /// The ACEs being added, as SDDL.
+        aces: Vec<String>,
+    },
+    /// The change with this id is in place.
+    Applied {
+        /// Change id.
+        id: u64,
+        /// Unix time.
+        time: u64,
+    },
+    /// The change with this id was undone (or found never to have happened).
+    Restored {
+        /// Change id.
+        id: u64,
+        /// Unix time.
+        time: u64,
+    },
+    /// About to create a placeholder for a missing protected path.
+    Created {
+        /// Change id.
+        id: u64,
+        /// Unix time.
+        time: u64,
+        /// Path.
+        path: String,
+        /// Directory or file.
+        dir: bool,
+    },
+    /// The placeholder with this id is gone.
+    Removed {
+        /// Change id.
+        id: u64,
+        /// Unix time.
+        time: u64,
+    },
+}
+
+impl Entry {
+    /// The entry's change id.
+    pub fn id(&self) -> u64 {
+        match self {
+            Entry::Intent { id, .. }
+            | Entry::Applied { id, .. }
+            | Entry::Restored { id, .. }
+            | Entry::Created { id, .. }
+            | Entry::Removed { id, .. } => *id,
+        }
+    }
+
+    /// One JSON line (without the newline).
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Parses a journal; returns the 1-based line number and reason of the first bad line.
+///
+/// A torn last line (a crash while appending) is ignored: its change was never applied,
+/// because the apply layer writes and flushes the intent first.
+pub fn parse(text: &str) -> Result<Vec<Entry>, (usize, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Entry>(line) {
+            Ok(e) => out.push(e),
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => return Err((i + 1, e.to_string())),
+        }
+    }
+    Ok(out)
+}
+
+/// A DACL change not yet undone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Id.
+    pub id: u64,
+    /// Path.
+    pub path: String,
+    /// Previous DACL.
+    pub before: String,
+    /// ACEs added.
+    pub aces: Vec<String>,
+    /// Whether the `Applied` line was written.
+    pub applied: bool,
+}
+
+/// What the journal says is still in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outstanding {
+    /// Changes applied or possibly half-applied, in id order.
+    pub changes: Vec<Change>,
+    /// Placeholders not yet removed: (id, path, dir).
+    pub placeholders: Vec<(u64, String, bool)>,
+}
+
+impl Outstanding {
+    /// Whether nothing is outstanding.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.placeholders.is_empty()
+    }
+
+    /// Paths to restore, each with the DACL it had before workfence's *first*
+    /// outstanding change to it (later `before`s already hold workfence's ACEs), and
+    /// every change id that the restore undoes.
+    pub fn restore_plan(&self) -> Vec<(String, String, Vec<u64>)> {
+        let mut by_path: BTreeMap<String, (u64, String, Vec<u64>)> = BTreeMap::new();
+        for c in &self.changes {
+            let key = crate::path::fold_case(&c.path);
+            let e = by_path
+                .entry(key)
+                .or_insert_with(|| (c.id, c.before.clone(), Vec::new()));
+            if c.id < e.0 {
+                e.0 = c.id;
+                e.1 = c.before.clone();
+            }
+            e.2.push(c.id);
+        }
+        let mut out: Vec<(u64, String, String, Vec<u64>)> = Vec::new();
+        for c in &self.changes {
+            let key = crate::path::fold_case(&c.path);
+            if let Some((first, before, ids)) = by_path.remove(&key) {
+                out.push((first, c.path.clone(), before, ids));
+            }
+        }
+        // Undo the newest first, so nested paths unwind in reverse order of application.
+        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.into_iter().map(|(_, p, b, ids)| (p, b, ids)).collect()
+    }
+
+    /// Whether `path` already carries an applied change adding exactly these ACEs.
+    pub fn has_applied(&self, path: &str, aces: &[String]) -> bool {
+        let key = crate::path::fold_case(path);
+        let mut have: Vec<&String> = self
+            .changes
+            .iter()
+            .filter(|c| c.applied && crate::path::fold_case(&c.path) == key)
+            .flat_map(|c| c.aces.iter())
+            .collect();
+        have.sort();
+        aces.iter().all(|a| have.binary_search(&a).is_ok())
+    }
+}
+
+/// Folds the entries into what is still in place.
+pub fn outstanding(entries: &[Entry]) -> Outstanding {
+    let mut changes: BTreeMap<u64, Change> = BTreeMap::new();
+    let mut placeholders: BTreeMap<u64, (String, bool)> = BTreeMap::new();
+    for e in entries {
+        match e {
+            Entry::Intent {
+                id,
+                path,
+                before,
+                aces,
+                ..
+            } => {
+                changes.insert(
+                    *id,
+                    Change {
+                        id: *id,
+                        path: path.clone(),
+                        before: before.clone(),
+                        aces: aces.clone(),
+                        applied: false,
+                    },
+                );
+            }
+            Entry::Applied { id, .. } => {
+                if let Some(c) = changes.get_mut(id) {
+                    c.applied = true;
+                }
+            }
+            Entry::Restored { id, .. } => {
+                changes.remove(id);
+            }
+            Entry::Created { id, path, dir, .. } => {
+                placeholders.insert(*id, (path.clone(), *dir));
+            }
+            Entry::Removed { id, .. } => {
+                placeholders.remove(id);
+            }
+        }
+    }
+    Outstanding {
+        changes: changes.into_values().collect(),
+        placeholders: placeholders
+            .into_iter()
+            .map(|(id, (p, d))| (id, p, d))
+            .collect(),
+    }
+}
+
+/// The next free change id.
+pub fn next_id(entries: &[Entry]) -> u64 {
+    entries.iter().map(Entry::id).max().map_or(1, |m| m + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(id: u64, path: &str, before: &str) -> Entry {
+        Entry::Intent {
+            id,
+            time: 1_700_000_000 + id,
+            path: path.into(),
+            before: before.into(),
+            aces: vec![format!("(A;OICI;0x1301bf;;;S-1-5-21-1-2-3-{id})")],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_torn_tail() {
+        let entries = vec![
+            intent(1, "C:\\w", "D:(A;;FA;;;SY)"),
+            Entry::Applied { id: 1, time: 5 },
+            Entry::Created {
+                id: 2,
+                time: 6,
+                path: "C:\\w\\.codex".into(),
+                dir: true,
+            },
+        ];
+        let mut text: String = entries.iter().map(|e| e.to_line() + "\n").collect();
+        assert_eq!(parse(&text).unwrap(), entries);
+        text.push_str("{\"op\":\"appl");
+        assert_eq!(parse(&text).unwrap(), entries);
+        let bad = format!("{{oops\n{text}");
+        assert_eq!(parse(&bad).unwrap_err().0, 1);
+        assert_eq!(next_id(&entries), 3);
+        assert_eq!(next_id(&[]), 1);
+    }
+
+    #[test]
+    fn restore_uses_the_first_before() {
+        let entries = vec![
+            intent(1, "C:\\w", "D:ORIGINAL"),
+            Entry::Applied { id: 1, time: 0 },
+            intent(2, "c:\\W", "D:ORIGINAL+1"),
+            Entry::Applied { id: 2, time: 0 },
+            intent(3, "C:\\w\\.git", "D:GIT"),
+            intent(4, "C:\\gone", "D:X"),
+            Entry::Restored { id: 4, time: 0 },
+            Entry::Created {
+                id: 5,
+                time: 0,
+                path: "C:\\w\\.codex".into(),
+                dir: true,
+            },
+            Entry::Created {
+                id: 6,
+                time: 0,
+                path: "C:\\w\\.mcp.json".into(),
+                dir: false,
+            },
+            Entry::Removed { id: 6, time: 0 },
+        ];
+        let o = outstanding(&entries);
+        assert_eq!(o.changes.len(), 3);
+        assert!(!o.changes[2].applied, "3 was only intended");
+        assert_eq!(
+            o.restore_plan(),
+            vec![
+                ("C:\\w\\.git".to_string(), "D:GIT".to_string(), vec![3]),
+                ("C:\\w".to_string(), "D:ORIGINAL".to_string(), vec![1, 2]),
+            ]
+        );
+        assert_eq!(o.placeholders, vec![(5, "C:\\w\\.codex".to_string(), true)]);
+        assert!(o.has_applied(
+            "C:\\W",
+            &["(A;OICI;0x1301bf;;;S-1-5-21-1-2-3-2)".to_string()]
+        ));
+        assert!(!o.has_applied(
+            "C:\\w\\.git",
+            &["(A;OICI;0x1301bf;;;S-1-5-21-1-2-3-3)".to_string()]
+        ));
+        let mut all = entries.clone();
+        for id in [1, 2, 3] {
+            all.push(Entry::Restored { id, time: 0 });
+        }
+        all.push(Entry::Removed { id: 5, time: 0 });
+        assert!(outstanding(&all).is_empty());
+    }
+}

@@ -1,0 +1,1052 @@
+//! The Windows plan: which token, ACEs, filters, job limits and environment a policy
+//! becomes. Pure data, built and tested on every OS; the apply layer only executes it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+use workfence_policy::layout::{FileKind, FsLayout, Protection};
+use workfence_policy::{Enforcement, LayerStatus, Mode, Network, Policy};
+
+use crate::error::WindowsError;
+use crate::path::WinPath;
+use crate::sddl::{rights, Ace, AceKind, Inherit};
+
+/// The local group both sandbox users belong to.
+pub const GROUP_NAME: &str = "workfence-sandbox";
+/// The hidden local user that runs commands with the network off.
+pub const OFFLINE_USER: &str = "wf-offline";
+/// The hidden local user that runs commands with the network on.
+pub const ONLINE_USER: &str = "wf-online";
+/// The loopback port of workfence's proxy that the offline user may reach.
+pub const DEFAULT_PROXY_PORT: u16 = 47380;
+/// The ACL journal's file name in the state directory.
+pub const JOURNAL_FILE: &str = "acl-journal.jsonl";
+
+/// Well-known SIDs named in plans.
+pub mod sids {
+    /// Everyone.
+    pub const EVERYONE: &str = "S-1-1-0";
+    /// BUILTIN\Users.
+    pub const USERS: &str = "S-1-5-32-545";
+    /// NT AUTHORITY\Authenticated Users.
+    pub const AUTHENTICATED_USERS: &str = "S-1-5-11";
+    /// NT AUTHORITY\SYSTEM.
+    pub const SYSTEM: &str = "S-1-5-18";
+    /// NT AUTHORITY\RESTRICTED.
+    pub const RESTRICTED: &str = "S-1-5-12";
+}
+
+/// What `workfence setup` installed (read from the state directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SandboxUsers {
+    /// The local group.
+    pub group_name: String,
+    /// Its SID.
+    pub group_sid: String,
+    /// The offline user.
+    pub offline_user: String,
+    /// Its SID (the WFP filters match it).
+    pub offline_sid: String,
+    /// The online user.
+    pub online_user: String,
+    /// Its SID.
+    pub online_sid: String,
+    /// The proxy port the filters let through.
+    pub proxy_port: u16,
+}
+
+/// Everything the plan needs to know about the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WindowsContext {
+    /// The invoking user (`DOMAIN\name`).
+    pub user_name: String,
+    /// The invoking user's SID.
+    pub user_sid: String,
+    /// `%USERPROFILE%`.
+    pub profile_dir: String,
+    /// `%SystemRoot%`.
+    pub windows_dir: String,
+    /// `C:\Users`, `C:\Program Files`, `C:\Program Files (x86)`, `C:\ProgramData`:
+    /// shared roots on which nothing is ever granted.
+    pub shared_roots: Vec<String>,
+    /// workfence's state directory (journal, capability SIDs, credentials); never
+    /// writable from the sandbox.
+    pub state_dir: String,
+    /// Parent of the private temp directories.
+    pub temp_root: String,
+    /// A stable id of the workspace (hash of its normalized path).
+    pub workspace_id: String,
+    /// The per-workspace capability SID (random, stored in the state directory).
+    pub capability_sid: String,
+    /// Proxy port for network-off and proxy runs.
+    pub proxy_port: u16,
+    /// What setup installed; `None` when setup has not run.
+    pub users: Option<SandboxUsers>,
+    /// Directories in the profile that the sandbox users may read (toolchains such as
+    /// `.cargo`, `.rustup`), because they cannot read the rest of the profile.
+    pub read_roots: Vec<String>,
+    /// `cmd.exe`, for batch files.
+    pub cmd_exe: String,
+    /// Unix paths in the policy were mapped to this form (explain on a non-Windows host).
+    pub mapped_from_unix: bool,
+}
+
+/// FNV-1a, for stable ids (not a security boundary: the capability SID is random).
+fn fnv64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The workspace id for a normalized workspace path.
+pub fn workspace_id(ws: &WinPath) -> String {
+    format!("{:016x}", fnv64(&ws.key()))
+}
+
+/// A capability SID from 16 random bytes: `S-1-5-21-a-b-c-d`. The form of a machine
+/// or domain account SID, so every tool displays it, but no account has it.
+pub fn capability_sid_from_bytes(b: &[u8; 16]) -> String {
+    let w = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    format!("S-1-5-21-{}-{}-{}-{}", w(0), w(4), w(8), w(12))
+}
+
+/// Maps a policy path to Windows form. On Windows paths are Windows paths; when a
+/// plan is explained on another host, `/home/u/x` and `/Users/u/x` become
+/// `C:\Users\u\x` and other absolute paths `C:\...`, for illustration.
+pub fn to_win(p: &Path) -> Result<WinPath, crate::path::PathError> {
+    let s = p.to_string_lossy();
+    match WinPath::parse(&s) {
+        Ok(w) => Ok(w),
+        Err(e) => {
+            if cfg!(windows) || !s.starts_with('/') {
+                return Err(e);
+            }
+            let mut parts: Vec<&str> = s.split('/').filter(|c| !c.is_empty()).collect();
+            if parts.len() >= 2 && (parts[0] == "home" || parts[0] == "Users") {
+                parts[0] = "Users";
+            }
+            WinPath::parse(&format!("C:\\{}", parts.join("\\")))
+        }
+    }
+}
+
+fn win(p: &Path, what: &str) -> Result<WinPath, WindowsError> {
+    to_win(p).map_err(|source| WindowsError::BadPath {
+        what: what.to_string(),
+        source,
+    })
+}
+
+fn win_str(p: &str, what: &str) -> Result<WinPath, WindowsError> {
+    WinPath::parse(p).map_err(|source| WindowsError::BadPath {
+        what: what.to_string(),
+        source,
+    })
+}
+
+impl WindowsContext {
+    /// A deterministic context for `explain` and snapshots on any host: user `dev`,
+    /// profile `C:\Users\dev` (or the profile the workspace lies in), setup done.
+    pub fn example(policy: &Policy) -> Self {
+        let ws = to_win(&policy.workspace).ok();
+        let user = ws
+            .as_ref()
+            .and_then(|w| match (w.root(), w.components()) {
+                (crate::path::Root::Drive('C'), [users, name, ..])
+                    if users.eq_ignore_ascii_case("Users") =>
+                {
+                    Some(name.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| "dev".to_string());
+        let profile = format!("C:\\Users\\{user}");
+        let id = ws
+            .as_ref()
+            .map(workspace_id)
+            .unwrap_or_else(|| "0".repeat(16));
+        let h = fnv64(&id).to_le_bytes();
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&h);
+        bytes[8..].copy_from_slice(&fnv64(&format!("{id}:cap")).to_le_bytes());
+        let machine = "S-1-5-21-1004336348-1177238915-682003330";
+        WindowsContext {
+            user_name: format!("DEVBOX\\{user}"),
+            user_sid: format!("{machine}-1001"),
+            read_roots: vec![format!("{profile}\\.cargo"), format!("{profile}\\.rustup")],
+            state_dir: format!("{profile}\\AppData\\Local\\workfence"),
+            temp_root: format!("{profile}\\AppData\\Local\\workfence\\tmp"),
+            profile_dir: profile,
+            windows_dir: "C:\\Windows".into(),
+            shared_roots: default_shared_roots('C'),
+            workspace_id: id,
+            capability_sid: capability_sid_from_bytes(&bytes),
+            proxy_port: DEFAULT_PROXY_PORT,
+            users: Some(SandboxUsers {
+                group_name: GROUP_NAME.into(),
+                group_sid: format!("{machine}-1010"),
+                offline_user: OFFLINE_USER.into(),
+                offline_sid: format!("{machine}-1011"),
+                online_user: ONLINE_USER.into(),
+                online_sid: format!("{machine}-1012"),
+                proxy_port: DEFAULT_PROXY_PORT,
+            }),
+            cmd_exe: "C:\\Windows\\System32\\cmd.exe".into(),
+            mapped_from_unix: !cfg!(windows) && policy.workspace.to_string_lossy().starts_with('/'),
+        }
+    }
+
+    /// The same context as if `workfence setup` had not been run.
+    pub fn without_setup(mut self) -> Self {
+        self.users = None;
+        self
+    }
+}
+
+/// The shared roots of a system drive.
+pub fn default_shared_roots(drive: char) -> Vec<String> {
+    ["Users", "Program Files", "Program Files (x86)", "ProgramData"]
+        .iter()
+        .map(|d| format!("{drive}:\\{d}"))
+        .collect()
+}
+
+/// Which account runs the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum RunAs {
+    /// The hidden offline user, whose outbound traffic the WFP filters block.
+    OfflineUser {
+        /// Account name.
+        name: String,
+        /// SID.
+        sid: String,
+    },
+    /// The hidden online user (network on).
+    OnlineUser {
+        /// Account name.
+        name: String,
+        /// SID.
+        sid: String,
+    },
+    /// The invoking user (setup not run, or full access).
+    CurrentUser {
+        /// Account name.
+        name: String,
+        /// SID.
+        sid: String,
+    },
+}
+
+impl RunAs {
+    /// The account's SID.
+    pub fn sid(&self) -> &str {
+        match self {
+            RunAs::OfflineUser { sid, .. }
+            | RunAs::OnlineUser { sid, .. }
+            | RunAs::CurrentUser { sid, .. } => sid,
+        }
+    }
+}
+
+/// A SID in the plan, with a name and the reason it is there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamedSid {
+    /// `S-1-...`, or a description when only known at run time.
+    pub sid: String,
+    /// What it is.
+    pub name: String,
+    /// Why it is (or is not) in the token.
+    pub why: String,
+}
+
+/// The restricted token every command starts with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenSpec {
+    /// `CreateRestrictedToken` flags.
+    pub flags: Vec<&'static str>,
+    /// Restricting SIDs: a write must pass the ACL check for these too.
+    pub restricting_sids: Vec<NamedSid>,
+    /// SIDs deliberately kept out of the restricting list.
+    pub excluded_sids: Vec<NamedSid>,
+    /// The token's default DACL (for objects the command creates without an explicit one).
+    pub default_dacl: Vec<NamedSid>,
+}
+
+/// What an ACE entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcePurpose {
+    /// Write access to a writable root or the temp dir.
+    Write,
+    /// Read access for the sandbox users.
+    Read,
+    /// A protected path.
+    Protect,
+    /// Keeps a protected child from being deleted or renamed through its parent.
+    ProtectChild,
+    /// A hidden path.
+    Hide,
+}
+
+/// One ACE on one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AcePlan {
+    /// Object path.
+    pub path: String,
+    /// The ACE.
+    pub ace: Ace,
+    /// Who the SID is.
+    pub trustee: String,
+    /// What for.
+    pub purpose: AcePurpose,
+    /// Why (for explain).
+    pub why: String,
+    /// Created for the run (placeholder) instead of persistent.
+    pub per_run: bool,
+}
+
+/// A placeholder created for a missing protected path, so that it cannot be created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Placeholder {
+    /// Path.
+    pub path: String,
+    /// Directory (else an empty file).
+    pub dir: bool,
+}
+
+/// A WFP filter layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum WfpLayer {
+    /// `FWPM_LAYER_ALE_AUTH_CONNECT_V4`: outbound connects and first UDP/ICMP sends.
+    AleAuthConnectV4,
+    /// `FWPM_LAYER_ALE_AUTH_CONNECT_V6`.
+    AleAuthConnectV6,
+    /// `FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V4`: inbound connections and datagrams.
+    AleAuthRecvAcceptV4,
+    /// `FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V6`.
+    AleAuthRecvAcceptV6,
+}
+
+/// A filter condition (same-field conditions are OR'ed by WFP, different fields AND'ed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WfpCondition {
+    /// `FWPM_CONDITION_ALE_USER_ID` matches this SID.
+    User(String),
+    /// `FWPM_CONDITION_IP_REMOTE_ADDRESS` is this IPv4 address.
+    RemoteV4([u8; 4]),
+    /// `FWPM_CONDITION_IP_REMOTE_ADDRESS` is this IPv6 address.
+    RemoteV6([u8; 16]),
+    /// `FWPM_CONDITION_IP_REMOTE_PORT` is this port.
+    RemotePort(u16),
+    /// `FWPM_CONDITION_IP_PROTOCOL` is this protocol number.
+    Protocol(u8),
+}
+
+/// Permit or block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WfpAction {
+    /// `FWP_ACTION_PERMIT`
+    Permit,
+    /// `FWP_ACTION_BLOCK`
+    Block,
+}
+
+/// One persistent WFP filter installed by setup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WfpFilter {
+    /// Fixed filter key (GUID), so uninstall removes exactly these.
+    pub key: String,
+    /// Display name.
+    pub name: String,
+    /// Layer.
+    pub layer: WfpLayer,
+    /// Action.
+    pub action: WfpAction,
+    /// Weight in workfence's sublayer (higher is evaluated first).
+    pub weight: u8,
+    /// Conditions.
+    pub conditions: Vec<WfpCondition>,
+}
+
+/// workfence's WFP provider key.
+pub const WFP_PROVIDER_KEY: &str = "6b2f3a10-77c4-4e4f-9a61-776f726b6600";
+/// workfence's WFP sublayer key.
+pub const WFP_SUBLAYER_KEY: &str = "6b2f3a10-77c4-4e4f-9a61-776f726b6601";
+
+/// The filters that confine the offline user (pure, so setup and explain agree).
+pub fn wfp_filters(offline_sid: &str, proxy_port: u16) -> Vec<WfpFilter> {
+    use WfpCondition::*;
+    let user = || User(offline_sid.to_string());
+    let mut out = Vec::new();
+    let mut n = 0u8;
+    let mut add = |name: &str, layer, action, weight, mut conds: Vec<WfpCondition>| {
+        n += 1;
+        conds.insert(0, user());
+        out.push(WfpFilter {
+            key: format!("6b2f3a10-77c4-4e4f-9a61-776f726b66{n:02x}"),
+            name: format!("workfence: {name}"),
+            layer,
+            action,
+            weight,
+            conditions: conds,
+        });
+    };
+    let (c4, c6) = (WfpLayer::AleAuthConnectV4, WfpLayer::AleAuthConnectV6);
+    let mut lo6 = [0u8; 16];
+    lo6[15] = 1;
+    add(
+        "offline user may reach the proxy on 127.0.0.1",
+        c4,
+        WfpAction::Permit,
+        15,
+        vec![RemoteV4([127, 0, 0, 1]), RemotePort(proxy_port), Protocol(6)],
+    );
+    add(
+        "offline user may reach the proxy on ::1",
+        c6,
+        WfpAction::Permit,
+        15,
+        vec![RemoteV6(lo6), RemotePort(proxy_port), Protocol(6)],
+    );
+    for (layer, v) in [(c4, "IPv4"), (c6, "IPv6")] {
+        add(
+            &format!("block DNS ({v})"),
+            layer,
+            WfpAction::Block,
+            14,
+            vec![RemotePort(53), RemotePort(853), RemotePort(5353), RemotePort(5355)],
+        );
+        add(
+            &format!("block SMB and NetBIOS ({v})"),
+            layer,
+            WfpAction::Block,
+            14,
+            vec![RemotePort(445), RemotePort(139), RemotePort(137), RemotePort(138)],
+        );
+        let icmp = if layer == c4 { 1 } else { 58 };
+        add(
+            &format!("block ICMP ({v})"),
+            layer,
+            WfpAction::Block,
+            14,
+            vec![Protocol(icmp)],
+        );
+        add(
+            &format!("block all other outbound traffic, loopback included ({v})"),
+            layer,
+            WfpAction::Block,
+            1,
+            vec![],
+        );
+    }
+    for (layer, v) in [
+        (WfpLayer::AleAuthRecvAcceptV4, "IPv4"),
+        (WfpLayer::AleAuthRecvAcceptV6, "IPv6"),
+    ] {
+        add(
+            &format!("block inbound connections ({v})"),
+            layer,
+            WfpAction::Block,
+            1,
+            vec![],
+        );
+    }
+    out
+}
+
+/// The network part of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkPlan {
+    /// `off`, `on` or `proxy`.
+    pub policy: String,
+    /// Whether the run enforces it.
+    pub enforced: bool,
+    /// How.
+    pub mechanism: String,
+    /// The offline user's filters (installed once by setup; empty without setup).
+    pub filters: Vec<WfpFilter>,
+}
+
+/// Job object settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobSpec {
+    /// `JOBOBJECT_EXTENDED_LIMIT_INFORMATION.BasicLimitInformation.LimitFlags`.
+    pub limit_flags: Vec<&'static str>,
+    /// `ActiveProcessLimit`.
+    pub active_process_limit: u32,
+    /// `JobMemoryLimit`, bytes.
+    pub job_memory_limit: Option<u64>,
+    /// Hard CPU cap in percent of one core (converted to the job's rate at run time).
+    pub cpu_percent: Option<u32>,
+    /// `JOBOBJECT_BASIC_UI_RESTRICTIONS`.
+    pub ui_restrictions: Vec<&'static str>,
+    /// Wall-clock limit in milliseconds (the whole job is terminated, exit 124).
+    pub timeout_ms: Option<u64>,
+}
+
+/// The environment part of the plan (the caller has already scrubbed secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvPlan {
+    /// Variables Windows programs need to start; taken from the host when the caller
+    /// did not pass them.
+    pub required: Vec<&'static str>,
+    /// Set by workfence (TEMP and TMP point at the private temp dir of the run).
+    pub set: BTreeMap<String, String>,
+    /// Names removed (rules, not names: `*^` would defeat cmd.exe escaping).
+    pub removed: Vec<String>,
+}
+
+/// The complete Windows plan for one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WindowsPlan {
+    /// Filesystem mode.
+    pub mode: Mode,
+    /// Workspace.
+    pub workspace: String,
+    /// Working directory.
+    pub cwd: String,
+    /// No sandbox at all (full-access mode): only the job object applies.
+    pub unsandboxed: bool,
+    /// Who runs the command.
+    pub run_as: RunAs,
+    /// How the command is started.
+    pub launch: Vec<String>,
+    /// The restricted token.
+    pub token: Option<TokenSpec>,
+    /// Persistent and per-run ACEs (journaled; `workfence cleanup` undoes them).
+    pub aces: Vec<AcePlan>,
+    /// Placeholders created for each run and removed after it.
+    pub placeholders: Vec<Placeholder>,
+    /// Private temp directory (a fresh subdirectory per run is TEMP and TMP).
+    pub temp_dir: String,
+    /// The ACL journal.
+    pub journal: String,
+    /// Network.
+    pub network: NetworkPlan,
+    /// Job object.
+    pub job: JobSpec,
+    /// Environment.
+    pub env: EnvPlan,
+    /// `pipes` or `conpty`.
+    pub stdio: &'static str,
+    /// `cmd.exe` used for batch files.
+    pub cmd_exe: String,
+    /// The capability SID of this workspace.
+    pub capability_sid: String,
+    /// What each layer gets.
+    pub layers: Vec<LayerStatus>,
+    /// Whether setup is missing, so running needs --allow-degraded.
+    pub needs_setup: bool,
+    /// --allow-degraded.
+    pub allow_degraded: bool,
+    /// Observations (from the layout, and about path mapping).
+    pub notes: Vec<String>,
+}
+
+/// Variables Windows programs need to start (Winsock fails without `SystemRoot`).
+pub const REQUIRED_ENV: &[&str] = &[
+    "SystemRoot",
+    "windir",
+    "SystemDrive",
+    "PATH",
+    "PATHEXT",
+    "ComSpec",
+    "ProgramData",
+    "ProgramFiles",
+    "ProgramFiles(x86)",
+    "ProgramW6432",
+    "CommonProgramFiles",
+    "CommonProgramFiles(x86)",
+    "CommonProgramW6432",
+    "ALLUSERSPROFILE",
+    "PUBLIC",
+    "NUMBER_OF_PROCESSORS",
+    "PROCESSOR_ARCHITECTURE",
+    "PROCESSOR_IDENTIFIER",
+    "OS",
+    "USERPROFILE",
+    "USERNAME",
+    "HOMEDRIVE",
+    "HOMEPATH",
+    "APPDATA",
+    "LOCALAPPDATA",
+    "PSModulePath",
+];
+
+/// Registry hive files: granting on them corrupts or hijacks a profile.
+fn is_hive_file(name: &str) -> bool {
+    let n = crate::path::fold_case(name);
+    n.starts_with("NTUSER.") || n.starts_with("USRCLASS.") || n == "NTUSER.DAT"
+}
+
+struct Guard {
+    windows: WinPath,
+    profile: WinPath,
+    shared: Vec<WinPath>,
+    state: WinPath,
+}
+
+impl Guard {
+    /// Why a grant on `p` is refused, if it is.
+    fn refuse(&self, p: &WinPath) -> Option<String> {
+        if p.is_unc() {
+            return Some("a network share (ACLs there are the server's)".into());
+        }
+        if p.is_root() {
+            return Some("a drive root".into());
+        }
+        if p.starts_with(&self.windows) || self.windows.starts_with(p) {
+            return Some("the Windows directory or one of its ancestors".into());
+        }
+        if self.profile.starts_with(p) {
+            return Some("the user profile root or one of its ancestors".into());
+        }
+        if let Some(s) = self.shared.iter().find(|s| s.starts_with(p)) {
+            return Some(format!("the shared directory {s} or one of its ancestors"));
+        }
+        if p.starts_with(&self.state) || self.state.starts_with(p) {
+            return Some("workfence's own state directory (journal and credentials)".into());
+        }
+        if p.file_name().is_some_and(is_hive_file) {
+            return Some("a registry hive file".into());
+        }
+        if p.components()
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("System Volume Information"))
+        {
+            return Some("a system volume directory".into());
+        }
+        None
+    }
+}
+
+struct AceSink {
+    aces: Vec<AcePlan>,
+}
+
+impl AceSink {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        path: &WinPath,
+        kind: AceKind,
+        sid: &str,
+        trustee: &str,
+        mask: u32,
+        inherit: Inherit,
+        purpose: AcePurpose,
+        why: &str,
+        per_run: bool,
+    ) {
+        let ace = Ace {
+            kind,
+            sid: sid.to_string(),
+            mask,
+            inherit,
+        };
+        let path = path.display_string();
+        if self
+            .aces
+            .iter()
+            .any(|a| a.ace == ace && crate::path::fold_case(&a.path) == crate::path::fold_case(&path))
+        {
+            return;
+        }
+        self.aces.push(AcePlan {
+            path,
+            ace,
+            trustee: trustee.to_string(),
+            purpose,
+            why: why.to_string(),
+            per_run,
+        });
+    }
+}
+
+/// Builds the Windows plan for `policy` with the host layout `layout`.
+pub fn plan(
+    policy: &Policy,
+    layout: &FsLayout,
+    ctx: &WindowsContext,
+) -> Result<WindowsPlan, WindowsError> {
+    let guard = Guard {
+        windows: win_str(&ctx.windows_dir, "the Windows directory")?,
+        profile: win_str(&ctx.profile_dir, "the user profile")?,
+        shared: ctx
+            .shared_roots
+            .iter()
+            .map(|s| win_str(s, "a shared root"))
+            .collect::<Result<_, _>>()?,
+        state: win_str(&ctx.state_dir, "the state directory")?,
+    };
+    let workspace = win(&policy.workspace, "workspace")?;
+    let cwd = win(&layout.cwd, "working directory")?;
+    let temp_dir = win_str(&ctx.temp_root, "the temp root")?
+        .join(&ctx.workspace_id)
+        .map_err(|source| WindowsError::BadPath {
+            what: "temp dir".into(),
+            source,
+        })?;
+    let cap = ctx.capability_sid.as_str();
+    let full = policy.mode == Mode::FullAccess;
+
+    let run_as = match (&ctx.users, &policy.network) {
+        (_, _) if full => current(ctx),
+        (Some(u), Network::On) => RunAs::OnlineUser {
+            name: u.online_user.clone(),
+            sid: u.online_sid.clone(),
+        },
+        (Some(u), _) => RunAs::OfflineUser {
+            name: u.offline_user.clone(),
+            sid: u.offline_sid.clone(),
+        },
+        (None, _) => current(ctx),
+    };
+    let group = ctx.users.as_ref().map(|u| (u.group_sid.as_str(), u.group_name.as_str()));
+    let cap_name = "workfence capability SID of this workspace";
+
+    let mut sink = AceSink { aces: Vec::new() };
+    let mut placeholders = Vec::new();
+    let mut notes = layout.notes.clone();
+    if ctx.mapped_from_unix {
+        notes.push("the policy's Unix paths are shown in Windows form (/home/u/x as C:\\Users\\u\\x) for illustration".into());
+    }
+
+    if !full {
+        // Write grants: both the user/group check and the restricted (capability) check
+        // must pass, so each writable tree gets both.
+        let mut write_roots: Vec<(WinPath, String)> = Vec::new();
+        for w in &layout.writable {
+            let p = win(&w.path, "writable root")?;
+            write_roots.push((p, format!("writable root ({})", w.source)));
+        }
+        write_roots.push((temp_dir.clone(), "private temp dir (TEMP and TMP)".into()));
+        for (p, why) in &write_roots {
+            if let Some(reason) = guard.refuse(p) {
+                return Err(WindowsError::DangerousGrant {
+                    path: p.display_string(),
+                    what: "write access".into(),
+                    why: reason,
+                });
+            }
+            if let Some((gsid, gname)) = group {
+                sink.push(p, AceKind::Allow, gsid, gname, rights::MODIFY, Inherit::Tree, AcePurpose::Write, why, false);
+            }
+            sink.push(p, AceKind::Allow, cap, cap_name, rights::MODIFY, Inherit::Tree, AcePurpose::Write, why, false);
+        }
+        // Read grants: the sandbox users cannot read the invoking user's profile.
+        if let Some((gsid, gname)) = group {
+            let mut reads: Vec<(WinPath, &str)> = vec![(workspace.clone(), "the workspace")];
+            if !write_roots.iter().any(|(r, _)| cwd.starts_with(r)) && !cwd.starts_with(&workspace) {
+                reads.push((cwd.clone(), "the working directory"));
+            }
+            for r in &ctx.read_roots {
+                reads.push((win_str(r, "read root")?, "toolchain directory in the profile"));
+            }
+            for (p, why) in reads {
+                if write_roots.iter().any(|(r, _)| p.starts_with(r)) {
+                    continue;
+                }
+                if let Some(reason) = guard.refuse(&p) {
+                    return Err(WindowsError::DangerousGrant {
+                        path: p.display_string(),
+                        what: "read access".into(),
+                        why: reason,
+                    });
+                }
+                sink.push(&p, AceKind::Allow, gsid, gname, rights::READ_EXECUTE, Inherit::Tree, AcePurpose::Read, why, false);
+            }
+        }
+        // Protected paths: deny writes for the capability SID (the restricted check)
+        // and the group (the normal check).
+        let mut deny_sids = vec![(cap, cap_name)];
+        if let Some(g) = group {
+            deny_sids.push(g);
+        }
+        for pp in &layout.protected {
+            let p = win(&pp.path, "protected path")?;
+            let (mask, inherit, per_run) = match (pp.exists, pp.protection) {
+                (Some(FileKind::Symlink) | Some(FileKind::Other), _) => {
+                    notes.push(format!("{p} is a link or device: not changed; its target is protected where it lies inside a writable root"));
+                    continue;
+                }
+                (Some(FileKind::Dir), Protection::ReadOnly) => (rights::DENY_WRITE, Inherit::Tree, false),
+                (Some(FileKind::Dir), Protection::Pinned) => (rights::DENY_PIN, Inherit::None, false),
+                (Some(FileKind::File), _) => (rights::DENY_WRITE, Inherit::None, false),
+                (None, _) => {
+                    placeholders.push(Placeholder {
+                        path: p.display_string(),
+                        dir: pp.missing_as_dir,
+                    });
+                    let inherit = if pp.missing_as_dir { Inherit::Tree } else { Inherit::None };
+                    (rights::DENY_WRITE, inherit, true)
+                }
+            };
+            for (sid, name) in &deny_sids {
+                sink.push(&p, AceKind::Deny, sid, name, mask, inherit, AcePurpose::Protect, &pp.reason, per_run);
+            }
+            // A parent's FILE_DELETE_CHILD would let the child be deleted or renamed
+            // whatever the child's own DACL says: deny it on the parent too.
+            if let Some(parent) = p.parent() {
+                if write_roots.iter().any(|(r, _)| parent.starts_with(r)) {
+                    for (sid, name) in &deny_sids {
+                        sink.push(&parent, AceKind::Deny, sid, name, rights::FILE_DELETE_CHILD, Inherit::None, AcePurpose::ProtectChild, "parent of a protected path: FILE_DELETE_CHILD would override the child's deny", false);
+                    }
+                }
+            }
+        }
+        // Hidden paths: the normal (read) check sees the user's and group's SIDs only,
+        // so the deny is for the group. Without setup nothing can carry it.
+        if let Some((gsid, gname)) = group {
+            for h in &layout.hidden {
+                let p = win(&h.path, "hidden path")?;
+                if p.is_root() {
+                    continue;
+                }
+                let inherit = if h.kind == FileKind::Dir { Inherit::Tree } else { Inherit::None };
+                sink.push(&p, AceKind::Deny, gsid, gname, rights::DENY_READ, inherit, AcePurpose::Hide, &format!("secret ({})", h.source), false);
+            }
+        }
+    }
+
+    let token = (!full).then(|| token_spec(ctx, &run_as, cap));
+    let network = network_plan(policy, ctx, full);
+    let job = JobSpec {
+        limit_flags: {
+            let mut f = vec![
+                "JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE",
+                "JOB_OBJECT_LIMIT_ACTIVE_PROCESS",
+                "JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION",
+            ];
+            if policy.limits.memory_bytes.is_some() {
+                f.push("JOB_OBJECT_LIMIT_JOB_MEMORY");
+            }
+            f
+        },
+        active_process_limit: policy.limits.max_processes.max(1),
+        job_memory_limit: policy.limits.memory_bytes,
+        cpu_percent: policy.limits.cpu_percent,
+        ui_restrictions: if full {
+            vec![]
+        } else {
+            vec![
+                "JOB_OBJECT_UILIMIT_DESKTOP",
+                "JOB_OBJECT_UILIMIT_DISPLAYSETTINGS",
+                "JOB_OBJECT_UILIMIT_EXITWINDOWS",
+                "JOB_OBJECT_UILIMIT_GLOBALATOMS",
+                "JOB_OBJECT_UILIMIT_HANDLES",
+                "JOB_OBJECT_UILIMIT_READCLIPBOARD",
+                "JOB_OBJECT_UILIMIT_SYSTEMPARAMETERS",
+                "JOB_OBJECT_UILIMIT_WRITECLIPBOARD",
+            ]
+        },
+        timeout_ms: policy
+            .limits
+            .timeout
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let mut set = BTreeMap::new();
+    let run_temp = format!("{}\\run-<id>", temp_dir.display_string());
+    if !full {
+        set.insert("TEMP".to_string(), run_temp.clone());
+        set.insert("TMP".to_string(), run_temp);
+    }
+    if let Network::Proxy(_) = policy.network {
+        let url = format!("http://127.0.0.1:{}", ctx.proxy_port);
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+            set.insert(k.to_string(), url.clone());
+        }
+        set.insert("NO_PROXY".into(), String::new());
+    }
+    let env = EnvPlan {
+        required: REQUIRED_ENV.to_vec(),
+        set,
+        removed: vec!["names ending in ^ (they would defeat cmd.exe escaping of %VAR%)".into()],
+    };
+
+    let needs_setup = ctx.users.is_none() && !full;
+    let mut launch = Vec::new();
+    match &run_as {
+        RunAs::OfflineUser { name, .. } | RunAs::OnlineUser { name, .. } => {
+            launch.push(format!("CreateProcessWithLogonW as .\\{name} (LOGON_WITH_PROFILE, CREATE_SUSPENDED) starts workfence-windows-runner; it is put in the job before it runs"));
+            launch.push("the runner reads the request from a named pipe that only the sandbox group may open, builds the restricted token from its own token and starts the command with CreateProcessAsUserW".into());
+        }
+        RunAs::CurrentUser { .. } if full => {
+            launch.push("CreateProcessW with the invoking user's token (no sandbox), in the job".into());
+        }
+        RunAs::CurrentUser { .. } => {
+            launch.push("workfence builds the restricted token from its own token and starts the command with CreateProcessAsUserW, suspended, in the job".into());
+        }
+    }
+    launch.push("STARTUPINFOEX with PROC_THREAD_ATTRIBUTE_HANDLE_LIST: only the three stdio handles are inherited".into());
+    if policy.pty {
+        launch.push("--pty: a ConPTY (CreatePseudoConsole) instead of pipes, PROC_THREAD_ATTRIBUTE_PSEUDOCONSOLE".into());
+    }
+
+    let layers = layers(policy, ctx, full);
+    Ok(WindowsPlan {
+        mode: policy.mode,
+        workspace: workspace.display_string(),
+        cwd: cwd.display_string(),
+        unsandboxed: full,
+        run_as,
+        launch,
+        token,
+        aces: sink.aces,
+        placeholders,
+        temp_dir: temp_dir.display_string(),
+        journal: format!("{}\\{JOURNAL_FILE}", guard.state.display_string()),
+        network,
+        job,
+        env,
+        stdio: if policy.pty { "conpty" } else { "pipes" },
+        cmd_exe: ctx.cmd_exe.clone(),
+        capability_sid: cap.to_string(),
+        layers,
+        needs_setup,
+        allow_degraded: policy.allow_degraded,
+        notes,
+    })
+}
+
+fn current(ctx: &WindowsContext) -> RunAs {
+    RunAs::CurrentUser {
+        name: ctx.user_name.clone(),
+        sid: ctx.user_sid.clone(),
+    }
+}
+
+fn token_spec(ctx: &WindowsContext, run_as: &RunAs, cap: &str) -> TokenSpec {
+    let logon = NamedSid {
+        sid: "logon SID (read from the token at run time)".into(),
+        name: "logon session".into(),
+        why: "lets the command use its own window station, desktop and console".into(),
+    };
+    let excluded = |sid: &str, name: &str| NamedSid {
+        sid: sid.into(),
+        name: name.into(),
+        why: "kept out: directories writable by it (C:\\ProgramData, C:\\Users\\Public, pipes) would become writable from the sandbox".into(),
+    };
+    let mut default_dacl = vec![
+        NamedSid {
+            sid: run_as.sid().to_string(),
+            name: "token user".into(),
+            why: "GENERIC_ALL on objects the command creates".into(),
+        },
+        NamedSid {
+            sid: cap.into(),
+            name: "capability SID".into(),
+            why: "so the restricted check passes on the command's own objects".into(),
+        },
+        NamedSid {
+            sid: "logon SID".into(),
+            name: "logon session".into(),
+            why: "GENERIC_ALL".into(),
+        },
+        NamedSid {
+            sid: sids::SYSTEM.into(),
+            name: "SYSTEM".into(),
+            why: "GENERIC_ALL".into(),
+        },
+    ];
+    if let RunAs::CurrentUser { .. } = run_as {
+        // Nothing else to add; the invoking user is the token user.
+    } else {
+        default_dacl.push(NamedSid {
+            sid: ctx.user_sid.clone(),
+            name: ctx.user_name.clone(),
+            why: "the invoking user can always manage what the sandbox creates".into(),
+        });
+    }
+    TokenSpec {
+        flags: vec!["WRITE_RESTRICTED", "DISABLE_MAX_PRIVILEGE", "LUA_TOKEN"],
+        restricting_sids: vec![
+            NamedSid {
+                sid: cap.into(),
+                name: "capability SID of this workspace".into(),
+                why: "random, stored in the state dir; only the writable roots and the temp dir grant it".into(),
+            },
+            logon,
+        ],
+        excluded_sids: vec![
+            excluded(sids::EVERYONE, "Everyone"),
+            excluded(sids::USERS, "BUILTIN\\Users"),
+            excluded(sids::AUTHENTICATED_USERS, "Authenticated Users"),
+            excluded(sids::RESTRICTED, "RESTRICTED"),
+        ],
+        default_dacl,
+    }
+}
+
+fn network_plan(policy: &Policy, ctx: &WindowsContext, full: bool) -> NetworkPlan {
+    let filters = ctx
+        .users
+        .as_ref()
+        .map(|u| wfp_filters(&u.offline_sid, u.proxy_port))
+        .unwrap_or_default();
+    let (enforced, mechanism) = match (&policy.network, &ctx.users) {
+        (_, _) if full => (true, "full access: the host network".to_string()),
+        (Network::On, _) => (true, "the host network, unfiltered".to_string()),
+        (Network::Off, Some(u)) => (true, format!("runs as {}; its WFP filters block all traffic (workfence's proxy is not started, so even 127.0.0.1:{} is closed)", u.offline_user, u.proxy_port)),
+        (Network::Proxy(_), Some(u)) => (true, format!("runs as {}; its WFP filters let through only 127.0.0.1:{} and [::1]:{} (workfence's proxy)", u.offline_user, u.proxy_port, u.proxy_port)),
+        (_, None) => (false, "NOT ENFORCED: `workfence setup` has not installed the offline user and its filters".to_string()),
+    };
+    NetworkPlan {
+        policy: policy.network.name().to_string(),
+        enforced,
+        mechanism,
+        filters,
+    }
+}
+
+fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus> {
+    let l = |layer: &str, state, detail: &str| LayerStatus {
+        layer: layer.into(),
+        state,
+        detail: detail.into(),
+    };
+    if full {
+        return vec![
+            l("filesystem writes", Enforcement::None, "full-access mode: no sandbox"),
+            l("secrets (deny-read)", Enforcement::None, "full-access mode: no sandbox"),
+            l("network", Enforcement::None, "full-access mode: no sandbox"),
+            l("processes", Enforcement::Full, "job object (kill on close, timeout)"),
+        ];
+    }
+    let setup = ctx.users.is_some();
+    let net = match (&policy.network, setup) {
+        (Network::On, _) => l("network", Enforcement::Full, "on: nothing to restrict"),
+        (_, true) => l("network", Enforcement::Full, "offline user + WFP filters on its SID"),
+        (_, false) => l("network", Enforcement::None, "not enforced: run `workfence setup` (elevated) to install the offline user and its WFP filters"),
+    };
+    vec![
+        l("filesystem writes", Enforcement::Full, "write-restricted token + capability SID ACEs; deny ACEs on protected paths"),
+        if setup {
+            l("secrets (deny-read)", Enforcement::Full, "sandbox user cannot read the profile; deny-read ACEs for the sandbox group")
+        } else {
+            l("secrets (deny-read)", Enforcement::None, "not enforced: a write-restricted token of the invoking user still reads its files; run `workfence setup` to run as a sandbox user")
+        },
+        net,
+        l("processes", Enforcement::Full, "job object: kill on close, no breakaway, process limit, UI limits"),
+    ]
+}
+
+impl WindowsPlan {
+    /// What is not enforced (empty when every layer is).
+    pub fn degraded(&self) -> Vec<&LayerStatus> {
+        if self.unsandboxed {
+            return Vec::new();
+        }
+        self.layers
+            .iter()
+            .filter(|l| l.state != Enforcement::Full)
+            .collect()
+    }
+}

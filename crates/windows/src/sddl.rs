@@ -1,0 +1,463 @@
+//! ACEs as pure data, and DACL edits on SDDL text.
+//!
+//! The apply layer reads a DACL as SDDL (`ConvertSecurityDescriptorToStringSecurityDescriptorW`),
+//! journals that exact text, edits it here and converts it back. Keeping the edit pure
+//! means the ordering rules (explicit deny, explicit allow, inherited) and the
+//! idempotence and undo logic are tested on any OS.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// File access rights (winnt.h), named for the plan.
+pub mod rights {
+    /// Read data / list directory.
+    pub const FILE_READ_DATA: u32 = 0x1;
+    /// Write data / add file.
+    pub const FILE_WRITE_DATA: u32 = 0x2;
+    /// Append data / add subdirectory.
+    pub const FILE_APPEND_DATA: u32 = 0x4;
+    /// Read extended attributes.
+    pub const FILE_READ_EA: u32 = 0x8;
+    /// Write extended attributes.
+    pub const FILE_WRITE_EA: u32 = 0x10;
+    /// Execute / traverse.
+    pub const FILE_EXECUTE: u32 = 0x20;
+    /// Delete a child, whatever the child's own DACL says.
+    pub const FILE_DELETE_CHILD: u32 = 0x40;
+    /// Read attributes.
+    pub const FILE_READ_ATTRIBUTES: u32 = 0x80;
+    /// Write attributes (timestamps, read-only bit).
+    pub const FILE_WRITE_ATTRIBUTES: u32 = 0x100;
+    /// Delete (and rename).
+    pub const DELETE: u32 = 0x1_0000;
+    /// Read the security descriptor.
+    pub const READ_CONTROL: u32 = 0x2_0000;
+    /// Change the DACL.
+    pub const WRITE_DAC: u32 = 0x4_0000;
+    /// Take ownership.
+    pub const WRITE_OWNER: u32 = 0x8_0000;
+    /// Wait on the handle.
+    pub const SYNCHRONIZE: u32 = 0x10_0000;
+    /// `icacls (M)`: read, write, execute, delete; no DELETE_CHILD, WRITE_DAC or WRITE_OWNER.
+    pub const MODIFY: u32 = 0x1301bf;
+    /// `icacls (RX)`.
+    pub const READ_EXECUTE: u32 = 0x1200a9;
+    /// Everything that changes an object or lets it be replaced.
+    pub const DENY_WRITE: u32 = FILE_WRITE_DATA
+        | FILE_APPEND_DATA
+        | FILE_WRITE_EA
+        | FILE_DELETE_CHILD
+        | FILE_WRITE_ATTRIBUTES
+        | DELETE
+        | WRITE_DAC
+        | WRITE_OWNER;
+    /// The object cannot be renamed, deleted or re-permissioned; its contents stay writable.
+    pub const DENY_PIN: u32 = DELETE | WRITE_DAC | WRITE_OWNER;
+    /// Contents cannot be read or listed, nor executed.
+    pub const DENY_READ: u32 = FILE_READ_DATA | FILE_READ_EA | FILE_EXECUTE;
+
+    const NAMES: &[(u32, &str)] = &[
+        (FILE_READ_DATA, "READ_DATA"),
+        (FILE_WRITE_DATA, "WRITE_DATA"),
+        (FILE_APPEND_DATA, "APPEND_DATA"),
+        (FILE_READ_EA, "READ_EA"),
+        (FILE_WRITE_EA, "WRITE_EA"),
+        (FILE_EXECUTE, "EXECUTE"),
+        (FILE_DELETE_CHILD, "DELETE_CHILD"),
+        (FILE_READ_ATTRIBUTES, "READ_ATTRIBUTES"),
+        (FILE_WRITE_ATTRIBUTES, "WRITE_ATTRIBUTES"),
+        (DELETE, "DELETE"),
+        (READ_CONTROL, "READ_CONTROL"),
+        (WRITE_DAC, "WRITE_DAC"),
+        (WRITE_OWNER, "WRITE_OWNER"),
+        (SYNCHRONIZE, "SYNCHRONIZE"),
+    ];
+
+    /// A readable name for a mask (`MODIFY`, or the list of bits).
+    pub fn describe(mask: u32) -> String {
+        match mask {
+            MODIFY => return "MODIFY".into(),
+            READ_EXECUTE => return "READ_EXECUTE".into(),
+            _ => {}
+        }
+        NAMES
+            .iter()
+            .filter(|(b, _)| mask & b != 0)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AceKind {
+    /// `A`
+    Allow,
+    /// `D`
+    Deny,
+}
+
+/// Inheritance of an ACE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Inherit {
+    /// This object only (files, or a directory node itself).
+    None,
+    /// This directory, its subdirectories and files (`OICI`).
+    Tree,
+}
+
+/// One access-control entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ace {
+    /// Allow or deny.
+    pub kind: AceKind,
+    /// Trustee SID (`S-1-...`).
+    pub sid: String,
+    /// Access mask.
+    pub mask: u32,
+    /// Inheritance.
+    pub inherit: Inherit,
+}
+
+impl Ace {
+    /// The SDDL form, for example `(D;OICI;0xd0156;;;S-1-5-21-1-2-3-4)`.
+    pub fn sddl(&self) -> String {
+        format!(
+            "({};{};{:#x};;;{})",
+            match self.kind {
+                AceKind::Allow => "A",
+                AceKind::Deny => "D",
+            },
+            match self.inherit {
+                Inherit::None => "",
+                Inherit::Tree => "OICI",
+            },
+            self.mask,
+            self.sid
+        )
+    }
+}
+
+impl fmt::Display for Ace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.sddl())
+    }
+}
+
+/// Why a DACL cannot be edited.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SddlError {
+    /// Not a `D:` string.
+    #[error("unexpected DACL text {0:?}")]
+    Malformed(String),
+    /// A NULL DACL grants everyone everything; adding ACEs would change that wholesale.
+    #[error("the object has a NULL DACL (full access for everyone); set a real DACL on it first")]
+    NullDacl,
+}
+
+/// One ACE as read back from Windows (which may spell masks as letter codes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ParsedAce {
+    text: String,
+    kind: Option<AceKind>,
+    inherited: bool,
+    inherit: Option<Inherit>,
+    mask: Option<u32>,
+    sid: String,
+}
+
+const RIGHT_CODES: &[(&str, u32)] = &[
+    ("GA", 0x1000_0000),
+    ("GR", 0x8000_0000),
+    ("GW", 0x4000_0000),
+    ("GX", 0x2000_0000),
+    ("RC", 0x2_0000),
+    ("SD", 0x1_0000),
+    ("WD", 0x4_0000),
+    ("WO", 0x8_0000),
+    ("RP", 0x10),
+    ("WP", 0x20),
+    ("CC", 0x1),
+    ("DC", 0x2),
+    ("LC", 0x4),
+    ("SW", 0x8),
+    ("LO", 0x80),
+    ("DT", 0x40),
+    ("CR", 0x100),
+    ("FA", 0x1f_01ff),
+    ("FR", 0x12_0089),
+    ("FW", 0x12_0116),
+    ("FX", 0x12_00a0),
+];
+
+fn parse_mask(s: &str) -> Option<u32> {
+    let s = s.trim();
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        return u32::from_str_radix(hex, 16).ok();
+    }
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok();
+    }
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let mut mask = 0;
+    for chunk in s.as_bytes().chunks(2) {
+        let code = std::str::from_utf8(chunk).ok()?;
+        mask |= RIGHT_CODES.iter().find(|(c, _)| *c == code)?.1;
+    }
+    Some(mask)
+}
+
+fn parse_ace(text: &str) -> ParsedAce {
+    let inner = text.trim_start_matches('(').trim_end_matches(')');
+    let f: Vec<&str> = inner.split(';').collect();
+    let kind = match f.first().copied() {
+        Some("A") => Some(AceKind::Allow),
+        Some("D") => Some(AceKind::Deny),
+        _ => None,
+    };
+    let flags = f.get(1).copied().unwrap_or("");
+    let mut codes = Vec::new();
+    for c in flags.as_bytes().chunks(2) {
+        codes.push(std::str::from_utf8(c).unwrap_or(""));
+    }
+    let inherited = codes.contains(&"ID");
+    let rest: Vec<&str> = codes.iter().copied().filter(|c| *c != "ID").collect();
+    let inherit = match rest.as_slice() {
+        [] => Some(Inherit::None),
+        ["OI", "CI"] | ["CI", "OI"] => Some(Inherit::Tree),
+        _ => None,
+    };
+    ParsedAce {
+        text: text.to_string(),
+        kind,
+        inherited,
+        inherit,
+        mask: f.get(2).and_then(|m| parse_mask(m)),
+        sid: f.get(5).map(|s| s.to_ascii_uppercase()).unwrap_or_default(),
+    }
+}
+
+impl ParsedAce {
+    fn same_as(&self, ace: &Ace) -> bool {
+        !self.inherited
+            && self.kind == Some(ace.kind)
+            && self.inherit == Some(ace.inherit)
+            && self.mask == Some(ace.mask)
+            && self.sid == ace.sid.to_ascii_uppercase()
+    }
+}
+
+/// A DACL in SDDL form, split into its flags and ACE strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dacl {
+    /// `P`, `AI`, `AR` flags, as written.
+    pub flags: String,
+    aces: Vec<ParsedAce>,
+}
+
+impl Dacl {
+    /// Parses the `D:` part of an SDDL string (other parts are ignored).
+    pub fn parse(sddl: &str) -> Result<Dacl, SddlError> {
+        let start = sddl
+            .find("D:")
+            .ok_or_else(|| SddlError::Malformed(sddl.to_string()))?;
+        let body = &sddl[start + 2..];
+        if body.starts_with("NO_ACCESS_CONTROL") {
+            return Err(SddlError::NullDacl);
+        }
+        let flags_end = body.find('(').unwrap_or(body.len());
+        let flags = body[..flags_end].to_string();
+        if flags.contains(':') {
+            // `D:S:...`: an empty DACL followed by a SACL.
+            let flags = flags.split(':').next().unwrap_or("");
+            let flags = flags.strip_suffix('S').unwrap_or(flags).to_string();
+            return Ok(Dacl {
+                flags,
+                aces: Vec::new(),
+            });
+        }
+        let mut aces = Vec::new();
+        let mut depth = 0usize;
+        let mut cur = String::new();
+        for c in body[flags_end..].chars() {
+            match c {
+                '(' => {
+                    depth += 1;
+                    cur.push(c);
+                }
+                ')' => {
+                    depth = depth
+                        .checked_sub(1)
+                        .ok_or_else(|| SddlError::Malformed(sddl.to_string()))?;
+                    cur.push(c);
+                    if depth == 0 {
+                        aces.push(parse_ace(&cur));
+                        cur.clear();
+                    }
+                }
+                _ if depth == 0 => break, // start of `S:` or end
+                _ => cur.push(c),
+            }
+        }
+        if depth != 0 {
+            return Err(SddlError::Malformed(sddl.to_string()));
+        }
+        Ok(Dacl { flags, aces })
+    }
+
+    /// The SDDL text (`D:<flags><aces>`).
+    pub fn to_sddl(&self) -> String {
+        let mut s = format!("D:{}", self.flags);
+        for a in &self.aces {
+            s.push_str(&a.text);
+        }
+        s
+    }
+
+    /// Whether the DACL already holds this exact explicit ACE.
+    pub fn contains(&self, ace: &Ace) -> bool {
+        self.aces.iter().any(|a| a.same_as(ace))
+    }
+
+    /// Adds the ACEs that are missing, in canonical order: explicit denies first,
+    /// then explicit allows, then inherited ACEs. Returns the ACEs added.
+    pub fn add(&mut self, new: &[Ace]) -> Vec<Ace> {
+        let mut added = Vec::new();
+        for ace in new {
+            if self.contains(ace) || added.contains(ace) {
+                continue;
+            }
+            added.push(ace.clone());
+            let parsed = parse_ace(&ace.sddl());
+            let pos = match ace.kind {
+                AceKind::Deny => 0,
+                AceKind::Allow => self
+                    .aces
+                    .iter()
+                    .position(|a| a.inherited)
+                    .unwrap_or(self.aces.len()),
+            };
+            self.aces.insert(pos, parsed);
+        }
+        added
+    }
+
+    /// Removes explicit ACEs equal to any of `aces`; returns how many were removed.
+    pub fn remove(&mut self, aces: &[Ace]) -> usize {
+        let before = self.aces.len();
+        self.aces.retain(|a| !aces.iter().any(|x| a.same_as(x)));
+        before - self.aces.len()
+    }
+
+    /// Removes every explicit ACE naming `sid` (for uninstall of orphaned SIDs).
+    pub fn remove_sid(&mut self, sid: &str) -> usize {
+        let sid = sid.to_ascii_uppercase();
+        let before = self.aces.len();
+        self.aces.retain(|a| a.inherited || a.sid != sid);
+        before - self.aces.len()
+    }
+
+    /// Whether the DACL is protected from inheritance (`P` flag).
+    pub fn protected(&self) -> bool {
+        self.flags.contains('P')
+    }
+
+    /// The number of ACEs.
+    pub fn len(&self) -> usize {
+        self.aces.len()
+    }
+
+    /// Whether there are no ACEs (an empty DACL denies everyone).
+    pub fn is_empty(&self) -> bool {
+        self.aces.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: &str = "S-1-5-21-11-22-33-44";
+
+    fn ace(kind: AceKind, mask: u32, inherit: Inherit) -> Ace {
+        Ace {
+            kind,
+            sid: CAP.into(),
+            mask,
+            inherit,
+        }
+    }
+
+    #[test]
+    fn ace_text() {
+        assert_eq!(
+            ace(AceKind::Deny, rights::DENY_WRITE, Inherit::Tree).sddl(),
+            "(D;OICI;0xd0156;;;S-1-5-21-11-22-33-44)"
+        );
+        assert_eq!(
+            ace(AceKind::Allow, rights::MODIFY, Inherit::None).sddl(),
+            "(A;;0x1301bf;;;S-1-5-21-11-22-33-44)"
+        );
+        assert_eq!(rights::describe(rights::DENY_PIN), "DELETE|WRITE_DAC|WRITE_OWNER");
+    }
+
+    #[test]
+    fn canonical_insertion_and_undo() {
+        let before = "D:AI(A;;FA;;;SY)(A;OICIID;FA;;;BA)(A;OICIID;0x1301bf;;;AU)";
+        let mut d = Dacl::parse(before).unwrap();
+        let deny = ace(AceKind::Deny, rights::DENY_WRITE, Inherit::Tree);
+        let allow = ace(AceKind::Allow, rights::MODIFY, Inherit::Tree);
+        assert_eq!(d.add(&[allow.clone(), deny.clone()]).len(), 2);
+        assert_eq!(
+            d.to_sddl(),
+            format!("D:AI{}(A;;FA;;;SY){}(A;OICIID;FA;;;BA)(A;OICIID;0x1301bf;;;AU)", deny.sddl(), allow.sddl())
+        );
+        // Idempotent.
+        assert!(d.add(&[allow.clone(), deny.clone()]).is_empty());
+        assert_eq!(d.remove(&[allow, deny]), 2);
+        assert_eq!(d.to_sddl(), before);
+    }
+
+    #[test]
+    fn letter_codes_are_understood() {
+        // Windows may print our masks as letter codes; they still match.
+        let d = Dacl::parse(&format!(
+            "O:BAD:P(D;CIOI;DCLCRPDTCRSDWDWO;;;{})(A;;SDWDWO;;;{})",
+            CAP.to_lowercase(),
+            CAP
+        ))
+        .unwrap();
+        assert!(d.protected());
+        assert!(d.contains(&ace(AceKind::Deny, rights::DENY_WRITE, Inherit::Tree)));
+        assert!(d.contains(&ace(AceKind::Allow, rights::DENY_PIN, Inherit::None)));
+        assert!(!d.contains(&ace(AceKind::Allow, rights::DENY_PIN, Inherit::Tree)));
+    }
+
+    #[test]
+    fn inherited_copies_do_not_count() {
+        let d = Dacl::parse(&format!("D:(A;OICIID;0x1301bf;;;{CAP})")).unwrap();
+        assert!(!d.contains(&ace(AceKind::Allow, rights::MODIFY, Inherit::Tree)));
+        let mut d2 = d.clone();
+        assert_eq!(d2.remove_sid(CAP), 0);
+    }
+
+    #[test]
+    fn odd_dacls() {
+        assert_eq!(Dacl::parse("D:NO_ACCESS_CONTROL"), Err(SddlError::NullDacl));
+        assert!(Dacl::parse("O:BA").is_err());
+        assert!(Dacl::parse("D:(A;;FA;;;SY").is_err());
+        let empty = Dacl::parse("D:P").unwrap();
+        assert!(empty.is_empty() && empty.protected());
+        let with_sacl = Dacl::parse("D:(A;;FA;;;SY)S:(AU;FA;FA;;;WD)").unwrap();
+        assert_eq!(with_sacl.to_sddl(), "D:(A;;FA;;;SY)");
+        // Conditional ACEs nest parentheses.
+        let cond = Dacl::parse("D:(XA;;FX;;;WD;(@User.x == 1))(A;;FA;;;SY)").unwrap();
+        assert_eq!(cond.len(), 2);
+    }
+}
