@@ -1,1 +1,272 @@
-fn main() {}
+//! `workfence`: run a command inside an OS-enforced sandbox.
+//!
+//! A thin layer over the `workfence` library: argument parsing, exit codes and
+//! messages. Every error of workfence itself exits 125 with a one-line reason.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use workfence::policy::resolve::CliOverrides;
+use workfence::policy::run::EXIT_SETUP;
+use workfence::policy::units::{parse_duration, parse_size};
+use workfence::policy::{Enforcement, Mode, Network};
+use workfence::Target;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "workfence",
+    version,
+    about = "Run commands inside an OS-enforced sandbox: writes only to the workspace, secrets hidden, network off, every descendant contained."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run COMMAND inside the sandbox.
+    Run {
+        #[command(flatten)]
+        opts: RunOpts,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
+    /// Show what this host can enforce, and how to fix what is missing.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective policy (and where each value came from) and the platform plan.
+    Explain {
+        #[command(flatten)]
+        opts: RunOpts,
+        /// Print the plan for another OS.
+        #[arg(long, value_enum)]
+        target: Option<TargetArg>,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum TargetArg {
+    Linux,
+    Macos,
+    Windows,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum ModeArg {
+    ReadOnly,
+    WorkspaceWrite,
+    FullAccess,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum NetArg {
+    Off,
+    On,
+}
+
+#[derive(Args, Debug)]
+struct RunOpts {
+    /// Workspace root (default: the current directory). Writable in workspace-write mode.
+    #[arg(short = 'C', long = "workspace", value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// Working directory of the command (default: the workspace).
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Filesystem mode.
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// An extra writable root (repeatable).
+    #[arg(long = "allow-write", value_name = "PATH")]
+    allow_write: Vec<PathBuf>,
+    /// An extra hidden path (repeatable).
+    #[arg(long = "deny-read", value_name = "PATH")]
+    deny_read: Vec<PathBuf>,
+    /// Network access.
+    #[arg(long, value_enum)]
+    network: Option<NetArg>,
+    /// Kill the whole process tree after this long (30s, 5m, 1h30m).
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Keep an environment variable that looks like a secret (repeatable).
+    #[arg(long = "env-keep", value_name = "NAME")]
+    env_keep: Vec<String>,
+    /// Set an environment variable (repeatable).
+    #[arg(long = "env-set", value_name = "NAME=VALUE")]
+    env_set: Vec<String>,
+    /// A named profile from the user config.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// Run even where a layer cannot be enforced, and report what is not.
+    #[arg(long = "allow-degraded")]
+    allow_degraded: bool,
+    /// Also pass this file descriptor to the command (repeatable).
+    #[arg(long = "keep-fd", value_name = "N")]
+    keep_fd: Vec<i32>,
+    /// Allocate a pseudo-terminal for interactive programs.
+    #[arg(long)]
+    pty: bool,
+    /// Cap on the number of processes inside the sandbox.
+    #[arg(long = "max-processes", value_name = "N")]
+    max_processes: Option<u32>,
+    /// Memory limit (512M, 4G); needs cgroup v2 delegation.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+}
+
+impl RunOpts {
+    fn overrides(self) -> anyhow::Result<CliOverrides> {
+        let timeout = match &self.timeout {
+            Some(t) => Some(
+                parse_duration(t)
+                    .map_err(anyhow::Error::msg)
+                    .context("--timeout")?,
+            ),
+            None => None,
+        };
+        let memory_bytes = match &self.memory {
+            Some(m) => Some(
+                parse_size(m)
+                    .map_err(anyhow::Error::msg)
+                    .context("--memory")?,
+            ),
+            None => None,
+        };
+        let mut env_set = Vec::new();
+        for kv in &self.env_set {
+            let Some((k, v)) = kv.split_once('=') else {
+                bail!("--env-set: '{kv}' is not NAME=VALUE");
+            };
+            env_set.push((k.to_string(), v.to_string()));
+        }
+        for fd in &self.keep_fd {
+            if *fd < 3 {
+                bail!("--keep-fd {fd}: fds 0-2 are always passed; name fds 3 and above");
+            }
+        }
+        if let Some(m) = self.max_processes {
+            if m < 8 {
+                bail!("--max-processes {m}: must be at least 8");
+            }
+        }
+        for (flag, paths) in [
+            ("--allow-write", &self.allow_write),
+            ("--deny-read", &self.deny_read),
+        ] {
+            if paths.iter().any(|p| p.as_os_str().is_empty()) {
+                bail!("{flag}: empty path");
+            }
+        }
+        Ok(CliOverrides {
+            profile: self.profile,
+            workspace: self.workspace,
+            cwd: self.cwd,
+            mode: self.mode.map(|m| match m {
+                ModeArg::ReadOnly => Mode::ReadOnly,
+                ModeArg::WorkspaceWrite => Mode::WorkspaceWrite,
+                ModeArg::FullAccess => Mode::FullAccess,
+            }),
+            network: self.network.map(|n| match n {
+                NetArg::Off => Network::Off,
+                NetArg::On => Network::On,
+            }),
+            allow_write: self.allow_write,
+            deny_read: self.deny_read,
+            timeout,
+            env_keep: self.env_keep,
+            env_set,
+            allow_degraded: self.allow_degraded,
+            keep_fds: self.keep_fd,
+            pty: self.pty,
+            max_processes: self.max_processes,
+            memory_bytes,
+        })
+    }
+}
+
+fn run_cmd(opts: RunOpts, command: Vec<OsString>) -> anyhow::Result<i32> {
+    let resolved = workfence::load_policy(opts.overrides()?)?;
+    for w in &resolved.warnings {
+        eprintln!("workfence: warning: {w}");
+    }
+    Ok(workfence::run(&resolved.policy, command)?)
+}
+
+fn doctor(json: bool) -> i32 {
+    let checks = workfence::doctor();
+    let ok = checks
+        .iter()
+        .all(|c| c.state == Enforcement::Full || c.layer == "memory/cpu limits");
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).unwrap_or_default()
+        );
+    } else {
+        for c in &checks {
+            let mark = match c.state {
+                Enforcement::Full => "ok     ",
+                Enforcement::Partial => "partial",
+                Enforcement::None => "MISSING",
+            };
+            println!("[{mark}] {}: {}", c.layer, c.detail);
+        }
+        println!();
+        if ok {
+            println!("The default policy is fully enforceable on this host.");
+        } else {
+            println!("The default policy is NOT fully enforceable here: workfence refuses to run unless --allow-degraded is given.");
+        }
+    }
+    if ok {
+        0
+    } else {
+        1
+    }
+}
+
+fn explain(opts: RunOpts, target: Option<TargetArg>) -> anyhow::Result<i32> {
+    let resolved = workfence::load_policy(opts.overrides()?)?;
+    let target = match target {
+        None => Target::current(),
+        Some(TargetArg::Linux) => Target::Linux,
+        Some(TargetArg::Macos) => Target::Macos,
+        Some(TargetArg::Windows) => Target::Windows,
+    };
+    print!("{}", workfence::explain(&resolved, target)?);
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => EXIT_SETUP,
+            };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    let r = match cli.command {
+        Cmd::Run { opts, command } => run_cmd(opts, command),
+        Cmd::Doctor { json } => Ok(doctor(json)),
+        Cmd::Explain { opts, target } => explain(opts, target),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("workfence: {msg}");
+            ExitCode::from(EXIT_SETUP as u8)
+        }
+    }
+}

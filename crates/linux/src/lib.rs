@@ -1,1 +1,90 @@
-//! workfence linux backend (in progress).
+//! # workfence-linux
+//!
+//! The Linux backend of workfence. A [`Policy`](workfence_policy::Policy) and its
+//! [`FsLayout`](workfence_policy::layout::FsLayout) compile into a [`LinuxPlan`]: a pure
+//! list of mount steps, Landlock rules and seccomp rules. On Linux the plan is then
+//! applied by a small supervisor that is pid 1 of fresh user, mount, pid, network,
+//! IPC, UTS and cgroup namespaces. Without user namespaces, and only when the policy
+//! allows degraded mode, it runs with Landlock and seccomp alone and lists what is
+//! not enforced.
+//!
+//! The plan layer compiles and is tested on every OS:
+//!
+//! ```
+//! use workfence_linux::{plan, HostFacts, Isolation};
+//! use workfence_policy::{layout::FsLayout, Policy};
+//! let policy = Policy::new("/home/me/proj");
+//! let layout = FsLayout { writable: vec![], protected: vec![], hidden: vec![], cwd: "/home/me/proj".into(), notes: vec![] };
+//! let facts = HostFacts { uid: 1000, gid: 1000, landlock_abi: 6, ..Default::default() };
+//! let p = plan(&policy, &layout, &facts, Isolation::Namespaces).unwrap();
+//! assert!(p.to_string().contains("seccomp"));
+//! ```
+
+mod error;
+pub mod plan;
+
+#[cfg(target_os = "linux")]
+mod apply;
+#[cfg(target_os = "linux")]
+mod doctor;
+#[cfg(target_os = "linux")]
+mod landlock_apply;
+#[cfg(target_os = "linux")]
+mod placeholders;
+#[cfg(target_os = "linux")]
+mod probe;
+#[cfg(target_os = "linux")]
+mod seccomp_compile;
+#[cfg(target_os = "linux")]
+mod sys;
+
+pub use error::LinuxError;
+pub use plan::{plan, HostFacts, Isolation, LinuxPlan};
+
+use workfence_policy::layout::FsLayout;
+use workfence_policy::run::RunRequest;
+use workfence_policy::LayerStatus;
+
+/// Reads the host facts for a plan (`degraded` adds what the Landlock-only plan needs;
+/// `cgroup` looks for a writable cgroup).
+#[cfg(target_os = "linux")]
+pub fn host_facts(layout: &FsLayout, degraded: bool, cgroup: bool) -> HostFacts {
+    probe::facts(layout, degraded, cgroup)
+}
+
+/// Reads the host facts for a plan (not on Linux: defaults, for `explain`).
+#[cfg(not(target_os = "linux"))]
+pub fn host_facts(_layout: &FsLayout, _degraded: bool, _cgroup: bool) -> HostFacts {
+    HostFacts::default()
+}
+
+/// Runs a command under a plan; returns the exit status per the CLI contract.
+///
+/// Returns [`LinuxError::UserNamespace`] when the namespaces cannot be created; the
+/// caller decides whether degraded mode is allowed.
+#[cfg(target_os = "linux")]
+pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<i32, LinuxError> {
+    apply::run(plan, req)
+}
+
+/// Runs a command under a plan (not on Linux: unsupported).
+#[cfg(not(target_os = "linux"))]
+pub fn run(_plan: &LinuxPlan, _req: &RunRequest) -> Result<i32, LinuxError> {
+    Err(LinuxError::Unsupported)
+}
+
+/// What this host can enforce.
+#[cfg(target_os = "linux")]
+pub fn doctor() -> Vec<LayerStatus> {
+    doctor::checks()
+}
+
+/// What this host can enforce (not on Linux: nothing).
+#[cfg(not(target_os = "linux"))]
+pub fn doctor() -> Vec<LayerStatus> {
+    vec![LayerStatus {
+        layer: "Linux backend".into(),
+        state: workfence_policy::Enforcement::None,
+        detail: "not running on Linux".into(),
+    }]
+}

@@ -1,1 +1,480 @@
-//! workfence facade (in progress).
+//! # workfence
+//!
+//! Run a command, and everything it spawns, inside an OS-enforced sandbox: writes
+//! only to the workspace and a private temp dir (with git hooks, git config and agent
+//! config kept read-only), secrets hidden, network off unless enabled, and the whole
+//! process tree killed with the command.
+//!
+//! This crate is the library facade: it reads the configuration, inspects the host
+//! and dispatches to the backend of the running OS (`workfence-linux`,
+//! `workfence-macos`, `workfence-windows`). The `workfence` CLI is a thin layer on top.
+//!
+//! ```no_run
+//! use workfence::{load_policy, run};
+//! use workfence_policy::resolve::CliOverrides;
+//! let resolved = load_policy(CliOverrides::default())?;
+//! let status = run(&resolved.policy, vec!["cargo".into(), "test".into()])?;
+//! std::process::exit(status);
+//! # Ok::<(), workfence::Error>(())
+//! ```
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use workfence_policy::config::{ConfigError, ConfigFile};
+use workfence_policy::layout::{self, FileKind, FsLayout, FsProbe, LayoutError};
+use workfence_policy::resolve::{resolve, CliOverrides, Layers, Resolved};
+use workfence_policy::run::RunRequest;
+use workfence_policy::{Enforcement, ExecDecision, LayerStatus, Mode, Policy};
+
+pub use workfence_policy as policy;
+
+/// Errors of the facade. The CLI prints them as one line and exits 125.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A config file could not be read.
+    #[error("cannot read config file {path}: {source}; fix its permissions or remove it")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The filesystem layout cannot be built.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// The Linux backend failed.
+    #[error(transparent)]
+    Linux(#[from] workfence_linux::LinuxError),
+    /// A layer cannot be enforced and degraded mode was not allowed.
+    #[error("refusing to run: {0}. Fix the host (see `workfence doctor`), or pass --allow-degraded to run with what is enforceable")]
+    NotEnforceable(String),
+    /// The exec rules forbid the command.
+    #[error("the exec rules {0} this command; it was not run")]
+    ExecRule(&'static str),
+    /// No command.
+    #[error("no command given: use `workfence run [OPTIONS] -- COMMAND [ARGS...]`")]
+    NoCommand,
+    /// Running without a sandbox failed.
+    #[error("cannot start {0}: {1}")]
+    Spawn(String, std::io::Error),
+    /// This OS has no backend here.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// The real filesystem, for [`layout::compute`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdProbe;
+
+impl FsProbe for StdProbe {
+    fn kind(&self, p: &Path) -> Option<FileKind> {
+        let m = std::fs::symlink_metadata(p).ok()?;
+        let t = m.file_type();
+        Some(if t.is_symlink() {
+            FileKind::Symlink
+        } else if t.is_dir() {
+            FileKind::Dir
+        } else if t.is_file() {
+            FileKind::File
+        } else {
+            FileKind::Other
+        })
+    }
+    fn canonicalize(&self, p: &Path) -> Option<PathBuf> {
+        std::fs::canonicalize(p).ok()
+    }
+    fn read_to_string(&self, p: &Path) -> Option<String> {
+        // Small files only (git config, .git files): a hostile workspace could point
+        // these at something huge.
+        let m = std::fs::metadata(p).ok()?;
+        if !m.is_file() || m.len() > 1 << 20 {
+            return None;
+        }
+        std::fs::read_to_string(p).ok()
+    }
+    fn read_dir(&self, p: &Path) -> Vec<String> {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The user's home directory (`$HOME`).
+pub fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|h| h.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// The user config file: `$XDG_CONFIG_HOME/workfence/config.toml`
+/// (default `~/.config/workfence/config.toml`).
+pub fn user_config_path() -> PathBuf {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| home_dir().join(".config"))
+        .join("workfence/config.toml")
+}
+
+fn read_config(path: &Path) -> Result<Option<ConfigFile>, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(ConfigFile::parse(path, &text)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::ReadConfig {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Reads the user and workspace config files and resolves the effective policy.
+pub fn load_policy(cli: CliOverrides) -> Result<Resolved, Error> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let home = home_dir();
+    let user = read_config(&user_config_path())?;
+    let ws = workfence_policy::resolve::absolutize(&cwd, cli.workspace.as_deref().unwrap_or(&cwd));
+    let workspace_config = read_config(&ws.join(".workfence/config.toml"))?;
+    Ok(resolve(&Layers {
+        home,
+        cwd,
+        user,
+        workspace_config,
+        cli,
+    })?)
+}
+
+/// The filesystem layout of a policy on this host.
+pub fn compute_layout(policy: &Policy) -> Result<FsLayout, Error> {
+    Ok(layout::compute(policy, &home_dir(), &StdProbe)?)
+}
+
+fn check_exec_rules(policy: &Policy, argv: &[OsString]) -> Result<(), Error> {
+    let argv: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match policy.exec_decision(&argv) {
+        Some(ExecDecision::Forbidden) => Err(Error::ExecRule("forbid")),
+        Some(ExecDecision::Prompt) => Err(Error::ExecRule("require approval for")),
+        _ => Ok(()),
+    }
+}
+
+/// The environment the command gets: the inherited one with secrets removed.
+pub fn command_env(policy: &Policy) -> Vec<(String, String)> {
+    let inherited = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    workfence_policy::env::scrub(&policy.env, inherited).0
+}
+
+/// Runs `argv` under `policy`. Returns the exit status per the CLI contract
+/// (the command's own; 128+N when killed by signal N; 124 on timeout; 126/127).
+pub fn run(policy: &Policy, argv: Vec<OsString>) -> Result<i32, Error> {
+    if argv.is_empty() {
+        return Err(Error::NoCommand);
+    }
+    check_exec_rules(policy, &argv)?;
+    if policy.mode == Mode::FullAccess {
+        eprintln!("workfence: full-access mode: running WITHOUT a sandbox");
+        return run_unsandboxed(policy, argv);
+    }
+    let layout = compute_layout(policy)?;
+    let req = RunRequest {
+        argv,
+        env: command_env(policy),
+        cwd: layout.cwd.clone(),
+        timeout: policy.limits.timeout,
+        pty: policy.pty,
+        keep_fds: policy.keep_fds.clone(),
+    };
+    run_backend(policy, &layout, &req)
+}
+
+fn run_unsandboxed(policy: &Policy, argv: Vec<OsString>) -> Result<i32, Error> {
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).current_dir(&policy.cwd);
+    let status = cmd
+        .status()
+        .map_err(|e| Error::Spawn(argv[0].to_string_lossy().into_owned(), e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return Ok(128 + sig);
+        }
+    }
+    Ok(status.code().unwrap_or(1))
+}
+
+fn gaps_text(gaps: &[LayerStatus]) -> String {
+    gaps.iter()
+        .map(|g| format!("{} ({})", g.layer, g.detail))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn report_degraded(gaps: &[LayerStatus]) {
+    eprintln!("workfence: DEGRADED sandbox (--allow-degraded). NOT enforced:");
+    for g in gaps {
+        eprintln!(
+            "workfence:   - {} [{}]: {}",
+            g.layer,
+            match g.state {
+                Enforcement::None => "not enforced",
+                Enforcement::Partial => "partly enforced",
+                Enforcement::Full => "enforced",
+            },
+            g.detail
+        );
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i32, Error> {
+    use workfence_linux::{host_facts, Isolation, LinuxError};
+    let want_cgroup =
+        is_root() || policy.limits.memory_bytes.is_some() || policy.limits.cpu_percent.is_some();
+    let facts = host_facts(layout, false, want_cgroup);
+    let mut plan = workfence_linux::plan(policy, layout, &facts, Isolation::Namespaces)
+        .map_err(LinuxError::from)?;
+    if is_root() && plan.cgroup.is_none() {
+        plan.gaps.push(LayerStatus {
+            layer: "process limit".into(),
+            state: Enforcement::None,
+            detail: "running as root, RLIMIT_NPROC does not apply to uid 0, and no writable pids cgroup exists".into(),
+        });
+    }
+    if !plan.gaps.is_empty() {
+        if !policy.allow_degraded {
+            return Err(Error::NotEnforceable(gaps_text(&plan.gaps)));
+        }
+        report_degraded(&plan.gaps);
+    }
+    match workfence_linux::run(&plan, req) {
+        Err(LinuxError::UserNamespace(e)) if policy.allow_degraded => {
+            let facts = host_facts(layout, true, want_cgroup);
+            let plan = workfence_linux::plan(policy, layout, &facts, Isolation::Degraded)
+                .map_err(LinuxError::from)?;
+            eprintln!("workfence: user namespaces are unavailable ({e})");
+            report_degraded(&plan.gaps);
+            Ok(workfence_linux::run(&plan, req)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn run_backend(_policy: &Policy, _layout: &FsLayout, _req: &RunRequest) -> Result<i32, Error> {
+    Err(Error::Unsupported(format!(
+        "no workfence backend for {} in this build",
+        std::env::consts::OS
+    )))
+}
+
+#[cfg(unix)]
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective uid.
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+#[cfg(not(unix))]
+fn is_root() -> bool {
+    false
+}
+
+/// The OS whose plan `explain` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Linux: mounts, Landlock, seccomp.
+    Linux,
+    /// macOS: the Seatbelt profile.
+    Macos,
+    /// Windows: token, ACEs, firewall filters, job.
+    Windows,
+}
+
+impl Target {
+    /// The OS this build runs on.
+    pub fn current() -> Target {
+        if cfg!(target_os = "macos") {
+            Target::Macos
+        } else if cfg!(windows) {
+            Target::Windows
+        } else {
+            Target::Linux
+        }
+    }
+}
+
+/// The effective policy (with where each value came from) and the platform plan, as text.
+pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
+    let p = &resolved.policy;
+    let mut s = String::new();
+    let src = |k: &str| p.source_of(k).to_string();
+    let _ = writeln!(s, "Effective policy");
+    let _ = writeln!(
+        s,
+        "  mode:        {:<24} ({})",
+        p.mode.as_str(),
+        src("mode")
+    );
+    let _ = writeln!(
+        s,
+        "  workspace:   {:<24} ({})",
+        p.workspace.display(),
+        src("workspace")
+    );
+    let _ = writeln!(s, "  cwd:         {:<24} ({})", p.cwd.display(), src("cwd"));
+    let _ = writeln!(
+        s,
+        "  network:     {:<24} ({})",
+        p.network.name(),
+        src("network")
+    );
+    let _ = writeln!(
+        s,
+        "  max procs:   {:<24} ({})",
+        p.limits.max_processes,
+        src("max_processes")
+    );
+    let _ = writeln!(
+        s,
+        "  memory:      {:<24} ({})",
+        p.limits
+            .memory_bytes
+            .map_or("unlimited".into(), workfence_policy::units::format_size),
+        src("memory")
+    );
+    let _ = writeln!(
+        s,
+        "  tmp size:    {:<24} ({})",
+        workfence_policy::units::format_size(p.limits.tmp_bytes),
+        src("tmp_size")
+    );
+    let _ = writeln!(
+        s,
+        "  timeout:     {:<24} ({})",
+        p.limits
+            .timeout
+            .map_or("none".into(), |t| format!("{}s", t.as_secs_f64())),
+        src("timeout")
+    );
+    let _ = writeln!(
+        s,
+        "  degraded ok: {:<24} ({})",
+        p.allow_degraded,
+        src("allow_degraded")
+    );
+    let _ = writeln!(
+        s,
+        "  git write:   {:<24} ({})",
+        p.git_write,
+        src("git_write")
+    );
+    for w in &resolved.warnings {
+        let _ = writeln!(s, "  warning: {w}");
+    }
+    if p.mode == Mode::FullAccess {
+        let _ = writeln!(s, "\nfull-access: no sandbox, nothing is enforced.");
+        return Ok(s);
+    }
+    let layout = compute_layout(p)?;
+    let _ = writeln!(s, "\nWritable roots:");
+    if layout.writable.is_empty() {
+        let _ = writeln!(s, "  (none besides the private temp dir)");
+    }
+    for w in &layout.writable {
+        let _ = writeln!(s, "  {}  ({:?}; {})", w.path.display(), w.kind, w.source);
+    }
+    let _ = writeln!(s, "\nProtected inside writable roots:");
+    for pr in &layout.protected {
+        let _ = writeln!(
+            s,
+            "  {} {:?}{}  # {}",
+            pr.path.display(),
+            pr.protection,
+            if pr.exists.is_none() {
+                " (missing: cannot be created)"
+            } else {
+                ""
+            },
+            pr.reason
+        );
+    }
+    let _ = writeln!(s, "\nHidden (secrets):");
+    for h in &layout.hidden {
+        let _ = writeln!(s, "  {}  ({})", h.path.display(), h.source);
+    }
+    for n in &layout.notes {
+        let _ = writeln!(s, "  note: {n}");
+    }
+    let (_, removed) = workfence_policy::env::scrub(
+        &p.env,
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    );
+    let _ = writeln!(
+        s,
+        "\nEnvironment: {} inherited variable(s) removed: {}",
+        removed.len(),
+        removed.join(" ")
+    );
+    if !p.env.set.is_empty() {
+        let _ = writeln!(
+            s,
+            "  set: {}",
+            p.env.set.keys().cloned().collect::<Vec<_>>().join(" ")
+        );
+    }
+    let _ = writeln!(s);
+    match target {
+        Target::Linux => {
+            let want_cgroup = is_root() || p.limits.memory_bytes.is_some();
+            let facts = workfence_linux::host_facts(
+                &layout,
+                false,
+                want_cgroup && cfg!(target_os = "linux"),
+            );
+            let plan =
+                workfence_linux::plan(p, &layout, &facts, workfence_linux::Isolation::Namespaces)
+                    .map_err(workfence_linux::LinuxError::from)?;
+            let _ = write!(s, "{plan}");
+        }
+        Target::Macos | Target::Windows => {
+            return Err(Error::Unsupported(
+                "this target's plan is not available in this build".into(),
+            ));
+        }
+    }
+    Ok(s)
+}
+
+/// What this host can enforce. The default policy is fully enforceable when every
+/// required entry is [`Enforcement::Full`].
+pub fn doctor() -> Vec<LayerStatus> {
+    #[cfg(target_os = "linux")]
+    {
+        workfence_linux::doctor()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        vec![LayerStatus {
+            layer: "backend".into(),
+            state: Enforcement::None,
+            detail: format!("no backend for {} in this build", std::env::consts::OS),
+        }]
+    }
+}

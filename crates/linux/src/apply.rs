@@ -1,0 +1,1035 @@
+//! Executes a [`LinuxPlan`]: three roles in a chain.
+//!
+//! * the **front end** (the `workfence` process) clones the supervisor into new
+//!   namespaces, forwards signals, enforces the timeout and reports errors;
+//! * the **supervisor** is pid 1 of the sandbox: it builds the filesystem view, forks
+//!   the command, forwards signals to it, reaps zombies, and exits with the command's
+//!   status, which makes the kernel kill everything left in the pid namespace;
+//! * the **command** drops into Landlock, drops capabilities, sets `no_new_privs`,
+//!   installs seccomp and execs.
+//!
+//! Errors in the supervisor or the command travel to the front end over a pipe as
+//! `CODE\tmessage`.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use workfence_policy::run::{
+    RunRequest, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP, EXIT_TIMEOUT,
+};
+
+use crate::error::LinuxError;
+use crate::plan::{Isolation, LinuxPlan, MountStep};
+use crate::sys::{self, cstr, Forked};
+use crate::{landlock_apply, seccomp_compile};
+
+/// Everything the children need, prepared before forking (no allocation decisions
+/// are left to the children beyond small strings).
+struct Prepared {
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    path_dirs: Vec<Vec<u8>>,
+    cwd: CString,
+    bpf: Vec<seccompiler::BpfProgram>,
+}
+
+fn prepare(plan: &LinuxPlan, req: &RunRequest) -> Result<Prepared, LinuxError> {
+    let argv = req
+        .argv
+        .iter()
+        .map(|a| {
+            cstr(a).map_err(|_| LinuxError::BadArgument("an argument contains a NUL byte".into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if argv.is_empty() {
+        return Err(LinuxError::BadArgument("no command given".into()));
+    }
+    let mut env: Vec<(String, String)> = req
+        .env
+        .iter()
+        .filter(|(k, _)| k != "TMPDIR")
+        .cloned()
+        .collect();
+    env.push(("TMPDIR".into(), plan.tmpdir.to_string_lossy().into_owned()));
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let env = env
+        .into_iter()
+        .map(|(k, v)| {
+            CString::new(format!("{k}={v}")).map_err(|_| {
+                LinuxError::BadArgument(format!("environment variable {k} contains a NUL byte"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Prepared {
+        argv,
+        env,
+        path_dirs: path
+            .split(':')
+            .map(|d| {
+                if d.is_empty() {
+                    b".".to_vec()
+                } else {
+                    d.as_bytes().to_vec()
+                }
+            })
+            .collect(),
+        cwd: cstr(&req.cwd)
+            .map_err(|_| LinuxError::BadArgument("cwd contains a NUL byte".into()))?,
+        bpf: seccomp_compile::compile(&plan.seccomp)?,
+    })
+}
+
+/// Reports an error to the front end and exits.
+fn die(err_fd: RawFd, code: i32, msg: &str) -> ! {
+    let _ = sys::write_all(err_fd, format!("{code}\t{msg}\n").as_bytes());
+    sys::exit_now(code)
+}
+
+fn step<T>(err_fd: RawFd, what: &str, r: io::Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => die(
+            err_fd,
+            EXIT_SETUP,
+            &format!("sandbox setup failed: {what}: {e}"),
+        ),
+    }
+}
+
+/// Runs the command under the plan. Returns the exit status per the CLI contract.
+pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<i32, LinuxError> {
+    let prep = prepare(plan, req)?;
+    let placeholders = crate::placeholders::create(plan)?;
+    let result = match plan.isolation {
+        Isolation::Namespaces => run_namespaces(plan, req, &prep),
+        Isolation::Degraded => run_degraded(plan, req, &prep),
+    };
+    placeholders.release();
+    result
+}
+
+struct Cgroup(Option<PathBuf>);
+
+impl Cgroup {
+    fn create(plan: &LinuxPlan) -> Cgroup {
+        let Some(c) = &plan.cgroup else {
+            return Cgroup(None);
+        };
+        let dir = c.parent.join(format!("workfence-{}", std::process::id()));
+        if std::fs::create_dir(&dir).is_err() {
+            return Cgroup(None);
+        }
+        if let Some(n) = c.pids_max {
+            let _ = std::fs::write(dir.join("pids.max"), n.to_string());
+        }
+        if let Some(m) = c.memory_max {
+            let _ = std::fs::write(dir.join("memory.max"), m.to_string());
+        }
+        if let Some(p) = c.cpu_percent {
+            let _ = std::fs::write(
+                dir.join("cpu.max"),
+                format!("{} 100000", u64::from(p) * 1000),
+            );
+        }
+        Cgroup(Some(dir))
+    }
+
+    fn attach(&self, pid: libc::pid_t) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::write(d.join("cgroup.procs"), pid.to_string());
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            // Processes may take a moment to leave after the pid namespace dies.
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn run_namespaces(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i32, LinuxError> {
+    let (err_r, err_w) = sys::pipe().map_err(|e| LinuxError::Syscall {
+        step: "creating the error pipe",
+        call: "pipe2",
+        source: e,
+    })?;
+    let (go_r, go_w) = sys::pipe().map_err(|e| LinuxError::Syscall {
+        step: "creating the sync pipe",
+        call: "pipe2",
+        source: e,
+    })?;
+    let sigfd = sys::block_signals_fd(sys::FORWARDED).map_err(|e| LinuxError::Syscall {
+        step: "blocking forwarded signals",
+        call: "signalfd",
+        source: e,
+    })?;
+    let pty = if req.pty {
+        Some(sys::openpty().map_err(|e| LinuxError::Syscall {
+            step: "allocating a pseudo-terminal",
+            call: "openpty",
+            source: e,
+        })?)
+    } else {
+        None
+    };
+    let cgroup = Cgroup::create(plan);
+
+    let mut flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
+    if plan.private_network {
+        flags |= libc::CLONE_NEWNET;
+    }
+    let pid = match sys::clone_namespaces(flags) {
+        Ok(Forked::Child) => {
+            drop(err_r);
+            drop(go_w);
+            drop(sigfd);
+            supervisor(
+                plan,
+                req,
+                prep,
+                err_w.as_raw_fd(),
+                go_r,
+                pty.as_ref().map(|p| p.1.as_raw_fd()),
+            );
+        }
+        Ok(Forked::Parent(pid)) => pid,
+        Err(e) => {
+            restore_mask();
+            return Err(LinuxError::UserNamespace(e));
+        }
+    };
+    drop(err_w);
+    drop(go_r);
+    cgroup.attach(pid);
+    let _ = sys::write_all(go_w.as_raw_fd(), b"g");
+    drop(go_w);
+    let outcome = front_loop(pid, &sigfd, req.timeout, pty.as_ref().map(|p| &p.0));
+    drop(pty);
+    restore_mask();
+    finish(outcome, &err_r, req.timeout)
+}
+
+/// Unblocks the forwarded signals in the front end once the sandbox is gone.
+fn restore_mask() {
+    sys::unblock_signals(sys::FORWARDED);
+}
+
+/// What the front end observed.
+enum Outcome {
+    Exited(sys::Status),
+    TimedOut,
+}
+
+fn finish(
+    outcome: io::Result<Outcome>,
+    err_r: &OwnedFd,
+    timeout: Option<Duration>,
+) -> Result<i32, LinuxError> {
+    let outcome = outcome.map_err(|e| LinuxError::Syscall {
+        step: "waiting for the sandbox",
+        call: "poll",
+        source: e,
+    })?;
+    // The children write at most one short line. All writers are gone once the
+    // supervisor has exited, so read ends at EOF.
+    let mut buf = vec![0u8; 4096];
+    let mut msg = Vec::new();
+    while let Ok(n) = sys::read(err_r.as_raw_fd(), &mut buf) {
+        if n == 0 {
+            break;
+        }
+        msg.extend_from_slice(&buf[..n]);
+    }
+    match outcome {
+        Outcome::TimedOut => {
+            let t = timeout.unwrap_or_default();
+            eprintln!(
+                "workfence: timed out after {}; killed the whole process tree",
+                humantime(t)
+            );
+            Ok(EXIT_TIMEOUT)
+        }
+        Outcome::Exited(status) => {
+            if let Some(line) = String::from_utf8_lossy(&msg).lines().next() {
+                if let Some((code, text)) = line.split_once('\t') {
+                    if let Ok(code) = code.parse::<i32>() {
+                        eprintln!("workfence: {text}");
+                        return Ok(code);
+                    }
+                }
+            }
+            Ok(status.code())
+        }
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Waits for `pid`, forwarding signals, relaying a pty and enforcing the timeout.
+fn front_loop(
+    pid: libc::pid_t,
+    sigfd: &OwnedFd,
+    timeout: Option<Duration>,
+    pty_master: Option<&OwnedFd>,
+) -> io::Result<Outcome> {
+    let pidfd = sys::pidfd_open(pid)?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut relay = pty_master.map(|m| PtyRelay::new(m.as_raw_fd()));
+    loop {
+        let wait_ms = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                    let _ = sys::waitpid(pid, false);
+                    return Ok(Outcome::TimedOut);
+                }
+                (d - now).as_millis().min(i32::MAX as u128) as i32 + 1
+            }
+            None => -1,
+        };
+        let mut fds = vec![
+            (pidfd.as_raw_fd(), libc::POLLIN),
+            (sigfd.as_raw_fd(), libc::POLLIN),
+        ];
+        if let Some(r) = &relay {
+            fds.extend(r.poll_fds());
+        }
+        let rev = sys::poll(&fds, wait_ms)?;
+        if rev[1] != 0 {
+            while let Some(sig) = sys::read_signal(sigfd)? {
+                if sig == libc::SIGWINCH {
+                    if let Some(r) = &relay {
+                        sys::copy_winsize(0, r.master);
+                    }
+                }
+                let _ = sys::kill(pid, sig);
+            }
+        }
+        if let Some(r) = &mut relay {
+            r.pump(&rev[2..]);
+        }
+        if rev[0] != 0 {
+            if let Some(r) = &mut relay {
+                r.drain();
+            }
+            if let Some((_, st)) = sys::waitpid(pid, false)? {
+                return Ok(Outcome::Exited(st));
+            }
+        }
+    }
+}
+
+/// Copies bytes between the user's terminal and the pty master.
+struct PtyRelay {
+    master: RawFd,
+    saved: Option<libc::termios>,
+    stdin_open: bool,
+}
+
+impl PtyRelay {
+    fn new(master: RawFd) -> PtyRelay {
+        sys::copy_winsize(0, master);
+        let saved = if sys::isatty(0) {
+            sys::make_raw(0)
+        } else {
+            None
+        };
+        PtyRelay {
+            master,
+            saved,
+            stdin_open: true,
+        }
+    }
+
+    fn poll_fds(&self) -> Vec<(RawFd, libc::c_short)> {
+        vec![
+            (if self.stdin_open { 0 } else { -1 }, libc::POLLIN),
+            (self.master, libc::POLLIN),
+        ]
+    }
+
+    fn pump(&mut self, rev: &[libc::c_short]) {
+        let mut buf = [0u8; 8192];
+        if self.stdin_open && rev.first().is_some_and(|r| *r != 0) {
+            match sys::read(0, &mut buf) {
+                Ok(0) | Err(_) => {
+                    self.stdin_open = false;
+                    // End of input: send EOF (^D) to the line discipline.
+                    let _ = sys::write_all(self.master, &[4]);
+                }
+                Ok(n) => {
+                    let _ = sys::write_all(self.master, &buf[..n]);
+                }
+            }
+        }
+        if rev.get(1).is_some_and(|r| *r & libc::POLLIN != 0) {
+            if let Ok(n) = sys::read(self.master, &mut buf) {
+                let _ = sys::write_all(1, &buf[..n]);
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 8192];
+        while let Ok(rev) = sys::poll(&[(self.master, libc::POLLIN)], 0) {
+            if rev[0] & libc::POLLIN == 0 {
+                break;
+            }
+            match sys::read(self.master, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let _ = sys::write_all(1, &buf[..n]);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PtyRelay {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            sys::restore_tty(0, t);
+        }
+    }
+}
+
+/// pid 1 of the sandbox. Never returns.
+fn supervisor(
+    plan: &LinuxPlan,
+    req: &RunRequest,
+    prep: &Prepared,
+    err: RawFd,
+    go: OwnedFd,
+    pty_slave: Option<RawFd>,
+) -> ! {
+    // If the front end dies (even by SIGKILL), pid 1 dies, and with it the namespace.
+    step(
+        err,
+        "prctl(PR_SET_PDEATHSIG)",
+        sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
+    );
+    step(
+        err,
+        "writing /proc/self/setgroups",
+        std::fs::write("/proc/self/setgroups", "deny"),
+    );
+    step(
+        err,
+        "writing /proc/self/uid_map",
+        std::fs::write("/proc/self/uid_map", format!("{0} {0} 1", plan.uid)),
+    );
+    step(
+        err,
+        "writing /proc/self/gid_map",
+        std::fs::write("/proc/self/gid_map", format!("{0} {0} 1", plan.gid)),
+    );
+    // Wait until the front end has put us in our cgroup; EOF means it died.
+    let mut b = [0u8; 1];
+    if !matches!(sys::read(go.as_raw_fd(), &mut b), Ok(1)) {
+        sys::exit_now(EXIT_SETUP);
+    }
+    drop(go);
+    let _ = sys::sethostname("workfence");
+    if plan.private_network {
+        step(
+            err,
+            "bringing up loopback (SIOCSIFFLAGS)",
+            sys::loopback_up(),
+        );
+    }
+    if let Err(e) = build_root(plan, &prep.cwd) {
+        die(err, EXIT_SETUP, &format!("sandbox setup failed: {e}"));
+    }
+
+    let sigfd = step(
+        err,
+        "signalfd",
+        sys::block_signals_fd(&[sys::FORWARDED, &[libc::SIGCHLD]].concat()),
+    );
+    let child = match step(err, "fork", sys::fork()) {
+        Forked::Child => {
+            drop(sigfd);
+            command(plan, req, prep, err, pty_slave)
+        }
+        Forked::Parent(pid) => pid,
+    };
+    // The supervisor keeps no terminal or pipe of the user's open, so that the user's
+    // pipes close exactly when the command's tree is gone.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = sys::dup2(null.as_raw_fd(), fd);
+        }
+    }
+    supervise(child, &sigfd)
+}
+
+fn supervise(child: libc::pid_t, sigfd: &OwnedFd) -> ! {
+    loop {
+        let _ = sys::poll(&[(sigfd.as_raw_fd(), libc::POLLIN)], -1);
+        while let Ok(Some(sig)) = sys::read_signal(sigfd) {
+            if sig == libc::SIGCHLD {
+                continue;
+            }
+            // Like a terminal: the signal goes to the command's process group.
+            if sys::kill(-child, sig).is_err() {
+                let _ = sys::kill(child, sig);
+            }
+        }
+        while let Ok(Some((pid, st))) = sys::waitpid(-1, true) {
+            if pid == child {
+                // Exiting as pid 1 makes the kernel kill every other process in the
+                // namespace: daemons, double forks and nohup jobs die with the command.
+                sys::exit_now(st.code());
+            }
+        }
+    }
+}
+
+/// The command: final restrictions, then exec. Never returns.
+fn command(
+    plan: &LinuxPlan,
+    _req: &RunRequest,
+    prep: &Prepared,
+    err: RawFd,
+    pty_slave: Option<RawFd>,
+) -> ! {
+    sys::reset_signals();
+    step(err, "setsid", sys::setsid());
+    if let Some(s) = pty_slave {
+        for fd in 0..3 {
+            step(err, "dup2 of the pty", sys::dup2(s, fd));
+        }
+        step(err, "ioctl(TIOCSCTTY)", sys::set_controlling_tty(0));
+    }
+    step(err, "close_range", sys::cloexec_from(3));
+    for fd in &_req.keep_fds {
+        if let Err(e) = sys::inherit_fd(*fd) {
+            die(err, EXIT_SETUP, &format!("--keep-fd {fd}: {e}"));
+        }
+    }
+    step(
+        err,
+        "setrlimit(RLIMIT_NPROC)",
+        sys::set_rlimit(libc::RLIMIT_NPROC, plan.nproc),
+    );
+    if let Some(ll) = &plan.landlock {
+        if let Err(e) = landlock_apply::restrict(ll) {
+            die(err, EXIT_SETUP, &format!("sandbox setup failed: {e}"));
+        }
+    }
+    step(
+        err,
+        "dropping capabilities (capset)",
+        sys::drop_all_capabilities(),
+    );
+    step(
+        err,
+        "prctl(PR_SET_NO_NEW_PRIVS)",
+        sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),
+    );
+    for prog in &prep.bpf {
+        if let Err(e) = seccomp_compile::install(prog) {
+            die(
+                err,
+                EXIT_SETUP,
+                &format!("sandbox setup failed: installing seccomp (prctl(PR_SET_SECCOMP)): {e}"),
+            );
+        }
+    }
+    exec(prep, err)
+}
+
+/// PATH lookup in the sandbox's own environment, then execve.
+fn exec(prep: &Prepared, err: RawFd) -> ! {
+    let mut argv: Vec<*const libc::c_char> = prep.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = prep.env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let name = prep.argv[0].as_bytes();
+    let shown = String::from_utf8_lossy(name).into_owned();
+    if name.contains(&b'/') {
+        let e = sys::execve(&prep.argv[0], &argv, &envp);
+        exec_failed(err, &shown, &e);
+    }
+    let mut saw_eacces: Option<io::Error> = None;
+    for dir in &prep.path_dirs {
+        let mut full = dir.clone();
+        full.push(b'/');
+        full.extend_from_slice(name);
+        let Ok(c) = CString::new(full) else { continue };
+        let e = sys::execve(&c, &argv, &envp);
+        match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => saw_eacces = Some(e),
+            Some(libc::ENOENT)
+            | Some(libc::ENOTDIR)
+            | Some(libc::ELOOP)
+            | Some(libc::ENAMETOOLONG) => {}
+            _ => exec_failed(err, &shown, &e),
+        }
+    }
+    match saw_eacces {
+        Some(e) => exec_failed(err, &shown, &e),
+        None => die(
+            err,
+            EXIT_NOT_FOUND,
+            &format!("{shown}: command not found in the sandbox's PATH"),
+        ),
+    }
+}
+
+fn exec_failed(err: RawFd, name: &str, e: &io::Error) -> ! {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
+            die(err, EXIT_NOT_FOUND, &format!("{name}: command not found"))
+        }
+        _ => die(
+            err,
+            EXIT_NOT_EXECUTABLE,
+            &format!("{name}: cannot execute: {e}"),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The filesystem view.
+
+const NEWROOT: &str = "/newroot";
+const OLDROOT: &str = "/oldroot";
+
+fn inside(root: &str, p: &Path) -> PathBuf {
+    let rel = p.strip_prefix("/").unwrap_or(p);
+    Path::new(root).join(rel)
+}
+
+fn c(p: impl AsRef<OsStr>) -> io::Result<CString> {
+    cstr(p)
+}
+
+fn ctx<T>(what: impl FnOnce() -> String, r: io::Result<T>) -> io::Result<T> {
+    r.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", what())))
+}
+
+fn mkdir_p(p: &Path) -> io::Result<()> {
+    let mut cur = PathBuf::from("/");
+    for comp in p.components().skip(1) {
+        cur.push(comp);
+        sys::mkdir(&c(&cur)?, 0o755)?;
+    }
+    Ok(())
+}
+
+/// Makes sure a mount point exists for `target` (a new tmpfs may lack it).
+fn mountpoint(target: &Path, dir: bool) -> io::Result<()> {
+    if std::fs::symlink_metadata(target).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = target.parent() {
+        mkdir_p(parent)?;
+    }
+    if dir {
+        sys::mkdir(&c(target)?, 0o755)
+    } else {
+        sys::touch(&c(target)?, 0o644)
+    }
+}
+
+/// Bind `src_host` (a path in the host view under /oldroot) onto `target`, resolving
+/// the source without following symlinks, so a path swapped for a symlink after
+/// planning is refused instead of followed.
+fn bind_nofollow(src_host: &Path, target: &Path, recursive: bool) -> io::Result<()> {
+    let src = inside(OLDROOT, src_host);
+    let fd = ctx(
+        || format!("opening {} without following symlinks", src_host.display()),
+        sys::open_path_nofollow(&c(&src)?),
+    )?;
+    let via = PathBuf::from(format!("{OLDROOT}/proc/self/fd/{}", fd.as_raw_fd()));
+    let is_dir = std::fs::metadata(&via).map(|m| m.is_dir()).unwrap_or(true);
+    mountpoint(target, is_dir)?;
+    let flags = libc::MS_BIND | if recursive { libc::MS_REC } else { 0 };
+    ctx(
+        || format!("bind {} -> {}", src_host.display(), target.display()),
+        sys::mount(Some(&c(&via)?), &c(target)?, None, flags, None),
+    )
+}
+
+fn tmpfs(target: &Path, size: u64, mode: u32, flags: libc::c_ulong) -> io::Result<()> {
+    mountpoint(target, true)?;
+    let data = c(format!("size={size},mode={mode:o}"))?;
+    ctx(
+        || format!("tmpfs on {}", target.display()),
+        sys::mount(
+            Some(&c("tmpfs")?),
+            &c(target)?,
+            Some(&c("tmpfs")?),
+            flags | libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&data),
+        ),
+    )
+}
+
+fn remount_ro(target: &Path) -> io::Result<()> {
+    ctx(
+        || format!("making {} read-only (mount_setattr)", target.display()),
+        sys::mount_setattr_recursive(
+            &c(target)?,
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            0,
+        ),
+    )
+}
+
+fn build_root(plan: &LinuxPlan, cwd: &CString) -> io::Result<()> {
+    // Our mounts must not propagate back to the host.
+    ctx(
+        || "making / private".into(),
+        sys::mount(None, &c("/")?, None, libc::MS_REC | libc::MS_PRIVATE, None),
+    )?;
+    // A scratch tmpfs becomes the temporary root: the host tree is reachable under
+    // /oldroot and the sandbox's tree is assembled under /newroot.
+    ctx(
+        || "scratch tmpfs on /tmp".into(),
+        sys::mount(
+            Some(&c("tmpfs")?),
+            &c("/tmp")?,
+            Some(&c("tmpfs")?),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&c("size=1m,mode=700")?),
+        ),
+    )?;
+    sys::chdir(&c("/tmp")?)?;
+    sys::mkdir(&c("newroot")?, 0o755)?;
+    sys::mkdir(&c("oldroot")?, 0o755)?;
+    ctx(
+        || "pivot_root to the scratch tmpfs".into(),
+        sys::pivot_root(&c("/tmp")?, &c("/tmp/oldroot")?),
+    )?;
+    sys::chdir(&c("/")?)?;
+    let empty_file = Path::new("/empty");
+    sys::touch(&c(empty_file)?, 0o444)?;
+    let empty_dir = Path::new("/emptydir");
+    sys::mkdir(&c(empty_dir)?, 0o555)?;
+
+    let nr = |p: &Path| inside(NEWROOT, p);
+    for m in &plan.mounts {
+        match m {
+            MountStep::RootReadOnly => {
+                ctx(
+                    || "recursive bind of /".into(),
+                    sys::mount(
+                        Some(&c(OLDROOT)?),
+                        &c(NEWROOT)?,
+                        None,
+                        libc::MS_BIND | libc::MS_REC,
+                        None,
+                    ),
+                )?;
+                remount_ro(Path::new(NEWROOT))?;
+            }
+            MountStep::Tmpfs {
+                path,
+                size,
+                mode,
+                read_only,
+                ..
+            } => {
+                tmpfs(&nr(path), *size, *mode, 0)?;
+                if *read_only {
+                    remount_ro(&nr(path))?;
+                }
+            }
+            MountStep::Dev { shm_size } => build_dev(&nr(Path::new("/dev")), *shm_size)?,
+            MountStep::Proc => {
+                let p = nr(Path::new("/proc"));
+                ctx(
+                    || "mounting proc".into(),
+                    sys::mount(
+                        Some(&c("proc")?),
+                        &c(&p)?,
+                        Some(&c("proc")?),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        None,
+                    ),
+                )?;
+                // No nested user namespaces (a second layer besides seccomp).
+                let _ = std::fs::write(p.join("sys/user/max_user_namespaces"), "0");
+                for sub in ["sys", "sysrq-trigger", "irq", "bus"] {
+                    let t = p.join(sub);
+                    if std::fs::symlink_metadata(&t).is_ok() {
+                        ctx(
+                            || format!("bind /proc/{sub}"),
+                            sys::mount(
+                                Some(&c(&t)?),
+                                &c(&t)?,
+                                None,
+                                libc::MS_BIND | libc::MS_REC,
+                                None,
+                            ),
+                        )?;
+                        remount_ro(&t)?;
+                    }
+                }
+            }
+            MountStep::BindWritable { path } => {
+                let t = nr(path);
+                bind_nofollow(path, &t, true)?;
+                ctx(
+                    || format!("nosuid on {}", path.display()),
+                    sys::mount_setattr_recursive(
+                        &c(&t)?,
+                        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                        0,
+                    ),
+                )?;
+            }
+            MountStep::BindReadOnly { path, .. } => {
+                let t = nr(path);
+                bind_nofollow(path, &t, true)?;
+                remount_ro(&t)?;
+            }
+            MountStep::Pin { path } => {
+                let t = nr(path);
+                bind_nofollow(path, &t, true)?;
+                ctx(
+                    || format!("nosuid on {}", path.display()),
+                    sys::mount_setattr_recursive(
+                        &c(&t)?,
+                        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                        0,
+                    ),
+                )?;
+            }
+            MountStep::MaskFile { path, .. } => {
+                let t = nr(path);
+                if std::fs::symlink_metadata(&t).is_err() {
+                    continue;
+                }
+                ctx(
+                    || format!("masking {}", path.display()),
+                    sys::mount(Some(&c(empty_file)?), &c(&t)?, None, libc::MS_BIND, None),
+                )?;
+                remount_ro(&t)?;
+            }
+            MountStep::MaskDir { path, .. } => {
+                let t = nr(path);
+                if std::fs::symlink_metadata(&t).is_err() {
+                    continue;
+                }
+                tmpfs(&t, 4096, 0o755, 0)?;
+                remount_ro(&t)?;
+            }
+            MountStep::Placeholder { path, dir } => {
+                let t = nr(path);
+                let src = if *dir { empty_dir } else { empty_file };
+                if std::fs::symlink_metadata(&t).is_err() {
+                    // The host placeholder could not be created (read-only parent,
+                    // permissions): then nothing can create it inside either.
+                    continue;
+                }
+                ctx(
+                    || format!("guarding {}", path.display()),
+                    sys::mount(Some(&c(src)?), &c(&t)?, None, libc::MS_BIND, None),
+                )?;
+                remount_ro(&t)?;
+            }
+            MountStep::Expose { path, .. } => {
+                let t = nr(path);
+                bind_nofollow(path, &t, false)?;
+                remount_ro(&t)?;
+            }
+        }
+    }
+    // Switch to the new root and drop the scratch root with the host's tree.
+    sys::chdir(&c(NEWROOT)?)?;
+    ctx(
+        || "pivot_root into the sandbox".into(),
+        sys::pivot_root(&c(".")?, &c(".")?),
+    )?;
+    ctx(
+        || "detaching the host tree".into(),
+        sys::umount2(&c(".")?, libc::MNT_DETACH),
+    )?;
+    ctx(
+        || format!("chdir to {}", cwd.to_string_lossy()),
+        sys::chdir(cwd),
+    )?;
+    Ok(())
+}
+
+fn build_dev(dev: &Path, shm_size: u64) -> io::Result<()> {
+    tmpfs(dev, 1 << 20, 0o755, libc::MS_NOEXEC)?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        let t = dev.join(name);
+        sys::touch(&c(&t)?, 0o666)?;
+        let src = inside(OLDROOT, &host);
+        ctx(
+            || format!("bind /dev/{name}"),
+            sys::mount(Some(&c(&src)?), &c(&t)?, None, libc::MS_BIND, None),
+        )?;
+    }
+    let pts = dev.join("pts");
+    sys::mkdir(&c(&pts)?, 0o755)?;
+    ctx(
+        || "devpts".into(),
+        sys::mount(
+            Some(&c("devpts")?),
+            &c(&pts)?,
+            Some(&c("devpts")?),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some(&c("newinstance,ptmxmode=0666,mode=620")?),
+        ),
+    )?;
+    sys::symlink(&c("pts/ptmx")?, &c(dev.join("ptmx"))?)?;
+    for (l, t) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
+        if l == "core" {
+            continue;
+        }
+        sys::symlink(&c(t)?, &c(dev.join(l))?)?;
+    }
+    tmpfs(&dev.join("shm"), shm_size, 0o1777, 0)?;
+    sys::mkdir(&c(dev.join("mqueue"))?, 0o755)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Degraded mode: Landlock and seccomp only, the front end supervises.
+
+fn run_degraded(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i32, LinuxError> {
+    std::fs::create_dir_all(&plan.tmpdir).map_err(|e| LinuxError::Io {
+        step: "creating the private temp dir",
+        source: e,
+    })?;
+    let (err_r, err_w) = sys::pipe().map_err(|e| LinuxError::Syscall {
+        step: "creating the error pipe",
+        call: "pipe2",
+        source: e,
+    })?;
+    let sigfd = sys::block_signals_fd(sys::FORWARDED).map_err(|e| LinuxError::Syscall {
+        step: "blocking forwarded signals",
+        call: "signalfd",
+        source: e,
+    })?;
+    // Orphans (setsid daemons, double forks) are re-parented to us, so we can kill them.
+    sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1).map_err(|e| LinuxError::Syscall {
+        step: "becoming a subreaper",
+        call: "prctl(PR_SET_CHILD_SUBREAPER)",
+        source: e,
+    })?;
+    let pty = if req.pty {
+        Some(sys::openpty().map_err(|e| LinuxError::Syscall {
+            step: "allocating a pseudo-terminal",
+            call: "openpty",
+            source: e,
+        })?)
+    } else {
+        None
+    };
+    let cgroup = Cgroup::create(plan);
+    let pid = match sys::fork().map_err(|e| LinuxError::Syscall {
+        step: "starting the command",
+        call: "fork",
+        source: e,
+    })? {
+        Forked::Child => {
+            drop(err_r);
+            drop(sigfd);
+            let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if let Err(e) = sys::chdir(&prep.cwd) {
+                die(err_w.as_raw_fd(), EXIT_SETUP, &format!("chdir: {e}"));
+            }
+            command(
+                plan,
+                req,
+                prep,
+                err_w.as_raw_fd(),
+                pty.as_ref().map(|p| p.1.as_raw_fd()),
+            )
+        }
+        Forked::Parent(pid) => pid,
+    };
+    cgroup.attach(pid);
+    drop(err_w);
+    let outcome = front_loop(pid, &sigfd, req.timeout, pty.as_ref().map(|p| &p.0));
+    kill_descendants();
+    drop(pty);
+    restore_mask();
+    let r = finish(outcome, &err_r, req.timeout);
+    let _ = std::fs::remove_dir_all(&plan.tmpdir);
+    r
+}
+
+/// Kills every remaining descendant (they are our children or theirs, since we are a
+/// subreaper), until none is left.
+fn kill_descendants() {
+    for _ in 0..100 {
+        let kids = children_of(std::process::id() as libc::pid_t);
+        if kids.is_empty() {
+            return;
+        }
+        let mut all = Vec::new();
+        let mut stack = kids;
+        while let Some(p) = stack.pop() {
+            all.push(p);
+            stack.extend(children_of(p));
+        }
+        for p in &all {
+            let _ = sys::kill(*p, libc::SIGKILL);
+        }
+        while let Ok(Some(_)) = sys::waitpid(-1, true) {}
+        std::thread::sleep(Duration::from_millis(5));
+        while let Ok(Some(_)) = sys::waitpid(-1, true) {}
+    }
+}
+
+fn children_of(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                s.split_whitespace()
+                    .filter_map(|x| x.parse::<libc::pid_t>().ok()),
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,871 @@
+//! The Linux plan: pure data computed from a policy, its filesystem layout and the
+//! host's facts. The apply layer executes it step by step; `explain` prints it; the
+//! snapshot tests pin it. Nothing here touches the OS.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use workfence_policy::layout::{FileKind, FsLayout, Protection};
+use workfence_policy::{Enforcement, LayerStatus, Network, Policy};
+
+/// What the host offers, gathered by `probe` (or written by hand in tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostFacts {
+    /// Real uid and gid of the caller.
+    pub uid: u32,
+    /// Real gid of the caller.
+    pub gid: u32,
+    /// The best Landlock ABI the kernel offers (0: none).
+    pub landlock_abi: u32,
+    /// Listening pathname unix sockets of the host (from `/proc/net/unix`).
+    pub unix_sockets: Vec<PathBuf>,
+    /// Directories of host daemons' sockets to mask (`/run`, `/var/run` when it is a
+    /// real directory, `$XDG_RUNTIME_DIR`).
+    pub run_dirs: Vec<PathBuf>,
+    /// The real path of `/etc/resolv.conf` when it lives under a masked directory.
+    pub resolv_conf: Option<PathBuf>,
+    /// Directory listings for the Landlock-only (degraded) plan: the ancestors of
+    /// every hidden or protected path.
+    pub listings: BTreeMap<PathBuf, Vec<String>>,
+    /// A cgroup directory (v2 or v1 `pids`) where workfence may create a child group.
+    pub pids_cgroup: Option<PathBuf>,
+    /// A cgroup directory (v2) where memory and CPU limits can be set.
+    pub v2_cgroup: Option<PathBuf>,
+    /// Private temp dir on the host, used only in degraded mode (no mount namespace).
+    pub degraded_tmp: PathBuf,
+}
+
+/// How the sandbox is isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// user, mount, pid, net, ipc, uts and cgroup namespaces, plus Landlock and seccomp.
+    Namespaces,
+    /// Landlock and seccomp only (user namespaces unavailable, `--allow-degraded`).
+    Degraded,
+}
+
+/// One step of building the sandbox's filesystem view. Paths are as seen inside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "step")]
+pub enum MountStep {
+    /// Recursive bind of the host root, read-only, nosuid, nodev.
+    RootReadOnly,
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Target.
+        path: PathBuf,
+        /// Size limit in bytes.
+        size: u64,
+        /// Mode of the root directory.
+        mode: u32,
+        /// Mounted read-only (a mask).
+        read_only: bool,
+        /// Why.
+        why: String,
+    },
+    /// A minimal `/dev`: null, zero, full, random, urandom, tty, a private devpts and `/dev/shm`.
+    Dev {
+        /// Size of `/dev/shm`.
+        shm_size: u64,
+    },
+    /// A fresh procfs for the sandbox's pid namespace; kernel knobs read-only.
+    Proc,
+    /// A writable bind of a host directory (recursive).
+    BindWritable {
+        /// Path.
+        path: PathBuf,
+    },
+    /// A read-only bind of a path onto itself (recursive).
+    BindReadOnly {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A writable bind of a directory onto itself, so it becomes a mount point that
+    /// cannot be renamed, replaced or removed.
+    Pin {
+        /// Path.
+        path: PathBuf,
+    },
+    /// Hide a file: an empty read-only file over it.
+    MaskFile {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// Hide a directory: an empty read-only tmpfs over it.
+    MaskDir {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A protected name that does not exist: workfence creates an empty placeholder on
+    /// the host (removed after the run) and mounts an empty read-only object over it,
+    /// so it cannot be created inside.
+    Placeholder {
+        /// Path.
+        path: PathBuf,
+        /// Directory (else file).
+        dir: bool,
+    },
+    /// Re-expose one host file read-only under a masked directory.
+    Expose {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Landlock filesystem access rights (named, so the plan stays pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[allow(missing_docs)]
+pub enum LlAccess {
+    Execute,
+    WriteFile,
+    ReadFile,
+    ReadDir,
+    RemoveDir,
+    RemoveFile,
+    MakeChar,
+    MakeDir,
+    MakeReg,
+    MakeSock,
+    MakeFifo,
+    MakeBlock,
+    MakeSym,
+    Refer,
+    Truncate,
+    IoctlDev,
+    ResolveUnix,
+}
+
+impl LlAccess {
+    /// The ABI that introduced the right.
+    pub fn abi(self) -> u32 {
+        match self {
+            LlAccess::Refer => 2,
+            LlAccess::Truncate => 3,
+            LlAccess::IoctlDev => 5,
+            LlAccess::ResolveUnix => 9,
+            _ => 1,
+        }
+    }
+}
+
+const READ: &[LlAccess] = &[LlAccess::Execute, LlAccess::ReadFile, LlAccess::ReadDir];
+const WRITE: &[LlAccess] = &[
+    LlAccess::WriteFile,
+    LlAccess::RemoveDir,
+    LlAccess::RemoveFile,
+    LlAccess::MakeDir,
+    LlAccess::MakeReg,
+    LlAccess::MakeSock,
+    LlAccess::MakeFifo,
+    LlAccess::MakeSym,
+    LlAccess::Refer,
+    LlAccess::Truncate,
+    LlAccess::ResolveUnix,
+];
+
+/// One Landlock rule: rights beneath a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LandlockRule {
+    /// Path (as seen inside).
+    pub path: PathBuf,
+    /// Rights.
+    pub access: Vec<LlAccess>,
+}
+
+/// The Landlock layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LandlockPlan {
+    /// ABI the plan targets (the kernel's best).
+    pub abi: u32,
+    /// Handled (restricted) filesystem rights.
+    pub handled: Vec<LlAccess>,
+    /// Rules.
+    pub rules: Vec<LandlockRule>,
+    /// Restrict TCP bind and connect entirely (ABI 4; degraded mode with network off).
+    pub deny_tcp: bool,
+    /// Scope abstract unix sockets (ABI 6).
+    pub scope_abstract_unix: bool,
+    /// Scope signals (ABI 6).
+    pub scope_signal: bool,
+}
+
+/// A comparison of one syscall argument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArgCond {
+    /// Argument index.
+    pub index: u8,
+    /// Compare only the low 32 bits (the kernel ignores the high bits of `int` args).
+    pub low32: bool,
+    /// Operation.
+    pub op: ArgOp,
+    /// Value.
+    pub value: u64,
+}
+
+/// Comparison operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArgOp {
+    /// Equal.
+    Eq,
+    /// Not equal.
+    Ne,
+    /// `(arg & mask) == value`.
+    MaskedEq(u64),
+}
+
+/// One seccomp rule: the syscall fails with `errno` when all conditions hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeccompRule {
+    /// Syscall name (x86_64 / aarch64 names).
+    pub syscall: String,
+    /// Conditions (all must hold; none: always).
+    pub args: Vec<ArgCond>,
+    /// errno returned.
+    pub errno: String,
+    /// Why.
+    pub why: String,
+}
+
+/// The seccomp layer: a deny list over an allow-by-default filter, plus an
+/// architecture check (non-native ABIs are killed) and an x32 guard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeccompPlan {
+    /// Rules.
+    pub rules: Vec<SeccompRule>,
+}
+
+/// Cgroup limits (applied when the host lets workfence create a cgroup).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CgroupPlan {
+    /// Parent directory.
+    pub parent: PathBuf,
+    /// pids.max
+    pub pids_max: Option<u32>,
+    /// memory.max (v2)
+    pub memory_max: Option<u64>,
+    /// cpu.max quota in percent of one CPU (v2)
+    pub cpu_percent: Option<u32>,
+}
+
+/// The complete Linux plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinuxPlan {
+    /// Isolation mode.
+    pub isolation: Isolation,
+    /// Namespaces created.
+    pub namespaces: Vec<String>,
+    /// uid inside (mapped to the same uid outside).
+    pub uid: u32,
+    /// gid inside.
+    pub gid: u32,
+    /// Mount steps, in order.
+    pub mounts: Vec<MountStep>,
+    /// Landlock.
+    pub landlock: Option<LandlockPlan>,
+    /// seccomp.
+    pub seccomp: SeccompPlan,
+    /// RLIMIT_NPROC inside the user namespace (per-namespace accounting).
+    pub nproc: u64,
+    /// cgroup limits.
+    pub cgroup: Option<CgroupPlan>,
+    /// `TMPDIR` for the command.
+    pub tmpdir: PathBuf,
+    /// Working directory inside.
+    pub cwd: PathBuf,
+    /// Whether the network namespace is private.
+    pub private_network: bool,
+    /// Layers not (fully) enforced by this plan.
+    pub gaps: Vec<LayerStatus>,
+}
+
+/// Why a policy cannot be planned on Linux.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The network proxy allowlist is not available yet.
+    #[error("network allowlists (network = \"proxy\") are not enforced by this version; use --network off or on")]
+    ProxyUnsupported,
+}
+
+fn gap(layer: &str, state: Enforcement, detail: impl Into<String>) -> LayerStatus {
+    LayerStatus {
+        layer: layer.to_string(),
+        state,
+        detail: detail.into(),
+    }
+}
+
+/// Rights available at `abi` out of `set`.
+fn at_abi(set: &[LlAccess], abi: u32) -> Vec<LlAccess> {
+    set.iter().copied().filter(|a| a.abi() <= abi).collect()
+}
+
+fn union(a: &[LlAccess], b: &[LlAccess]) -> Vec<LlAccess> {
+    let mut v: Vec<LlAccess> = a.iter().chain(b).copied().collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Landlock cannot subtract a subtree from a granted one. To exclude paths, grant
+/// the siblings along the way instead (needs directory listings from the host).
+/// Returns the paths to grant; `partial` is set when an excluded path's ancestor
+/// listing is unknown.
+fn expand(root: &Path, excluded: &[PathBuf], facts: &HostFacts, out: &mut Vec<PathBuf>) {
+    if excluded.iter().any(|e| e == root) {
+        return;
+    }
+    if !excluded.iter().any(|e| e.starts_with(root)) {
+        out.push(root.to_path_buf());
+        return;
+    }
+    let Some(children) = facts.listings.get(root) else {
+        // Unknown listing: the safe choice is to grant nothing here.
+        return;
+    };
+    for c in children {
+        expand(&root.join(c), excluded, facts, out);
+    }
+}
+
+fn seccomp_rules(policy: &Policy, isolation: Isolation) -> SeccompPlan {
+    let mut rules = Vec::new();
+    let mut add = |syscall: &str, args: Vec<ArgCond>, errno: &str, why: &str| {
+        rules.push(SeccompRule {
+            syscall: syscall.into(),
+            args,
+            errno: errno.into(),
+            why: why.into(),
+        })
+    };
+    for s in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+        add(
+            s,
+            vec![],
+            "ENOSYS",
+            "io_uring bypasses seccomp argument checks (network, open)",
+        );
+    }
+    add(
+        "clone3",
+        vec![],
+        "ENOSYS",
+        "its flags cannot be inspected; libc falls back to clone(2), which is checked",
+    );
+    for s in ["keyctl", "add_key", "request_key"] {
+        add(
+            s,
+            vec![],
+            "EPERM",
+            "the kernel keyring is shared with the host user",
+        );
+    }
+    for s in ["bpf", "perf_event_open", "userfaultfd"] {
+        add(s, vec![], "EPERM", "kernel attack surface");
+    }
+    for s in [
+        "mount",
+        "umount2",
+        "pivot_root",
+        "fsopen",
+        "fsconfig",
+        "fsmount",
+        "fspick",
+        "open_tree",
+        "move_mount",
+        "mount_setattr",
+    ] {
+        add(s, vec![], "EPERM", "the filesystem view is fixed");
+    }
+    const CLONE_NEWUSER: u64 = 0x1000_0000;
+    let newuser = || {
+        vec![ArgCond {
+            index: 0,
+            low32: false,
+            op: ArgOp::MaskedEq(CLONE_NEWUSER),
+            value: CLONE_NEWUSER,
+        }]
+    };
+    add(
+        "unshare",
+        newuser(),
+        "EPERM",
+        "a new user namespace would regain capabilities",
+    );
+    add(
+        "clone",
+        newuser(),
+        "EPERM",
+        "a new user namespace would regain capabilities",
+    );
+    add("setns", vec![], "EPERM", "joining other namespaces");
+    for (req, name) in [
+        (0x5412u64, "TIOCSTI"),
+        (0x541C, "TIOCLINUX"),
+        (0x541D, "TIOCCONS"),
+    ] {
+        add(
+            "ioctl",
+            vec![ArgCond {
+                index: 1,
+                low32: true,
+                op: ArgOp::Eq,
+                value: req,
+            }],
+            "EPERM",
+            &format!("{name}: terminal input injection / console redirection"),
+        );
+    }
+    // Families other than these are not namespaced (vsock, bluetooth) or are
+    // rarely needed attack surface.
+    let fam = |v: u64| ArgCond {
+        index: 0,
+        low32: true,
+        op: ArgOp::Ne,
+        value: v,
+    };
+    add(
+        "socket",
+        vec![fam(1), fam(2), fam(10), fam(16)],
+        "EAFNOSUPPORT",
+        "only unix, inet, inet6 and netlink sockets",
+    );
+    if isolation == Isolation::Degraded && policy.network == Network::Off {
+        for (f, name) in [(2u64, "AF_INET"), (10, "AF_INET6")] {
+            add(
+                "socket",
+                vec![ArgCond {
+                    index: 0,
+                    low32: true,
+                    op: ArgOp::Eq,
+                    value: f,
+                }],
+                "EACCES",
+                &format!("network off without a network namespace: no {name} sockets"),
+            );
+        }
+    }
+    SeccompPlan { rules }
+}
+
+/// Computes the plan. Pure: everything about the host comes in through `facts`.
+pub fn plan(
+    policy: &Policy,
+    layout: &FsLayout,
+    facts: &HostFacts,
+    isolation: Isolation,
+) -> Result<LinuxPlan, PlanError> {
+    if matches!(policy.network, Network::Proxy(_)) {
+        return Err(PlanError::ProxyUnsupported);
+    }
+    let abi = facts.landlock_abi;
+    let ns = isolation == Isolation::Namespaces;
+    let private_network = ns && policy.network != Network::On;
+    let mut gaps = Vec::new();
+    let mut mounts = Vec::new();
+    let tmp = PathBuf::from("/tmp");
+
+    if ns {
+        mounts.push(MountStep::RootReadOnly);
+        mounts.push(MountStep::Dev {
+            shm_size: policy.limits.tmp_bytes,
+        });
+        mounts.push(MountStep::Proc);
+        mounts.push(MountStep::Tmpfs {
+            path: tmp.clone(),
+            size: policy.limits.tmp_bytes,
+            mode: 0o1777,
+            read_only: false,
+            why: "private /tmp".into(),
+        });
+        for d in &facts.run_dirs {
+            mounts.push(MountStep::Tmpfs {
+                path: d.clone(),
+                size: 1 << 20,
+                mode: 0o755,
+                read_only: false,
+                why: "host daemons' sockets (docker, session bus, resolver, agents)".into(),
+            });
+        }
+        if let Some(r) = &facts.resolv_conf {
+            if policy.network == Network::On {
+                mounts.push(MountStep::Expose {
+                    path: r.clone(),
+                    why: "/etc/resolv.conf points here; name resolution with network on".into(),
+                });
+            }
+        }
+        // Outermost first, so that nested roots are bound on top of their parents.
+        let mut roots: Vec<&PathBuf> = layout.writable.iter().map(|w| &w.path).collect();
+        roots.sort_by_key(|p| p.components().count());
+        for r in roots {
+            mounts.push(MountStep::BindWritable { path: r.clone() });
+        }
+        let mut protected: Vec<_> = layout.protected.iter().collect();
+        protected.sort_by_key(|p| p.path.components().count());
+        for p in protected {
+            match (p.exists, p.protection) {
+                (None, _) => mounts.push(MountStep::Placeholder {
+                    path: p.path.clone(),
+                    dir: p.missing_as_dir,
+                }),
+                (Some(FileKind::Dir), Protection::Pinned) => mounts.push(MountStep::Pin {
+                    path: p.path.clone(),
+                }),
+                (Some(FileKind::Symlink), _) => {}
+                (Some(_), _) => mounts.push(MountStep::BindReadOnly {
+                    path: p.path.clone(),
+                    why: p.reason.clone(),
+                }),
+            }
+        }
+        for h in &layout.hidden {
+            mounts.push(match h.kind {
+                FileKind::Dir => MountStep::MaskDir {
+                    path: h.path.clone(),
+                    why: format!("secret ({})", h.source),
+                },
+                _ => MountStep::MaskFile {
+                    path: h.path.clone(),
+                    why: format!("secret ({})", h.source),
+                },
+            });
+        }
+        let masked_dirs: Vec<&PathBuf> = facts.run_dirs.iter().chain([&tmp]).collect();
+        for s in &facts.unix_sockets {
+            let under_masked = masked_dirs.iter().any(|d| s.starts_with(d));
+            let under_writable = layout.writable.iter().any(|w| s.starts_with(&w.path));
+            let under_hidden = layout.hidden.iter().any(|h| s.starts_with(&h.path));
+            if !under_masked && !under_writable && !under_hidden {
+                mounts.push(MountStep::MaskFile {
+                    path: s.clone(),
+                    why: "listening unix socket of a host daemon".into(),
+                });
+            }
+        }
+    }
+
+    let landlock = if abi == 0 {
+        gaps.push(gap(
+            "landlock",
+            if ns { Enforcement::Partial } else { Enforcement::None },
+            "Landlock is not available: enable CONFIG_SECURITY_LANDLOCK and add 'landlock' to the lsm= boot parameter",
+        ));
+        None
+    } else {
+        let read = at_abi(READ, abi);
+        let write = at_abi(WRITE, abi);
+        let handled = union(&read, &write);
+        let handled = if abi >= 5 {
+            union(&handled, &[LlAccess::IoctlDev])
+        } else {
+            handled
+        };
+        let rw = union(&read, &write);
+        let dev = at_abi(
+            &[
+                LlAccess::Execute,
+                LlAccess::ReadFile,
+                LlAccess::ReadDir,
+                LlAccess::WriteFile,
+                LlAccess::Truncate,
+                LlAccess::IoctlDev,
+            ],
+            abi,
+        );
+        let mut rules = Vec::new();
+        if ns {
+            rules.push(LandlockRule {
+                path: "/".into(),
+                access: read.clone(),
+            });
+            rules.push(LandlockRule {
+                path: "/dev".into(),
+                access: dev,
+            });
+            rules.push(LandlockRule {
+                path: "/proc".into(),
+                access: union(&read, &[LlAccess::WriteFile]),
+            });
+            rules.push(LandlockRule {
+                path: tmp.clone(),
+                access: rw.clone(),
+            });
+            rules.push(LandlockRule {
+                path: "/dev/shm".into(),
+                access: rw.clone(),
+            });
+            for w in &layout.writable {
+                rules.push(LandlockRule {
+                    path: w.path.clone(),
+                    access: rw.clone(),
+                });
+            }
+        } else {
+            let hidden: Vec<PathBuf> = layout.hidden.iter().map(|h| h.path.clone()).collect();
+            let mut reads = Vec::new();
+            expand(Path::new("/"), &hidden, facts, &mut reads);
+            for r in reads {
+                rules.push(LandlockRule {
+                    path: r,
+                    access: read.clone(),
+                });
+            }
+            rules.push(LandlockRule {
+                path: "/dev".into(),
+                access: dev,
+            });
+            rules.push(LandlockRule {
+                path: facts.degraded_tmp.clone(),
+                access: rw.clone(),
+            });
+            let protected: Vec<PathBuf> = layout
+                .protected
+                .iter()
+                .filter(|p| p.exists.is_some() && p.protection == Protection::ReadOnly)
+                .map(|p| p.path.clone())
+                .collect();
+            for w in &layout.writable {
+                let mut grants = Vec::new();
+                expand(&w.path, &protected, facts, &mut grants);
+                for g in grants {
+                    rules.push(LandlockRule {
+                        path: g,
+                        access: rw.clone(),
+                    });
+                }
+            }
+        }
+        Some(LandlockPlan {
+            abi,
+            handled,
+            rules,
+            deny_tcp: !ns && policy.network == Network::Off && abi >= 4,
+            scope_abstract_unix: abi >= 6,
+            scope_signal: abi >= 6,
+        })
+    };
+
+    if !ns {
+        gaps.push(gap(
+            "namespaces",
+            Enforcement::None,
+            "no user namespace: no private mount, pid, network or IPC namespace",
+        ));
+        gaps.push(gap("secrets (files)", if abi > 0 { Enforcement::Partial } else { Enforcement::None },
+            "hidden paths are unreadable through Landlock, but their names can be listed and new files next to their ancestors are not readable"));
+        gaps.push(gap("protected paths", if abi > 0 { Enforcement::Partial } else { Enforcement::None },
+            "existing protected paths are read-only through Landlock, but missing ones (.codex, .vscode, ...) can be created, new entries cannot be created at the top of a writable root that contains a protected path, and .git can be renamed where its parent is writable"));
+        gaps.push(gap("metadata", Enforcement::None, "Landlock does not cover chmod, chown, utime or xattrs outside the writable roots; ordinary file permissions still apply"));
+        gaps.push(gap(
+            "private /tmp",
+            Enforcement::Partial,
+            format!(
+                "TMPDIR is {} on the host; /tmp and /dev/shm are not writable",
+                facts.degraded_tmp.display()
+            ),
+        ));
+        gaps.push(gap("processes", if abi >= 6 { Enforcement::Partial } else { Enforcement::None },
+            "no pid namespace: host processes are visible in /proc; Landlock blocks signals and ptrace to them (ABI 6)"));
+        gaps.push(gap("lifetime", Enforcement::Partial,
+            "descendants are tracked as a subreaper and killed when the command exits, but they can outlive a SIGKILLed workfence"));
+        if policy.network == Network::Off {
+            gaps.push(gap("network", if abi >= 4 { Enforcement::Partial } else { Enforcement::Partial },
+                "no network namespace: inet sockets are refused by seccomp (so loopback inside does not work either); host pathname unix sockets stay reachable; abstract unix sockets are blocked only with Landlock ABI 6"));
+        }
+        gaps.push(gap(
+            "IPC",
+            Enforcement::None,
+            "no IPC namespace: host SysV IPC and POSIX message queues are reachable",
+        ));
+        gaps.push(gap(
+            "process limit",
+            Enforcement::Partial,
+            "RLIMIT_NPROC counts all of the user's processes on the host",
+        ));
+    }
+
+    let mut namespaces = Vec::new();
+    if ns {
+        namespaces.extend(["user", "mount", "pid", "ipc", "uts", "cgroup"].map(String::from));
+        if private_network {
+            namespaces.push("net".into());
+        }
+    }
+    let cgroup = facts.pids_cgroup.as_ref().map(|parent| CgroupPlan {
+        parent: parent.clone(),
+        pids_max: Some(policy.limits.max_processes),
+        memory_max: policy.limits.memory_bytes,
+        cpu_percent: policy.limits.cpu_percent,
+    });
+    if (policy.limits.memory_bytes.is_some() || policy.limits.cpu_percent.is_some())
+        && facts.v2_cgroup.is_none()
+    {
+        gaps.push(gap(
+            "memory/cpu limits",
+            Enforcement::None,
+            "no delegated cgroup v2 subtree: run under a systemd user session (systemd-run --user --scope) or as root",
+        ));
+    }
+    Ok(LinuxPlan {
+        isolation,
+        namespaces,
+        uid: facts.uid,
+        gid: facts.gid,
+        mounts,
+        landlock,
+        seccomp: seccomp_rules(policy, isolation),
+        nproc: u64::from(policy.limits.max_processes),
+        cgroup,
+        tmpdir: if ns { tmp } else { facts.degraded_tmp.clone() },
+        cwd: layout.cwd.clone(),
+        private_network,
+        gaps,
+    })
+}
+
+impl fmt::Display for LinuxPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "Linux plan ({})",
+            match self.isolation {
+                Isolation::Namespaces => "namespaces + Landlock + seccomp",
+                Isolation::Degraded => "DEGRADED: Landlock + seccomp only",
+            }
+        )?;
+        if !self.namespaces.is_empty() {
+            writeln!(f, "  namespaces: {}", self.namespaces.join(", "))?;
+            writeln!(
+                f,
+                "  uid/gid inside: {}/{} (mapped to the same ids outside)",
+                self.uid, self.gid
+            )?;
+        }
+        writeln!(
+            f,
+            "  network: {}",
+            if self.private_network {
+                "private namespace, loopback only"
+            } else if self.isolation == Isolation::Degraded {
+                "host namespace (see gaps)"
+            } else {
+                "host network"
+            }
+        )?;
+        writeln!(f, "  cwd: {}", self.cwd.display())?;
+        writeln!(f, "  TMPDIR: {}", self.tmpdir.display())?;
+        writeln!(f, "\nMounts (in order):")?;
+        if self.mounts.is_empty() {
+            writeln!(f, "  (none: no mount namespace)")?;
+        }
+        for m in &self.mounts {
+            match m {
+                MountStep::RootReadOnly => writeln!(f, "  ro-bind   /  (recursive, nosuid, nodev)")?,
+                MountStep::Tmpfs { path, size, mode, read_only, why } => writeln!(
+                    f,
+                    "  tmpfs     {} size={} mode={:o}{}  # {}",
+                    path.display(),
+                    workfence_policy::units::format_size(*size),
+                    mode,
+                    if *read_only { " ro" } else { "" },
+                    why
+                )?,
+                MountStep::Dev { shm_size } => writeln!(
+                    f,
+                    "  dev       /dev  (null zero full random urandom tty, private devpts, /dev/shm size={})",
+                    workfence_policy::units::format_size(*shm_size)
+                )?,
+                MountStep::Proc => writeln!(f, "  proc      /proc  (sandbox pid namespace; /proc/sys, sysrq-trigger, irq, bus read-only)")?,
+                MountStep::BindWritable { path } => writeln!(f, "  rw-bind   {}", path.display())?,
+                MountStep::BindReadOnly { path, why } => writeln!(f, "  ro-bind   {}  # {}", path.display(), why)?,
+                MountStep::Pin { path } => writeln!(f, "  pin       {}  # writable inside, cannot be renamed or removed", path.display())?,
+                MountStep::MaskFile { path, why } => writeln!(f, "  mask-file {}  # {}", path.display(), why)?,
+                MountStep::MaskDir { path, why } => writeln!(f, "  mask-dir  {}  # {}", path.display(), why)?,
+                MountStep::Placeholder { path, dir } => writeln!(
+                    f,
+                    "  guard     {}  # missing protected {}: cannot be created",
+                    path.display(),
+                    if *dir { "dir" } else { "file" }
+                )?,
+                MountStep::Expose { path, why } => writeln!(f, "  ro-bind   {}  # {}", path.display(), why)?,
+            }
+        }
+        writeln!(f, "\nLandlock:")?;
+        match &self.landlock {
+            None => writeln!(f, "  (not available)")?,
+            Some(l) => {
+                writeln!(f, "  ABI {}; handled: {:?}", l.abi, l.handled)?;
+                for r in &l.rules {
+                    writeln!(f, "  allow {:?} beneath {}", r.access, r.path.display())?;
+                }
+                if l.deny_tcp {
+                    writeln!(f, "  deny all TCP bind/connect")?;
+                }
+                if l.scope_abstract_unix || l.scope_signal {
+                    writeln!(
+                        f,
+                        "  scoped: abstract unix sockets={}, signals={}",
+                        l.scope_abstract_unix, l.scope_signal
+                    )?;
+                }
+            }
+        }
+        writeln!(
+            f,
+            "\nseccomp (allow by default; non-native ABIs killed; x32 syscall numbers refused):"
+        )?;
+        for r in &self.seccomp.rules {
+            let cond = if r.args.is_empty() {
+                String::new()
+            } else {
+                let parts: Vec<String> = r
+                    .args
+                    .iter()
+                    .map(|a| match a.op {
+                        ArgOp::Eq => format!("arg{}=={:#x}", a.index, a.value),
+                        ArgOp::Ne => format!("arg{}!={:#x}", a.index, a.value),
+                        ArgOp::MaskedEq(m) => format!("arg{}&{:#x}=={:#x}", a.index, m, a.value),
+                    })
+                    .collect();
+                format!(" if {}", parts.join(" && "))
+            };
+            writeln!(f, "  {}{} -> {}  # {}", r.syscall, cond, r.errno, r.why)?;
+        }
+        writeln!(f, "\nLimits:")?;
+        writeln!(
+            f,
+            "  RLIMIT_NPROC {} (counted per user namespace)",
+            self.nproc
+        )?;
+        match &self.cgroup {
+            Some(c) => writeln!(
+                f,
+                "  cgroup under {}: pids.max={:?} memory.max={:?} cpu={:?}%",
+                c.parent.display(),
+                c.pids_max,
+                c.memory_max,
+                c.cpu_percent
+            )?,
+            None => writeln!(f, "  cgroup: none (no writable cgroup on this host)")?,
+        }
+        if !self.gaps.is_empty() {
+            writeln!(f, "\nNOT fully enforced:")?;
+            for g in &self.gaps {
+                writeln!(f, "  {} [{:?}]: {}", g.layer, g.state, g.detail)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! Reads the host facts a plan needs. Cheap: a few small files, no process spawning.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use workfence_policy::layout::FsLayout;
+
+use crate::plan::HostFacts;
+use crate::sys;
+
+/// Listening pathname unix sockets from `/proc/net/unix` (the host's network namespace).
+fn unix_sockets() -> Vec<PathBuf> {
+    const SO_ACCEPTCON: u32 = 0x0001_0000;
+    let Ok(text) = std::fs::read_to_string("/proc/net/unix") else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let flags = u32::from_str_radix(cols.get(3)?, 16).ok()?;
+            let path = cols.get(7)?;
+            (flags & SO_ACCEPTCON != 0 && path.starts_with('/')).then(|| PathBuf::from(path))
+        })
+        .filter(|p| std::fs::symlink_metadata(p).is_ok())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn own_cgroup_v1(controller: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for l in text.lines() {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if ctrls.split(',').any(|c| c == controller) {
+            let dir = Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(path.trim_start_matches('/'));
+            return Some(dir);
+        }
+    }
+    None
+}
+
+fn own_cgroup_v2() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/unified")
+    };
+    Some(base.join(path.trim_start_matches('/')))
+}
+
+fn writable(p: &Path) -> bool {
+    // Creating a child is the only reliable test (cgroupfs ignores mode bits for some writes).
+    let probe = p.join(format!(".workfence-probe-{}", std::process::id()));
+    match std::fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&probe);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A cgroup where workfence may create children with pids (and, on v2, memory/cpu)
+/// limits: a delegated v2 subtree that already enables the controllers, else v1 `pids`.
+fn cgroups() -> (Option<PathBuf>, Option<PathBuf>) {
+    if let Some(v2) = own_cgroup_v2() {
+        let ctl = std::fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
+        if ctl.split_whitespace().any(|c| c == "pids") && writable(&v2) {
+            let mem = ctl.split_whitespace().any(|c| c == "memory");
+            return (Some(v2.clone()), mem.then_some(v2));
+        }
+    }
+    if let Some(v1) = own_cgroup_v1("pids") {
+        if v1.join("pids.max").exists() || v1.join("cgroup.procs").exists() {
+            if writable(&v1) {
+                return (Some(v1), None);
+            }
+        }
+    }
+    (None, None)
+}
+
+/// Gathers the facts for a plan. `degraded` adds the directory listings the
+/// Landlock-only plan needs.
+pub fn facts(layout: &FsLayout, degraded: bool, with_cgroup: bool) -> HostFacts {
+    let (uid, gid) = sys::ids();
+    let mut run_dirs = Vec::new();
+    if Path::new("/run").is_dir() {
+        run_dirs.push(PathBuf::from("/run"));
+    }
+    if std::fs::symlink_metadata("/var/run").is_ok_and(|m| m.is_dir()) {
+        run_dirs.push(PathBuf::from("/var/run"));
+    }
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        if x.is_absolute() && x.is_dir() && !run_dirs.iter().any(|r| x.starts_with(r)) {
+            run_dirs.push(x);
+        }
+    }
+    // Never mask a directory that holds a writable root.
+    run_dirs.retain(|r| !layout.writable.iter().any(|w| w.path.starts_with(r)));
+    let resolv_conf = std::fs::canonicalize("/etc/resolv.conf")
+        .ok()
+        .filter(|r| run_dirs.iter().any(|d| r.starts_with(d)));
+    let mut listings = BTreeMap::new();
+    if degraded {
+        let targets = layout
+            .hidden
+            .iter()
+            .map(|h| h.path.clone())
+            .chain(layout.protected.iter().map(|p| p.path.clone()));
+        for t in targets {
+            for anc in t.ancestors().skip(1) {
+                if listings.contains_key(anc) {
+                    continue;
+                }
+                let names = std::fs::read_dir(anc)
+                    .map(|rd| {
+                        rd.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                listings.insert(anc.to_path_buf(), names);
+            }
+        }
+    }
+    let (pids_cgroup, v2_cgroup) = if with_cgroup { cgroups() } else { (None, None) };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    HostFacts {
+        uid,
+        gid,
+        landlock_abi: sys::landlock_abi(),
+        unix_sockets: unix_sockets(),
+        run_dirs,
+        resolv_conf,
+        listings,
+        pids_cgroup,
+        v2_cgroup,
+        degraded_tmp: std::env::temp_dir()
+            .join(format!("workfence-{uid}-{}-{nanos:x}", std::process::id())),
+    }
+}

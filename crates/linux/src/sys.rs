@@ -1,0 +1,681 @@
+//! Thin, documented wrappers over the raw syscalls the Linux backend needs. All of
+//! the backend's `unsafe` lives here; callers get safe functions returning
+//! `io::Result` and owned file descriptors.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cvt_long(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Result of a fork-like call.
+#[derive(Debug)]
+pub enum Forked {
+    /// In the parent, with the child's pid.
+    Parent(libc::pid_t),
+    /// In the child.
+    Child,
+}
+
+/// `clone(2)` with fork semantics (no shared memory, the child continues on a copy
+/// of the stack) and new namespaces. Used instead of `unshare` so that the child is
+/// pid 1 of its pid namespace without an intermediate process.
+///
+/// The caller must be single-threaded (workfence's front end is), so that no lock is
+/// held by another thread at the time of the copy.
+pub fn clone_namespaces(flags: libc::c_int) -> io::Result<Forked> {
+    let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: raw clone without CLONE_VM and with a null stack behaves like fork(2):
+    // the child gets a private copy of the address space and resumes here. The other
+    // arguments (parent/child tid pointers, tls) are unused without the matching flags.
+    let r = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match cvt_long(r)? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid as libc::pid_t)),
+    }
+}
+
+/// `fork(2)`. The caller must be single-threaded.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory-safety preconditions; the process is single-threaded
+    // (documented requirement), so the child's copy holds no foreign locks.
+    match cvt(unsafe { libc::fork() })? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// `_exit(2)`: leave without running destructors or atexit handlers (in a forked child
+/// they belong to the parent).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// `pipe2(O_CLOEXEC)`: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid array of two ints for the kernel to fill.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: on success both fds are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `write(2)` of the whole buffer (best effort on EINTR).
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: buf is a valid readable slice of buf.len() bytes.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// `read(2)` into `buf`; returns the count (0 at EOF).
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a valid writable slice of buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(n as usize);
+    }
+}
+
+/// `mount(2)`.
+pub fn mount(
+    src: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let p = |c: Option<&CStr>| c.map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: all pointers are null or valid NUL-terminated strings that outlive the call.
+    cvt(unsafe { libc::mount(p(src), target.as_ptr(), p(fstype), flags, p(data).cast()) })?;
+    Ok(())
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `MOUNT_ATTR_RDONLY`
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_NOSUID`
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// `MOUNT_ATTR_NODEV`
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// `mount_setattr(2)` with `AT_RECURSIVE`: sets flags on a whole mount subtree at once
+/// (a plain remount only changes the top mount, leaving submounts writable).
+pub fn mount_setattr_recursive(target: &CStr, set: u64, clr: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: target is a valid C string; attr is a valid mount_attr of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    cvt_long(r)?;
+    Ok(())
+}
+
+/// `pivot_root(2)`.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: both arguments are valid C strings.
+    cvt_long(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })?;
+    Ok(())
+}
+
+/// `umount2(2)`.
+pub fn umount2(target: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: target is a valid C string.
+    cvt(unsafe { libc::umount2(target.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// `chdir(2)`.
+pub fn chdir(p: &CStr) -> io::Result<()> {
+    // SAFETY: p is a valid C string.
+    cvt(unsafe { libc::chdir(p.as_ptr()) })?;
+    Ok(())
+}
+
+/// `mkdir(2)`; an existing entry is not an error.
+pub fn mkdir(p: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: p is a valid C string.
+    match cvt(unsafe { libc::mkdir(p.as_ptr(), mode) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
+/// Creates an empty file (for a bind mount point); an existing one is kept.
+pub fn touch(p: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: p is a valid C string; the returned fd is closed right away.
+    let fd = cvt(unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: fd was just opened by us.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
+}
+
+/// `symlink(2)`.
+pub fn symlink(target: &CStr, link: &CStr) -> io::Result<()> {
+    // SAFETY: both are valid C strings.
+    cvt(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) })?;
+    Ok(())
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+
+/// `openat2(O_PATH, RESOLVE_NO_SYMLINKS)`: opens `p` only if no component is a
+/// symlink, so a path swapped for a symlink between planning and mounting
+/// (a setup race) is refused rather than followed.
+pub fn open_path_nofollow(p: &CStr) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: p is a valid C string and how a valid open_how of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    let fd = cvt_long(r)? as RawFd;
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `prctl(2)` with integer arguments.
+pub fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the options used by this crate take integer arguments only.
+    cvt(unsafe {
+        libc::prctl(
+            option,
+            arg2,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })?;
+    Ok(())
+}
+
+/// Drops every capability: bounding set, ambient set, and the permitted, effective
+/// and inheritable sets (so that even a uid-0 exec regains nothing).
+pub fn drop_all_capabilities() -> io::Result<()> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
+        .unwrap_or(63);
+    for cap in 0..=last {
+        match prctl(libc::PR_CAPBSET_DROP, cap) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: integer-only prctl.
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })?;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut hdr = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: hdr and data are valid v3 capability structures (two data elements).
+    cvt_long(unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) })?;
+    Ok(())
+}
+
+/// Marks every fd from `first` up as close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`).
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range takes integers only.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r == -1 {
+        // Older kernels: mark one by one.
+        for fd in first..1024 {
+            // SAFETY: fcntl on a possibly-closed fd is harmless (EBADF).
+            unsafe { libc::fcntl(fd as RawFd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    Ok(())
+}
+
+/// Clears close-on-exec on `fd` (for `--keep-fd`).
+pub fn inherit_fd(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with integer args; an invalid fd yields EBADF.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+    Ok(())
+}
+
+/// `setsid(2)`.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: no arguments.
+    cvt(unsafe { libc::setsid() })?;
+    Ok(())
+}
+
+/// `ioctl(fd, TIOCSCTTY, 0)`: make a pty slave the controlling terminal.
+pub fn set_controlling_tty(fd: RawFd) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) })?;
+    Ok(())
+}
+
+/// `setrlimit(2)` with soft = hard = `value`.
+pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: lim is a valid rlimit.
+    cvt(unsafe { libc::setrlimit(resource, &lim) })?;
+    Ok(())
+}
+
+/// The set of signals workfence forwards to the command.
+pub const FORWARDED: &[libc::c_int] = &[
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCONT,
+];
+
+fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for s in signals {
+        // SAFETY: set is valid and s a valid signal number.
+        unsafe { libc::sigaddset(&mut set, *s) };
+    }
+    set
+}
+
+/// Blocks `signals` and returns a signalfd that reports them.
+pub fn block_signals_fd(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
+    let set = sigset(signals);
+    // SAFETY: set is valid; the old mask is not needed.
+    cvt(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) })?;
+    // SAFETY: set is valid; -1 asks for a new fd.
+    let fd = cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Unblocks `signals` (the front end, after the sandbox is gone).
+pub fn unblock_signals(signals: &[libc::c_int]) {
+    let set = sigset(signals);
+    // SAFETY: set is a valid sigset_t.
+    unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// `flock(LOCK_EX)`, held until the fd is closed.
+pub fn lock_exclusive(fd: RawFd) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt(unsafe { libc::flock(fd, libc::LOCK_EX) })?;
+    Ok(())
+}
+
+/// Reads one pending signal from a signalfd (None when none is pending).
+pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<libc::c_int>> {
+    // SAFETY: signalfd_siginfo is plain data.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: info is a valid writable buffer of `size` bytes.
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(info.ssi_signo as libc::c_int))
+}
+
+/// Unblocks every signal and restores default dispositions (Rust ignores SIGPIPE;
+/// the command must not inherit that).
+pub fn reset_signals() {
+    let all = sigset(&[]);
+    // SAFETY: sigfillset/sigprocmask on a valid set.
+    unsafe {
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+    }
+    for s in 1..32 {
+        if s == libc::SIGKILL || s == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: resetting a disposition to default is always valid.
+        unsafe { libc::signal(s, libc::SIG_DFL) };
+    }
+}
+
+/// `kill(2)`.
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt(unsafe { libc::kill(pid, sig) })?;
+    Ok(())
+}
+
+/// Wait status of a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Exited with a code.
+    Exited(i32),
+    /// Killed by a signal.
+    Signaled(i32),
+}
+
+impl Status {
+    /// The shell convention: the code, or 128 + signal.
+    pub fn code(self) -> i32 {
+        match self {
+            Status::Exited(c) => c,
+            Status::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// `waitpid(2)`; `None` with `WNOHANG` when nothing is ready.
+pub fn waitpid(pid: libc::pid_t, nohang: bool) -> io::Result<Option<(libc::pid_t, Status)>> {
+    let mut st = 0;
+    loop {
+        // SAFETY: st is a valid int for the kernel to fill.
+        let r = unsafe { libc::waitpid(pid, &mut st, if nohang { libc::WNOHANG } else { 0 }) };
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let status = if libc::WIFEXITED(st) {
+            Status::Exited(libc::WEXITSTATUS(st))
+        } else if libc::WIFSIGNALED(st) {
+            Status::Signaled(libc::WTERMSIG(st))
+        } else {
+            continue;
+        };
+        return Ok(Some((r, status)));
+    }
+}
+
+/// `pidfd_open(2)`.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments.
+    let fd = cvt_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })? as RawFd;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `poll(2)` over `fds` (fd, events); returns revents per fd. `timeout_ms < 0` waits forever.
+pub fn poll(fds: &[(RawFd, libc::c_short)], timeout_ms: i32) -> io::Result<Vec<libc::c_short>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|(fd, ev)| libc::pollfd {
+            fd: *fd,
+            events: *ev,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: p is a valid array of p.len() pollfds.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if r == -1 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![0; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(p.iter().map(|x| x.revents).collect())
+}
+
+/// `execve(2)`; returns only on failure.
+pub fn execve(
+    path: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    // SAFETY: argv and envp are NULL-terminated arrays of pointers to C strings that
+    // the caller keeps alive; path is a valid C string.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// `sethostname(2)`.
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: name points to name.len() valid bytes.
+    cvt(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })?;
+    Ok(())
+}
+
+/// Brings the loopback interface of the current network namespace up.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket with integer args; the fd is owned right after.
+    let s = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fresh fd.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: ifreq is plain data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, b) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *b as libc::c_char;
+    }
+    // SAFETY: req is a valid ifreq; SIOCGIFFLAGS fills ifru_flags.
+    cvt(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the union member was just set by the kernel.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above, SIOCSIFFLAGS reads the ifreq.
+    cvt(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })?;
+    Ok(())
+}
+
+/// `dup2(2)`.
+pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt(unsafe { libc::dup2(from, to) })?;
+    Ok(())
+}
+
+/// `getuid`/`getgid`.
+pub fn ids() -> (u32, u32) {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// A C string from a path-like value (NUL bytes are refused).
+pub fn cstr(s: impl AsRef<std::ffi::OsStr>) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(s.as_ref().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Opens a pseudo-terminal pair: (master, slave).
+pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut m: RawFd = -1;
+    let mut s: RawFd = -1;
+    // SAFETY: m and s are valid out-pointers; name, termios and winsize may be null.
+    cvt(unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: both are fresh fds.
+    let (m, s) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    for fd in [&m, &s] {
+        // SAFETY: integer fcntl.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok((m, s))
+}
+
+/// Copies the window size of `from` to `to` (both terminals).
+pub fn copy_winsize(from: RawFd, to: RawFd) {
+    // SAFETY: winsize is plain data.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ fills ws; TIOCSWINSZ reads it. Failures are harmless.
+    unsafe {
+        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+/// Puts a terminal in raw mode; returns the previous settings to restore.
+pub fn make_raw(fd: RawFd) -> Option<libc::termios> {
+    // SAFETY: termios is plain data; tcgetattr fills it.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
+        return None;
+    }
+    let old = t;
+    // SAFETY: cfmakeraw modifies a valid termios; tcsetattr reads it.
+    unsafe {
+        libc::cfmakeraw(&mut t);
+        libc::tcsetattr(fd, libc::TCSANOW, &t);
+    }
+    Some(old)
+}
+
+/// Restores terminal settings saved by [`make_raw`].
+pub fn restore_tty(fd: RawFd, t: &libc::termios) {
+    // SAFETY: t is a valid termios.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, t) };
+}
+
+/// `isatty(3)`.
+pub fn isatty(fd: RawFd) -> bool {
+    // SAFETY: integer argument.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// The best Landlock ABI of the running kernel (0 when Landlock is unavailable).
+pub fn landlock_abi() -> u32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attr, zero size and the VERSION flag the call only returns a number.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if r < 0 {
+        0
+    } else {
+        r as u32
+    }
+}
+
+/// Whether seccomp filters are available (`prctl(PR_GET_SECCOMP)` answers).
+pub fn seccomp_available() -> bool {
+    // SAFETY: integer-only prctl.
+    unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 }
+}
