@@ -1,1 +1,200 @@
-//! workfence macos backend (in progress).
+//! # workfence-macos
+//!
+//! The macOS backend of workfence: a [`Policy`] and its [`FsLayout`] are compiled by
+//! a pure function, [`profile`], into a Seatbelt (SBPL) profile, and [`run`] starts
+//! the command under `/usr/bin/sandbox-exec` with that profile, in its own session,
+//! and kills every descendant when the command ends, times out or workfence is
+//! stopped.
+//!
+//! The profile is printable on any host (`workfence explain --target macos`):
+//!
+//! ```
+//! use std::path::PathBuf;
+//! use workfence_policy::layout::{FileKind, FsLayout, HiddenPath, RootKind, WritableRoot};
+//! use workfence_policy::{Policy, Source};
+//! use workfence_macos::{profile, MacContext};
+//!
+//! let policy = Policy::new("/Users/dev/src/proj");
+//! let layout = FsLayout {
+//!     writable: vec![WritableRoot {
+//!         path: PathBuf::from("/Users/dev/src/proj"),
+//!         kind: RootKind::Workspace,
+//!         source: Source::Default,
+//!     }],
+//!     protected: vec![],
+//!     hidden: vec![HiddenPath {
+//!         path: PathBuf::from("/Users/dev/.ssh"),
+//!         kind: FileKind::Dir,
+//!         source: Source::Default,
+//!     }],
+//!     cwd: PathBuf::from("/Users/dev/src/proj"),
+//!     notes: vec![],
+//! };
+//! let ctx = MacContext::example(&policy);
+//! let sb = profile(&policy, &layout, &ctx).unwrap();
+//! assert!(sb.text().contains("(deny default)"));
+//! assert_eq!(sb.param("WRITABLE_ROOT_0"), Some("/Users/dev/src/proj"));
+//! // Display prints the parameters too: exactly what sandbox-exec receives.
+//! assert!(sb.to_string().contains("-D HIDDEN_0=/Users/dev/.ssh"));
+//! ```
+//!
+//! See `docs/macos.md` for the design and its limits.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+use workfence_policy::{Network, Policy};
+
+mod profile;
+#[cfg(target_os = "macos")]
+mod run;
+#[cfg(target_os = "macos")]
+mod sys;
+
+pub use profile::{profile, SeatbeltProfile, BASE_PROFILE, SANDBOX_EXEC};
+pub use workfence_policy::layout::FsLayout;
+pub use workfence_policy::run::RunRequest;
+
+/// What the profile needs to know about the host beyond the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MacContext {
+    /// The user's home directory (canonical); its `Library/Keychains` is hidden.
+    pub home: PathBuf,
+    /// The private temp dir of this run (canonical), writable and set as `TMPDIR`.
+    pub tmp_dir: PathBuf,
+    /// The port of workfence's proxy on the loopback, for `Network::Proxy`.
+    pub proxy_port: Option<u16>,
+    /// Delete `tmp_dir` after the command (true when workfence created it).
+    pub remove_tmp_after_run: bool,
+}
+
+impl MacContext {
+    /// A fixed context for `explain` and snapshot tests: the same on every host.
+    pub fn example(policy: &Policy) -> Self {
+        MacContext {
+            home: PathBuf::from("/Users/dev"),
+            tmp_dir: PathBuf::from("/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/workfence-example"),
+            proxy_port: match policy.network {
+                Network::Proxy(_) => Some(3128),
+                _ => None,
+            },
+            remove_tmp_after_run: false,
+        }
+    }
+
+    /// The same context with the proxy's loopback port (needed for `Network::Proxy`).
+    pub fn with_proxy_port(mut self, port: u16) -> Self {
+        self.proxy_port = Some(port);
+        self
+    }
+}
+
+#[cfg(target_os = "macos")]
+impl MacContext {
+    /// Reads the host: the home directory, and a fresh private temp dir (mode 0700)
+    /// under the per-user temp dir. The proxy port is left unset: add it with
+    /// [`MacContext::with_proxy_port`] once the proxy listens.
+    pub fn detect(policy: &Policy) -> Result<Self, MacError> {
+        run::detect(policy)
+    }
+}
+
+/// Why the macOS backend could not do its part. Each message names the failing
+/// step and what to do; the CLI prints it and exits with 125.
+#[derive(Debug, Error)]
+pub enum MacError {
+    /// Not on macOS.
+    #[error("the macOS backend runs only on macOS; on this host use its own backend, or `workfence explain --target macos` to see the profile")]
+    Unsupported,
+    /// Full access has no sandbox to build.
+    #[error("mode full-access runs without a sandbox, so there is no Seatbelt profile; run the command directly or pick read-only/workspace-write")]
+    FullAccess,
+    /// A path cannot be put into a profile.
+    #[error("cannot put {path:?} into a Seatbelt profile: {reason}; rename it or leave it out of the policy")]
+    BadPath {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The policy routes the network through the proxy, but no port is known.
+    #[error("network mode proxy needs the proxy's loopback port; start the proxy first and pass its port with MacContext::with_proxy_port")]
+    NoProxyPort,
+    /// The home directory is unknown.
+    #[error("cannot determine the home directory: {0}; set HOME to an existing absolute path")]
+    Home(String),
+    /// The private temp dir could not be made.
+    #[error("cannot create the private temp dir {path:?}: {source}; check that TMPDIR points to a writable directory you own")]
+    TempDir {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `sandbox-exec` is missing.
+    #[error("{path} is missing or not executable ({source}); Seatbelt's launcher ships with macOS: check the OS install (workfence never looks it up in PATH)")]
+    SandboxExecMissing {
+        /// Where it was expected.
+        path: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The request cannot be run as given.
+    #[error("invalid run request: {0}")]
+    Request(String),
+    /// A system call failed.
+    #[error("{call} failed: {source}; {hint}")]
+    Syscall {
+        /// The call or step.
+        call: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// `sandbox-exec` ran but did not start the command (profile rejected).
+    #[error("sandbox-exec did not start the command ({status}): the profile was rejected or Seatbelt is unavailable; its message is on stderr above. `workfence doctor` checks Seatbelt, `workfence explain --target macos` shows the profile")]
+    SandboxRefused {
+        /// sandbox-exec's exit status.
+        status: String,
+    },
+}
+
+impl MacError {
+    /// The exit status the CLI uses for this error (125: sandbox setup failed).
+    pub fn exit_code(&self) -> i32 {
+        workfence_policy::run::EXIT_SETUP
+    }
+}
+
+/// Runs `req` under `profile` and returns the exit status per the contract in
+/// `workfence_policy::run`: the command's own status, 128+N when killed by signal N,
+/// 124 at the timeout, 126/127 when it cannot be executed or found. Setup failures
+/// are errors (the CLI exits 125).
+pub fn run(profile: &SeatbeltProfile, req: &RunRequest) -> Result<i32, MacError> {
+    #[cfg(target_os = "macos")]
+    {
+        run::run(profile, req)
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        let _ = (profile, req);
+        Err(MacError::Unsupported)
+    }
+}
+
+/// What this host enforces, layer by layer, for `workfence doctor`.
+pub fn doctor() -> Vec<workfence_policy::LayerStatus> {
+    #[cfg(target_os = "macos")]
+    {
+        run::doctor()
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        vec![workfence_policy::LayerStatus {
+            layer: "macOS Seatbelt".into(),
+            state: workfence_policy::Enforcement::None,
+            detail: "unsupported: this host is not macOS; the Seatbelt backend runs only there (`workfence explain --target macos` still prints the profile)".into(),
+        }]
+    }
+}

@@ -178,7 +178,7 @@ impl WindowsContext {
             user_name: format!("DEVBOX\\{user}"),
             user_sid: format!("{machine}-1001"),
             read_roots: vec![format!("{profile}\\.cargo"), format!("{profile}\\.rustup")],
-            state_dir: format!("{profile}\\AppData\\Local\\workfence"),
+            state_dir: format!("{profile}\\AppData\\Local\\workfence\\state"),
             temp_root: format!("{profile}\\AppData\\Local\\workfence\\tmp"),
             profile_dir: profile,
             windows_dir: "C:\\Windows".into(),
