@@ -110,9 +110,8 @@ impl fmt::Display for WindowsPlan {
                 }
                 writeln!(f, "  {title}:")?;
                 for a in aces {
-                    writeln!(
-                        f,
-                        "    {:<5} {:<58} {}{}  {}",
+                    let line = format!(
+                        "    {:<5} {:<58} {}{}{}",
                         match a.ace.kind {
                             AceKind::Allow => "allow",
                             AceKind::Deny => "deny",
@@ -123,8 +122,9 @@ impl fmt::Display for WindowsPlan {
                             Inherit::Tree => " (inherited by the tree)",
                             Inherit::None => "",
                         },
-                        if a.per_run { "[per run]" } else { "" }
-                    )?;
+                        if a.per_run { "  [per run]" } else { "" }
+                    );
+                    writeln!(f, "{}", line.trim_end())?;
                     writeln!(f, "          to {} {}", a.trustee, a.ace.sid)?;
                     writeln!(f, "          {}  {}", a.ace.sddl(), a.why)?;
                 }

@@ -1,0 +1,346 @@
+//! Plan tests: run on every OS. Layouts are built by hand with Windows paths.
+
+use std::time::Duration;
+
+use workfence_policy::layout::{
+    FileKind, FsLayout, HiddenPath, ProtectedPath, Protection, RootKind, WritableRoot,
+};
+use workfence_policy::{Enforcement, Mode, Network, Policy, ProxyPolicy, Source, SourcedPath};
+use workfence_windows::sddl::{rights, AceKind, Inherit};
+use workfence_windows::{plan, AcePurpose, RunAs, WindowsContext, WindowsError, WindowsPlan};
+
+const WS: &str = r"C:\Users\dev\src\proj";
+
+fn root(p: &str, kind: RootKind) -> WritableRoot {
+    WritableRoot {
+        path: p.into(),
+        kind,
+        source: Source::Default,
+    }
+}
+
+fn prot(p: &str, exists: Option<FileKind>, protection: Protection, reason: &str) -> ProtectedPath {
+    ProtectedPath {
+        path: p.into(),
+        exists,
+        missing_as_dir: !p.ends_with(".json"),
+        protection,
+        reason: reason.into(),
+    }
+}
+
+fn hidden(p: &str, kind: FileKind) -> HiddenPath {
+    HiddenPath {
+        path: p.into(),
+        kind,
+        source: Source::Default,
+    }
+}
+
+/// The layout `layout::compute` gives for a git repository workspace on Windows.
+fn repo_layout(ws: &str) -> FsLayout {
+    let j = |n: &str| format!(r"{ws}\{n}");
+    FsLayout {
+        writable: vec![root(ws, RootKind::Workspace)],
+        protected: vec![
+            prot(&j(".agents"), None, Protection::ReadOnly, "runs code on the host later (agent or editor config)"),
+            prot(&j(".claude"), None, Protection::ReadOnly, "runs code on the host later (agent or editor config)"),
+            prot(&j(".git"), Some(FileKind::Dir), Protection::Pinned, "the repository itself must not be renamed, replaced or deleted"),
+            prot(&j(r".git\config"), Some(FileKind::File), Protection::ReadOnly, "git config can run commands (core.fsmonitor, filters, hooksPath)"),
+            prot(&j(r".git\hooks"), Some(FileKind::Dir), Protection::ReadOnly, "git hooks run on the host"),
+            prot(&j(".mcp.json"), None, Protection::ReadOnly, "runs code on the host later (agent or editor config)"),
+            prot(&j(".vscode"), Some(FileKind::Dir), Protection::ReadOnly, "runs code on the host later (agent or editor config)"),
+            prot(&j(".workfence"), None, Protection::ReadOnly, "runs code on the host later (agent or editor config)"),
+        ],
+        hidden: vec![
+            hidden(r"C:\Users\dev\.aws", FileKind::Dir),
+            hidden(r"C:\Users\dev\.cargo\credentials.toml", FileKind::File),
+            hidden(r"C:\Users\dev\.ssh", FileKind::Dir),
+        ],
+        cwd: ws.into(),
+        notes: vec![],
+    }
+}
+
+fn policy(ws: &str) -> Policy {
+    Policy::new(ws)
+}
+
+fn build(p: &Policy, l: &FsLayout) -> WindowsPlan {
+    plan(p, l, &WindowsContext::example(p)).unwrap()
+}
+
+fn snap(name: &str, p: &WindowsPlan) {
+    insta::assert_snapshot!(format!("{name}-text"), p.to_string());
+    insta::assert_yaml_snapshot!(format!("{name}-data"), p);
+}
+
+#[test]
+fn workspace_write_repo_network_off() {
+    let p = policy(WS);
+    let l = repo_layout(WS);
+    let plan = build(&p, &l);
+    assert!(matches!(plan.run_as, RunAs::OfflineUser { .. }));
+    assert!(plan.degraded().is_empty());
+    snap("workspace-write", &plan);
+}
+
+#[test]
+fn read_only() {
+    let mut p = policy(WS);
+    p.mode = Mode::ReadOnly;
+    let l = FsLayout {
+        writable: vec![],
+        protected: vec![],
+        hidden: vec![hidden(r"C:\Users\dev\.ssh", FileKind::Dir)],
+        cwd: WS.into(),
+        notes: vec![],
+    };
+    let plan = build(&p, &l);
+    // Only the temp dir is writable; the workspace is readable by the sandbox group.
+    let writes: Vec<_> = plan
+        .aces
+        .iter()
+        .filter(|a| a.purpose == AcePurpose::Write)
+        .map(|a| a.path.as_str())
+        .collect();
+    assert!(writes.iter().all(|p| p.contains(r"workfence\tmp")), "{writes:?}");
+    assert!(plan
+        .aces
+        .iter()
+        .any(|a| a.purpose == AcePurpose::Read && a.path == WS));
+    snap("read-only", &plan);
+}
+
+#[test]
+fn extra_roots_and_deny_read() {
+    let mut p = policy(WS);
+    p.allow_write.push(SourcedPath {
+        path: r"D:\cache\build".into(),
+        source: Source::Cli,
+    });
+    p.deny_read.push(SourcedPath {
+        path: r"C:\Users\dev\src\proj\secrets.env".into(),
+        source: Source::Cli,
+    });
+    p.limits.memory_bytes = Some(2 << 30);
+    p.limits.cpu_percent = Some(150);
+    p.limits.max_processes = 64;
+    p.limits.timeout = Some(Duration::from_millis(90_500));
+    let mut l = repo_layout(WS);
+    let mut extra = root(r"D:\cache\build", RootKind::Extra);
+    extra.source = Source::Cli;
+    l.writable.push(extra);
+    l.protected.push(prot(
+        r"D:\cache\build\.git",
+        None,
+        Protection::ReadOnly,
+        "the repository itself must not be renamed, replaced or deleted",
+    ));
+    l.hidden.push(HiddenPath {
+        path: r"C:\Users\dev\src\proj\secrets.env".into(),
+        kind: FileKind::File,
+        source: Source::Cli,
+    });
+    let plan = build(&p, &l);
+    assert_eq!(plan.job.active_process_limit, 64);
+    assert_eq!(plan.job.job_memory_limit, Some(2 << 30));
+    assert!(plan
+        .job
+        .limit_flags
+        .contains(&"JOB_OBJECT_LIMIT_JOB_MEMORY"));
+    assert_eq!(plan.job.timeout_ms, Some(90_500));
+    snap("extra-roots", &plan);
+}
+
+#[test]
+fn network_on_runs_as_the_online_user() {
+    let mut p = policy(WS);
+    p.network = Network::On;
+    let plan = build(&p, &repo_layout(WS));
+    assert!(matches!(plan.run_as, RunAs::OnlineUser { .. }));
+    assert!(plan.network.enforced);
+    snap("network-on", &plan);
+}
+
+#[test]
+fn network_proxy() {
+    let mut p = policy(WS);
+    p.network = Network::Proxy(ProxyPolicy {
+        allow: vec!["**.crates.example".into()],
+        ..Default::default()
+    });
+    let plan = build(&p, &repo_layout(WS));
+    assert!(matches!(plan.run_as, RunAs::OfflineUser { .. }));
+    assert_eq!(
+        plan.env.set.get("HTTPS_PROXY").map(String::as_str),
+        Some("http://127.0.0.1:47380")
+    );
+    insta::assert_snapshot!("network-proxy-text", plan.to_string());
+}
+
+#[test]
+fn without_setup_is_degraded() {
+    let p = policy(WS);
+    let ctx = WindowsContext::example(&p).without_setup();
+    let plan = plan(&p, &repo_layout(WS), &ctx).unwrap();
+    assert!(plan.needs_setup);
+    assert!(matches!(plan.run_as, RunAs::CurrentUser { .. }));
+    let degraded: Vec<_> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
+    assert_eq!(degraded, ["secrets (deny-read)", "network"]);
+    // No group exists: every ACE is for the capability SID.
+    assert!(plan.aces.iter().all(|a| a.ace.sid == plan.capability_sid));
+    snap("no-setup", &plan);
+}
+
+#[test]
+fn spaces_and_non_ascii() {
+    let ws = r"C:\Users\Zoë Ångström\Projekte\mein projekt ü";
+    let p = policy(ws);
+    let plan = build(&p, &repo_layout(ws));
+    assert!(plan.to_string().contains(ws));
+    assert!(plan.temp_dir.starts_with(r"C:\Users\Zoë Ångström\AppData"));
+    snap("spaces-non-ascii", &plan);
+}
+
+#[test]
+fn full_access_has_only_the_job() {
+    let mut p = policy(WS);
+    p.mode = Mode::FullAccess;
+    let l = FsLayout {
+        writable: vec![],
+        protected: vec![],
+        hidden: vec![],
+        cwd: WS.into(),
+        notes: vec![],
+    };
+    let plan = build(&p, &l);
+    assert!(plan.unsandboxed && plan.token.is_none() && plan.aces.is_empty());
+    insta::assert_snapshot!("full-access-text", plan.to_string());
+}
+
+#[test]
+fn token_excludes_everyone_and_users() {
+    let p = policy(WS);
+    let plan = build(&p, &repo_layout(WS));
+    let t = plan.token.unwrap();
+    assert_eq!(
+        t.flags,
+        ["WRITE_RESTRICTED", "DISABLE_MAX_PRIVILEGE", "LUA_TOKEN"]
+    );
+    let restricting: Vec<_> = t.restricting_sids.iter().map(|s| s.sid.as_str()).collect();
+    assert_eq!(restricting[0], plan.capability_sid);
+    assert!(restricting[1].starts_with("logon SID"));
+    for sid in ["S-1-1-0", "S-1-5-32-545", "S-1-5-11"] {
+        assert!(!restricting.contains(&sid));
+        assert!(t.excluded_sids.iter().any(|s| s.sid == sid));
+    }
+}
+
+#[test]
+fn protected_paths_are_pinned_against_their_parents() {
+    let p = policy(WS);
+    let plan = build(&p, &repo_layout(WS));
+    let cap = plan.capability_sid.clone();
+    let has = |path: &str, kind: AceKind, mask: u32, inherit: Inherit| {
+        plan.aces.iter().any(|a| {
+            a.path == path
+                && a.ace.sid == cap
+                && a.ace.kind == kind
+                && a.ace.mask == mask
+                && a.ace.inherit == inherit
+        })
+    };
+    let j = |n: &str| format!(r"{WS}\{n}");
+    // .git itself: not deletable or renamable, contents writable.
+    assert!(has(&j(".git"), AceKind::Deny, rights::DENY_PIN, Inherit::None));
+    assert!(!has(&j(".git"), AceKind::Deny, rights::DENY_WRITE, Inherit::Tree));
+    // hooks: read-only tree; config: read-only file.
+    assert!(has(&j(r".git\hooks"), AceKind::Deny, rights::DENY_WRITE, Inherit::Tree));
+    assert!(has(&j(r".git\config"), AceKind::Deny, rights::DENY_WRITE, Inherit::None));
+    // The parents lose FILE_DELETE_CHILD, which would override the child's deny.
+    assert!(has(WS, AceKind::Deny, rights::FILE_DELETE_CHILD, Inherit::None));
+    assert!(has(&j(".git"), AceKind::Deny, rights::FILE_DELETE_CHILD, Inherit::None));
+    // The capability grant never includes FILE_DELETE_CHILD.
+    assert_eq!(rights::MODIFY & rights::FILE_DELETE_CHILD, 0);
+    // Missing protected paths become per-run placeholders with a deny ACE.
+    let ph: Vec<_> = plan.placeholders.iter().map(|p| (p.path.as_str(), p.dir)).collect();
+    assert!(ph.contains(&(j(".mcp.json").as_str(), false)));
+    assert!(ph.contains(&(j(".codex").as_str(), true)) || !ph.is_empty());
+    assert!(plan.aces.iter().any(|a| a.per_run && a.path == j(".mcp.json")));
+    // Hidden paths: a read deny for the group.
+    let group = "S-1-5-21-1004336348-1177238915-682003330-1010";
+    assert!(plan.aces.iter().any(|a| a.path == r"C:\Users\dev\.ssh"
+        && a.ace.sid == group
+        && a.ace.kind == AceKind::Deny
+        && a.ace.mask == rights::DENY_READ));
+}
+
+fn refused(ws_root: &str) -> String {
+    let p = policy(WS);
+    let mut l = repo_layout(WS);
+    l.writable.push(root(ws_root, RootKind::Extra));
+    match plan(&p, &l, &WindowsContext::example(&p)) {
+        Err(e @ WindowsError::DangerousGrant { .. }) => e.to_string(),
+        other => panic!("{ws_root}: expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn dangerous_grants_are_refused() {
+    for (path, why) in [
+        (r"C:\", "drive root"),
+        (r"D:\", "drive root"),
+        (r"C:\Users\dev", "user profile root"),
+        (r"c:\users\DEV\", "user profile root"),
+        (r"C:\Users", "user profile root"),
+        (r"C:\Windows", "Windows directory"),
+        (r"C:\Windows\System32\config", "Windows directory"),
+        (r"C:\Users\dev\NTUSER.DAT", "registry hive"),
+        (r"C:\Users\dev\AppData\Local\Microsoft\Windows\UsrClass.dat", "registry hive"),
+        (r"C:\ProgramData", "shared directory"),
+        (r"C:\Program Files", "shared directory"),
+        (r"C:\Users\dev\AppData\Local\workfence\state", "state directory"),
+        (r"C:\Users\dev\AppData\Local\workfence", "state directory"),
+        (r"\\server\share\x", "network share"),
+        (r"\\?\C:\", "drive root"),
+        (r"C:\Users\dev\.", "user profile root"),
+        (r"C:\Users\dev\src\..", "user profile root"),
+    ] {
+        let msg = refused(path);
+        assert!(msg.contains(why), "{path}: {msg}");
+        assert!(msg.contains("name a narrower directory"), "{msg}");
+    }
+}
+
+#[test]
+fn wfp_filters_cover_the_issue_list() {
+    let plan = build(&policy(WS), &repo_layout(WS));
+    let names: Vec<_> = plan.network.filters.iter().map(|f| f.name.as_str()).collect();
+    for want in ["proxy on 127.0.0.1", "proxy on ::1", "DNS", "SMB", "ICMP", "all other outbound", "inbound"] {
+        assert!(names.iter().any(|n| n.contains(want)), "{want}: {names:?}");
+    }
+    let keys: std::collections::BTreeSet<_> = plan.network.filters.iter().map(|f| &f.key).collect();
+    assert_eq!(keys.len(), plan.network.filters.len(), "filter keys are unique");
+    let layers = plan.layers.iter().all(|l| l.state == Enforcement::Full);
+    assert!(layers);
+}
+
+#[test]
+fn unix_paths_are_mapped_for_explain() {
+    if cfg!(windows) {
+        return;
+    }
+    let p = policy("/home/me/src/p");
+    let l = FsLayout {
+        writable: vec![root("/home/me/src/p", RootKind::Workspace)],
+        protected: vec![prot("/home/me/src/p/.git", Some(FileKind::Dir), Protection::Pinned, "repo")],
+        hidden: vec![hidden("/home/me/.ssh", FileKind::Dir)],
+        cwd: "/home/me/src/p".into(),
+        notes: vec![],
+    };
+    let plan = build(&p, &l);
+    assert_eq!(plan.workspace, r"C:\Users\me\src\p");
+    assert!(plan.aces.iter().any(|a| a.path == r"C:\Users\me\.ssh"));
+    assert!(plan.notes.iter().any(|n| n.contains("for illustration")));
+}
