@@ -73,7 +73,9 @@ impl MacContext {
     pub fn example(policy: &Policy) -> Self {
         MacContext {
             home: PathBuf::from("/Users/dev"),
-            tmp_dir: PathBuf::from("/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/workfence-example"),
+            tmp_dir: PathBuf::from(
+                "/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/workfence-example",
+            ),
             proxy_port: match policy.network {
                 Network::Proxy(_) => Some(3128),
                 _ => None,
