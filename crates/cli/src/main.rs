@@ -264,7 +264,12 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            // workfence's own errors already carry their cause; anyhow contexts need the chain.
+            let msg = match e.downcast_ref::<workfence::Error>() {
+                Some(we) => we.to_string(),
+                None => format!("{e:#}"),
+            }
+            .replace('\n', " ");
             eprintln!("workfence: {msg}");
             ExitCode::from(EXIT_SETUP as u8)
         }

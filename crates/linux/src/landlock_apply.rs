@@ -57,7 +57,6 @@ pub fn restrict(plan: &LandlockPlan) -> Result<(), String> {
     if !scopes.is_empty() {
         ruleset = ruleset.scope(scopes).map_err(|e| format!("scoping: {e}"))?;
     }
-    let _ = abi;
     let mut created = ruleset
         .create()
         .map_err(|e| format!("creating the ruleset: {e}"))?;
@@ -66,7 +65,11 @@ pub fn restrict(plan: &LandlockPlan) -> Result<(), String> {
         let Ok(fd) = PathFd::new(&rule.path) else {
             continue;
         };
-        let access = flags(&rule.access) & flags(&plan.handled);
+        let mut access = flags(&rule.access) & flags(&plan.handled);
+        if !std::fs::metadata(&rule.path).is_ok_and(|m| m.is_dir()) {
+            // Directory-only rights (listing, creating, removing) do not apply to files.
+            access &= AccessFs::from_file(abi);
+        }
         created = created
             .add_rule(PathBeneath::new(fd, access))
             .map_err(|e| format!("adding the rule for {}: {e}", rule.path.display()))?;

@@ -681,7 +681,7 @@ pub fn plan(
         gaps.push(gap("lifetime", Enforcement::Partial,
             "descendants are tracked as a subreaper and killed when the command exits, but they can outlive a SIGKILLed workfence"));
         if policy.network == Network::Off {
-            gaps.push(gap("network", if abi >= 4 { Enforcement::Partial } else { Enforcement::Partial },
+            gaps.push(gap("network", Enforcement::Partial,
                 "no network namespace: inet sockets are refused by seccomp (so loopback inside does not work either); host pathname unix sockets stay reachable; abstract unix sockets are blocked only with Landlock ABI 6"));
         }
         gaps.push(gap(

@@ -79,10 +79,8 @@ fn cgroups() -> (Option<PathBuf>, Option<PathBuf>) {
         }
     }
     if let Some(v1) = own_cgroup_v1("pids") {
-        if v1.join("pids.max").exists() || v1.join("cgroup.procs").exists() {
-            if writable(&v1) {
-                return (Some(v1), None);
-            }
+        if (v1.join("pids.max").exists() || v1.join("cgroup.procs").exists()) && writable(&v1) {
+            return (Some(v1), None);
         }
     }
     (None, None)

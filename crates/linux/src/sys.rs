@@ -71,8 +71,11 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid array of two ints for the kernel to fill.
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: on success both fds are fresh and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    // SAFETY: on success fds[0] is a fresh descriptor owned by nobody else.
+    let r = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: likewise for fds[1].
+    let w = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((r, w))
 }
 
 /// `write(2)` of the whole buffer (best effort on EINTR).
@@ -581,7 +584,10 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
 /// `getuid`/`getgid`.
 pub fn ids() -> (u32, u32) {
     // SAFETY: no arguments, cannot fail.
-    unsafe { (libc::getuid(), libc::getgid()) }
+    let uid = unsafe { libc::getuid() };
+    // SAFETY: as above.
+    let gid = unsafe { libc::getgid() };
+    (uid, gid)
 }
 
 /// A C string from a path-like value (NUL bytes are refused).
@@ -605,8 +611,10 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
             std::ptr::null(),
         )
     })?;
-    // SAFETY: both are fresh fds.
-    let (m, s) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    // SAFETY: m is a fresh fd owned by nobody else.
+    let m = unsafe { OwnedFd::from_raw_fd(m) };
+    // SAFETY: likewise for s.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
     for fd in [&m, &s] {
         // SAFETY: integer fcntl.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -618,11 +626,10 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn copy_winsize(from: RawFd, to: RawFd) {
     // SAFETY: winsize is plain data.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ fills ws; TIOCSWINSZ reads it. Failures are harmless.
-    unsafe {
-        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
-            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
-        }
+    // SAFETY: TIOCGWINSZ fills the valid winsize.
+    if unsafe { libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) } == 0 {
+        // SAFETY: TIOCSWINSZ reads the valid winsize. Failure is harmless.
+        unsafe { libc::ioctl(to, libc::TIOCSWINSZ, &ws) };
     }
 }
 
@@ -635,11 +642,10 @@ pub fn make_raw(fd: RawFd) -> Option<libc::termios> {
         return None;
     }
     let old = t;
-    // SAFETY: cfmakeraw modifies a valid termios; tcsetattr reads it.
-    unsafe {
-        libc::cfmakeraw(&mut t);
-        libc::tcsetattr(fd, libc::TCSANOW, &t);
-    }
+    // SAFETY: cfmakeraw modifies a valid termios.
+    unsafe { libc::cfmakeraw(&mut t) };
+    // SAFETY: tcsetattr reads a valid termios.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
     Some(old)
 }
 

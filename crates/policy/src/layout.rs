@@ -599,19 +599,21 @@ pub fn compute(policy: &Policy, home: &Path, probe: &dyn FsProbe) -> Result<FsLa
     Ok(b.layout)
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
-    //! An in-memory filesystem for layout and plan tests.
+pub mod memfs {
+    //! An in-memory filesystem implementing [`FsProbe`], for plan tests of every
+    //! backend (they run on any OS).
     use super::*;
     use std::collections::BTreeMap;
 
     /// Entries: path -> (kind, contents or symlink target).
     #[derive(Debug, Default, Clone)]
-    pub struct FakeFs {
+    pub struct MemFs {
+        /// The entries.
         pub entries: BTreeMap<PathBuf, (FileKind, String)>,
     }
 
-    impl FakeFs {
+    impl MemFs {
+        /// Adds a directory and its ancestors.
         pub fn dir(mut self, p: &str) -> Self {
             let mut cur = PathBuf::from("/");
             for c in Path::new(p).components().skip(1) {
@@ -622,12 +624,14 @@ pub(crate) mod fake {
             }
             self
         }
+        /// Adds a file (and its parent directories).
         pub fn file(mut self, p: &str, text: &str) -> Self {
             let parent = Path::new(p).parent().unwrap().to_str().unwrap().to_string();
             self = self.dir(&parent);
             self.entries.insert(p.into(), (FileKind::File, text.into()));
             self
         }
+        /// Adds a symlink.
         pub fn link(mut self, p: &str, target: &str) -> Self {
             self.entries
                 .insert(p.into(), (FileKind::Symlink, target.into()));
@@ -635,7 +639,7 @@ pub(crate) mod fake {
         }
     }
 
-    impl FsProbe for FakeFs {
+    impl FsProbe for MemFs {
         fn kind(&self, p: &Path) -> Option<FileKind> {
             if p == Path::new("/") {
                 return Some(FileKind::Dir);
@@ -683,7 +687,7 @@ pub(crate) mod fake {
 
 #[cfg(test)]
 mod tests {
-    use super::fake::FakeFs;
+    use super::memfs::MemFs as FakeFs;
     use super::*;
     use crate::model::SourcedPath;
 

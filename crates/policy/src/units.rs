@@ -35,7 +35,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
+        if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
             return Err(bad());
         }
         total += Duration::from_secs_f64(secs);
