@@ -173,20 +173,22 @@ fn run_namespaces(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result
         call: "pipe2",
         source: e,
     })?;
-    let sigfd = sys::block_signals_fd(sys::FORWARDED).map_err(|e| LinuxError::Syscall {
-        step: "blocking forwarded signals",
-        call: "signalfd",
-        source: e,
-    })?;
-    let pty = if req.pty {
-        Some(sys::openpty().map_err(|e| LinuxError::Syscall {
-            step: "allocating a pseudo-terminal",
-            call: "openpty",
+    // With --pty the supervisor opens the pty in the sandbox's own devpts (so that
+    // ttyname works inside) and hands the master back over this socket.
+    let pty_sock = if req.pty {
+        Some(sys::socketpair().map_err(|e| LinuxError::Syscall {
+            step: "creating the pty socket",
+            call: "socketpair",
             source: e,
         })?)
     } else {
         None
     };
+    let sigfd = sys::block_signals_fd(sys::FORWARDED).map_err(|e| LinuxError::Syscall {
+        step: "blocking forwarded signals",
+        call: "signalfd",
+        source: e,
+    })?;
     let cgroup = Cgroup::create(plan);
 
     let mut flags = libc::CLONE_NEWUSER
@@ -203,14 +205,8 @@ fn run_namespaces(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result
             drop(err_r);
             drop(go_w);
             drop(sigfd);
-            supervisor(
-                plan,
-                req,
-                prep,
-                err_w.as_raw_fd(),
-                go_r,
-                pty.as_ref().map(|p| p.1.as_raw_fd()),
-            );
+            let sock = pty_sock.map(|(_, theirs)| theirs);
+            supervisor(plan, req, prep, err_w.as_raw_fd(), go_r, sock);
         }
         Ok(Forked::Parent(pid)) => pid,
         Err(e) => {
@@ -223,8 +219,15 @@ fn run_namespaces(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result
     cgroup.attach(pid);
     let _ = sys::write_all(go_w.as_raw_fd(), b"g");
     drop(go_w);
-    let outcome = front_loop(pid, &sigfd, req.timeout, pty.as_ref().map(|p| &p.0));
-    drop(pty);
+    let master = match pty_sock {
+        Some((ours, theirs)) => {
+            drop(theirs);
+            sys::recv_fd(ours.as_raw_fd()).ok().flatten()
+        }
+        None => None,
+    };
+    let outcome = front_loop(pid, &sigfd, req.timeout, master.as_ref());
+    drop(master);
     restore_mask();
     finish(outcome, &err_r, req.timeout)
 }
@@ -427,7 +430,7 @@ fn supervisor(
     prep: &Prepared,
     err: RawFd,
     go: OwnedFd,
-    pty_slave: Option<RawFd>,
+    pty_sock: Option<OwnedFd>,
 ) -> ! {
     // If the front end dies (even by SIGKILL), pid 1 dies, and with it the namespace.
     step(
@@ -468,6 +471,19 @@ fn supervisor(
         die(err, EXIT_SETUP, &format!("sandbox setup failed: {e}"));
     }
 
+    let pty = pty_sock.map(|sock| {
+        let (master, slave) = step(
+            err,
+            "opening /dev/ptmx in the sandbox",
+            sys::open_pty_here(),
+        );
+        step(
+            err,
+            "passing the pty to workfence (sendmsg)",
+            sys::send_fd(sock.as_raw_fd(), master.as_raw_fd()),
+        );
+        slave
+    });
     let sigfd = step(
         err,
         "signalfd",
@@ -476,10 +492,11 @@ fn supervisor(
     let child = match step(err, "fork", sys::fork()) {
         Forked::Child => {
             drop(sigfd);
-            command(plan, req, prep, err, pty_slave)
+            command(plan, req, prep, err, pty.as_ref().map(|s| s.as_raw_fd()))
         }
         Forked::Parent(pid) => pid,
     };
+    drop(pty);
     // The supervisor keeps no terminal or pipe of the user's open, so that the user's
     // pipes close exactly when the command's tree is gone.
     if let Ok(null) = std::fs::OpenOptions::new()

@@ -5,6 +5,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r == -1 {
@@ -684,4 +685,115 @@ pub fn landlock_abi() -> u32 {
 pub fn seccomp_available() -> bool {
     // SAFETY: integer-only prctl.
     unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 }
+}
+
+/// `socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`.
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid array of two ints.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: fresh fd owned by nobody else.
+    let a = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: likewise.
+    let b = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((a, b))
+}
+
+/// Sends one fd over a unix socket (SCM_RIGHTS).
+pub fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one cmsghdr carrying one int, suitably aligned.
+    let mut cbuf = [0u64; 4];
+    // SAFETY: msghdr is plain data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: msg_control points to a buffer large enough for one header.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: cmsg points into cbuf (non-null: the buffer is large enough); the data
+    // area holds one RawFd.
+    unsafe {
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: msg is fully initialized and its buffers outlive the call.
+    if unsafe { libc::sendmsg(sock, &msg, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one fd sent with [`send_fd`]; `None` when the peer closed without sending.
+pub fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: msghdr is plain data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: msg points to valid buffers for the kernel to fill.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    // SAFETY: msg was filled by the kernel; CMSG_FIRSTHDR reads within msg_control.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if cmsg.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: cmsg is non-null and points into cbuf.
+    let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
+        return Ok(None);
+    }
+    // SAFETY: an SCM_RIGHTS message carries at least one fd in its data area.
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>()) };
+    // SAFETY: the kernel installed a fresh fd for us.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Opens a pty pair in the devpts of the current mount namespace: (master, slave).
+pub fn open_pty_here() -> io::Result<(OwnedFd, OwnedFd)> {
+    let m = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/ptmx")?;
+    let mut unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int.
+    cvt(unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) })?;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes an unsigned int.
+    cvt(unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTN, &mut n) })?;
+    let s = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(format!("/dev/pts/{n}"))?;
+    Ok((m.into(), s.into()))
 }
