@@ -724,14 +724,19 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
     // SAFETY: msg_control points to a buffer large enough for one header.
     let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    // SAFETY: cmsg points into cbuf (non-null: the buffer is large enough); the data
-    // area holds one RawFd.
-    unsafe {
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-    }
+    // SAFETY: CMSG_LEN is a pure size computation.
+    let len = unsafe { libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let header = libc::cmsghdr {
+        cmsg_len: len,
+        cmsg_level: libc::SOL_SOCKET,
+        cmsg_type: libc::SCM_RIGHTS,
+    };
+    // SAFETY: cmsg points into cbuf, which is large enough and aligned for a header.
+    unsafe { std::ptr::write_unaligned(cmsg, header) };
+    // SAFETY: CMSG_DATA of a valid header points inside cbuf.
+    let data = unsafe { libc::CMSG_DATA(cmsg) };
+    // SAFETY: the data area has room for one RawFd.
+    unsafe { std::ptr::write_unaligned(data.cast::<RawFd>(), fd) };
     // SAFETY: msg is fully initialized and its buffers outlive the call.
     if unsafe { libc::sendmsg(sock, &msg, 0) } < 0 {
         return Err(io::Error::last_os_error());
@@ -767,12 +772,15 @@ pub fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
         return Ok(None);
     }
     // SAFETY: cmsg is non-null and points into cbuf.
-    let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+    let header = unsafe { std::ptr::read_unaligned(cmsg) };
+    let (level, kind) = (header.cmsg_level, header.cmsg_type);
     if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
         return Ok(None);
     }
+    // SAFETY: CMSG_DATA of a valid header points inside cbuf.
+    let data = unsafe { libc::CMSG_DATA(cmsg) };
     // SAFETY: an SCM_RIGHTS message carries at least one fd in its data area.
-    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>()) };
+    let fd = unsafe { std::ptr::read_unaligned(data.cast::<RawFd>()) };
     // SAFETY: the kernel installed a fresh fd for us.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
