@@ -1,0 +1,656 @@
+//! Work that must keep working inside the sandbox, and the CLI contract (exit codes, flags,
+//! bad input). No control half: these only have to pass sandboxed.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+
+fn sandboxed(sc: &mut Scenario, script: &str, wf_args: &[&str]) -> Outcome {
+    let l = Launch {
+        wf_args: wf_args.iter().map(OsString::from).collect(),
+        ..Launch::default()
+    };
+    sc.run_script(Mode::Sandboxed, script, &l)
+}
+
+fn wf(sc: &mut Scenario, args: &[&str]) -> Outcome {
+    sc.workfence(args, &Launch::default())
+}
+
+fn ws_arg(sc: &Scenario) -> String {
+    sc.ws.to_str().expect("utf-8 workspace").to_string()
+}
+
+// ------------------------------------------------------------------ ordinary work
+
+#[test]
+fn work_edit_files() {
+    let mut sc = Scenario::new("work-edit");
+    let o = sandboxed(
+        &mut sc,
+        r#"set -e
+echo hello > a.txt
+sed -i 's/hello/world/' a.txt
+mkdir -p sub/dir && mv a.txt sub/dir/b.txt
+cp sub/dir/b.txt c.txt && rm sub/dir/b.txt
+ln -s c.txt link && echo more >> link
+chmod 600 c.txt && touch -d 2001-01-01 c.txt
+echo README edited >> README.md
+"#,
+        &[],
+    );
+    assert_ok(&o, "edit files");
+    assert_eq!(read_lossy(&sc.ws.join("c.txt")), "world\nmore\n");
+    assert!(!sc.ws.join("sub/dir/b.txt").exists());
+    assert!(read_lossy(&sc.ws.join("README.md")).contains("README edited"));
+    let mode = fs::metadata(sc.ws.join("c.txt"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "chmod inside the workspace");
+    work_passed("edit-files");
+}
+
+fn git_commit_script() -> &'static str {
+    r#"set -e
+echo change > new.txt
+git add new.txt
+git commit -q -m "sandboxed commit"
+git checkout -q -b feature
+echo f >> new.txt
+git commit -q -am "feature commit"
+git checkout -q -
+git status --short
+git log --oneline | head -3
+"#
+}
+
+#[test]
+fn work_git_add_commit() {
+    if !need("work-git", &["git"]) {
+        return;
+    }
+    let mut sc = Scenario::new("work-git");
+    let o = sandboxed(&mut sc, git_commit_script(), &[]);
+    assert_ok(&o, "git add/commit/checkout");
+    let log = host_git(&sc.ws, &sc.h, &["log", "--all", "--format=%s"]);
+    assert!(log.contains("sandboxed commit"), "host log: {log}");
+    assert!(log.contains("feature commit"), "host log: {log}");
+    host_git(&sc.ws, &sc.h, &["fsck", "--no-progress"]);
+    work_passed("git-add-commit");
+}
+
+#[test]
+fn work_git_commit_in_linked_worktree() {
+    if !need("work-git-worktree", &["git"]) {
+        return;
+    }
+    let mut sc = Scenario::with(
+        "work-git-wt",
+        ScenarioOpts {
+            ws_kind: WsKind::Worktree,
+            ..ScenarioOpts::default()
+        },
+    );
+    let o = sandboxed(&mut sc, git_commit_script(), &[]);
+    assert_ok(&o, "git commit in a linked worktree");
+    let log = host_git(&sc.ws, &sc.h, &["log", "--all", "--format=%s"]);
+    assert!(log.contains("sandboxed commit"), "host log: {log}");
+    assert!(log.contains("feature commit"), "host log: {log}");
+    work_passed("git-commit-linked-worktree");
+}
+
+#[test]
+fn work_cc_compile_and_run() {
+    if !need("work-cc", &["cc"]) {
+        return;
+    }
+    let mut sc = Scenario::new("work-cc");
+    let o = sandboxed(
+        &mut sc,
+        r#"set -e
+printf '#include <stdio.h>\nint main(void){puts("hello from c");return 0;}\n' > hello.c
+cc -O1 -o hello hello.c
+./hello
+"#,
+        &[],
+    );
+    assert_ok(&o, "cc");
+    assert!(o.stdout.contains("hello from c"), "{}", o.show());
+    work_passed("cc-compile-run");
+}
+
+#[test]
+fn work_python3_script() {
+    let mut sc = Scenario::new("work-py");
+    let o = sandboxed(
+        &mut sc,
+        r#"set -e
+cat > s.py <<'EOF'
+import json, os, tempfile, hashlib
+with tempfile.NamedTemporaryFile(delete=False) as f:
+    f.write(b"data")
+print("PYOK", json.dumps({"sum": sum(range(10))}), hashlib.sha256(b"x").hexdigest()[:8])
+os.unlink(f.name)
+EOF
+"$PY" s.py
+"#,
+        &[],
+    );
+    assert_ok(&o, "python3");
+    assert!(
+        o.stdout.contains("PYOK {\"sum\": 45} 2d711642"),
+        "{}",
+        o.show()
+    );
+    work_passed("python3-script");
+}
+
+#[test]
+fn work_make_j4() {
+    if !need("work-make", &["make", "cc"]) {
+        return;
+    }
+    let mut sc = Scenario::new("work-make");
+    let mut mk = String::from("OBJS = a1.o a2.o a3.o a4.o a5.o a6.o a7.o a8.o\nall: prog\n");
+    mk.push_str("prog: $(OBJS) main.o\n\tcc -o $@ $^\n");
+    mk.push_str("%.o: %.c\n\tcc -c -o $@ $<\n");
+    fs::write(sc.ws.join("Makefile"), mk).unwrap();
+    let mut main = String::from("#include <stdio.h>\n");
+    for i in 1..=8 {
+        fs::write(
+            sc.ws.join(format!("a{i}.c")),
+            format!("int f{i}(void) {{ return {i}; }}\n"),
+        )
+        .unwrap();
+        main.push_str(&format!("int f{i}(void);\n"));
+    }
+    main.push_str("int main(void){ printf(\"sum=%d\\n\", f1()+f2()+f3()+f4()+f5()+f6()+f7()+f8()); return 0; }\n");
+    fs::write(sc.ws.join("main.c"), main).unwrap();
+    let o = sandboxed(&mut sc, "set -e\nmake -j4 -s\n./prog\n", &[]);
+    assert_ok(&o, "make -j4");
+    assert!(o.stdout.contains("sum=36"), "{}", o.show());
+    work_passed("make-j4");
+}
+
+#[test]
+fn work_loopback_server_inside() {
+    let mut sc = Scenario::new("work-loopback");
+    let o = sandboxed(
+        &mut sc,
+        &py(r#"
+import socket, threading
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.bind(("127.0.0.1", 0)); srv.listen(1)
+port = srv.getsockname()[1]
+def serve():
+    c, _ = srv.accept(); c.sendall(c.recv(16).upper()); c.close()
+t = threading.Thread(target=serve); t.start()
+cl = socket.create_connection(("127.0.0.1", port), timeout=5)
+cl.sendall(b"ping"); print("ECHO", cl.recv(16).decode(), flush=True)
+t.join()
+"#),
+        &[],
+    );
+    assert_ok(&o, "loopback server");
+    assert_eq!(o.field("ECHO").as_deref(), Some("PING"), "{}", o.show());
+    work_passed("loopback-server-inside");
+}
+
+#[test]
+fn work_network_on_reaches_host_loopback() {
+    let mut sc = Scenario::new("work-net-on");
+    let o = sandboxed(
+        &mut sc,
+        &py(r#"
+import socket
+s = socket.create_connection(("127.0.0.1", int(os.environ["TCP4"])), timeout=5)
+s.sendall(b"x"); s.close(); print("CONNECTED")
+"#),
+        &["--network", "on"],
+    );
+    assert_ok(&o, "--network on");
+    assert!(
+        sc.listeners.contacts().tcp4,
+        "host listener not reached\n{}",
+        o.show()
+    );
+    work_passed("network-on");
+}
+
+// ------------------------------------------------------------------ exit codes and stdio
+
+#[test]
+fn work_exit_code_passthrough() {
+    let mut sc = Scenario::new("work-exit3");
+    let o = sandboxed(&mut sc, "exit 3", &[]);
+    assert_eq!(o.code, Some(3), "{}", o.show());
+    work_passed("exit-code-3");
+}
+
+#[test]
+fn work_exit_signal_128_plus_n() {
+    let mut sc = Scenario::new("work-sigterm");
+    let o = sandboxed(&mut sc, "kill -TERM $$", &[]);
+    assert_eq!(o.code, Some(143), "{}", o.show());
+    let o = sandboxed(&mut sc, "kill -KILL $$", &[]);
+    assert_eq!(o.code, Some(137), "{}", o.show());
+    work_passed("exit-signal-143");
+}
+
+#[test]
+fn work_missing_command_127() {
+    let mut sc = Scenario::new("work-127");
+    let ws = ws_arg(&sc);
+    let o = wf(
+        &mut sc,
+        &["run", "-C", &ws, "--", "wf-no-such-command-here"],
+    );
+    assert_eq!(o.code, Some(127), "{}", o.show());
+    work_passed("missing-command-127");
+}
+
+#[test]
+fn work_not_executable_126() {
+    let mut sc = Scenario::new("work-126");
+    fs::write(sc.ws.join("notexec"), "#!/bin/sh\necho ran\n").unwrap();
+    fs::set_permissions(sc.ws.join("notexec"), fs::Permissions::from_mode(0o644)).unwrap();
+    let ws = ws_arg(&sc);
+    let o = wf(&mut sc, &["run", "-C", &ws, "--", "./notexec"]);
+    assert_eq!(o.code, Some(126), "{}", o.show());
+    assert!(!o.stdout.contains("ran"), "{}", o.show());
+    work_passed("not-executable-126");
+}
+
+#[test]
+fn work_stdin_passthrough() {
+    let mut sc = Scenario::new("work-stdin");
+    let ws = ws_arg(&sc);
+    let l = Launch {
+        stdin: Some(b"hi\nthere\n".to_vec()),
+        ..Launch::default()
+    };
+    let o = sc.workfence(&["run", "-C", &ws, "--", "cat"], &l);
+    assert_ok(&o, "stdin passthrough");
+    assert_eq!(o.stdout, "hi\nthere\n", "{}", o.show());
+    work_passed("stdin-passthrough");
+}
+
+#[test]
+fn work_stdout_stderr_passthrough() {
+    let mut sc = Scenario::new("work-stdio");
+    let o = sandboxed(&mut sc, "echo to-stdout; echo to-stderr >&2", &[]);
+    assert_ok(&o, "stdio");
+    assert!(o.stdout.contains("to-stdout"), "{}", o.show());
+    assert!(!o.stdout.contains("to-stderr"), "{}", o.show());
+    assert!(o.stderr.contains("to-stderr"), "{}", o.show());
+    work_passed("stdout-stderr-passthrough");
+}
+
+// ------------------------------------------------------------------ flags
+
+#[test]
+fn work_cwd_flag() {
+    let mut sc = Scenario::new("work-cwd");
+    fs::create_dir_all(sc.ws.join("sub/dir")).unwrap();
+    let cwd = sc.ws.join("sub/dir");
+    let o = sandboxed(
+        &mut sc,
+        "pwd -P; echo x > here.txt",
+        &["--cwd", cwd.to_str().unwrap()],
+    );
+    assert_ok(&o, "--cwd");
+    let real = fs::canonicalize(&cwd).unwrap();
+    assert!(
+        o.stdout.lines().any(|l| l == real.to_str().unwrap()),
+        "{}",
+        o.show()
+    );
+    assert!(cwd.join("here.txt").exists());
+    work_passed("cwd-flag");
+}
+
+#[test]
+fn work_read_only_mode() {
+    let mut sc = Scenario::new("work-ro");
+    let o = sandboxed(
+        &mut sc,
+        r#"
+echo x > "$WS/ro-write" 2>/dev/null; echo "WSWRITE $?"
+echo y > /tmp/ro-tmp && cat /tmp/ro-tmp
+echo z > "${TMPDIR:-/tmp}/ro-tmpdir" && cat "${TMPDIR:-/tmp}/ro-tmpdir"
+cat README.md
+"#,
+        &["--mode", "read-only"],
+    );
+    assert!(o.started(), "{}", o.show());
+    assert!(
+        !sc.ws.join("ro-write").exists(),
+        "wrote to $WS in read-only mode\n{}",
+        o.show()
+    );
+    assert_ne!(o.field("WSWRITE").as_deref(), Some("0"), "{}", o.show());
+    assert!(
+        o.stdout.lines().any(|l| l == "y"),
+        "/tmp not writable\n{}",
+        o.show()
+    );
+    assert!(
+        o.stdout.lines().any(|l| l == "z"),
+        "$TMPDIR not writable\n{}",
+        o.show()
+    );
+    assert!(
+        o.stdout.contains("hello"),
+        "workspace not readable\n{}",
+        o.show()
+    );
+    work_passed("read-only-mode");
+}
+
+#[test]
+fn work_allow_write() {
+    let mut sc = Scenario::new("work-allow-write");
+    let extra = sc.root.join("extra");
+    fs::create_dir_all(&extra).unwrap();
+    let o = sc.run_script(
+        Mode::Sandboxed,
+        "echo x > \"$EXTRA/f\"",
+        &Launch {
+            wf_args: vec!["--allow-write".into(), extra.clone().into_os_string()],
+            env: vec![("EXTRA".into(), extra.clone().into_os_string())],
+            ..Launch::default()
+        },
+    );
+    assert_ok(&o, "--allow-write");
+    assert_eq!(read_lossy(&extra.join("f")), "x\n");
+    work_passed("allow-write");
+}
+
+#[test]
+fn work_deny_read() {
+    let mut sc = Scenario::new("work-deny-read");
+    let notes = sc.h.join("notes.txt");
+    fs::write(&notes, format!("private-{}\n", sc.token)).unwrap();
+    let o = sandboxed(
+        &mut sc,
+        "cat \"$H/notes.txt\"; cat README.md",
+        &["--deny-read", notes.to_str().unwrap()],
+    );
+    assert!(o.started(), "{}", o.show());
+    assert!(
+        !o.stdout.contains(&format!("private-{}", sc.token)),
+        "{}",
+        o.show()
+    );
+    assert!(o.stdout.contains("hello"), "{}", o.show());
+    work_passed("deny-read");
+}
+
+#[test]
+fn work_env_set() {
+    let mut sc = Scenario::new("work-env-set");
+    let o = sandboxed(&mut sc, "echo \"A=$A\"", &["--env-set", "A=b"]);
+    assert_ok(&o, "--env-set");
+    assert!(o.stdout.lines().any(|l| l == "A=b"), "{}", o.show());
+    work_passed("env-set");
+}
+
+#[test]
+fn work_env_keep() {
+    let mut sc = Scenario::new("work-env-keep");
+    let o = sc.run_script(
+        Mode::Sandboxed,
+        "env",
+        &Launch {
+            wf_args: vec!["--env-keep".into(), "GITHUB_TOKEN".into()],
+            env: vec![
+                ("GITHUB_TOKEN".into(), "wf-kept-token".into()),
+                ("OPENAI_API_KEY".into(), "wf-dropped-key".into()),
+            ],
+            ..Launch::default()
+        },
+    );
+    assert_ok(&o, "--env-keep");
+    assert!(
+        o.stdout.contains("GITHUB_TOKEN=wf-kept-token"),
+        "{}",
+        o.show()
+    );
+    assert!(!o.stdout.contains("wf-dropped-key"), "{}", o.show());
+    work_passed("env-keep");
+}
+
+#[test]
+fn work_keep_fd() {
+    let mut sc = Scenario::new("work-keep-fd");
+    fs::write(sc.out.join("fd8.txt"), "").unwrap();
+    let o = sc.run_script(
+        Mode::Sandboxed,
+        "ls /proc/$$/fd | tr '\\n' ' '; echo; echo kept >&8",
+        &Launch {
+            wf_args: vec!["--keep-fd".into(), "8".into()],
+            prefix: [
+                "sh",
+                "-c",
+                "exec 8>>\"$OUT/fd8.txt\"; exec \"$@\"",
+                "wfwrap",
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect(),
+            ..Launch::default()
+        },
+    );
+    assert_ok(&o, "--keep-fd 8");
+    assert_eq!(
+        read_lossy(&sc.out.join("fd8.txt")),
+        "kept\n",
+        "{}",
+        o.show()
+    );
+    work_passed("keep-fd");
+}
+
+#[test]
+fn work_full_access_says_so() {
+    let mut sc = Scenario::new("work-full-access");
+    let o = sandboxed(&mut sc, "echo x > \"$OUT/fa\"", &["--mode", "full-access"]);
+    assert_ok(&o, "--mode full-access");
+    assert!(sc.out.join("fa").exists());
+    assert!(
+        o.stderr.to_lowercase().contains("full-access"),
+        "full-access must say so on stderr\n{}",
+        o.show()
+    );
+    work_passed("full-access");
+}
+
+// ------------------------------------------------------------------ doctor, explain
+
+#[test]
+fn work_doctor_exit_0() {
+    let mut sc = Scenario::new("work-doctor");
+    let o = wf(&mut sc, &["doctor"]);
+    assert_eq!(
+        o.code,
+        Some(0),
+        "doctor must pass on this host\n{}",
+        o.show()
+    );
+    let t = o.stdout.to_lowercase();
+    assert!(
+        t.contains("landlock") && t.contains("namespace"),
+        "{}",
+        o.show()
+    );
+    work_passed("doctor");
+}
+
+#[test]
+fn work_explain_sections() {
+    let mut sc = Scenario::new("work-explain");
+    let ws = ws_arg(&sc);
+    let o = wf(&mut sc, &["explain", "-C", &ws]);
+    assert_eq!(o.code, Some(0), "{}", o.show());
+    let t = o.stdout.to_lowercase();
+    for s in ["mount", "landlock", "seccomp"] {
+        assert!(t.contains(s), "explain lacks a '{s}' section\n{}", o.show());
+    }
+    assert!(
+        o.stdout.contains(&ws),
+        "explain does not show the workspace\n{}",
+        o.show()
+    );
+    work_passed("explain");
+}
+
+// ------------------------------------------------------------------ bad input
+
+fn assert_refused_config(o: &Outcome, sc: &Scenario, file_line: &str, key: &str) {
+    assert_eq!(o.code, Some(125), "{}", o.show());
+    assert!(!o.started(), "the command ran\n{}", o.show());
+    assert!(!sc.ws.join("ran").exists(), "the command ran");
+    assert!(
+        o.stderr.contains(file_line),
+        "stderr lacks '{file_line}'\n{}",
+        o.show()
+    );
+    assert!(
+        o.stderr.contains(key),
+        "stderr lacks the key '{key}'\n{}",
+        o.show()
+    );
+}
+
+#[test]
+fn bad_config_unknown_key() {
+    let mut sc = Scenario::new("bad-config-key");
+    sc.user_config("network = \"off\"\nbogus_key = 1\n");
+    let o = sandboxed(&mut sc, "touch \"$WS/ran\"", &[]);
+    assert_refused_config(&o, &sc, "config.toml:2", "bogus_key");
+    work_passed("bad-config-unknown-key");
+}
+
+#[test]
+fn bad_config_wrong_type() {
+    let mut sc = Scenario::new("bad-config-type");
+    sc.user_config("mode = \"workspace-write\"\n\nmax_processes = \"many\"\n");
+    let o = sandboxed(&mut sc, "touch \"$WS/ran\"", &[]);
+    assert_refused_config(&o, &sc, "config.toml:3", "max_processes");
+    work_passed("bad-config-wrong-type");
+}
+
+#[test]
+fn bad_config_relative_path() {
+    let mut sc = Scenario::new("bad-config-rel");
+    sc.user_config("allow_write = [\"relative/dir\"]\n");
+    let o = sandboxed(&mut sc, "touch \"$WS/ran\"", &[]);
+    assert_refused_config(&o, &sc, "config.toml:1", "allow_write");
+    work_passed("bad-config-relative-path");
+}
+
+#[test]
+fn bad_config_in_workspace() {
+    let mut sc = Scenario::new("bad-config-ws");
+    fs::create_dir_all(sc.ws.join(".workfence")).unwrap();
+    fs::write(
+        sc.ws.join(".workfence/config.toml"),
+        "network = \"off\"\nnope = true\n",
+    )
+    .unwrap();
+    let o = sandboxed(&mut sc, "touch \"$WS/ran\"", &[]);
+    assert_refused_config(&o, &sc, "config.toml:2", "nope");
+    work_passed("bad-config-workspace");
+}
+
+#[test]
+fn bad_missing_workspace() {
+    let mut sc = Scenario::new("bad-missing-ws");
+    let missing = sc.root.join("does-not-exist");
+    let o = wf(
+        &mut sc,
+        &[
+            "run",
+            "-C",
+            missing.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo __wf_started__",
+        ],
+    );
+    assert_eq!(o.code, Some(125), "{}", o.show());
+    assert!(!o.started(), "{}", o.show());
+    assert!(!o.stderr.trim().is_empty(), "no reason on stderr");
+    work_passed("missing-workspace-125");
+}
+
+#[test]
+fn bad_unknown_flag() {
+    let mut sc = Scenario::new("bad-flag");
+    let o = wf(
+        &mut sc,
+        &[
+            "run",
+            "--no-such-flag",
+            "--",
+            "sh",
+            "-c",
+            "echo __wf_started__",
+        ],
+    );
+    assert_ne!(o.code, Some(0), "{}", o.show());
+    assert!(!o.started(), "{}", o.show());
+    assert!(
+        o.stderr.to_lowercase().contains("usage"),
+        "no usage\n{}",
+        o.show()
+    );
+    work_passed("unknown-flag");
+}
+
+fn odd_workspace(name: &str, ws_name: OsString) {
+    if !need(name, &["git"]) {
+        return;
+    }
+    let mut sc = Scenario::with(
+        name,
+        ScenarioOpts {
+            ws_kind: WsKind::Repo,
+            ws_name,
+        },
+    );
+    let o = sandboxed(
+        &mut sc,
+        "set -e\necho x > f.txt\ngit add f.txt\ngit commit -q -m odd\necho done",
+        &[],
+    );
+    assert_ok(&o, name);
+    assert_eq!(read_lossy(&sc.ws.join("f.txt")), "x\n");
+    let log = host_git(&sc.ws, &sc.h, &["log", "--format=%s"]);
+    assert!(log.contains("odd"), "{log}");
+    work_passed(name);
+}
+
+#[test]
+fn workspace_with_spaces_and_newline() {
+    odd_workspace(
+        "ws-spaces-newline",
+        OsString::from("my ws\nwith 'quotes' and $dollar"),
+    );
+}
+
+#[test]
+fn workspace_non_utf8_name() {
+    odd_workspace(
+        "ws-non-utf8",
+        std::os::unix::ffi::OsStringExt::from_vec(b"ws-\xff\xfe-\xc3\x28".to_vec()),
+    );
+}
