@@ -1,0 +1,711 @@
+//! The attack suite on macOS (IDs from threat-catalogue.md). Every attack runs twice:
+//! unsandboxed (the control: it must succeed, so the test proves something) and
+//! under the generated Seatbelt profile through `workfence_macos::run` (it must fail).
+#![cfg(target_os = "macos")]
+
+use std::fs;
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use workfence_macos::{profile, run, MacContext};
+use workfence_policy::layout::{compute, FileKind, FsProbe};
+use workfence_policy::run::RunRequest;
+use workfence_policy::{Mode, Network, Policy, ProxyPolicy, Source, SourcedPath};
+
+/// The real filesystem, for `layout::compute`.
+struct RealFs;
+
+impl FsProbe for RealFs {
+    fn kind(&self, p: &Path) -> Option<FileKind> {
+        let m = fs::symlink_metadata(p).ok()?;
+        let t = m.file_type();
+        Some(if t.is_symlink() {
+            FileKind::Symlink
+        } else if t.is_dir() {
+            FileKind::Dir
+        } else if t.is_file() {
+            FileKind::File
+        } else {
+            FileKind::Other
+        })
+    }
+    fn canonicalize(&self, p: &Path) -> Option<PathBuf> {
+        fs::canonicalize(p).ok()
+    }
+    fn read_to_string(&self, p: &Path) -> Option<String> {
+        fs::read_to_string(p).ok()
+    }
+    fn read_dir(&self, p: &Path) -> Vec<String> {
+        fs::read_dir(p)
+            .map(|it| {
+                it.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+const SECRET: &str = "SECRET-KEY-MATERIAL-4242";
+
+/// A fake home `$H` with secrets and rc files, a workspace `$WS` inside it and an
+/// unrelated directory `$OUT`, all canonical.
+struct Scene {
+    _dir: tempfile::TempDir,
+    h: PathBuf,
+    ws: PathBuf,
+    out: PathBuf,
+    token: String,
+}
+
+fn scene(git: bool) -> Scene {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(dir.path()).unwrap();
+    let h = root.join("home");
+    let ws = h.join("src/proj");
+    let out = root.join("out");
+    for d in [&ws, &out, &h.join(".ssh")] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(h.join(".bashrc"), "# rc\n").unwrap();
+    fs::write(h.join(".ssh/id_rsa"), SECRET).unwrap();
+    fs::write(out.join("victim"), "victim\n").unwrap();
+    fs::write(ws.join("a.txt"), "a\n").unwrap();
+    if git {
+        let ok = Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(&ws)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git init");
+    }
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let token = format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    Scene {
+        _dir: dir,
+        h,
+        ws,
+        out,
+        token,
+    }
+}
+
+impl Scene {
+    fn policy(&self) -> Policy {
+        let mut p = Policy::new(&self.ws);
+        p.deny_read = workfence_policy::defaults::DENY_READ
+            .iter()
+            .map(|d| SourcedPath {
+                path: workfence_policy::resolve::expand_home(&self.h, Path::new(d)),
+                source: Source::Default,
+            })
+            .collect();
+        p
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            ("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into()),
+            ("HOME".into(), s(&self.h)),
+            ("H".into(), s(&self.h)),
+            ("WS".into(), s(&self.ws)),
+            ("OUT".into(), s(&self.out)),
+            ("TOKEN".into(), self.token.clone()),
+            ("LANG".into(), "C".into()),
+        ]
+    }
+
+    /// The attack without a sandbox.
+    fn control(&self, script: &str) -> i32 {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .env_clear()
+            .envs(self.env())
+            .current_dir(&self.ws)
+            .status()
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+
+    /// The attack under the policy.
+    fn sandboxed(&self, policy: &Policy, script: &str, timeout: Option<Duration>) -> i32 {
+        self.sandboxed_with(policy, script, timeout, |c| c)
+    }
+
+    fn sandboxed_with(
+        &self,
+        policy: &Policy,
+        script: &str,
+        timeout: Option<Duration>,
+        ctx: impl FnOnce(MacContext) -> MacContext,
+    ) -> i32 {
+        let layout = compute(policy, &self.h, &RealFs).expect("layout");
+        let mut c = MacContext::detect(policy).expect("detect");
+        c.home = self.h.clone();
+        let c = ctx(c);
+        let prof = profile(policy, &layout, &c).expect("profile");
+        let req = RunRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: self.env(),
+            cwd: self.ws.clone(),
+            timeout,
+            pty: false,
+            keep_fds: vec![],
+        };
+        run(&prof, &req).expect("run")
+    }
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_default()
+}
+
+/// Runs `script` as control and sandboxed, each in a fresh scene; `effect` says
+/// whether the attack worked.
+fn attack(git: bool, script: &str, effect: impl Fn(&Scene) -> Vec<(&'static str, bool)>) {
+    let sc = scene(git);
+    sc.control(script);
+    for (what, worked) in effect(&sc) {
+        assert!(worked, "control: `{what}` should work without the sandbox");
+    }
+    let sc = scene(git);
+    let p = sc.policy();
+    sc.sandboxed(&p, script, Some(Duration::from_secs(60)));
+    for (what, worked) in effect(&sc) {
+        assert!(!worked, "sandboxed: `{what}` must be blocked");
+    }
+}
+
+// ------------------------------------------------------------------ filesystem writes
+
+#[test]
+fn fw1_writes_outside() {
+    attack(
+        false,
+        r#"echo x >> "$H/.bashrc"; echo x > "$OUT/fw1"; echo x > "$WS/../fw1-up"; mkdir -p "$H/Library/LaunchAgents" && echo x > "$H/Library/LaunchAgents/x.plist"; chmod 000 "$H/.ssh"; touch -t 200001010000 "$H/.bashrc""#,
+        |sc| {
+            vec![
+                (
+                    "append $H/.bashrc",
+                    read(&sc.h.join(".bashrc")).contains('x'),
+                ),
+                ("write $OUT", sc.out.join("fw1").exists()),
+                (
+                    "write $WS/..",
+                    sc.ws.parent().unwrap().join("fw1-up").exists(),
+                ),
+                (
+                    "LaunchAgents",
+                    sc.h.join("Library/LaunchAgents/x.plist").exists(),
+                ),
+            ]
+        },
+    );
+}
+
+#[test]
+fn fw2_symlink_write_through() {
+    attack(
+        false,
+        r#"ln -s "$H/.bashrc" "$WS/l"; echo x >> "$WS/l"; ln -s "$H/new" "$WS/d"; echo x > "$WS/d"; ln -s "$OUT" "$WS/o"; echo x > "$WS/o/via""#,
+        |sc| {
+            vec![
+                (
+                    "symlink to .bashrc",
+                    read(&sc.h.join(".bashrc")).contains('x'),
+                ),
+                ("dangling symlink", sc.h.join("new").exists()),
+                ("dir symlink", sc.out.join("via").exists()),
+            ]
+        },
+    );
+}
+
+#[test]
+fn fw3_hardlink_in() {
+    attack(
+        false,
+        r#"ln "$OUT/victim" "$WS/h" && echo x >> "$WS/h"; ln "$H/.bashrc" "$WS/h2" && echo x >> "$WS/h2""#,
+        |sc| {
+            vec![
+                (
+                    "hardlink $OUT/victim",
+                    read(&sc.out.join("victim")).contains('x'),
+                ),
+                (
+                    "hardlink .bashrc",
+                    read(&sc.h.join(".bashrc")).contains('x'),
+                ),
+            ]
+        },
+    );
+}
+
+#[test]
+fn fw4_git_hooks_and_config() {
+    attack(
+        true,
+        r#"mkdir -p .git/hooks; echo 'touch "$H/PWNED"' > .git/hooks/pre-commit; git config core.fsmonitor "touch $H/PWNED"; printf '[core]\n\thooksPath = /tmp\n' >> .git/config"#,
+        |sc| {
+            vec![
+                ("hook", sc.ws.join(".git/hooks/pre-commit").exists()),
+                (
+                    "config",
+                    read(&sc.ws.join(".git/config")).contains("fsmonitor")
+                        || read(&sc.ws.join(".git/config")).contains("hooksPath"),
+                ),
+            ]
+        },
+    );
+}
+
+#[test]
+fn fw5_rename_git_away() {
+    attack(
+        true,
+        r#"mv .git .g; mkdir -p .git/hooks; echo evil > .git/hooks/post-checkout; cd .. && mv proj proj2"#,
+        |sc| {
+            let moved = sc.ws.parent().unwrap().join("proj2");
+            vec![
+                (
+                    "mv .git",
+                    sc.ws.join(".g").exists() || moved.join(".g").exists(),
+                ),
+                ("mv the workspace", moved.exists()),
+            ]
+        },
+    );
+}
+
+#[test]
+fn fw6_create_missing_protected() {
+    attack(
+        false,
+        r#"mkdir .codex && echo 'sandbox_mode="danger-full-access"' > .codex/config.toml; mkdir -p .claude && echo '{}' > .claude/settings.json; mkdir .agents; echo '{}' > .mcp.json; ln -s /tmp .vscode; mkdir .GIT"#,
+        |sc| {
+            let names = fs::read_dir(&sc.ws)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().to_lowercase())
+                .collect::<Vec<_>>();
+            let has = |n: &str| names.iter().any(|x| x == n);
+            vec![
+                (".codex", has(".codex")),
+                (".claude", has(".claude")),
+                (".agents", has(".agents")),
+                (".mcp.json", has(".mcp.json")),
+                (".vscode symlink", has(".vscode")),
+                (".GIT", has(".git")),
+            ]
+        },
+    );
+}
+
+#[test]
+fn fw14_case_aliases() {
+    attack(
+        true,
+        r#"mkdir -p .GIT/HOOKS; echo evil > .GIT/HOOKS/post-checkout; echo evil >> .Git/Config"#,
+        |sc| {
+            vec![
+                (
+                    "hook via .GIT/HOOKS",
+                    sc.ws.join(".git/hooks/post-checkout").exists(),
+                ),
+                (
+                    "config via .Git/Config",
+                    read(&sc.ws.join(".git/config")).contains("evil"),
+                ),
+            ]
+        },
+    );
+    attack(true, "mv .GIT .g2", |sc| {
+        vec![("rename via .GIT", sc.ws.join(".g2").exists())]
+    });
+}
+
+#[test]
+fn fw15_shared_tmp() {
+    let sc = scene(false);
+    let probe = PathBuf::from(format!("/private/tmp/workfence-fw15-{}", sc.token));
+    let script = format!("echo x > /tmp/workfence-fw15-{}", sc.token);
+    sc.control(&script);
+    assert!(probe.exists(), "control");
+    fs::remove_file(&probe).unwrap();
+    let p = sc.policy();
+    sc.sandboxed(&p, &script, None);
+    assert!(!probe.exists(), "sandboxed write to the shared /tmp");
+    // The private TMPDIR works and is not the host's.
+    let code = sc.sandboxed(
+        &p,
+        r#"case "$TMPDIR" in */workfence-*) ;; *) exit 3;; esac; echo ok > "$TMPDIR/x" && test "$(cat "$TMPDIR/x")" = ok"#,
+        None,
+    );
+    assert_eq!(code, 0);
+}
+
+// ------------------------------------------------------------------ secrets
+
+#[test]
+fn rs1_rs2_secrets() {
+    attack(
+        false,
+        r#"cat "$H/.ssh/id_rsa" > "$OUT/leak1"; cat "$H/.SSH/ID_RSA" > "$OUT/leak2"; ln -s "$H/.ssh" "$WS/s"; cat "$WS/s/id_rsa" > "$OUT/leak3"; true"#,
+        |sc| {
+            // Sandboxed, $OUT is not writable either: look in both places.
+            vec![
+                ("cat id_rsa", read(&sc.out.join("leak1")).contains(SECRET)),
+                ("cat via .SSH", read(&sc.out.join("leak2")).contains(SECRET)),
+                (
+                    "cat via symlink",
+                    read(&sc.out.join("leak3")).contains(SECRET),
+                ),
+            ]
+        },
+    );
+    // Sandboxed with the leak written into the (writable) workspace.
+    let sc = scene(false);
+    let p = sc.policy();
+    sc.sandboxed(
+        &p,
+        r#"cat "$H/.ssh/id_rsa" > leak1; cat "$H/.SSH/ID_RSA" > leak2; ln -s "$H/.ssh" s; cat s/id_rsa > leak3; true"#,
+        None,
+    );
+    for f in ["leak1", "leak2", "leak3"] {
+        assert!(!read(&sc.ws.join(f)).contains(SECRET), "{f}");
+    }
+}
+
+#[test]
+fn rs6_keychain() {
+    let sc = scene(false);
+    let script = r#"security list-keychains >/dev/null 2>&1 && security find-certificate -a >/dev/null 2>&1 && echo ok > "$WS/keychain""#;
+    sc.control(script);
+    assert!(
+        sc.ws.join("keychain").exists(),
+        "control: security works unsandboxed"
+    );
+    let sc = scene(false);
+    let p = sc.policy();
+    sc.sandboxed(&p, script, None);
+    assert!(
+        !sc.ws.join("keychain").exists(),
+        "keychain reachable in the sandbox"
+    );
+}
+
+// ------------------------------------------------------------------ network
+
+/// A loopback listener counting connections.
+fn listener() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            h.fetch_add(1, Ordering::SeqCst);
+            let mut s = s;
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut b = [0u8; 64];
+            let _ = s.read(&mut b);
+        }
+    });
+    (port, hits)
+}
+
+fn connect_script(port: u16) -> String {
+    format!("curl -s -m 3 http://127.0.0.1:{port}/ >/dev/null 2>&1; nc -z -G 2 127.0.0.1 {port} >/dev/null 2>&1; true")
+}
+
+#[test]
+fn n1_network_off_proxy_on() {
+    let sc = scene(false);
+    let (port, hits) = listener();
+    sc.control(&connect_script(port));
+    assert!(hits.load(Ordering::SeqCst) > 0, "control connects");
+
+    // Off: nothing, not even the host's loopback.
+    let (port, hits) = listener();
+    let p = sc.policy();
+    sc.sandboxed(&p, &connect_script(port), None);
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "network off");
+
+    // Proxy: only the proxy port.
+    let (proxy, proxy_hits) = listener();
+    let (other, other_hits) = listener();
+    let mut p = sc.policy();
+    p.network = Network::Proxy(ProxyPolicy::default());
+    let script = format!("{}; {}", connect_script(proxy), connect_script(other));
+    sc.sandboxed_with(&p, &script, None, |c| c.with_proxy_port(proxy));
+    assert!(
+        proxy_hits.load(Ordering::SeqCst) > 0,
+        "proxy port reachable"
+    );
+    assert_eq!(other_hits.load(Ordering::SeqCst), 0, "other loopback port");
+
+    // On: outbound works.
+    let (port, hits) = listener();
+    let mut p = sc.policy();
+    p.network = Network::On;
+    sc.sandboxed(&p, &connect_script(port), None);
+    assert!(hits.load(Ordering::SeqCst) > 0, "network on");
+}
+
+#[test]
+fn n2_udp_and_dns_off() {
+    let sc = scene(false);
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let port = u.local_addr().unwrap().port();
+    let script = format!("echo hi | nc -u -w 1 127.0.0.1 {port}; true");
+    sc.control(&script);
+    let mut b = [0u8; 16];
+    assert!(u.recv(&mut b).is_ok(), "control sends UDP");
+    let p = sc.policy();
+    sc.sandboxed(&p, &script, None);
+    u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(u.recv(&mut b).is_err(), "UDP with network off");
+}
+
+// ------------------------------------------------------------------ process / IPC
+
+#[test]
+fn p1_signals_to_host() {
+    let sc = scene(false);
+    let mut canary = Command::new("/bin/sleep").arg("300").spawn().unwrap();
+    let script = format!("kill -9 {} 2>/dev/null; true", canary.id());
+    let p = sc.policy();
+    sc.sandboxed(&p, &script, None);
+    assert!(
+        canary.try_wait().unwrap().is_none(),
+        "host canary killed from the sandbox"
+    );
+    sc.control(&script);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        canary.try_wait().unwrap().is_some(),
+        "control kills the canary"
+    );
+}
+
+#[test]
+fn p4_launchctl_and_nested_sandbox() {
+    let sc = scene(false);
+    let label = format!("dev.workfence.test.{}", sc.token);
+    let script = format!(
+        r#"launchctl submit -l {label} -- /usr/bin/touch "$H/PWNED-launchctl"; sandbox-exec -p '(version 1)(allow default)' /usr/bin/touch "$H/PWNED-nested"; true"#
+    );
+    sc.control(&script);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sc.h.join("PWNED-launchctl").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("launchctl").args(["remove", &label]).status();
+    assert!(
+        sc.h.join("PWNED-launchctl").exists(),
+        "control: launchctl submit runs a job"
+    );
+    assert!(
+        sc.h.join("PWNED-nested").exists(),
+        "control: sandbox-exec allow default"
+    );
+
+    let sc = scene(false);
+    let p = sc.policy();
+    sc.sandboxed(&p, &script, None);
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = Command::new("launchctl").args(["remove", &label]).status();
+    assert!(
+        !sc.h.join("PWNED-launchctl").exists(),
+        "launchd job from the sandbox"
+    );
+    assert!(
+        !sc.h.join("PWNED-nested").exists(),
+        "nested sandbox-exec widened the sandbox"
+    );
+}
+
+#[test]
+fn p4_open_and_osascript() {
+    // Launching apps needs a GUI session and, for Apple Events, TCC consent, which CI
+    // runners may lack: the control is reported, the sandboxed side always asserted.
+    let sc = scene(false);
+    let script = r#"open -g -j -a TextEdit && touch "$H/opened"; osascript -e 'tell application "TextEdit" to quit' && touch "$H/osa""#;
+    sc.control(script);
+    let control_open = sc.h.join("opened").exists();
+    let control_osa = sc.h.join("osa").exists();
+    eprintln!("control: open -a worked: {control_open}; osascript worked: {control_osa}");
+    let _ = Command::new("/usr/bin/killall").arg("TextEdit").status();
+    let sc = scene(false);
+    let p = sc.policy();
+    sc.sandboxed(&p, script, None);
+    assert!(!sc.h.join("opened").exists(), "open -a from the sandbox");
+    assert!(!sc.h.join("osa").exists(), "osascript from the sandbox");
+    let code = sc.sandboxed(&p, r#"open -g -j -a TextEdit"#, None);
+    assert_ne!(code, 0, "open must fail");
+}
+
+// ------------------------------------------------------------------ lifetime
+
+fn pgrep(pattern: &str) -> bool {
+    Command::new("/usr/bin/pgrep")
+        .args(["-f", pattern])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false)
+}
+
+fn daemons_script(n: u32) -> String {
+    // setsid'd double fork (perl, as macOS has no setsid(1)), nohup & disown, and a
+    // plain background job; each sleeps a unique number of seconds.
+    format!(
+        r#"perl -MPOSIX -e 'exit if fork; POSIX::setsid(); exit if fork; exec "/bin/sleep", "{a}"'
+nohup /bin/sleep {b} >/dev/null 2>&1 &
+/bin/sleep {c} &
+sleep 0.3"#,
+        a = n,
+        b = n + 1,
+        c = n + 2
+    )
+}
+
+#[test]
+fn l1_leftover_daemons_are_killed() {
+    let sc = scene(false);
+    let n = 40_000 + (std::process::id() % 9_000);
+    let script = daemons_script(n);
+    sc.control(&script);
+    std::thread::sleep(Duration::from_millis(300));
+    let survived = pgrep(&format!("sleep {n}$")) && pgrep(&format!("sleep {}$", n + 1));
+    let _ = Command::new("/usr/bin/pkill")
+        .args(["-f", &format!("sleep {n}$")])
+        .status();
+    let _ = Command::new("/usr/bin/pkill")
+        .args(["-f", &format!("sleep {}$", n + 1)])
+        .status();
+    let _ = Command::new("/usr/bin/pkill")
+        .args(["-f", &format!("sleep {}$", n + 2)])
+        .status();
+    assert!(survived, "control: daemons outlive their parent");
+
+    let n = n + 10;
+    let p = sc.policy();
+    let code = sc.sandboxed(&p, &daemons_script(n), None);
+    assert_eq!(code, 0);
+    std::thread::sleep(Duration::from_millis(1000));
+    for k in 0..3 {
+        let pat = format!("sleep {}$", n + k);
+        let alive = pgrep(&pat);
+        let _ = Command::new("/usr/bin/pkill").args(["-f", &pat]).status();
+        assert!(!alive, "leftover `{pat}`");
+    }
+}
+
+#[test]
+fn l5_timeout_kills_the_tree() {
+    let sc = scene(false);
+    let n = 50_000 + (std::process::id() % 9_000);
+    let p = sc.policy();
+    let start = Instant::now();
+    let code = sc.sandboxed(
+        &p,
+        &format!("/bin/sleep {n} & perl -MPOSIX -e 'exit if fork; POSIX::setsid(); exec \"/bin/sleep\", \"{}\"'; /bin/sleep {}", n + 1, n + 2),
+        Some(Duration::from_secs(2)),
+    );
+    assert_eq!(code, 124);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    for k in 0..3 {
+        let pat = format!("sleep {}$", n + k);
+        let alive = pgrep(&pat);
+        let _ = Command::new("/usr/bin/pkill").args(["-f", &pat]).status();
+        assert!(!alive, "survived the timeout: `{pat}`");
+    }
+}
+
+// ------------------------------------------------------------------ contract and ordinary work
+
+#[test]
+fn exit_codes() {
+    let sc = scene(false);
+    let p = sc.policy();
+    assert_eq!(sc.sandboxed(&p, "exit 7", None), 7);
+    assert_eq!(sc.sandboxed(&p, "kill -TERM $$", None), 128 + 15);
+    let layout = compute(&p, &sc.h, &RealFs).unwrap();
+    let mut ctx = MacContext::detect(&p).unwrap();
+    ctx.home = sc.h.clone();
+    let prof = profile(&p, &layout, &ctx).unwrap();
+    let req = |argv: &[&str]| RunRequest {
+        argv: argv.iter().map(Into::into).collect(),
+        env: sc.env(),
+        cwd: sc.ws.clone(),
+        timeout: None,
+        pty: false,
+        keep_fds: vec![],
+    };
+    assert_eq!(
+        run(&prof, &req(&["no-such-command-workfence"])).unwrap(),
+        127
+    );
+    fs::write(sc.ws.join("noexec"), "#!/bin/sh\n").unwrap();
+    assert_eq!(run(&prof, &req(&["./noexec"])).unwrap(), 126);
+    assert_eq!(run(&prof, &req(&["true"])).unwrap(), 0);
+}
+
+#[test]
+fn ordinary_developer_work_succeeds() {
+    let sc = scene(true);
+    let p = sc.policy();
+    let script = r#"set -e
+git add a.txt
+git -c user.name=t -c user.email=t@example.invalid commit -qm first
+git status --short >/dev/null
+printf 'int main(void){return 0;}\n' > hello.c
+cc -o hello hello.c && ./hello
+python3 -c 'import tempfile, multiprocessing; tempfile.NamedTemporaryFile(); print(multiprocessing.cpu_count())' >/dev/null
+cp "$H/.bashrc" copied && cp -c "$H/.bashrc" cloned 2>/dev/null || true
+mkdir -p sub && ln a.txt sub/hard && mv sub sub2
+echo done > done.txt"#;
+    let code = sc.sandboxed(&p, script, Some(Duration::from_secs(120)));
+    assert_eq!(code, 0, "ordinary work failed inside the sandbox");
+    assert!(sc.ws.join("done.txt").exists());
+    assert!(sc.ws.join("hello").exists());
+}
+
+#[test]
+fn read_only_mode_writes_nothing_but_tmp() {
+    let sc = scene(false);
+    let mut p = sc.policy();
+    p.mode = Mode::ReadOnly;
+    let code = sc.sandboxed(
+        &p,
+        r#"echo x > "$WS/ro"; echo ok > "$TMPDIR/t" && cat "$WS/a.txt" >/dev/null"#,
+        None,
+    );
+    assert_eq!(code, 0);
+    assert!(!sc.ws.join("ro").exists());
+}
+
+#[test]
+fn doctor_reports_seatbelt() {
+    let layers = workfence_macos::doctor();
+    assert!(
+        layers
+            .iter()
+            .any(|l| l.layer.starts_with("Seatbelt")
+                && l.state == workfence_policy::Enforcement::Full)
+    );
+}
