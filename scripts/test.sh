@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: every crate's tests (`cargo test --workspace`), which include
+# the Linux attack suite in crates/cli/tests. When run as root, the attack suite runs a
+# second time as an unprivileged user (created if missing), because a sandbox must hold for
+# ordinary users, not only for root.
+#
+# Environment:
+#   WORKFENCE_MUST_WORK=1   every skipped test is a failure (CI sets it)
+#   WORKFENCE_TEST_USER     the unprivileged user (default: workfence-ci)
+#   CARGO_TARGET_DIR        honoured (share it to avoid rebuilding)
+#   WORKFENCE_NO_USER_RUN=1 skip the unprivileged run (local use only)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT_DIR=$(pwd)
+TEST_USER=${WORKFENCE_TEST_USER:-workfence-ci}
+RUN_ID="$(date +%Y%m%d-%H%M%S)-$$"
+COUNTS_DIR="/var/tmp/workfence-counts-$RUN_ID"
+mkdir -p "$COUNTS_DIR"
+chmod 755 "$COUNTS_DIR"
+STAGE=""
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+cleanup() {
+    if [ -n "$STAGE" ] && [ -d "$STAGE" ]; then
+        rm -rf "$STAGE"
+    fi
+    rm -rf "$COUNTS_DIR"
+}
+trap cleanup EXIT
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# ------------------------------------------------------------------ tools the tests use
+# command -> Debian package
+declare -A PKG=(
+    [git]=git [cc]=gcc [make]=make [python3]=python3
+    [unshare]=util-linux [setsid]=util-linux [ipcmk]=util-linux [ipcrm]=util-linux
+    [setpriv]=util-linux [kill]=procps [nohup]=coreutils [truncate]=coreutils
+    [useradd]=passwd [sed]=sed [setfattr]=attr
+)
+missing=()
+for c in "${!PKG[@]}"; do
+    command -v "$c" >/dev/null 2>&1 || missing+=("${PKG[$c]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        log "installing missing tools: $pkgs"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        # shellcheck disable=SC2086
+        apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+    else
+        log "warning: missing tools (tests that need them will skip): $pkgs"
+    fi
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found in PATH" >&2; exit 1; }
+
+# ------------------------------------------------------------------ counts
+count_lines() { # file pattern
+    if [ -f "$1" ]; then grep -cE "$2" "$1" || true; else echo 0; fi
+}
+print_counts() { # label file
+    local f=$2
+    printf '%-28s attacks blocked: %3s   controls succeeded: %3s   work cases passed: %3s   skipped: %s\n' \
+        "$1" \
+        "$(count_lines "$f" '^ATTACK .* blocked$')" \
+        "$(count_lines "$f" '^CONTROL .* succeeded$')" \
+        "$(count_lines "$f" '^WORK .* passed$')" \
+        "$(count_lines "$f" '^SKIP ')"
+    if [ -f "$f" ] && grep -q '^SKIP ' "$f"; then
+        grep '^SKIP ' "$f" | sed 's/^/    /'
+    fi
+}
+
+failed=0
+SUMMARY=()
+
+# ------------------------------------------------------------------ 1. every crate, as is
+ROOT_COUNTS="$COUNTS_DIR/$(id -un).txt"
+log "cargo test --workspace --no-fail-fast (as $(id -un))"
+if WORKFENCE_COUNTS_FILE="$ROOT_COUNTS" cargo test --workspace --no-fail-fast; then
+    SUMMARY+=("$(id -un): cargo test --workspace passed")
+else
+    failed=1
+    SUMMARY+=("$(id -un): cargo test --workspace FAILED")
+fi
+
+# ------------------------------------------------------------------ 2. unprivileged run
+USER_COUNTS=""
+if is_root && [ "${WORKFENCE_NO_USER_RUN:-0}" != 1 ] && [ "$(uname -s)" = Linux ]; then
+    if ! id -u "$TEST_USER" >/dev/null 2>&1; then
+        log "creating the unprivileged test user $TEST_USER"
+        useradd --create-home --shell /bin/bash "$TEST_USER"
+    fi
+    user_home=$(getent passwd "$TEST_USER" | cut -d: -f6)
+    mkdir -p "$user_home"
+    chown "$TEST_USER:" "$user_home"
+
+    # The toolchain lives in root's home, which the user cannot enter: build here, then
+    # copy the binaries somewhere world-readable. This reuses the artifacts built above.
+    log "collecting the test binaries"
+    json=$(cargo test --workspace --no-run --message-format=json 2>/dev/null)
+    mapfile -t lines < <(printf '%s\n' "$json" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    t = m["target"]
+    pkg = m.get("package_id", "")
+    if "workfence-cli" not in pkg and "/crates/cli" not in pkg:
+        continue
+    if t["kind"] == ["bin"] and t["name"] == "workfence":
+        print("BIN " + m["executable"])
+    elif t["kind"] == ["test"]:
+        print("TEST " + t["name"] + " " + m["executable"])
+')
+    STAGE="/opt/workfence-test/$RUN_ID"
+    mkdir -p "$STAGE"
+    chmod 755 /opt/workfence-test "$STAGE"
+    tests=()
+    for l in "${lines[@]}"; do
+        case "$l" in
+            BIN\ *) install -m 755 "${l#BIN }" "$STAGE/workfence" ;;
+            TEST\ *)
+                rest=${l#TEST }
+                name=${rest%% *}
+                install -m 755 "${rest#* }" "$STAGE/test-$name"
+                tests+=("$name")
+                ;;
+        esac
+    done
+    if [ ! -x "$STAGE/workfence" ] || [ "${#tests[@]}" -eq 0 ]; then
+        echo "could not find the workfence binary or the integration tests in cargo's output" >&2
+        exit 1
+    fi
+    USER_COUNTS="$COUNTS_DIR/$TEST_USER.txt"
+    touch "$USER_COUNTS"
+    chown "$TEST_USER:" "$USER_COUNTS"
+    user_uid=$(id -u "$TEST_USER")
+    user_testdir="/var/tmp/workfence-tests-$user_uid"
+    for name in "${tests[@]}"; do
+        log "integration tests '$name' as $TEST_USER (unprivileged)"
+        if (cd "$STAGE" && setpriv --reuid="$TEST_USER" --regid="$TEST_USER" --init-groups --reset-env \
+            env HOME="$user_home" USER="$TEST_USER" LOGNAME="$TEST_USER" \
+            PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin \
+            WORKFENCE_BIN="$STAGE/workfence" \
+            WORKFENCE_MUST_WORK="${WORKFENCE_MUST_WORK:-0}" \
+            WORKFENCE_TEST_DIR="$user_testdir" \
+            WORKFENCE_COUNTS_FILE="$USER_COUNTS" \
+            RUST_BACKTRACE=0 \
+            "$STAGE/test-$name"); then
+            SUMMARY+=("$TEST_USER: $name passed")
+        else
+            failed=1
+            SUMMARY+=("$TEST_USER: $name FAILED")
+        fi
+    done
+elif ! is_root; then
+    SUMMARY+=("(not root: the unprivileged re-run is skipped; this run already is unprivileged)")
+fi
+
+# ------------------------------------------------------------------ summary
+echo
+echo "================ workfence test summary ================"
+for s in "${SUMMARY[@]}"; do echo "  $s"; done
+print_counts "$(id -un) ($(id -u)):" "$ROOT_COUNTS"
+if [ -n "$USER_COUNTS" ]; then
+    print_counts "$TEST_USER ($(id -u "$TEST_USER")):" "$USER_COUNTS"
+fi
+if [ "$failed" -ne 0 ]; then
+    echo "RESULT: FAILED"
+    exit 1
+fi
+echo "RESULT: ok"
