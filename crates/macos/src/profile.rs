@@ -70,7 +70,11 @@ impl fmt::Display for SeatbeltProfile {
         writeln!(f, ";; workfence Seatbelt profile, run as:")?;
         writeln!(f, ";;   {SANDBOX_EXEC} -p '<this profile>' \\")?;
         for (name, value) in &self.params {
-            writeln!(f, ";;     -D {name}={value} \\")?;
+            writeln!(
+                f,
+                ";;     -D {} \\",
+                shell_quote(&format!("{name}={value}"))
+            )?;
         }
         writeln!(
             f,
@@ -488,6 +492,16 @@ pub(crate) fn real_path(p: &Path) -> Result<String, MacError> {
     Ok(s)
 }
 
+/// `s` as one POSIX shell word, so that the printed command can be pasted.
+fn shell_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./,:@%+=-".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 fn is_within(p: &str, root: &str) -> bool {
     Path::new(p).starts_with(root)
 }
@@ -507,6 +521,13 @@ mod tests {
             regex_filter("/a\\b", Tail::Exact),
             r#"(regex "^/[Aa]\\\\[Bb]$")"#
         );
+    }
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(shell_quote("A=/x/y"), "A=/x/y");
+        assert_eq!(shell_quote("A=/x y"), "'A=/x y'");
+        assert_eq!(shell_quote("A=it's"), "'A=it'\\''s'");
     }
 
     #[test]

@@ -127,6 +127,8 @@ struct Tracker {
 
 impl Tracker {
     fn new(root: libc::pid_t, tmp_dir: &Path) -> Tracker {
+        // Unknown only if the root already died; then "younger than the root" falls
+        // back to "any", and only lineage and the sandbox check select processes.
         let root_uid = sys::proc_info(root).map(|i| i.uniqueid).unwrap_or(0);
         let mut known = BTreeMap::new();
         known.insert(root, root_uid);
@@ -192,7 +194,8 @@ impl Tracker {
                 if known_uniq.contains(&i.uniqueid) {
                     continue;
                 }
-                if known_uniq.contains(&i.puniqueid) || self.carries_our_sandbox(i.pid) {
+                let child_of_known = i.puniqueid != 0 && known_uniq.contains(&i.puniqueid);
+                if child_of_known || self.carries_our_sandbox(i.pid) {
                     self.known.insert(i.pid, i.uniqueid);
                     added = true;
                 }

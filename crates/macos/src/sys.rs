@@ -95,6 +95,10 @@ pub fn list_child_pids(pid: libc::pid_t) -> io::Result<Vec<libc::pid_t>> {
 
 /// Facts about `pid`, or None when it is gone or not ours to inspect.
 pub fn proc_info(pid: libc::pid_t) -> Option<ProcInfo> {
+    proc_info_uniq(pid).or_else(|| proc_info_bsd(pid))
+}
+
+fn proc_info_uniq(pid: libc::pid_t) -> Option<ProcInfo> {
     let mut info = MaybeUninit::<BsdInfoWithUniqId>::zeroed();
     let size = c_int::try_from(size_of::<BsdInfoWithUniqId>()).ok()?;
     // SAFETY: the buffer is `size` bytes of plain-old-data that the kernel fills.
@@ -112,6 +116,9 @@ pub fn proc_info(pid: libc::pid_t) -> Option<ProcInfo> {
     }
     // SAFETY: proc_pidinfo filled all `size` bytes; every bit pattern is valid POD.
     let info = unsafe { info.assume_init() };
+    if info.uniq.p_uniqueid == 0 {
+        return None;
+    }
     Some(ProcInfo {
         pid,
         ppid: libc::pid_t::try_from(info.pbsd.pbi_ppid).unwrap_or(0),
@@ -119,6 +126,37 @@ pub fn proc_info(pid: libc::pid_t) -> Option<ProcInfo> {
         zombie: info.pbsd.pbi_status == libc::SZOMB,
         uniqueid: info.uniq.p_uniqueid,
         puniqueid: info.uniq.p_puniqueid,
+    })
+}
+
+/// Fallback when the unique-id flavour is refused: the start time in microseconds
+/// identifies a process as well (a pid is not reused within a microsecond), but
+/// the parent's identity is then unknown (0).
+fn proc_info_bsd(pid: libc::pid_t) -> Option<ProcInfo> {
+    let mut info = MaybeUninit::<libc::proc_bsdinfo>::zeroed();
+    let size = c_int::try_from(size_of::<libc::proc_bsdinfo>()).ok()?;
+    // SAFETY: the buffer is `size` bytes of plain-old-data that the kernel fills.
+    let n = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            libc::PROC_PIDTBSDINFO,
+            0,
+            info.as_mut_ptr().cast(),
+            size,
+        )
+    };
+    if n != size {
+        return None;
+    }
+    // SAFETY: proc_pidinfo filled all `size` bytes; every bit pattern is valid POD.
+    let info = unsafe { info.assume_init() };
+    Some(ProcInfo {
+        pid,
+        ppid: libc::pid_t::try_from(info.pbi_ppid).unwrap_or(0),
+        uid: info.pbi_uid,
+        zombie: info.pbi_status == libc::SZOMB,
+        uniqueid: info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec,
+        puniqueid: 0,
     })
 }
 
