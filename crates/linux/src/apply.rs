@@ -432,13 +432,6 @@ fn supervisor(
     go: OwnedFd,
     pty_sock: Option<OwnedFd>,
 ) -> ! {
-    // The supervisor keeps capabilities in the user namespace: nothing in the sandbox
-    // may ptrace it or read its memory (Landlock also forbids that, this holds without it).
-    step(
-        err,
-        "prctl(PR_SET_DUMPABLE)",
-        sys::prctl(libc::PR_SET_DUMPABLE, 0),
-    );
     // If the front end dies (even by SIGKILL), pid 1 dies, and with it the namespace.
     step(
         err,
@@ -478,6 +471,14 @@ fn supervisor(
         die(err, EXIT_SETUP, &format!("sandbox setup failed: {e}"));
     }
 
+    // The supervisor keeps capabilities in the user namespace: nothing in the sandbox
+    // may ptrace it or read its memory (Landlock also forbids that; this holds without
+    // it). Only now: a non-dumpable process cannot write its own uid_map.
+    step(
+        err,
+        "prctl(PR_SET_DUMPABLE)",
+        sys::prctl(libc::PR_SET_DUMPABLE, 0),
+    );
     let pty = pty_sock.map(|sock| {
         let (master, slave) = step(
             err,
