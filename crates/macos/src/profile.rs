@@ -228,9 +228,15 @@ pub fn profile(
         }
         // Renaming any directory between a root and a protected path (or the root
         // itself) would carry the protected object to an unprotected name.
+        // The same for hidden paths inside a root: renaming their parent would give
+        // the secret a readable name.
         let mut ancestors: Vec<String> = root_paths.clone();
+        let mut guarded: Vec<PathBuf> = Vec::new();
         for pp in &layout.protected {
-            let p = PathBuf::from(real_path(&pp.path)?);
+            guarded.push(PathBuf::from(real_path(&pp.path)?));
+        }
+        guarded.extend(hidden.iter().map(|h| PathBuf::from(&h.path)));
+        for p in &guarded {
             for a in p.ancestors().skip(1) {
                 let a = a.to_string_lossy().into_owned();
                 if !root_paths.iter().any(|r| is_within(&a, r)) {
@@ -245,7 +251,9 @@ pub fn profile(
         for (i, a) in ancestors.iter().enumerate() {
             let name = b.param(&format!("PINNED_PARENT_{i}"), a);
             except.push(Filter {
-                comment: format!("pinned parent: {a} (renaming it would move what it protects)"),
+                comment: format!(
+                    "pinned parent: {a} (renaming it would move what it protects or hides)"
+                ),
                 exprs: vec![
                     format!("(literal (param \"{name}\"))"),
                     regex_filter(a, Tail::Exact),
@@ -420,11 +428,46 @@ fn regex_filter(path: &str, tail: Tail) -> String {
     format!("(regex {})", sbpl_string(&re))
 }
 
+/// Latin letters with one diacritic, for both spellings APFS treats as the same
+/// name: precomposed (NFC, `é`) and decomposed (NFD, `e` + U+0301).
+const COMPOSED: &str = "ÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖÙÚÛÜÝàáâãäåçèéêëìíîïñòóôõöùúûüýÿ";
+const BASES: &str = "AAAAAACEEEEIIIINOOOOOUUUUYaaaaaaceeeeiiiinooooouuuuyy";
+const MARKS: [char; 53] = [
+    '\u{300}', '\u{301}', '\u{302}', '\u{303}', '\u{308}', '\u{30a}', '\u{327}', '\u{300}',
+    '\u{301}', '\u{302}', '\u{308}', '\u{300}', '\u{301}', '\u{302}', '\u{308}', '\u{303}',
+    '\u{300}', '\u{301}', '\u{302}', '\u{303}', '\u{308}', '\u{300}', '\u{301}', '\u{302}',
+    '\u{308}', '\u{301}', '\u{300}', '\u{301}', '\u{302}', '\u{303}', '\u{308}', '\u{30a}',
+    '\u{327}', '\u{300}', '\u{301}', '\u{302}', '\u{308}', '\u{300}', '\u{301}', '\u{302}',
+    '\u{308}', '\u{303}', '\u{300}', '\u{301}', '\u{302}', '\u{303}', '\u{308}', '\u{300}',
+    '\u{301}', '\u{302}', '\u{308}', '\u{301}', '\u{308}',
+];
+
+/// The decomposition of a precomposed letter, if it is in the table.
+fn decompose(c: char) -> Option<(char, char)> {
+    let i = COMPOSED.chars().position(|x| x == c)?;
+    Some((BASES.chars().nth(i)?, MARKS[i]))
+}
+
+/// The precomposed letter of `base` + `mark`, if it is in the table.
+fn compose(base: char, mark: char) -> Option<char> {
+    COMPOSED
+        .chars()
+        .enumerate()
+        .find(|(i, _)| BASES.chars().nth(*i) == Some(base) && MARKS[*i] == mark)
+        .map(|(_, c)| c)
+}
+
 /// Escapes regex metacharacters and turns each letter into a class of both cases.
-/// Seatbelt's regex dialect has no `(?i)` flag, so case-insensitivity is spelt out.
+/// Seatbelt's regex dialect has no `(?i)` flag, so case-insensitivity is spelt out;
+/// accented Latin letters also match their decomposed spelling.
 pub(crate) fn case_insensitive_regex(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
-    for c in s.chars() {
+    let mut chars = s.chars().peekable();
+    while let Some(mut c) = chars.next() {
+        if let Some(composed) = chars.peek().and_then(|&m| compose(c, m)) {
+            chars.next();
+            c = composed;
+        }
         if c.is_ascii_alphabetic() {
             out.push('[');
             out.push(c.to_ascii_uppercase());
@@ -434,14 +477,26 @@ pub(crate) fn case_insensitive_regex(s: &str) -> String {
             out.push('\\');
             out.push(c);
         } else if !c.is_ascii() {
-            // Non-ASCII letters fold on APFS too; a group of whole characters is safe
-            // for multi-byte UTF-8 where a bracket class would split the bytes.
+            // A group of whole alternatives: a bracket class would split the bytes of
+            // a multi-byte UTF-8 character.
+            let mut alts: Vec<String> = Vec::new();
             let lower: String = c.to_lowercase().collect();
             let upper: String = c.to_uppercase().collect();
-            if lower != upper && lower.chars().count() == 1 && upper.chars().count() == 1 {
-                let _ = write!(out, "({lower}|{upper})");
+            for v in [c.to_string(), lower, upper] {
+                let mut one = v.chars();
+                if let (Some(x), None) = (one.next(), one.next()) {
+                    if let Some((b, m)) = decompose(x) {
+                        alts.push(format!("{b}{m}"));
+                    }
+                }
+                alts.push(v);
+            }
+            alts.sort();
+            alts.dedup();
+            if alts.len() == 1 {
+                out.push_str(&alts[0]);
             } else {
-                out.push(c);
+                let _ = write!(out, "({})", alts.join("|"));
             }
         } else {
             out.push(c);
@@ -514,7 +569,13 @@ mod tests {
     fn escaping() {
         assert_eq!(sbpl_string(r#"a "b" \c"#), r#""a \"b\" \\c""#);
         assert_eq!(case_insensitive_regex("/a.b"), "/[Aa]\\.[Bb]");
-        assert_eq!(case_insensitive_regex("é"), "(é|É)");
+        assert_eq!(case_insensitive_regex("é"), "(E\u{301}|e\u{301}|É|é)");
+        // A decomposed name gets the same alternatives.
+        assert_eq!(
+            case_insensitive_regex("e\u{301}"),
+            case_insensitive_regex("é")
+        );
+        assert_eq!(case_insensitive_regex("日"), "日");
         assert_eq!(case_insensitive_regex("1 (x)"), "1 \\([Xx]\\)");
         // A backslash is escaped for the regex, then again for the string.
         assert_eq!(
