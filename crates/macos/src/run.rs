@@ -122,6 +122,7 @@ struct Tracker {
     known: BTreeMap<libc::pid_t, u64>,
     check: Option<SandboxCheck>,
     probe: Option<CString>,
+    outside: CString,
     last_sweep: Instant,
 }
 
@@ -142,6 +143,7 @@ impl Tracker {
                 .join(".workfence-owner-probe")
                 .to_str()
                 .and_then(sys::cstring),
+            outside: c"/.workfence-owner-probe".to_owned(),
             last_sweep: Instant::now(),
         }
     }
@@ -206,11 +208,16 @@ impl Tracker {
         }
     }
 
-    /// Sandboxed, and its sandbox lets it write this run's private temp dir: no
-    /// other sandbox (app sandbox, another run) does.
+    /// Its sandbox lets it create files in this run's private temp dir but not at
+    /// the filesystem root. An unsandboxed process may do both (sandbox_check asks
+    /// the sandbox, not file permissions), and no other sandbox (app sandbox,
+    /// another run) can write this run's temp dir.
     fn carries_our_sandbox(&self, pid: libc::pid_t) -> bool {
         match (&self.check, &self.probe) {
-            (Some(c), Some(p)) => c.is_sandboxed(pid) && c.allows_create(pid, p),
+            (Some(c), Some(p)) => {
+                c.may_create(pid, p) == Some(true)
+                    && c.may_create(pid, &self.outside) == Some(false)
+            }
             _ => false,
         }
     }
@@ -646,10 +653,16 @@ pub(crate) fn doctor() -> Vec<LayerStatus> {
         Enforcement::Full,
         "Apple Events, LaunchServices (open), launchd job creation and keychain services are denied".into(),
     ));
-    let lifetime = if SandboxCheck::load().is_some() {
+    // sandbox_check must answer for a process: workfence itself is unsandboxed, so
+    // its answer for any path is "allowed".
+    let check_works = SandboxCheck::load().is_some_and(|c| {
+        let me = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+        c.may_create(me, c"/.workfence-owner-probe") == Some(true)
+    });
+    let lifetime = if check_works {
         (Enforcement::Full, "own session; descendants tracked by unique id and by their sandbox (sandbox_check), so setsid/double-fork daemons are killed too; a reaper kills the known ones if workfence is SIGKILLed".to_string())
     } else {
-        (Enforcement::Partial, "sandbox_check is not exported by this macOS: descendants are tracked by parentage only, so a double fork between two polls (20 ms) can escape".to_string())
+        (Enforcement::Partial, "sandbox_check is missing or does not answer on this macOS: descendants are tracked by parentage only, so a double fork between two polls (20 ms) can escape".to_string())
     };
     out.push(layer("process lifetime", lifetime.0, lifetime.1));
     out.push(layer(

@@ -214,15 +214,10 @@ impl SandboxCheck {
         Some(SandboxCheck { f, no_report })
     }
 
-    /// Whether `pid` runs under any sandbox.
-    pub fn is_sandboxed(&self, pid: libc::pid_t) -> bool {
-        // SAFETY: a null operation with filter 0 takes no variadic argument.
-        let r = unsafe { (self.f)(pid, std::ptr::null(), 0) };
-        r > 0
-    }
-
-    /// Whether `pid`'s sandbox would let it create `path`.
-    pub fn allows_create(&self, pid: libc::pid_t, path: &CStr) -> bool {
+    /// What `pid`'s sandbox says about creating `path`: Some(true) allowed,
+    /// Some(false) denied, None when the question failed (no such process).
+    /// An unsandboxed process is allowed everything.
+    pub fn may_create(&self, pid: libc::pid_t, path: &CStr) -> Option<bool> {
         let op = c"file-write-create";
         // SAFETY: both strings are NUL-terminated and outlive the call; the path
         // filter takes exactly one `const char *` variadic argument.
@@ -234,7 +229,11 @@ impl SandboxCheck {
                 path.as_ptr(),
             )
         };
-        r == 0
+        match r {
+            0 => Some(true),
+            1 => Some(false),
+            _ => None,
+        }
     }
 }
 
