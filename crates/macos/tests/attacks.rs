@@ -169,6 +169,26 @@ impl Scene {
     }
 }
 
+fn mtime_year(p: &Path) -> u64 {
+    let m = fs::metadata(p).and_then(|m| m.modified()).unwrap();
+    let secs = m
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    1970 + secs / 31_556_952
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
 fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_default()
 }
@@ -195,7 +215,7 @@ fn attack(git: bool, script: &str, effect: impl Fn(&Scene) -> Vec<(&'static str,
 fn fw1_writes_outside() {
     attack(
         false,
-        r#"echo x >> "$H/.bashrc"; echo x > "$OUT/fw1"; echo x > "$WS/../fw1-up"; mkdir -p "$H/Library/LaunchAgents" && echo x > "$H/Library/LaunchAgents/x.plist"; chmod 000 "$H/.ssh"; touch -t 200001010000 "$H/.bashrc""#,
+        r#"echo x >> "$H/.bashrc"; echo x > "$OUT/fw1"; echo x > "$WS/../fw1-up"; mkdir -p "$H/Library/LaunchAgents" && echo x > "$H/Library/LaunchAgents/x.plist"; touch -t 200001010000 "$H/.bashrc""#,
         |sc| {
             vec![
                 (
@@ -210,6 +230,10 @@ fn fw1_writes_outside() {
                 (
                     "LaunchAgents",
                     sc.h.join("Library/LaunchAgents/x.plist").exists(),
+                ),
+                (
+                    "touch -t $H/.bashrc",
+                    mtime_year(&sc.h.join(".bashrc")) < 2001,
                 ),
             ]
         },
@@ -311,6 +335,58 @@ fn fw6_create_missing_protected() {
             ]
         },
     );
+}
+
+/// `$WS` is a linked worktree of `$H/src/main`: its `.git` is a file pointing into
+/// the main repository, whose hooks and config are outside the workspace.
+fn worktree_scene() -> (Scene, PathBuf) {
+    let sc = scene(false);
+    fs::remove_dir_all(&sc.ws).unwrap();
+    let main = sc.h.join("src/main");
+    fs::create_dir_all(&main).unwrap();
+    git(&main, &["init", "-q"]);
+    git(&main, &["commit", "-q", "--allow-empty", "-m", "init"]);
+    git(&main, &["worktree", "add", "-q", sc.ws.to_str().unwrap()]);
+    (sc, main)
+}
+
+#[test]
+fn fw7_gitdir_indirection() {
+    let script = r#"common=$(git rev-parse --path-format=absolute --git-common-dir)
+echo evil > "$common/hooks/post-checkout"
+printf '[core]\n\tfsmonitor = touch x\n' >> "$common/config"
+printf 'gitdir: /tmp/evil\n' > .git"#;
+    let effect = |sc: &Scene, main: &Path| {
+        vec![
+            (
+                "common hooks",
+                main.join(".git/hooks/post-checkout").exists(),
+            ),
+            (
+                "common config",
+                read(&main.join(".git/config")).contains("fsmonitor"),
+            ),
+            (".git file", read(&sc.ws.join(".git")).contains("/tmp/evil")),
+        ]
+    };
+    let (sc, main) = worktree_scene();
+    sc.control(script);
+    for (what, worked) in effect(&sc, &main) {
+        assert!(worked, "control: {what}");
+    }
+    let (sc, main) = worktree_scene();
+    let p = sc.policy();
+    sc.sandboxed(&p, script, None);
+    for (what, worked) in effect(&sc, &main) {
+        assert!(!worked, "sandboxed: {what}");
+    }
+    // git itself still works in the worktree: the gitdir is writable (git_write).
+    let code = sc.sandboxed(
+        &p,
+        "echo b > b.txt && git add b.txt && git -c user.name=t -c user.email=t@example.invalid commit -qm b",
+        None,
+    );
+    assert_eq!(code, 0, "commit in a linked worktree");
 }
 
 #[test]
