@@ -1202,13 +1202,16 @@ pub type Probe = Box<dyn Fn(&Scenario, &Outcome) -> Result<bool, String>>;
 /// exit status); `Err` fails the test.
 pub type Check = Box<dyn Fn(&Scenario, &Outcome) -> Result<(), String>>;
 
+/// Per-half setup: runs after the scenario is built; returns extra env for the run.
+pub type Setup = Box<dyn Fn(&mut Scenario, Mode) -> Vec<(OsString, OsString)>>;
+
 /// One attack from the catalogue.
 pub struct Attack {
     /// Catalogue id (plus a short suffix), printed in the counts.
     pub id: String,
     pub opts: ScenarioOpts,
     /// Runs after the scenario is built, before the snapshot; may return extra env.
-    pub setup: Option<Box<dyn Fn(&mut Scenario, Mode) -> Vec<(OsString, OsString)>>>,
+    pub setup: Option<Setup>,
     pub script: String,
     pub launch: Launch,
     pub probes: Vec<(String, Probe)>,
