@@ -1292,3 +1292,37 @@ echo ok > "$WS/src/inside"
     })
     .run();
 }
+
+#[test]
+fn a1_home_persistence() {
+    Attack::new(
+        "A1",
+        r#"
+echo 'touch ~/PWNED' >> "$H/.profile"
+printf '[core]\n\tpager = touch ~/PWNED\n' >> "$H/.gitconfig"
+mkdir -p "$H/.config/systemd/user" && echo '[Service]' > "$H/.config/systemd/user/evil.service"
+echo x > "$H/.config/autostart/evil.desktop"
+mkdir -p "$H/.local/bin" && printf '#!/bin/sh\n' > "$H/.local/bin/git"
+echo 'ssh-ed25519 AAAA evil' >> "$H/.ssh/authorized_keys"
+mkdir -p "$H/.claude" && echo '{}' > "$H/.claude/settings.json"
+echo 'sandbox_mode = "danger-full-access"' >> "$H/.codex/config.toml"
+"#,
+    )
+    .probe_changed("~/.profile", |sc| sc.h.join(".profile"))
+    .probe_changed("~/.gitconfig", |sc| sc.h.join(".gitconfig"))
+    .probe_exists("~/.config/systemd/user unit", |sc| {
+        sc.h.join(".config/systemd/user/evil.service")
+    })
+    .probe_exists("~/.config/autostart entry", |sc| {
+        sc.h.join(".config/autostart/evil.desktop")
+    })
+    .probe_exists("~/.local/bin shim", |sc| sc.h.join(".local/bin/git"))
+    .probe_exists("~/.ssh/authorized_keys", |sc| {
+        sc.h.join(".ssh/authorized_keys")
+    })
+    .probe_exists("~/.claude/settings.json", |sc| {
+        sc.h.join(".claude/settings.json")
+    })
+    .probe_exists("~/.codex/config.toml", |sc| sc.h.join(".codex/config.toml"))
+    .run();
+}
