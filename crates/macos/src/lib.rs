@@ -89,13 +89,55 @@ impl MacContext {
         self.proxy_port = Some(port);
         self
     }
+
+    /// Removes the private temp dir that `detect` created, for a context that is
+    /// not going to `run` (for example `explain` on a Mac). `run` removes it itself.
+    pub fn discard(self) {
+        if self.remove_tmp_after_run {
+            let _ = std::fs::remove_dir_all(&self.tmp_dir);
+        }
+    }
+}
+
+/// The parts of `policy` this backend cannot enforce on any Mac, for the caller to
+/// refuse (unless `allow_degraded`) or report: macOS has no cgroups.
+pub fn unenforced(policy: &Policy) -> Vec<workfence_policy::LayerStatus> {
+    let mut out = Vec::new();
+    let mut limit = |layer: &str, detail: String| {
+        out.push(workfence_policy::LayerStatus {
+            layer: layer.into(),
+            state: workfence_policy::Enforcement::None,
+            detail,
+        })
+    };
+    if let Some(b) = policy.limits.memory_bytes {
+        limit(
+            "memory limit",
+            format!("{b} bytes requested; macOS has no per-tree memory limit (no cgroups)"),
+        );
+    }
+    if let Some(c) = policy.limits.cpu_percent {
+        limit(
+            "CPU limit",
+            format!("{c}% requested; macOS has no per-tree CPU limit (no cgroups)"),
+        );
+    }
+    limit(
+        "process limit",
+        format!(
+            "{} processes requested; RLIMIT_NPROC is per user on macOS and would hit the host, so it is not set",
+            policy.limits.max_processes
+        ),
+    );
+    out
 }
 
 #[cfg(target_os = "macos")]
 impl MacContext {
     /// Reads the host: the home directory, and a fresh private temp dir (mode 0700)
-    /// under the per-user temp dir. The proxy port is left unset: add it with
-    /// [`MacContext::with_proxy_port`] once the proxy listens.
+    /// under the per-user temp dir, which `run` deletes afterwards (or
+    /// [`MacContext::discard`] when nothing runs). The proxy port is left unset: add
+    /// it with [`MacContext::with_proxy_port`] once the proxy listens.
     pub fn detect(policy: &Policy) -> Result<Self, MacError> {
         run::detect(policy)
     }

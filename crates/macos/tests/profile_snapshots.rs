@@ -426,3 +426,39 @@ fn example_context_is_deterministic() {
     assert_eq!(MacContext::example(&p), MacContext::example(&p));
     assert_eq!(MacContext::example(&p).home, PathBuf::from("/Users/dev"));
 }
+
+#[test]
+fn unenforced_limits_are_reported() {
+    let mut p = Policy::new(WS);
+    assert_eq!(workfence_macos::unenforced(&p).len(), 1);
+    p.limits.memory_bytes = Some(1 << 30);
+    p.limits.cpu_percent = Some(50);
+    let u = workfence_macos::unenforced(&p);
+    assert_eq!(u.len(), 3);
+    assert!(u
+        .iter()
+        .all(|l| l.state == workfence_policy::Enforcement::None));
+}
+
+#[test]
+fn doctor_off_macos_says_unsupported() {
+    if cfg!(target_os = "macos") {
+        return;
+    }
+    let d = workfence_macos::doctor();
+    assert_eq!(d.len(), 1);
+    assert!(d[0].detail.contains("unsupported"));
+    let req = workfence_policy::run::RunRequest {
+        argv: vec!["true".into()],
+        env: vec![],
+        cwd: WS.into(),
+        timeout: None,
+        pty: false,
+        keep_fds: vec![],
+    };
+    let sb = build(&Policy::new(WS), &workspace_layout(WS));
+    assert!(matches!(
+        workfence_macos::run(&sb, &req),
+        Err(MacError::Unsupported)
+    ));
+}
