@@ -108,7 +108,7 @@ pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<i32, LinuxError> {
     let prep = prepare(plan, req)?;
     let placeholders = crate::placeholders::create(plan)?;
     let result = match plan.isolation {
-        Isolation::Namespaces => run_namespaces(plan, req, &prep),
+        Isolation::Namespaces => run_namespaces(plan, req, &prep, &placeholders),
         Isolation::Degraded => run_degraded(plan, req, &prep),
     };
     placeholders.release();
@@ -162,7 +162,12 @@ impl Drop for Cgroup {
     }
 }
 
-fn run_namespaces(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i32, LinuxError> {
+fn run_namespaces(
+    plan: &LinuxPlan,
+    req: &RunRequest,
+    prep: &Prepared,
+    placeholders: &crate::placeholders::Placeholders,
+) -> Result<i32, LinuxError> {
     let (err_r, err_w) = sys::pipe().map_err(|e| LinuxError::Syscall {
         step: "creating the error pipe",
         call: "pipe2",
@@ -217,6 +222,13 @@ fn run_namespaces(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result
     drop(err_w);
     drop(go_r);
     cgroup.attach(pid);
+    // If workfence is killed, a small guard process removes the placeholders once the
+    // sandbox is gone (the front end cannot clean up after SIGKILL).
+    let _guard = if placeholders.is_empty() {
+        None
+    } else {
+        spawn_cleanup_guard(placeholders, pid)
+    };
     let _ = sys::write_all(go_w.as_raw_fd(), b"g");
     drop(go_w);
     let master = match pty_sock {
@@ -230,6 +242,32 @@ fn run_namespaces(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result
     drop(master);
     restore_mask();
     finish(outcome, &err_r, req.timeout)
+}
+
+/// Forks the cleanup guard. It holds the read end of a pipe whose write end only the
+/// front end has: EOF means the front end is gone (exited or killed). The guard then
+/// waits for the sandbox's pid 1 to die and releases the placeholders.
+fn spawn_cleanup_guard(
+    ph: &crate::placeholders::Placeholders,
+    sandbox: libc::pid_t,
+) -> Option<OwnedFd> {
+    let (r, w) = sys::pipe().ok()?;
+    match sys::fork().ok()? {
+        Forked::Parent(_) => {
+            drop(r);
+            Some(w)
+        }
+        Forked::Child => {
+            sys::detach_guard(r.as_raw_fd());
+            let mut b = [0u8; 16];
+            while matches!(sys::read(3, &mut b), Ok(n) if n > 0) {}
+            if let Ok(pidfd) = sys::pidfd_open(sandbox) {
+                let _ = sys::poll(&[(pidfd.as_raw_fd(), libc::POLLIN)], 10_000);
+            }
+            ph.release();
+            sys::exit_now(0)
+        }
+    }
 }
 
 /// Unblocks the forwarded signals in the front end once the sandbox is gone.

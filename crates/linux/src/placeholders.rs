@@ -19,6 +19,7 @@ use crate::sys;
 pub struct Placeholders {
     dir: Option<PathBuf>,
     paths: Vec<(PathBuf, bool)>,
+    owner: u32,
 }
 
 fn state_dir() -> PathBuf {
@@ -55,6 +56,7 @@ pub fn create(plan: &LinuxPlan) -> Result<Placeholders, LinuxError> {
     if wanted.is_empty() {
         return Ok(Placeholders::default());
     }
+    let owner = std::process::id();
     let dir = state_dir();
     let _guard = lock(&dir);
     let mut record = String::new();
@@ -80,10 +82,11 @@ pub fn create(plan: &LinuxPlan) -> Result<Placeholders, LinuxError> {
             p.display()
         ));
     }
-    let _ = fs::write(dir.join(format!("{}.run", std::process::id())), record);
+    let _ = fs::write(dir.join(format!("{owner}.run")), record);
     Ok(Placeholders {
         dir: Some(dir),
         paths: wanted,
+        owner,
     })
 }
 
@@ -92,12 +95,18 @@ fn alive(pid: &str) -> bool {
 }
 
 impl Placeholders {
+    /// Whether there is anything to clean up.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
     /// Removes this run's placeholders that are still empty and unused by other runs,
     /// and those of runs that died without cleaning up.
-    pub fn release(self) {
-        let Some(dir) = self.dir else { return };
+    pub fn release(&self) {
+        let Some(dir) = &self.dir else { return };
+        let dir = dir.clone();
         let _guard = lock(&dir);
-        let own = format!("{}.run", std::process::id());
+        let own = format!("{}.run", self.owner);
         let _ = fs::remove_file(dir.join(&own));
         let mut in_use = Vec::new();
         let mut stale = Vec::new();
@@ -121,7 +130,10 @@ impl Placeholders {
                 }
             }
         }
-        for (p, is_dir) in self.paths.into_iter().chain(stale) {
+        let mut all: Vec<(PathBuf, bool)> = self.paths.iter().cloned().chain(stale).collect();
+        // Deepest first, so that placeholder parents become empty before their turn.
+        all.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (p, is_dir) in all {
             if in_use.contains(&p) {
                 continue;
             }

@@ -805,3 +805,38 @@ pub fn open_pty_here() -> io::Result<(OwnedFd, OwnedFd)> {
         .open(format!("/dev/pts/{n}"))?;
     Ok((m.into(), s.into()))
 }
+
+/// Turns the current (forked) process into a quiet background guard: terminal
+/// signals ignored, stdio on /dev/null, `keep` moved to fd 3 and every other fd closed
+/// (so that no pipe of the user's or of workfence's stays open through it).
+pub fn detach_guard(keep: RawFd) {
+    for s in [
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGHUP,
+        libc::SIGTERM,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGPIPE,
+    ] {
+        // SAFETY: setting a disposition to SIG_IGN is always valid.
+        unsafe { libc::signal(s, libc::SIG_IGN) };
+    }
+    unblock_signals(FORWARDED);
+    if keep != 3 {
+        let _ = dup2(keep, 3);
+    }
+    // SAFETY: close_range takes integers only.
+    unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = dup2(null.as_raw_fd(), fd);
+        }
+    }
+    let _ = prctl(libc::PR_SET_NAME, b"wf-cleanup\0".as_ptr() as libc::c_ulong);
+}

@@ -234,12 +234,42 @@ impl Builder<'_> {
         }
         let exists = self.probe.kind(&path);
         self.layout.protected.push(ProtectedPath {
-            path,
+            path: path.clone(),
             exists,
             missing_as_dir,
             protection,
             reason: reason.to_string(),
         });
+        // Renaming an ancestor away (`mv .husky .old; mkdir -p .husky/_`) would move the
+        // protection with it and free the name: pin every ancestor below the root.
+        let root = self
+            .layout
+            .writable
+            .iter()
+            .filter(|w| path.starts_with(&w.path) && w.path != path)
+            .map(|w| w.path.clone())
+            .max_by_key(|w| w.components().count());
+        if let Some(root) = root {
+            let ancestors: Vec<PathBuf> = path
+                .ancestors()
+                .skip(1)
+                .take_while(|a| *a != root && a.starts_with(&root))
+                .map(Path::to_path_buf)
+                .collect();
+            for a in ancestors {
+                if self.layout.protected.iter().any(|p| p.path == a) {
+                    continue;
+                }
+                let exists = self.probe.kind(&a);
+                self.layout.protected.push(ProtectedPath {
+                    path: a,
+                    exists,
+                    missing_as_dir: true,
+                    protection: Protection::Pinned,
+                    reason: "ancestor of a protected path: cannot be renamed away".into(),
+                });
+            }
+        }
     }
 
     fn protect_if_exists(&mut self, path: PathBuf, reason: &str) {
@@ -272,19 +302,45 @@ impl Builder<'_> {
             false,
             "git config can run commands (core.fsmonitor, filters, hooksPath)",
         );
-        self.protect_if_exists(g.join("config.worktree"), "per-worktree git config");
+        self.protect(
+            g.join("config.worktree"),
+            Protection::ReadOnly,
+            false,
+            "per-worktree git config (read when extensions.worktreeConfig is set)",
+        );
         self.protect_if_exists(g.join("commondir"), "points git at another repository");
         for wt in self.probe.read_dir(&g.join("worktrees")) {
             let d = g.join("worktrees").join(&wt);
             self.protect_if_exists(d.join("config"), "git config of a linked worktree");
-            self.protect_if_exists(d.join("config.worktree"), "git config of a linked worktree");
+            self.protect(
+                d.join("config.worktree"),
+                Protection::ReadOnly,
+                false,
+                "git config of a linked worktree",
+            );
             self.protect_if_exists(d.join("commondir"), "points git at another repository");
             self.protect_if_exists(d.join("hooks"), "git hooks of a linked worktree");
         }
+        // A new submodule gitdir could carry its own config and hooks: `modules` is
+        // read-only (and cannot be created); existing module gitdirs stay writable
+        // (fetch, checkout), with their own config and hooks protected.
+        let modules = g.join("modules");
+        self.protect(
+            modules.clone(),
+            Protection::ReadOnly,
+            true,
+            "a new submodule gitdir could carry config and hooks",
+        );
         if depth < 4 {
-            for m in self.probe.read_dir(&g.join("modules")) {
-                let d = g.join("modules").join(&m);
+            for m in self.probe.read_dir(&modules) {
+                let d = modules.join(&m);
                 if self.probe.kind(&d) == Some(FileKind::Dir) {
+                    self.protect(
+                        d.clone(),
+                        Protection::Pinned,
+                        true,
+                        "existing submodule gitdir: writable, cannot be replaced",
+                    );
                     self.protect_gitdir(&d, None, depth + 1);
                 }
             }
