@@ -838,5 +838,5 @@ pub fn detach_guard(keep: RawFd) {
             let _ = dup2(null.as_raw_fd(), fd);
         }
     }
-    let _ = prctl(libc::PR_SET_NAME, b"wf-cleanup\0".as_ptr() as libc::c_ulong);
+    let _ = prctl(libc::PR_SET_NAME, c"wf-cleanup".as_ptr() as libc::c_ulong);
 }

@@ -152,7 +152,7 @@ impl Outstanding {
             }
         }
         // Undo the newest first, so nested paths unwind in reverse order of application.
-        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.sort_by_key(|e| std::cmp::Reverse(e.0));
         out.into_iter().map(|(_, p, b, ids)| (p, b, ids)).collect()
     }
 
