@@ -465,8 +465,7 @@ fn run_inner(
         .arg(shim)
         .args(&req.argv)
         .env_clear()
-        .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("TMPDIR", format!("{}/", profile.tmp_dir().display()))
+        .envs(command_env(req, profile.tmp_dir()))
         .current_dir(&req.cwd);
 
     let mut pty = None;
@@ -589,6 +588,32 @@ fn run_inner(
     reaper.done();
     drop(signals);
     Ok(code)
+}
+
+/// The request's environment plus what the sandbox needs: TMPDIR is the private
+/// temp dir; xcrun (behind /usr/bin/cc, git, python3) skips its lookup cache, which
+/// lives in the host's shared per-user temp dir and which the command must not
+/// write (it maps tool names to paths the host runs later); clang's module cache
+/// moves into the private temp dir. The last two only when the caller set none.
+fn command_env(req: &workfence_policy::run::RunRequest, tmp: &Path) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = req
+        .env
+        .iter()
+        .filter(|(k, _)| k != "TMPDIR")
+        .cloned()
+        .collect();
+    env.push(("TMPDIR".into(), format!("{}/", tmp.display())));
+    let mut default = |k: &str, v: String| {
+        if !env.iter().any(|(n, _)| n == k) {
+            env.push((k.into(), v));
+        }
+    };
+    default("xcrun_nocache", "1".into());
+    default(
+        "CLANG_MODULE_CACHE_PATH",
+        tmp.join("clang-module-cache").display().to_string(),
+    );
+    env
 }
 
 /// 124 at the deadline, 128+N after stop signal N.
