@@ -308,10 +308,7 @@ mod tests {
             split_command_line("\"C:\\dir\\\" arg"),
             vec!["C:\\dir\\", "arg"]
         );
-        assert_eq!(
-            command_line(&["a\"b"]),
-            Err(CmdLineError::QuoteInProgram)
-        );
+        assert_eq!(command_line(&["a\"b"]), Err(CmdLineError::QuoteInProgram));
         assert_eq!(command_line::<&str>(&[]), Err(CmdLineError::Empty));
         assert_eq!(command_line(&["x", "a\0"]), Err(CmdLineError::Nul(1)));
         let long = "x".repeat(MAX_COMMAND_LINE);

@@ -65,7 +65,10 @@ impl fmt::Display for WindowsPlan {
         }
         if self.needs_setup {
             if self.allow_degraded {
-                writeln!(f, "  --allow-degraded: runs anyway, and says on stderr what is not enforced")?;
+                writeln!(
+                    f,
+                    "  --allow-degraded: runs anyway, and says on stderr what is not enforced"
+                )?;
             } else {
                 writeln!(f, "  runs are refused (exit 125) until `workfence setup` is run, or with --allow-degraded")?;
             }
@@ -79,7 +82,10 @@ impl fmt::Display for WindowsPlan {
         if let Some(t) = &self.token {
             writeln!(f, "\nRestricted token (CreateRestrictedToken)")?;
             writeln!(f, "  flags: {}", t.flags.join(" | "))?;
-            writeln!(f, "  restricting SIDs (every write must pass the ACL check for these too):")?;
+            writeln!(
+                f,
+                "  restricting SIDs (every write must pass the ACL check for these too):"
+            )?;
             for s in &t.restricting_sids {
                 writeln!(f, "    {}  {}: {}", s.sid, s.name, s.why)?;
             }
@@ -91,14 +97,21 @@ impl fmt::Display for WindowsPlan {
             for s in &t.default_dacl {
                 writeln!(f, "    {}  {}", s.sid, s.name)?;
             }
-            writeln!(f, "  capability SID of this workspace: {}", self.capability_sid)?;
+            writeln!(
+                f,
+                "  capability SID of this workspace: {}",
+                self.capability_sid
+            )?;
         }
 
         if !self.unsandboxed {
             writeln!(f, "\nACL changes (journaled in {} before they are applied; `workfence cleanup` restores the previous DACLs)", self.journal)?;
             let groups = [
                 (AcePurpose::Write, "write grants"),
-                (AcePurpose::Read, "read grants (the sandbox users cannot read the profile otherwise)"),
+                (
+                    AcePurpose::Read,
+                    "read grants (the sandbox users cannot read the profile otherwise)",
+                ),
                 (AcePurpose::Protect, "protected paths"),
                 (AcePurpose::ProtectChild, "parents of protected paths"),
                 (AcePurpose::Hide, "hidden paths"),
@@ -142,9 +155,21 @@ impl fmt::Display for WindowsPlan {
         }
 
         writeln!(f, "\nNetwork")?;
-        writeln!(f, "  {}: {}", if self.network.enforced { "enforced" } else { "NOT enforced" }, self.network.mechanism)?;
+        writeln!(
+            f,
+            "  {}: {}",
+            if self.network.enforced {
+                "enforced"
+            } else {
+                "NOT enforced"
+            },
+            self.network.mechanism
+        )?;
         if !self.network.filters.is_empty() {
-            writeln!(f, "  WFP filters of the offline user (installed by `workfence setup`, persistent):")?;
+            writeln!(
+                f,
+                "  WFP filters of the offline user (installed by `workfence setup`, persistent):"
+            )?;
             for flt in &self.network.filters {
                 let conds: Vec<String> = flt.conditions.iter().map(|c| c.to_string()).collect();
                 writeln!(
@@ -164,15 +189,27 @@ impl fmt::Display for WindowsPlan {
 
         writeln!(f, "\nJob object")?;
         writeln!(f, "  limits: {}", self.job.limit_flags.join(", "))?;
-        writeln!(f, "  active processes: at most {}", self.job.active_process_limit)?;
+        writeln!(
+            f,
+            "  active processes: at most {}",
+            self.job.active_process_limit
+        )?;
         if let Some(m) = self.job.job_memory_limit {
-            writeln!(f, "  job memory: {}", workfence_policy::units::format_size(m))?;
+            writeln!(
+                f,
+                "  job memory: {}",
+                workfence_policy::units::format_size(m)
+            )?;
         }
         if let Some(c) = self.job.cpu_percent {
             writeln!(f, "  CPU: hard cap at {c}% of one core")?;
         }
         if !self.job.ui_restrictions.is_empty() {
-            writeln!(f, "  UI restrictions: {}", self.job.ui_restrictions.join(", "))?;
+            writeln!(
+                f,
+                "  UI restrictions: {}",
+                self.job.ui_restrictions.join(", ")
+            )?;
         }
         writeln!(f, "  no JOB_OBJECT_LIMIT_BREAKAWAY_OK / SILENT_BREAKAWAY_OK: children cannot leave the job")?;
         match self.job.timeout_ms {
@@ -183,10 +220,17 @@ impl fmt::Display for WindowsPlan {
             )?,
             None => writeln!(f, "  timeout: none")?,
         }
-        writeln!(f, "  when workfence exits or is killed, the job handle closes and the whole tree dies")?;
+        writeln!(
+            f,
+            "  when workfence exits or is killed, the job handle closes and the whole tree dies"
+        )?;
 
         writeln!(f, "\nEnvironment (secrets already scrubbed by the caller)")?;
-        writeln!(f, "  kept from the host when missing: {}", self.env.required.join(" "))?;
+        writeln!(
+            f,
+            "  kept from the host when missing: {}",
+            self.env.required.join(" ")
+        )?;
         for (k, v) in &self.env.set {
             writeln!(f, "  set {k}={v}")?;
         }
@@ -194,7 +238,11 @@ impl fmt::Display for WindowsPlan {
             writeln!(f, "  removed: {r}")?;
         }
         writeln!(f, "  stdio: {}", self.stdio)?;
-        writeln!(f, "  batch files run through: {} /d /v:off /s /c (escaped)", self.cmd_exe)?;
+        writeln!(
+            f,
+            "  batch files run through: {} /d /v:off /s /c (escaped)",
+            self.cmd_exe
+        )?;
         writeln!(f, "  private temp dir: {}", self.temp_dir)?;
 
         if !self.notes.is_empty() {

@@ -55,17 +55,17 @@ mod win;
 
 pub use error::WindowsError;
 pub use plan::{
-    capability_sid_from_bytes, default_shared_roots, plan, sids, to_win, wfp_filters,
-    workspace_id, AcePlan, AcePurpose, EnvPlan, JobSpec, NamedSid, NetworkPlan, Placeholder,
-    RunAs, SandboxUsers, TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer,
-    WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT, GROUP_NAME, JOURNAL_FILE, OFFLINE_USER,
-    ONLINE_USER, REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
+    capability_sid_from_bytes, default_shared_roots, plan, sids, to_win, wfp_filters, workspace_id,
+    AcePlan, AcePurpose, EnvPlan, JobSpec, NamedSid, NetworkPlan, Placeholder, RunAs, SandboxUsers,
+    TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer, WindowsContext, WindowsPlan,
+    DEFAULT_PROXY_PORT, GROUP_NAME, JOURNAL_FILE, OFFLINE_USER, ONLINE_USER, REQUIRED_ENV,
+    WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
 };
 
 use workfence_policy::run::RunRequest;
-use workfence_policy::LayerStatus;
 #[cfg(not(windows))]
 use workfence_policy::Enforcement;
+use workfence_policy::LayerStatus;
 #[cfg(windows)]
 use workfence_policy::Policy;
 

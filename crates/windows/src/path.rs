@@ -136,7 +136,11 @@ pub fn strip_stream(component: &str) -> (&str, bool) {
 
 /// Whether a component (after stream and trailing-dot stripping) is a DOS device name.
 pub fn is_device_name(component: &str) -> bool {
-    let base = component.split('.').next().unwrap_or("").trim_end_matches(' ');
+    let base = component
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(' ');
     DEVICE_NAMES.iter().any(|d| d.eq_ignore_ascii_case(base))
 }
 
@@ -341,7 +345,11 @@ fn split_unc<'a>(s: &'a str, input: &str) -> Result<(Root, &'a str), PathError> 
     if server.is_empty() || share.is_empty() || server == "." || server == "?" {
         return Err(PathError::NotAbsolute(input.to_string()));
     }
-    if server.chars().chain(share.chars()).any(|c| bad_char(c, false)) {
+    if server
+        .chars()
+        .chain(share.chars())
+        .any(|c| bad_char(c, false))
+    {
         return Err(PathError::BadChar(input.to_string()));
     }
     Ok((
@@ -438,7 +446,14 @@ mod tests {
 
     #[test]
     fn short_names() {
-        for s in ["GIT~1", "git~12", "PROGRA~1", "VSCODE~1", "A~1.TXT", "MCP~1.JSO"] {
+        for s in [
+            "GIT~1",
+            "git~12",
+            "PROGRA~1",
+            "VSCODE~1",
+            "A~1.TXT",
+            "MCP~1.JSO",
+        ] {
             assert!(looks_like_short_name(s), "{s}");
         }
         for s in [
@@ -452,7 +467,12 @@ mod tests {
         ] {
             assert!(!looks_like_short_name(s), "{s}");
         }
-        assert!(WinPath::parse("C:\\ws\\GIT~1\\hooks").unwrap().flags.short_name);
+        assert!(
+            WinPath::parse("C:\\ws\\GIT~1\\hooks")
+                .unwrap()
+                .flags
+                .short_name
+        );
         assert!(may_name("GIT~1", ".git"));
         assert!(may_name("git~2", ".git"));
         assert!(may_name("VSCODE~1", ".vscode"));
@@ -509,7 +529,12 @@ mod tests {
 
     #[test]
     fn device_names() {
-        for d in ["C:\\ws\\nul", "C:\\ws\\NUL.txt", "C:\\ws\\com1 .log", "C:\\ws\\CONIN$"] {
+        for d in [
+            "C:\\ws\\nul",
+            "C:\\ws\\NUL.txt",
+            "C:\\ws\\com1 .log",
+            "C:\\ws\\CONIN$",
+        ] {
             assert!(WinPath::parse(d).unwrap().flags.device_name, "{d}");
         }
         assert!(!WinPath::parse("C:\\ws\\null").unwrap().flags.device_name);

@@ -209,10 +209,15 @@ impl WindowsContext {
 
 /// The shared roots of a system drive.
 pub fn default_shared_roots(drive: char) -> Vec<String> {
-    ["Users", "Program Files", "Program Files (x86)", "ProgramData"]
-        .iter()
-        .map(|d| format!("{drive}:\\{d}"))
-        .collect()
+    [
+        "Users",
+        "Program Files",
+        "Program Files (x86)",
+        "ProgramData",
+    ]
+    .iter()
+    .map(|d| format!("{drive}:\\{d}"))
+    .collect()
 }
 
 /// Which account runs the command.
@@ -406,7 +411,11 @@ pub fn wfp_filters(offline_sid: &str, proxy_port: u16) -> Vec<WfpFilter> {
         c4,
         WfpAction::Permit,
         15,
-        vec![RemoteV4([127, 0, 0, 1]), RemotePort(proxy_port), Protocol(6)],
+        vec![
+            RemoteV4([127, 0, 0, 1]),
+            RemotePort(proxy_port),
+            Protocol(6),
+        ],
     );
     add(
         "offline user may reach the proxy on ::1",
@@ -421,14 +430,24 @@ pub fn wfp_filters(offline_sid: &str, proxy_port: u16) -> Vec<WfpFilter> {
             layer,
             WfpAction::Block,
             14,
-            vec![RemotePort(53), RemotePort(853), RemotePort(5353), RemotePort(5355)],
+            vec![
+                RemotePort(53),
+                RemotePort(853),
+                RemotePort(5353),
+                RemotePort(5355),
+            ],
         );
         add(
             &format!("block SMB and NetBIOS ({v})"),
             layer,
             WfpAction::Block,
             14,
-            vec![RemotePort(445), RemotePort(139), RemotePort(137), RemotePort(138)],
+            vec![
+                RemotePort(445),
+                RemotePort(139),
+                RemotePort(137),
+                RemotePort(138),
+            ],
         );
         let icmp = if layer == c4 { 1 } else { 58 };
         add(
@@ -652,11 +671,9 @@ impl AceSink {
             inherit,
         };
         let path = path.display_string();
-        if self
-            .aces
-            .iter()
-            .any(|a| a.ace == ace && crate::path::fold_case(&a.path) == crate::path::fold_case(&path))
-        {
+        if self.aces.iter().any(|a| {
+            a.ace == ace && crate::path::fold_case(&a.path) == crate::path::fold_case(&path)
+        }) {
             return;
         }
         self.aces.push(AcePlan {
@@ -709,7 +726,10 @@ pub fn plan(
         },
         (None, _) => current(ctx),
     };
-    let group = ctx.users.as_ref().map(|u| (u.group_sid.as_str(), u.group_name.as_str()));
+    let group = ctx
+        .users
+        .as_ref()
+        .map(|u| (u.group_sid.as_str(), u.group_name.as_str()));
     let cap_name = "workfence capability SID of this workspace";
 
     let mut sink = AceSink { aces: Vec::new() };
@@ -737,18 +757,42 @@ pub fn plan(
                 });
             }
             if let Some((gsid, gname)) = group {
-                sink.push(p, AceKind::Allow, gsid, gname, rights::MODIFY, Inherit::Tree, AcePurpose::Write, why, false);
+                sink.push(
+                    p,
+                    AceKind::Allow,
+                    gsid,
+                    gname,
+                    rights::MODIFY,
+                    Inherit::Tree,
+                    AcePurpose::Write,
+                    why,
+                    false,
+                );
             }
-            sink.push(p, AceKind::Allow, cap, cap_name, rights::MODIFY, Inherit::Tree, AcePurpose::Write, why, false);
+            sink.push(
+                p,
+                AceKind::Allow,
+                cap,
+                cap_name,
+                rights::MODIFY,
+                Inherit::Tree,
+                AcePurpose::Write,
+                why,
+                false,
+            );
         }
         // Read grants: the sandbox users cannot read the invoking user's profile.
         if let Some((gsid, gname)) = group {
             let mut reads: Vec<(WinPath, &str)> = vec![(workspace.clone(), "the workspace")];
-            if !write_roots.iter().any(|(r, _)| cwd.starts_with(r)) && !cwd.starts_with(&workspace) {
+            if !write_roots.iter().any(|(r, _)| cwd.starts_with(r)) && !cwd.starts_with(&workspace)
+            {
                 reads.push((cwd.clone(), "the working directory"));
             }
             for r in &ctx.read_roots {
-                reads.push((win_str(r, "read root")?, "toolchain directory in the profile"));
+                reads.push((
+                    win_str(r, "read root")?,
+                    "toolchain directory in the profile",
+                ));
             }
             for (p, why) in reads {
                 if write_roots.iter().any(|(r, _)| p.starts_with(r)) {
@@ -761,7 +805,17 @@ pub fn plan(
                         why: reason,
                     });
                 }
-                sink.push(&p, AceKind::Allow, gsid, gname, rights::READ_EXECUTE, Inherit::Tree, AcePurpose::Read, why, false);
+                sink.push(
+                    &p,
+                    AceKind::Allow,
+                    gsid,
+                    gname,
+                    rights::READ_EXECUTE,
+                    Inherit::Tree,
+                    AcePurpose::Read,
+                    why,
+                    false,
+                );
             }
         }
         // Protected paths: deny writes for the capability SID (the restricted check)
@@ -777,20 +831,38 @@ pub fn plan(
                     notes.push(format!("{p} is a link or device: not changed; its target is protected where it lies inside a writable root"));
                     continue;
                 }
-                (Some(FileKind::Dir), Protection::ReadOnly) => (rights::DENY_WRITE, Inherit::Tree, false),
-                (Some(FileKind::Dir), Protection::Pinned) => (rights::DENY_PIN, Inherit::None, false),
+                (Some(FileKind::Dir), Protection::ReadOnly) => {
+                    (rights::DENY_WRITE, Inherit::Tree, false)
+                }
+                (Some(FileKind::Dir), Protection::Pinned) => {
+                    (rights::DENY_PIN, Inherit::None, false)
+                }
                 (Some(FileKind::File), _) => (rights::DENY_WRITE, Inherit::None, false),
                 (None, _) => {
                     placeholders.push(Placeholder {
                         path: p.display_string(),
                         dir: pp.missing_as_dir,
                     });
-                    let inherit = if pp.missing_as_dir { Inherit::Tree } else { Inherit::None };
+                    let inherit = if pp.missing_as_dir {
+                        Inherit::Tree
+                    } else {
+                        Inherit::None
+                    };
                     (rights::DENY_WRITE, inherit, true)
                 }
             };
             for (sid, name) in &deny_sids {
-                sink.push(&p, AceKind::Deny, sid, name, mask, inherit, AcePurpose::Protect, &pp.reason, per_run);
+                sink.push(
+                    &p,
+                    AceKind::Deny,
+                    sid,
+                    name,
+                    mask,
+                    inherit,
+                    AcePurpose::Protect,
+                    &pp.reason,
+                    per_run,
+                );
             }
             // A parent's FILE_DELETE_CHILD would let the child be deleted or renamed
             // whatever the child's own DACL says: deny it on the parent too.
@@ -810,8 +882,22 @@ pub fn plan(
                 if p.is_root() {
                     continue;
                 }
-                let inherit = if h.kind == FileKind::Dir { Inherit::Tree } else { Inherit::None };
-                sink.push(&p, AceKind::Deny, gsid, gname, rights::DENY_READ, inherit, AcePurpose::Hide, &format!("secret ({})", h.source), false);
+                let inherit = if h.kind == FileKind::Dir {
+                    Inherit::Tree
+                } else {
+                    Inherit::None
+                };
+                sink.push(
+                    &p,
+                    AceKind::Deny,
+                    gsid,
+                    gname,
+                    rights::DENY_READ,
+                    inherit,
+                    AcePurpose::Hide,
+                    &format!("secret ({})", h.source),
+                    false,
+                );
             }
         }
     }
@@ -860,7 +946,14 @@ pub fn plan(
     }
     if let Network::Proxy(_) = policy.network {
         let url = format!("http://127.0.0.1:{}", ctx.proxy_port);
-        for k in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        for k in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ] {
             set.insert(k.to_string(), url.clone());
         }
         set.insert("NO_PROXY".into(), String::new());
@@ -879,7 +972,9 @@ pub fn plan(
             launch.push("the runner reads the request from a named pipe that only the sandbox group may open, builds the restricted token from its own token and starts the command with CreateProcessAsUserW".into());
         }
         RunAs::CurrentUser { .. } if full => {
-            launch.push("CreateProcessW with the invoking user's token (no sandbox), in the job".into());
+            launch.push(
+                "CreateProcessW with the invoking user's token (no sandbox), in the job".into(),
+            );
         }
         RunAs::CurrentUser { .. } => {
             launch.push("workfence builds the restricted token from its own token and starts the command with CreateProcessAsUserW, suspended, in the job".into());
@@ -929,10 +1024,12 @@ fn token_spec(ctx: &WindowsContext, run_as: &RunAs, cap: &str) -> TokenSpec {
         name: "logon session".into(),
         why: "lets the command use its own window station, desktop and console".into(),
     };
-    let excluded = |sid: &str, name: &str| NamedSid {
+    let excluded = |sid: &str, name: &str| {
+        NamedSid {
         sid: sid.into(),
         name: name.into(),
         why: "kept out: directories writable by it (C:\\ProgramData, C:\\Users\\Public, pipes) would become writable from the sandbox".into(),
+    }
     };
     let mut default_dacl = vec![
         NamedSid {
@@ -1014,10 +1111,22 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
     };
     if full {
         return vec![
-            l("filesystem writes", Enforcement::None, "full-access mode: no sandbox"),
-            l("secrets (deny-read)", Enforcement::None, "full-access mode: no sandbox"),
+            l(
+                "filesystem writes",
+                Enforcement::None,
+                "full-access mode: no sandbox",
+            ),
+            l(
+                "secrets (deny-read)",
+                Enforcement::None,
+                "full-access mode: no sandbox",
+            ),
             l("network", Enforcement::None, "full-access mode: no sandbox"),
-            l("processes", Enforcement::Full, "job object (kill on close, timeout)"),
+            l(
+                "processes",
+                Enforcement::Full,
+                "job object (kill on close, timeout)",
+            ),
         ];
     }
     let setup = ctx.users.is_some();
@@ -1027,14 +1136,26 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
         (_, false) => l("network", Enforcement::None, "not enforced: run `workfence setup` (elevated) to install the offline user and its WFP filters"),
     };
     vec![
-        l("filesystem writes", Enforcement::Full, "write-restricted token + capability SID ACEs; deny ACEs on protected paths"),
+        l(
+            "filesystem writes",
+            Enforcement::Full,
+            "write-restricted token + capability SID ACEs; deny ACEs on protected paths",
+        ),
         if setup {
-            l("secrets (deny-read)", Enforcement::Full, "sandbox user cannot read the profile; deny-read ACEs for the sandbox group")
+            l(
+                "secrets (deny-read)",
+                Enforcement::Full,
+                "sandbox user cannot read the profile; deny-read ACEs for the sandbox group",
+            )
         } else {
             l("secrets (deny-read)", Enforcement::None, "not enforced: a write-restricted token of the invoking user still reads its files; run `workfence setup` to run as a sandbox user")
         },
         net,
-        l("processes", Enforcement::Full, "job object: kill on close, no breakaway, process limit, UI limits"),
+        l(
+            "processes",
+            Enforcement::Full,
+            "job object: kill on close, no breakaway, process limit, UI limits",
+        ),
     ]
 }
 

@@ -404,7 +404,10 @@ mod tests {
             ace(AceKind::Allow, rights::MODIFY, Inherit::None).sddl(),
             "(A;;0x1301bf;;;S-1-5-21-11-22-33-44)"
         );
-        assert_eq!(rights::describe(rights::DENY_PIN), "DELETE|WRITE_DAC|WRITE_OWNER");
+        assert_eq!(
+            rights::describe(rights::DENY_PIN),
+            "DELETE|WRITE_DAC|WRITE_OWNER"
+        );
     }
 
     #[test]
@@ -416,7 +419,11 @@ mod tests {
         assert_eq!(d.add(&[allow.clone(), deny.clone()]).len(), 2);
         assert_eq!(
             d.to_sddl(),
-            format!("D:AI{}(A;;FA;;;SY){}(A;OICIID;FA;;;BA)(A;OICIID;0x1301bf;;;AU)", deny.sddl(), allow.sddl())
+            format!(
+                "D:AI{}(A;;FA;;;SY){}(A;OICIID;FA;;;BA)(A;OICIID;0x1301bf;;;AU)",
+                deny.sddl(),
+                allow.sddl()
+            )
         );
         // Idempotent.
         assert!(d.add(&[allow.clone(), deny.clone()]).is_empty());

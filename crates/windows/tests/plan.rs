@@ -43,14 +43,54 @@ fn repo_layout(ws: &str) -> FsLayout {
     FsLayout {
         writable: vec![root(ws, RootKind::Workspace)],
         protected: vec![
-            prot(&j(".agents"), None, Protection::ReadOnly, "runs code on the host later (agent or editor config)"),
-            prot(&j(".claude"), None, Protection::ReadOnly, "runs code on the host later (agent or editor config)"),
-            prot(&j(".git"), Some(FileKind::Dir), Protection::Pinned, "the repository itself must not be renamed, replaced or deleted"),
-            prot(&j(r".git\config"), Some(FileKind::File), Protection::ReadOnly, "git config can run commands (core.fsmonitor, filters, hooksPath)"),
-            prot(&j(r".git\hooks"), Some(FileKind::Dir), Protection::ReadOnly, "git hooks run on the host"),
-            prot(&j(".mcp.json"), None, Protection::ReadOnly, "runs code on the host later (agent or editor config)"),
-            prot(&j(".vscode"), Some(FileKind::Dir), Protection::ReadOnly, "runs code on the host later (agent or editor config)"),
-            prot(&j(".workfence"), None, Protection::ReadOnly, "runs code on the host later (agent or editor config)"),
+            prot(
+                &j(".agents"),
+                None,
+                Protection::ReadOnly,
+                "runs code on the host later (agent or editor config)",
+            ),
+            prot(
+                &j(".claude"),
+                None,
+                Protection::ReadOnly,
+                "runs code on the host later (agent or editor config)",
+            ),
+            prot(
+                &j(".git"),
+                Some(FileKind::Dir),
+                Protection::Pinned,
+                "the repository itself must not be renamed, replaced or deleted",
+            ),
+            prot(
+                &j(r".git\config"),
+                Some(FileKind::File),
+                Protection::ReadOnly,
+                "git config can run commands (core.fsmonitor, filters, hooksPath)",
+            ),
+            prot(
+                &j(r".git\hooks"),
+                Some(FileKind::Dir),
+                Protection::ReadOnly,
+                "git hooks run on the host",
+            ),
+            prot(
+                &j(".mcp.json"),
+                None,
+                Protection::ReadOnly,
+                "runs code on the host later (agent or editor config)",
+            ),
+            prot(
+                &j(".vscode"),
+                Some(FileKind::Dir),
+                Protection::ReadOnly,
+                "runs code on the host later (agent or editor config)",
+            ),
+            prot(
+                &j(".workfence"),
+                None,
+                Protection::ReadOnly,
+                "runs code on the host later (agent or editor config)",
+            ),
         ],
         hidden: vec![
             hidden(r"C:\Users\dev\.aws", FileKind::Dir),
@@ -104,7 +144,10 @@ fn read_only() {
         .filter(|a| a.purpose == AcePurpose::Write)
         .map(|a| a.path.as_str())
         .collect();
-    assert!(writes.iter().all(|p| p.contains(r"workfence\tmp")), "{writes:?}");
+    assert!(
+        writes.iter().all(|p| p.contains(r"workfence\tmp")),
+        "{writes:?}"
+    );
     assert!(plan
         .aces
         .iter()
@@ -253,21 +296,58 @@ fn protected_paths_are_pinned_against_their_parents() {
     };
     let j = |n: &str| format!(r"{WS}\{n}");
     // .git itself: not deletable or renamable, contents writable.
-    assert!(has(&j(".git"), AceKind::Deny, rights::DENY_PIN, Inherit::None));
-    assert!(!has(&j(".git"), AceKind::Deny, rights::DENY_WRITE, Inherit::Tree));
+    assert!(has(
+        &j(".git"),
+        AceKind::Deny,
+        rights::DENY_PIN,
+        Inherit::None
+    ));
+    assert!(!has(
+        &j(".git"),
+        AceKind::Deny,
+        rights::DENY_WRITE,
+        Inherit::Tree
+    ));
     // hooks: read-only tree; config: read-only file.
-    assert!(has(&j(r".git\hooks"), AceKind::Deny, rights::DENY_WRITE, Inherit::Tree));
-    assert!(has(&j(r".git\config"), AceKind::Deny, rights::DENY_WRITE, Inherit::None));
+    assert!(has(
+        &j(r".git\hooks"),
+        AceKind::Deny,
+        rights::DENY_WRITE,
+        Inherit::Tree
+    ));
+    assert!(has(
+        &j(r".git\config"),
+        AceKind::Deny,
+        rights::DENY_WRITE,
+        Inherit::None
+    ));
     // The parents lose FILE_DELETE_CHILD, which would override the child's deny.
-    assert!(has(WS, AceKind::Deny, rights::FILE_DELETE_CHILD, Inherit::None));
-    assert!(has(&j(".git"), AceKind::Deny, rights::FILE_DELETE_CHILD, Inherit::None));
+    assert!(has(
+        WS,
+        AceKind::Deny,
+        rights::FILE_DELETE_CHILD,
+        Inherit::None
+    ));
+    assert!(has(
+        &j(".git"),
+        AceKind::Deny,
+        rights::FILE_DELETE_CHILD,
+        Inherit::None
+    ));
     // The capability grant never includes FILE_DELETE_CHILD.
     assert_eq!(rights::MODIFY & rights::FILE_DELETE_CHILD, 0);
     // Missing protected paths become per-run placeholders with a deny ACE.
-    let ph: Vec<_> = plan.placeholders.iter().map(|p| (p.path.as_str(), p.dir)).collect();
+    let ph: Vec<_> = plan
+        .placeholders
+        .iter()
+        .map(|p| (p.path.as_str(), p.dir))
+        .collect();
     assert!(ph.contains(&(j(".mcp.json").as_str(), false)));
     assert!(ph.contains(&(j(".codex").as_str(), true)) || !ph.is_empty());
-    assert!(plan.aces.iter().any(|a| a.per_run && a.path == j(".mcp.json")));
+    assert!(plan
+        .aces
+        .iter()
+        .any(|a| a.per_run && a.path == j(".mcp.json")));
     // Hidden paths: a read deny for the group.
     let group = "S-1-5-21-1004336348-1177238915-682003330-1010";
     assert!(plan.aces.iter().any(|a| a.path == r"C:\Users\dev\.ssh"
@@ -297,10 +377,16 @@ fn dangerous_grants_are_refused() {
         (r"C:\Windows", "Windows directory"),
         (r"C:\Windows\System32\config", "Windows directory"),
         (r"C:\Users\dev\NTUSER.DAT", "registry hive"),
-        (r"C:\Users\dev\AppData\Local\Microsoft\Windows\UsrClass.dat", "registry hive"),
+        (
+            r"C:\Users\dev\AppData\Local\Microsoft\Windows\UsrClass.dat",
+            "registry hive",
+        ),
         (r"C:\ProgramData", "shared directory"),
         (r"C:\Program Files", "shared directory"),
-        (r"C:\Users\dev\AppData\Local\workfence\state", "state directory"),
+        (
+            r"C:\Users\dev\AppData\Local\workfence\state",
+            "state directory",
+        ),
         (r"C:\Users\dev\AppData\Local\workfence", "state directory"),
         (r"\\server\share\x", "network share"),
         (r"\\?\C:\", "drive root"),
@@ -316,12 +402,29 @@ fn dangerous_grants_are_refused() {
 #[test]
 fn wfp_filters_cover_the_issue_list() {
     let plan = build(&policy(WS), &repo_layout(WS));
-    let names: Vec<_> = plan.network.filters.iter().map(|f| f.name.as_str()).collect();
-    for want in ["proxy on 127.0.0.1", "proxy on ::1", "DNS", "SMB", "ICMP", "all other outbound", "inbound"] {
+    let names: Vec<_> = plan
+        .network
+        .filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    for want in [
+        "proxy on 127.0.0.1",
+        "proxy on ::1",
+        "DNS",
+        "SMB",
+        "ICMP",
+        "all other outbound",
+        "inbound",
+    ] {
         assert!(names.iter().any(|n| n.contains(want)), "{want}: {names:?}");
     }
     let keys: std::collections::BTreeSet<_> = plan.network.filters.iter().map(|f| &f.key).collect();
-    assert_eq!(keys.len(), plan.network.filters.len(), "filter keys are unique");
+    assert_eq!(
+        keys.len(),
+        plan.network.filters.len(),
+        "filter keys are unique"
+    );
     let layers = plan.layers.iter().all(|l| l.state == Enforcement::Full);
     assert!(layers);
 }
@@ -334,7 +437,12 @@ fn unix_paths_are_mapped_for_explain() {
     let p = policy("/home/me/src/p");
     let l = FsLayout {
         writable: vec![root("/home/me/src/p", RootKind::Workspace)],
-        protected: vec![prot("/home/me/src/p/.git", Some(FileKind::Dir), Protection::Pinned, "repo")],
+        protected: vec![prot(
+            "/home/me/src/p/.git",
+            Some(FileKind::Dir),
+            Protection::Pinned,
+            "repo",
+        )],
         hidden: vec![hidden("/home/me/.ssh", FileKind::Dir)],
         cwd: "/home/me/src/p".into(),
         notes: vec![],

@@ -1,0 +1,388 @@
+//! Applying the plan's ACEs with the journal, undoing them, and crash recovery.
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::WindowsError;
+use crate::journal::{self, Entry, Outstanding};
+use crate::path::WinPath;
+use crate::plan::{AcePlan, WindowsPlan, JOURNAL_FILE};
+use crate::sddl::Dacl;
+use crate::win::state::{self, io, Lock};
+use crate::win::sys;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The journal, open for appending while the state lock is held.
+pub struct Journal {
+    path: PathBuf,
+    entries: Vec<Entry>,
+    next: u64,
+    _lock: Lock,
+}
+
+impl Journal {
+    /// Takes the state lock and reads the journal.
+    pub fn open() -> Result<Journal, WindowsError> {
+        let lock = Lock::acquire()?;
+        let path = state::state_dir().join(JOURNAL_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io("reading the ACL journal", &path)(e)),
+        };
+        let entries = journal::parse(&text).map_err(|(line, why)| WindowsError::Journal {
+            path: path.clone(),
+            line,
+            why,
+        })?;
+        let next = journal::next_id(&entries);
+        Ok(Journal {
+            path,
+            entries,
+            next,
+            _lock: lock,
+        })
+    }
+
+    fn id(&mut self) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        id
+    }
+
+    /// Appends and flushes one entry *before* the change it describes is made.
+    fn append(&mut self, e: Entry) -> Result<(), WindowsError> {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io("writing the ACL journal", &self.path))?;
+        f.write_all(format!("{}\n", e.to_line()).as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(io("writing the ACL journal", &self.path))?;
+        self.entries.push(e);
+        Ok(())
+    }
+
+    fn outstanding(&self) -> Outstanding {
+        journal::outstanding(&self.entries)
+    }
+
+    /// Rewrites the journal empty once nothing is outstanding.
+    fn compact(&mut self) -> Result<(), WindowsError> {
+        if self.outstanding().is_empty() && !self.entries.is_empty() {
+            state::write_atomic(&self.path, b"")?;
+            self.entries.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Opens an object for an ACL change, refusing reparse points and objects whose final
+/// path is not the planned one (a junction swapped in anywhere on the path).
+fn target(path: &str) -> Result<Option<sys::AclTarget>, WindowsError> {
+    let planned = WinPath::parse(path).map_err(|source| WindowsError::BadPath {
+        what: "ACL target".into(),
+        source,
+    })?;
+    let Some(t) = sys::open_for_acl(&planned.verbatim_string())? else {
+        return Ok(None);
+    };
+    let actual = WinPath::parse(&t.final_path)
+        .map(|p| p.key())
+        .unwrap_or_default();
+    if t.reparse || actual != planned.key() {
+        return Err(WindowsError::Reparse {
+            path: path.to_string(),
+            actual: t.final_path.clone(),
+        });
+    }
+    Ok(Some(t))
+}
+
+/// Adds `aces` to the object at `path` (journaled); nothing when already present.
+fn add_aces(j: &mut Journal, path: &str, aces: &[&AcePlan]) -> Result<(), WindowsError> {
+    let Some(t) = target(path)? else {
+        return Err(WindowsError::State {
+            step: "applying the sandbox ACLs".into(),
+            path: PathBuf::from(path),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "the path disappeared"),
+        });
+    };
+    let before = t.dacl_sddl()?;
+    let mut dacl = Dacl::parse(&before).map_err(|source| WindowsError::Dacl {
+        path: path.to_string(),
+        source,
+    })?;
+    let wanted: Vec<_> = aces.iter().map(|a| a.ace.clone()).collect();
+    let added = dacl.add(&wanted);
+    if added.is_empty() {
+        return Ok(());
+    }
+    let id = j.id();
+    j.append(Entry::Intent {
+        id,
+        time: now(),
+        path: path.to_string(),
+        before: Dacl::parse(&before).map(|d| d.to_sddl()).unwrap_or(before),
+        aces: added.iter().map(|a| a.sddl()).collect(),
+    })?;
+    t.set_dacl_sddl(&dacl.to_sddl())?;
+    j.append(Entry::Applied { id, time: now() })
+}
+
+/// Groups ACEs by object, keeping the plan's order.
+fn by_path<'a>(aces: impl Iterator<Item = &'a AcePlan>) -> Vec<(String, Vec<&'a AcePlan>)> {
+    let mut out: Vec<(String, Vec<&AcePlan>)> = Vec::new();
+    for a in aces {
+        match out
+            .iter_mut()
+            .find(|(p, _)| crate::path::fold_case(p) == crate::path::fold_case(&a.path))
+        {
+            Some((_, v)) => v.push(a),
+            None => out.push((a.path.clone(), vec![a])),
+        }
+    }
+    out
+}
+
+/// Applies the persistent ACEs and creates the per-run placeholders.
+pub fn apply(plan: &WindowsPlan, workspace_id: &str) -> Result<(), WindowsError> {
+    let mut j = Journal::open()?;
+    recover(&mut j, false)?;
+    fs::create_dir_all(&plan.temp_dir)
+        .map_err(io("creating the private temp dir", plan.temp_dir.as_ref()))?;
+    for (path, aces) in by_path(plan.aces.iter().filter(|a| !a.per_run)) {
+        add_aces(&mut j, &path, &aces)?;
+    }
+    for ph in &plan.placeholders {
+        let id = j.id();
+        j.append(Entry::Created {
+            id,
+            time: now(),
+            path: ph.path.clone(),
+            dir: ph.dir,
+        })?;
+        let res = if ph.dir {
+            fs::create_dir(&ph.path)
+        } else {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&ph.path)
+                .map(|_| ())
+        };
+        match res {
+            Ok(()) => {}
+            // Created meanwhile by someone else: not ours to remove; protect it anyway.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                j.append(Entry::Removed { id, time: now() })?;
+            }
+            Err(e) => {
+                return Err(io(
+                    "creating a placeholder for a protected path",
+                    ph.path.as_ref(),
+                )(e))
+            }
+        }
+        let aces: Vec<&AcePlan> = plan
+            .aces
+            .iter()
+            .filter(|a| {
+                a.per_run && crate::path::fold_case(&a.path) == crate::path::fold_case(&ph.path)
+            })
+            .collect();
+        add_aces(&mut j, &ph.path, &aces)?;
+    }
+    let _ = workspace_id;
+    Ok(())
+}
+
+/// Removes this run's placeholders unless another run on the workspace still needs them.
+pub fn finish_run(plan: &WindowsPlan, others_alive: bool) -> Result<(), WindowsError> {
+    if others_alive || plan.placeholders.is_empty() {
+        return Ok(());
+    }
+    let mut j = Journal::open()?;
+    remove_placeholders(&mut j, |p| {
+        plan.placeholders
+            .iter()
+            .any(|ph| crate::path::fold_case(&ph.path) == crate::path::fold_case(p))
+    })?;
+    j.compact()
+}
+
+/// Removes outstanding placeholders matching `filter` if they are still empty, and
+/// marks the ACE changes on them as undone (the object is gone).
+fn remove_placeholders(
+    j: &mut Journal,
+    filter: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, WindowsError> {
+    let o = j.outstanding();
+    let mut removed = Vec::new();
+    for (id, path, dir) in o.placeholders {
+        if !filter(&path) {
+            continue;
+        }
+        let gone = match fs::symlink_metadata(&path) {
+            Err(_) => true,
+            Ok(m) if m.file_type().is_symlink() => false,
+            Ok(_) if dir => fs::remove_dir(&path).is_ok(),
+            Ok(m) if m.len() == 0 => fs::remove_file(&path).is_ok(),
+            Ok(_) => false,
+        };
+        if gone {
+            for c in o
+                .changes
+                .iter()
+                .filter(|c| crate::path::fold_case(&c.path) == crate::path::fold_case(&path))
+            {
+                j.append(Entry::Restored {
+                    id: c.id,
+                    time: now(),
+                })?;
+            }
+            removed.push(path);
+        }
+        // A placeholder that is no longer empty was filled by the user: keep it, and
+        // let the restore below give it back its DACL.
+        j.append(Entry::Removed { id, time: now() })?;
+    }
+    Ok(removed)
+}
+
+/// Restores one path to its DACL before workfence's first outstanding change.
+fn restore(
+    j: &mut Journal,
+    path: &str,
+    before: &str,
+    ids: &[u64],
+    notes: &mut Vec<String>,
+) -> Result<(), WindowsError> {
+    match target(path) {
+        Ok(Some(t)) => {
+            // Keep ACEs added by others since: restore only removes what we added.
+            let now_sddl = t.dacl_sddl()?;
+            let ours: Vec<crate::sddl::Ace> = j
+                .outstanding()
+                .changes
+                .iter()
+                .filter(|c| ids.contains(&c.id))
+                .flat_map(|c| c.aces.iter().filter_map(|s| parse_ace(s)))
+                .collect();
+            let target_sddl = match Dacl::parse(&now_sddl) {
+                Ok(mut d) => {
+                    d.remove(&ours);
+                    if same_explicit(&d, before) {
+                        before.to_string()
+                    } else {
+                        d.to_sddl()
+                    }
+                }
+                Err(_) => before.to_string(),
+            };
+            t.set_dacl_sddl(&target_sddl)?;
+            notes.push(format!("restored the DACL of {path}"));
+        }
+        Ok(None) => notes.push(format!("{path} no longer exists; nothing to restore")),
+        Err(e @ WindowsError::Reparse { .. }) => {
+            notes.push(format!("left {path} alone: {e}"));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    }
+    for id in ids {
+        j.append(Entry::Restored {
+            id: *id,
+            time: now(),
+        })?;
+    }
+    Ok(())
+}
+
+fn same_explicit(d: &Dacl, before: &str) -> bool {
+    Dacl::parse(before).is_ok_and(|b| b.to_sddl() == d.to_sddl())
+}
+
+/// Parses one of our own ACE strings back (`(A;OICI;0x..;;;SID)`).
+fn parse_ace(s: &str) -> Option<crate::sddl::Ace> {
+    use crate::sddl::{Ace, AceKind, Inherit};
+    let inner = s.trim_start_matches('(').trim_end_matches(')');
+    let f: Vec<&str> = inner.split(';').collect();
+    Some(Ace {
+        kind: match *f.first()? {
+            "A" => AceKind::Allow,
+            "D" => AceKind::Deny,
+            _ => return None,
+        },
+        inherit: match *f.get(1)? {
+            "" => Inherit::None,
+            "OICI" => Inherit::Tree,
+            _ => return None,
+        },
+        mask: u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()?,
+        sid: f.get(5)?.to_string(),
+    })
+}
+
+/// Finishes what a crashed run left: rolls back half-applied changes and, when no run
+/// is alive, removes leftover placeholders. With `everything`, undoes all changes.
+fn recover(j: &mut Journal, everything: bool) -> Result<Vec<String>, WindowsError> {
+    let mut notes = Vec::new();
+    let live = state::others_alive(&state::runs_dir(), Some(std::process::id()));
+    if !live {
+        notes.extend(
+            remove_placeholders(j, |_| true)?
+                .into_iter()
+                .map(|p| format!("removed the placeholder {p}")),
+        );
+    }
+    let o = j.outstanding();
+    let incomplete: Vec<u64> = o
+        .changes
+        .iter()
+        .filter(|c| !c.applied)
+        .map(|c| c.id)
+        .collect();
+    for (path, before, ids) in o.restore_plan() {
+        if everything || ids.iter().any(|i| incomplete.contains(i)) {
+            if !everything && live {
+                // Another run may be mid-apply on this path; leave it to that run.
+                continue;
+            }
+            restore(j, &path, &before, &ids, &mut notes)?;
+        }
+    }
+    Ok(notes)
+}
+
+/// `workfence cleanup`: restores every DACL in the journal and removes placeholders
+/// and temp dirs.
+pub fn cleanup() -> Result<String, WindowsError> {
+    let mut j = Journal::open()?;
+    if state::others_alive(&state::runs_dir(), Some(std::process::id())) {
+        return Err(WindowsError::Runner(
+            "another workfence run is active; wait for it to finish, then run `workfence cleanup` again".into(),
+        ));
+    }
+    let mut notes = recover(&mut j, true)?;
+    let temp = state::temp_root();
+    if temp.exists() {
+        match fs::remove_dir_all(&temp) {
+            Ok(()) => notes.push(format!("removed {}", temp.display())),
+            Err(e) => notes.push(format!("could not remove {}: {e}", temp.display())),
+        }
+    }
+    j.compact()?;
+    if notes.is_empty() {
+        notes.push("nothing to clean up: the journal has no outstanding changes".into());
+    }
+    Ok(notes.join("\n"))
+}

@@ -1,0 +1,202 @@
+//! Reading the host into a [`WindowsContext`], and `doctor`.
+
+use std::path::{Path, PathBuf};
+
+use workfence_policy::{Enforcement, LayerStatus, Policy};
+
+use crate::error::WindowsError;
+use crate::path::WinPath;
+use crate::plan::{default_shared_roots, to_win, workspace_id, WindowsContext, DEFAULT_PROXY_PORT};
+use crate::win::{state, sys};
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Profile directories the sandbox users may read: toolchains that live in the profile.
+const TOOLCHAIN_DIRS: &[&str] = &[
+    ".cargo",
+    ".rustup",
+    "go",
+    "scoop",
+    ".bun",
+    ".deno",
+    ".dotnet\\tools",
+    "AppData\\Local\\Programs",
+    "AppData\\Roaming\\npm",
+    "AppData\\Local\\Microsoft\\WindowsApps",
+];
+
+fn display(p: &Path) -> String {
+    WinPath::parse(&p.to_string_lossy())
+        .map(|w| w.display_string())
+        .unwrap_or_else(|_| p.to_string_lossy().into_owned())
+}
+
+pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
+    let token = sys::process_token()?;
+    let user_sid = sys::token_user_sid(&token)?;
+    let user_name = match (env("USERDOMAIN"), env("USERNAME")) {
+        (Some(d), Some(u)) => format!("{d}\\{u}"),
+        (_, Some(u)) => u,
+        _ => user_sid.clone(),
+    };
+    let profile = env("USERPROFILE").map(PathBuf::from).ok_or_else(|| {
+        WindowsError::Runner(
+            "USERPROFILE is not set; run workfence from a normal user session".into(),
+        )
+    })?;
+    let windows_dir = sys::windows_dir();
+    let drive = windows_dir
+        .chars()
+        .next()
+        .unwrap_or('C')
+        .to_ascii_uppercase();
+    let mut shared = default_shared_roots(drive);
+    for v in ["ProgramFiles", "ProgramFiles(x86)", "ProgramData", "PUBLIC"] {
+        if let Some(p) = env(v) {
+            shared.push(display(Path::new(&p)));
+        }
+    }
+    let ws = to_win(&policy.workspace).map_err(|source| WindowsError::BadPath {
+        what: "workspace".into(),
+        source,
+    })?;
+    let id = workspace_id(&ws);
+    let capability_sid = state::capability_sid(&ws.key())?;
+    let mut read_roots: Vec<String> = TOOLCHAIN_DIRS
+        .iter()
+        .map(|d| profile.join(d))
+        .filter(|p| p.is_dir())
+        .map(|p| display(&p))
+        .collect();
+    // The runner must be readable by the sandbox users.
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let d = display(dir);
+            let prof = WinPath::parse(&profile.to_string_lossy()).ok();
+            let inside = WinPath::parse(&d)
+                .ok()
+                .zip(prof)
+                .is_some_and(|(d, p)| d.starts_with(&p) && !d.same(&p));
+            if inside
+                && !read_roots.iter().any(|r| {
+                    WinPath::parse(r)
+                        .ok()
+                        .zip(WinPath::parse(&d).ok())
+                        .is_some_and(|(r, d)| d.starts_with(&r))
+                })
+            {
+                read_roots.push(d);
+            }
+        }
+    }
+    let cmd_exe = format!("{windows_dir}\\System32\\cmd.exe");
+    let users = state::setup_info();
+    Ok(WindowsContext {
+        user_name,
+        user_sid,
+        profile_dir: display(&profile),
+        windows_dir,
+        shared_roots: shared,
+        state_dir: display(&state::state_dir()),
+        temp_root: display(&state::temp_root()),
+        workspace_id: id,
+        capability_sid,
+        proxy_port: users.as_ref().map_or(DEFAULT_PROXY_PORT, |u| u.proxy_port),
+        users,
+        read_roots,
+        cmd_exe,
+        mapped_from_unix: false,
+    })
+}
+
+pub fn doctor() -> Vec<LayerStatus> {
+    let l = |layer: &str, state, detail: String| LayerStatus {
+        layer: layer.into(),
+        state,
+        detail,
+    };
+    let mut out = Vec::new();
+    let token = sys::process_token();
+    let restricted = token.as_ref().ok().and_then(|t| {
+        let logon = sys::token_logon_sid(t).ok()?;
+        sys::restricted_token(t, &["S-1-5-21-1-2-3-4", &logon], "D:(A;;GA;;;SY)").ok()
+    });
+    out.push(match restricted {
+        Some(_) => l(
+            "filesystem writes",
+            Enforcement::Full,
+            "write-restricted tokens work; ACEs are journaled in the state dir".into(),
+        ),
+        None => l(
+            "filesystem writes",
+            Enforcement::None,
+            "CreateRestrictedToken failed: run workfence from a normal interactive session".into(),
+        ),
+    });
+    let setup = state::setup_info();
+    match &setup {
+        Some(u) => {
+            out.push(l(
+                "secrets (deny-read)",
+                Enforcement::Full,
+                format!(
+                    "commands run as {} / {}, which cannot read your profile",
+                    u.offline_user, u.online_user
+                ),
+            ));
+            out.push(l(
+                "network",
+                Enforcement::Full,
+                format!(
+                    "WFP filters on {} ({}) let through only 127.0.0.1:{}",
+                    u.offline_user, u.offline_sid, u.proxy_port
+                ),
+            ));
+        }
+        None => {
+            out.push(l(
+                "secrets (deny-read)",
+                Enforcement::None,
+                "not enforced: run `workfence setup` from an elevated prompt".into(),
+            ));
+            out.push(l(
+                "network",
+                Enforcement::None,
+                "not enforced: run `workfence setup` from an elevated prompt".into(),
+            ));
+        }
+    }
+    let job = sys::Job::new(&crate::plan::JobSpec {
+        limit_flags: vec![],
+        active_process_limit: 1,
+        job_memory_limit: None,
+        cpu_percent: None,
+        ui_restrictions: vec![],
+        timeout_ms: None,
+    });
+    out.push(match job {
+        Ok(_) => l(
+            "processes",
+            Enforcement::Full,
+            "job objects with kill-on-close work".into(),
+        ),
+        Err(e) => l("processes", Enforcement::None, format!("{e}")),
+    });
+    let journal = state::state_dir().join(crate::plan::JOURNAL_FILE);
+    let pending = std::fs::read_to_string(&journal)
+        .ok()
+        .and_then(|t| crate::journal::parse(&t).ok())
+        .map(|e| crate::journal::outstanding(&e).changes.len())
+        .unwrap_or(0);
+    out.push(l(
+        "ACL journal",
+        Enforcement::Full,
+        format!(
+            "{pending} outstanding change(s) in {}; `workfence cleanup` undoes them",
+            journal.display()
+        ),
+    ));
+    out
+}

@@ -1,0 +1,217 @@
+//! Starting the command itself: restricted token, stdio (pipes or ConPTY) and the
+//! handle list. Used by workfence directly (without setup) and by the runner.
+
+use std::io::{Read, Write};
+use std::os::windows::io::{AsRawHandle, OwnedHandle};
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+use windows_sys::Win32::Foundation as F;
+use workfence_policy::run::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+
+use crate::error::WindowsError;
+use crate::win::sys;
+
+/// What the runner is asked to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Program (absolute).
+    pub app: String,
+    /// Full command line.
+    pub cmdline: String,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: String,
+    /// Capability SID (restricting).
+    pub capability_sid: String,
+    /// The invoking user, who must be able to manage what the command creates.
+    pub owner_sid: String,
+    /// Use a ConPTY of this size.
+    pub pty: Option<(i16, i16)>,
+    /// No restricted token (full-access mode).
+    pub unrestricted: bool,
+}
+
+/// What the runner reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Reply {
+    /// The command runs; `handle` is its process handle in the runner.
+    Started {
+        /// Process id.
+        pid: u32,
+        /// Handle value in the runner's handle table.
+        handle: usize,
+    },
+    /// It could not start; `status` is 125, 126 or 127.
+    Failed {
+        /// Exit status under the contract.
+        status: i32,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A started command and what keeps its terminal alive.
+pub struct Launched {
+    /// The command.
+    pub child: sys::Child,
+    /// ConPTY state, when --pty.
+    pub pty: Option<PtyRelay>,
+}
+
+/// Keeps the pseudo console and its output relay alive until the command ends.
+pub struct PtyRelay {
+    console: Option<sys::PseudoConsole>,
+    output: Option<JoinHandle<()>>,
+}
+
+impl PtyRelay {
+    /// Closes the console (after the command exited) and waits for the output to drain.
+    pub fn finish(mut self) {
+        drop(self.console.take());
+        if let Some(t) = self.output.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UTF-16 environment block, sorted case-insensitively as Windows expects.
+pub fn env_block(env: &[(String, String)]) -> Vec<u16> {
+    let mut vars: Vec<&(String, String)> = env.iter().collect();
+    vars.sort_by_key(|(k, _)| k.to_uppercase());
+    let mut out = Vec::new();
+    for (k, v) in vars {
+        out.extend(format!("{k}={v}").encode_utf16());
+        out.push(0);
+    }
+    if out.is_empty() {
+        out.push(0);
+    }
+    out.push(0);
+    out
+}
+
+fn stdio_handle(h: std::os::windows::io::RawHandle) -> Result<OwnedHandle, WindowsError> {
+    match sys::inheritable(h) {
+        Ok(h) => Ok(h),
+        // No usable handle (detached process): give the command NUL instead.
+        Err(_) => {
+            let nul = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("NUL")
+                .map_err(crate::win::state::io(
+                    "opening NUL for stdio",
+                    "NUL".as_ref(),
+                ))?;
+            sys::inheritable(nul.as_raw_handle())
+        }
+    }
+}
+
+/// Maps a `CreateProcess*` failure to the exit-status contract.
+pub fn spawn_failure(app: &str, code: u32) -> (i32, String) {
+    let status = if code == F::ERROR_FILE_NOT_FOUND || code == F::ERROR_PATH_NOT_FOUND {
+        EXIT_NOT_FOUND
+    } else {
+        EXIT_NOT_EXECUTABLE
+    };
+    (
+        status,
+        format!(
+            "workfence: cannot run {app}: {} (Windows error {code})",
+            sys::message(code)
+        ),
+    )
+}
+
+/// Starts the command suspended-then-resumed; `Err` for setup failures, `Ok(Err)` for
+/// a command that cannot run (126/127 with a message).
+pub fn launch(req: &Request) -> Result<Result<Launched, (i32, String)>, WindowsError> {
+    let token = if req.unrestricted {
+        None
+    } else {
+        let base = sys::process_token()?;
+        let logon = sys::token_logon_sid(&base)?;
+        let user = sys::token_user_sid(&base)?;
+        let mut dacl = format!(
+            "D:(A;;GA;;;{user})(A;;GA;;;{})(A;;GA;;;{logon})(A;;GA;;;SY)",
+            req.capability_sid
+        );
+        if req.owner_sid != user {
+            dacl.push_str(&format!("(A;;GA;;;{})", req.owner_sid));
+        }
+        Some(sys::restricted_token(
+            &base,
+            &[&req.capability_sid, &logon],
+            &dacl,
+        )?)
+    };
+    let env = env_block(&req.env);
+    let (child, relay) = match req.pty {
+        None => {
+            let h = [
+                stdio_handle(std::io::stdin().as_raw_handle())?,
+                stdio_handle(std::io::stdout().as_raw_handle())?,
+                stdio_handle(std::io::stderr().as_raw_handle())?,
+            ];
+            let stdio = sys::Stdio::Handles([&h[0], &h[1], &h[2]]);
+            match sys::spawn(
+                token.as_ref(),
+                &req.app,
+                &req.cmdline,
+                &env,
+                &req.cwd,
+                stdio,
+            ) {
+                Ok(c) => (c, None),
+                Err(sys::SpawnError(code)) => return Ok(Err(spawn_failure(&req.app, code))),
+            }
+        }
+        Some((cols, rows)) => {
+            let (in_read, in_write) = sys::pipe()?;
+            let (out_read, out_write) = sys::pipe()?;
+            let console = sys::PseudoConsole::new(cols, rows, &in_read, &out_write)?;
+            // The console holds its own copies.
+            drop((in_read, out_write));
+            let child = match sys::spawn(
+                token.as_ref(),
+                &req.app,
+                &req.cmdline,
+                &env,
+                &req.cwd,
+                sys::Stdio::Pty(&console),
+            ) {
+                Ok(c) => c,
+                Err(sys::SpawnError(code)) => return Ok(Err(spawn_failure(&req.app, code))),
+            };
+            let mut input = std::fs::File::from(in_write);
+            // Input: never joined; it ends with our stdin or the broken pipe.
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut stdin = std::io::stdin();
+                while let Ok(n) = stdin.read(&mut buf) {
+                    if n == 0 || input.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut output = std::fs::File::from(out_read);
+            let out = std::thread::spawn(move || {
+                let mut stdout = std::io::stdout();
+                let _ = std::io::copy(&mut output, &mut stdout);
+                let _ = stdout.flush();
+            });
+            (
+                child,
+                Some(PtyRelay {
+                    console: Some(console),
+                    output: Some(out),
+                }),
+            )
+        }
+    };
+    Ok(Ok(Launched { child, pty: relay }))
+}

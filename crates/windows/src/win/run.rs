@@ -1,0 +1,390 @@
+//! `run`: apply the plan, start the command (directly, or as the sandbox user through
+//! the runner), enforce the timeout, and tidy up.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::windows::io::OwnedHandle;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use workfence_policy::run::{RunRequest, EXIT_NOT_FOUND, EXIT_SETUP, EXIT_TIMEOUT};
+
+use crate::cmdline;
+use crate::error::WindowsError;
+use crate::path::WinPath;
+use crate::plan::{workspace_id, RunAs, WindowsPlan, REQUIRED_ENV};
+use crate::win::launch::{self, Reply, Request};
+use crate::win::{acl, state, sys};
+
+/// Tidies up the run whatever happens: placeholders, temp dir, run marker.
+struct RunGuard<'a> {
+    plan: &'a WindowsPlan,
+    marker: Option<state::RunMarker>,
+    temp: Option<PathBuf>,
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.temp.take() {
+            let _ = std::fs::remove_dir_all(t);
+        }
+        if let Some(m) = self.marker.take() {
+            let others = m.others_alive();
+            drop(m);
+            if let Err(e) = acl::finish_run(self.plan, others) {
+                eprintln!("workfence: {e}");
+            }
+        }
+    }
+}
+
+fn get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The command's environment: the caller's (already scrubbed), the variables Windows
+/// programs need when missing, then the plan's.
+fn build_env(plan: &WindowsPlan, req: &RunRequest, temp: Option<&Path>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = req
+        .env
+        .iter()
+        // A name ending in `^` would defeat cmd.exe's escaping of %VAR%.
+        .filter(|(k, _)| !k.ends_with('^') && !k.is_empty())
+        .cloned()
+        .collect();
+    for name in REQUIRED_ENV {
+        if get(&env, name).is_none() {
+            if let Ok(v) = std::env::var(name) {
+                env.push(((*name).to_string(), v));
+            }
+        }
+    }
+    for (k, v) in &plan.env.set {
+        let v = match (k.as_str(), temp) {
+            ("TEMP" | "TMP", Some(t)) => t.to_string_lossy().into_owned(),
+            _ => v.clone(),
+        };
+        env.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+        env.push((k.clone(), v));
+    }
+    env
+}
+
+/// Finds a program in the sandbox's PATH with PATHEXT. The current directory is not
+/// searched, so a planted `git.exe` in the workspace is not picked up by accident.
+fn resolve(argv0: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    let exts: Vec<String> = get(env, "PATHEXT")
+        .unwrap_or(".COM;.EXE;.BAT;.CMD")
+        .split(';')
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    let try_file = |p: PathBuf| -> Option<PathBuf> {
+        if p.extension().is_some() && p.is_file() {
+            return Some(p);
+        }
+        exts.iter()
+            .map(|e| PathBuf::from(format!("{}{e}", p.display())))
+            .find(|c| c.is_file())
+    };
+    if argv0.contains(['\\', '/', ':']) {
+        return try_file(PathBuf::from(argv0));
+    }
+    get(env, "PATH")?
+        .split(';')
+        .filter(|d| !d.trim().is_empty())
+        .find_map(|d| try_file(Path::new(d.trim_matches('"')).join(argv0)))
+}
+
+fn strings(req: &RunRequest) -> Result<Vec<String>, WindowsError> {
+    req.argv
+        .iter()
+        .map(|a| {
+            a.to_str().map(str::to_string).ok_or_else(|| {
+                WindowsError::Runner(format!(
+                    "argument {a:?} is not valid Unicode; Windows command lines cannot carry it"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn remaining(deadline: Option<Instant>) -> Option<u32> {
+    deadline.map(|d| {
+        u32::try_from(d.saturating_duration_since(Instant::now()).as_millis())
+            .unwrap_or(u32::MAX - 1)
+    })
+}
+
+/// Waits for the command; `None` when the deadline passed.
+fn wait_deadline(
+    process: &OwnedHandle,
+    deadline: Option<Instant>,
+) -> Result<Option<u32>, WindowsError> {
+    if sys::wait(process, remaining(deadline))? {
+        Ok(Some(sys::exit_code(process)?))
+    } else {
+        Ok(None)
+    }
+}
+
+pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
+    if plan.needs_setup {
+        let missing: Vec<String> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
+        if !plan.allow_degraded {
+            return Err(WindowsError::SetupMissing {
+                missing: missing.join(" and "),
+            });
+        }
+        eprintln!("workfence: WARNING: `workfence setup` has not been run: the network is not enforced, and neither is: {} (--allow-degraded)", missing.join(", "));
+    }
+    let argv = strings(req)?;
+    let Some(argv0) = argv.first() else {
+        return Err(WindowsError::CommandLine(cmdline::CmdLineError::Empty));
+    };
+    let ws = WinPath::parse(&plan.workspace).map_err(|source| WindowsError::BadPath {
+        what: "workspace".into(),
+        source,
+    })?;
+    let mut guard = RunGuard {
+        plan,
+        marker: None,
+        temp: None,
+    };
+    if !plan.unsandboxed {
+        guard.marker = Some(state::RunMarker::create(&workspace_id(&ws))?);
+        acl::apply(plan, &workspace_id(&ws))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let t = PathBuf::from(&plan.temp_dir).join(format!("run-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&t).map_err(state::io("creating the run's temp dir", &t))?;
+        guard.temp = Some(t);
+    }
+    let env = build_env(plan, req, guard.temp.as_deref());
+    let Some(program) = resolve(argv0, &env) else {
+        eprintln!("workfence: {argv0}: command not found in the sandbox's PATH");
+        return Ok(EXIT_NOT_FOUND);
+    };
+    let program = program.to_string_lossy().into_owned();
+    let mut full: Vec<String> = vec![program.clone()];
+    full.extend(argv[1..].iter().cloned());
+    let (app, line) = if cmdline::is_batch(&program) {
+        (
+            plan.cmd_exe.clone(),
+            cmdline::cmd_line(&plan.cmd_exe, &full)?,
+        )
+    } else {
+        (program.clone(), cmdline::command_line(&full)?)
+    };
+    let launch_req = Request {
+        app,
+        cmdline: line,
+        env,
+        cwd: req.cwd.to_string_lossy().into_owned(),
+        capability_sid: plan.capability_sid.clone(),
+        owner_sid: sys::token_user_sid(&sys::process_token()?)?,
+        pty: req.pty.then(|| sys::console_size().unwrap_or((120, 30))),
+        unrestricted: plan.unsandboxed,
+    };
+    let job = sys::Job::new(&plan.job)?;
+    let deadline = req
+        .timeout
+        .or(plan.job.timeout_ms.map(Duration::from_millis))
+        .map(|t| Instant::now() + t);
+    let status = match &plan.run_as {
+        RunAs::CurrentUser { .. } => run_direct(&job, &launch_req, deadline)?,
+        RunAs::OfflineUser { name, sid } | RunAs::OnlineUser { name, sid } => {
+            run_as_user(&job, name, sid, &launch_req, deadline)?
+        }
+    };
+    // Like the end of a pid namespace: nothing the command left behind survives it.
+    job.terminate(1);
+    drop(guard);
+    Ok(status)
+}
+
+fn timed_out(job: &sys::Job, deadline: Option<Instant>, started: Instant) -> i32 {
+    job.terminate(EXIT_TIMEOUT as u32);
+    let secs = deadline.map_or(0.0, |d| d.duration_since(started).as_secs_f64());
+    eprintln!("workfence: timed out after {secs:.1}s; killed the whole process tree");
+    EXIT_TIMEOUT
+}
+
+fn run_direct(
+    job: &sys::Job,
+    req: &Request,
+    deadline: Option<Instant>,
+) -> Result<i32, WindowsError> {
+    let started = Instant::now();
+    let launched = match launch::launch(req)? {
+        Ok(l) => l,
+        Err((status, message)) => {
+            eprintln!("{message}");
+            return Ok(status);
+        }
+    };
+    // In the job before the first instruction runs: nothing can escape it.
+    if let Err(e) = job.assign(&launched.child.process) {
+        job.terminate(EXIT_SETUP as u32);
+        let _ = sys::exit_code(&launched.child.process);
+        return Err(e);
+    }
+    launched.child.resume()?;
+    let code = wait_deadline(&launched.child.process, deadline)?;
+    if let Some(p) = launched.pty {
+        if code.is_none() {
+            job.terminate(EXIT_TIMEOUT as u32);
+        }
+        p.finish();
+    }
+    Ok(match code {
+        Some(c) => c as i32,
+        None => timed_out(job, deadline, started),
+    })
+}
+
+fn runner_exe() -> Result<PathBuf, WindowsError> {
+    let exe = std::env::current_exe().map_err(state::io(
+        "locating the runner",
+        Path::new(crate::RUNNER_EXE),
+    ))?;
+    let mut dirs = Vec::new();
+    if let Some(d) = exe.parent() {
+        dirs.push(d.to_path_buf());
+        if let Some(p) = d.parent() {
+            // `cargo test`: tests live in target\debug\deps, binaries in target\debug.
+            dirs.push(p.to_path_buf());
+        }
+    }
+    dirs.into_iter()
+        .map(|d| d.join(crate::RUNNER_EXE))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            WindowsError::Runner(format!(
+                "{} was not found next to {}; install it alongside workfence",
+                crate::RUNNER_EXE,
+                exe.display()
+            ))
+        })
+}
+
+fn run_as_user(
+    job: &sys::Job,
+    user: &str,
+    user_sid: &str,
+    req: &Request,
+    deadline: Option<Instant>,
+) -> Result<i32, WindowsError> {
+    let started = Instant::now();
+    let password = state::load_password(user)?;
+    let mut nonce = [0u8; 16];
+    sys::random_bytes(&mut nonce)?;
+    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("\\\\.\\pipe\\workfence-{}-{hex}", std::process::id());
+    // Only SYSTEM, us and the sandbox user (unrestricted: the runner) may open it; the
+    // command's restricted token fails the write check, and one instance is allowed.
+    let server = sys::named_pipe_server(
+        &name,
+        &format!(
+            "D:P(A;;GA;;;SY)(A;;GA;;;{})(A;;0x12019f;;;{user_sid})",
+            req.owner_sid
+        ),
+    )?;
+    let exe = runner_exe()?;
+    let exe_s = exe.to_string_lossy().into_owned();
+    let line =
+        cmdline::command_line(&[exe_s.as_str(), crate::RUNNER_FLAG, "--pipe", name.as_str()])?;
+    let stdio = [
+        sys::inheritable(std::os::windows::io::AsRawHandle::as_raw_handle(
+            &std::io::stdin(),
+        ))?,
+        sys::inheritable(std::os::windows::io::AsRawHandle::as_raw_handle(
+            &std::io::stdout(),
+        ))?,
+        sys::inheritable(std::os::windows::io::AsRawHandle::as_raw_handle(
+            &std::io::stderr(),
+        ))?,
+    ];
+    let runner = sys::spawn_with_logon(
+        user,
+        &password,
+        &exe_s,
+        &line,
+        &req.cwd,
+        [&stdio[0], &stdio[1], &stdio[2]],
+    )?;
+    drop(password);
+    if let Err(e) = job.assign(&runner.process) {
+        job.terminate(EXIT_SETUP as u32);
+        return Err(e);
+    }
+    runner.resume()?;
+
+    // Wait for the runner to connect, without hanging if it dies first.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = sys::connect_pipe(&server).map(|_| server);
+        let _ = tx.send(r);
+    });
+    let server = loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(r) => break r?,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if sys::wait(&runner.process, Some(0))? {
+                    // Unblock the listener, then report.
+                    let _ = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&name);
+                    let code = sys::exit_code(&runner.process)?;
+                    return Err(WindowsError::Runner(format!("the runner exited with {code} before it connected; check that {} is readable by {user}", exe.display())));
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(timed_out(job, deadline, started));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(WindowsError::Runner("the control pipe failed".into()))
+            }
+        }
+    };
+    let pipe = std::fs::File::from(server);
+    let mut writer = pipe
+        .try_clone()
+        .map_err(state::io("using the control pipe", Path::new(&name)))?;
+    let request = serde_json::to_string(req).unwrap_or_default();
+    writer
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(state::io(
+            "sending the request to the runner",
+            Path::new(&name),
+        ))?;
+    let mut reader = BufReader::new(pipe);
+    let mut reply = String::new();
+    let _ = reader.read_line(&mut reply);
+    let child = match serde_json::from_str::<Reply>(&reply) {
+        Ok(Reply::Started { handle, .. }) => sys::duplicate_from(&runner.process, handle)?,
+        Ok(Reply::Failed { status, message }) => {
+            eprintln!("{message}");
+            return Ok(status);
+        }
+        Err(_) => {
+            let _ = sys::wait(&runner.process, Some(5000));
+            let code = sys::exit_code(&runner.process).unwrap_or(0);
+            return Err(WindowsError::Runner(format!(
+                "the runner exited with {code} without starting the command"
+            )));
+        }
+    };
+    let _ = writer.write_all(b"ok\n");
+    let code = wait_deadline(&child, deadline)?;
+    // With --pty the runner drains the console output before it exits.
+    let _ = sys::wait(&runner.process, Some(2000));
+    Ok(match code {
+        Some(c) => c as i32,
+        None => timed_out(job, deadline, started),
+    })
+}

@@ -1,0 +1,1692 @@
+//! Every FFI call of the backend. Nothing outside this module uses `unsafe`; each
+//! block says why it is sound. Handles are `OwnedHandle`s or small owning types that
+//! release on drop.
+
+use std::ffi::c_void;
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
+use std::ptr::{null, null_mut};
+
+use windows_sys::core::{GUID, PWSTR};
+use windows_sys::Win32::Foundation as F;
+use windows_sys::Win32::NetworkManagement::NetManagement as NM;
+use windows_sys::Win32::NetworkManagement::WindowsFilteringPlatform as WFP;
+use windows_sys::Win32::Security as S;
+use windows_sys::Win32::Security::Authorization as A;
+use windows_sys::Win32::Security::Cryptography as C;
+use windows_sys::Win32::Storage::FileSystem as FS;
+use windows_sys::Win32::System::Console as CON;
+use windows_sys::Win32::System::Diagnostics::Debug as DBG;
+use windows_sys::Win32::System::JobObjects as J;
+use windows_sys::Win32::System::Pipes as P;
+use windows_sys::Win32::System::Registry as R;
+use windows_sys::Win32::System::Threading as T;
+
+use crate::error::WindowsError;
+use crate::plan::{JobSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer};
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, WindowsError>;
+
+/// NUL-terminated UTF-16.
+pub fn wide(s: &str) -> Vec<u16> {
+    s.encode_utf16().chain(std::iter::once(0)).collect()
+}
+
+fn from_wide(buf: &[u16]) -> String {
+    let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+    String::from_utf16_lossy(&buf[..end])
+}
+
+/// Reads a NUL-terminated UTF-16 string.
+///
+/// # Safety
+/// `p` must be null or point to a NUL-terminated UTF-16 string.
+unsafe fn from_wide_ptr(p: *const u16) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    let mut n = 0usize;
+    loop {
+        let q = p.wrapping_add(n);
+        // SAFETY: the caller guarantees a terminating NUL, so every read up to it is in bounds.
+        if unsafe { q.read() } == 0 {
+            break;
+        }
+        n += 1;
+    }
+    // SAFETY: the n units before the NUL were just read, so they are valid.
+    String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+/// `GetLastError`.
+pub fn last_error() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { F::GetLastError() }
+}
+
+/// The system's text for an error code.
+pub fn message(code: u32) -> String {
+    let mut buf = [0u16; 512];
+    // SAFETY: the buffer and its length match; no inserts are used.
+    let n = unsafe {
+        DBG::FormatMessageW(
+            DBG::FORMAT_MESSAGE_FROM_SYSTEM | DBG::FORMAT_MESSAGE_IGNORE_INSERTS,
+            null(),
+            code,
+            0,
+            buf.as_mut_ptr(),
+            buf.len() as u32,
+            null(),
+        )
+    };
+    from_wide(&buf[..n as usize]).trim().to_string()
+}
+
+/// A Win32 failure as a [`WindowsError`].
+pub fn api(step: &str, api: &'static str, code: u32, hint: &str) -> WindowsError {
+    WindowsError::Api {
+        step: step.to_string(),
+        api,
+        code,
+        message: message(code),
+        hint: hint.to_string(),
+    }
+}
+
+fn check(ok: i32, step: &str, name: &'static str, hint: &str) -> Result<()> {
+    if ok == 0 {
+        Err(api(step, name, last_error(), hint))
+    } else {
+        Ok(())
+    }
+}
+
+fn current_process() -> F::HANDLE {
+    // SAFETY: returns a pseudo-handle; no preconditions.
+    unsafe { T::GetCurrentProcess() }
+}
+
+fn owned(h: F::HANDLE) -> Option<OwnedHandle> {
+    if h.is_null() || h == F::INVALID_HANDLE_VALUE {
+        None
+    } else {
+        // SAFETY: h is a valid handle just returned to us, and nothing else owns it.
+        Some(unsafe { OwnedHandle::from_raw_handle(h as RawHandle) })
+    }
+}
+
+fn raw(h: &impl AsRawHandle) -> F::HANDLE {
+    h.as_raw_handle() as F::HANDLE
+}
+
+/// Memory returned by an API that must be released with `LocalFree`.
+struct LocalBox(*mut c_void);
+
+impl Drop for LocalBox {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the pointer came from an API documented to allocate with LocalAlloc.
+            unsafe { F::LocalFree(self.0) };
+        }
+    }
+}
+
+// ---------------------------------------------------------------- randomness, DPAPI
+
+/// Fills `buf` from the system CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    let st = unsafe {
+        C::BCryptGenRandom(
+            null_mut(),
+            buf.as_mut_ptr(),
+            buf.len() as u32,
+            C::BCRYPT_USE_SYSTEM_PREFERRED_RNG,
+        )
+    };
+    if st != 0 {
+        return Err(api(
+            "generating random bytes",
+            "BCryptGenRandom",
+            st as u32,
+            "this should not happen; check the system's cryptography services",
+        ));
+    }
+    Ok(())
+}
+
+/// DPAPI (user scope): only the current user can decrypt.
+pub fn protect(data: &[u8]) -> Result<Vec<u8>> {
+    let input = C::CRYPT_INTEGER_BLOB {
+        cbData: data.len() as u32,
+        pbData: data.as_ptr() as *mut u8,
+    };
+    let mut out = C::CRYPT_INTEGER_BLOB {
+        cbData: 0,
+        pbData: null_mut(),
+    };
+    let desc = wide("workfence sandbox credential");
+    // SAFETY: input points at `data`, which outlives the call; out receives a LocalAlloc buffer.
+    let ok = unsafe {
+        C::CryptProtectData(
+            &input,
+            desc.as_ptr(),
+            null(),
+            null(),
+            null(),
+            C::CRYPTPROTECT_UI_FORBIDDEN,
+            &mut out,
+        )
+    };
+    check(
+        ok,
+        "protecting the sandbox credential",
+        "CryptProtectData",
+        "run setup from your own (elevated) session so that DPAPI can use your profile",
+    )?;
+    let _free = LocalBox(out.pbData as *mut c_void);
+    // SAFETY: on success out.pbData holds out.cbData bytes.
+    Ok(unsafe { std::slice::from_raw_parts(out.pbData, out.cbData as usize) }.to_vec())
+}
+
+/// Reverses [`protect`].
+pub fn unprotect(data: &[u8]) -> Result<Vec<u8>> {
+    let input = C::CRYPT_INTEGER_BLOB {
+        cbData: data.len() as u32,
+        pbData: data.as_ptr() as *mut u8,
+    };
+    let mut out = C::CRYPT_INTEGER_BLOB {
+        cbData: 0,
+        pbData: null_mut(),
+    };
+    // SAFETY: as in `protect`.
+    let ok = unsafe {
+        C::CryptUnprotectData(
+            &input,
+            null_mut(),
+            null(),
+            null(),
+            null(),
+            C::CRYPTPROTECT_UI_FORBIDDEN,
+            &mut out,
+        )
+    };
+    check(
+        ok,
+        "reading the sandbox credential",
+        "CryptUnprotectData",
+        "the credential belongs to the user who ran `workfence setup`; run setup again as yourself",
+    )?;
+    let _free = LocalBox(out.pbData as *mut c_void);
+    // SAFETY: on success out.pbData holds out.cbData bytes.
+    Ok(unsafe { std::slice::from_raw_parts(out.pbData, out.cbData as usize) }.to_vec())
+}
+
+// ---------------------------------------------------------------- SIDs and tokens
+
+/// A binary SID from its string form.
+pub struct Sid(LocalBox);
+
+impl Sid {
+    /// `ConvertStringSidToSidW`.
+    pub fn parse(s: &str) -> Result<Sid> {
+        let w = wide(s);
+        let mut p: S::PSID = null_mut();
+        // SAFETY: w is NUL-terminated; p receives a LocalAlloc'd SID.
+        let ok = unsafe { A::ConvertStringSidToSidW(w.as_ptr(), &mut p) };
+        check(ok, &format!("parsing SID {s}"), "ConvertStringSidToSidW", "the state directory may be corrupt; run `workfence cleanup` and `workfence setup` again")?;
+        Ok(Sid(LocalBox(p)))
+    }
+
+    fn ptr(&self) -> S::PSID {
+        self.0 .0
+    }
+}
+
+fn sid_string(p: S::PSID) -> Result<String> {
+    let mut s: PWSTR = null_mut();
+    // SAFETY: p is a valid SID owned by the caller; s receives a LocalAlloc'd string.
+    let ok = unsafe { A::ConvertSidToStringSidW(p, &mut s) };
+    check(
+        ok,
+        "formatting a SID",
+        "ConvertSidToStringSidW",
+        "this should not happen",
+    )?;
+    let _free = LocalBox(s as *mut c_void);
+    // SAFETY: s is a NUL-terminated string from the API.
+    Ok(unsafe { from_wide_ptr(s) })
+}
+
+/// The current process's primary token.
+pub fn process_token() -> Result<OwnedHandle> {
+    let mut h: F::HANDLE = null_mut();
+    let me = current_process();
+    // SAFETY: `me` is the current-process pseudo-handle; h receives a new handle.
+    let ok = unsafe { T::OpenProcessToken(me, S::TOKEN_ALL_ACCESS, &mut h) };
+    check(
+        ok,
+        "opening the process token",
+        "OpenProcessToken",
+        "this should not happen",
+    )?;
+    owned(h).ok_or_else(|| {
+        api(
+            "opening the process token",
+            "OpenProcessToken",
+            last_error(),
+            "",
+        )
+    })
+}
+
+fn token_info(token: &OwnedHandle, class: S::TOKEN_INFORMATION_CLASS) -> Result<Vec<u64>> {
+    let mut len = 0u32;
+    // SAFETY: a size query with a null buffer.
+    unsafe { S::GetTokenInformation(raw(token), class, null_mut(), 0, &mut len) };
+    // u64 elements keep the SID structures aligned.
+    let mut buf = vec![0u64; (len as usize).div_ceil(8) + 1];
+    // SAFETY: buf holds at least len bytes.
+    let ok = unsafe {
+        S::GetTokenInformation(
+            raw(token),
+            class,
+            buf.as_mut_ptr() as *mut c_void,
+            (buf.len() * 8) as u32,
+            &mut len,
+        )
+    };
+    check(
+        ok,
+        "reading the token",
+        "GetTokenInformation",
+        "this should not happen",
+    )?;
+    Ok(buf)
+}
+
+/// The token's user SID.
+pub fn token_user_sid(token: &OwnedHandle) -> Result<String> {
+    let buf = token_info(token, S::TokenUser)?;
+    // SAFETY: GetTokenInformation(TokenUser) filled buf with a TOKEN_USER.
+    let tu = unsafe { &*(buf.as_ptr() as *const S::TOKEN_USER) };
+    sid_string(tu.User.Sid)
+}
+
+/// The token's logon SID (`S-1-5-5-x-y`).
+pub fn token_logon_sid(token: &OwnedHandle) -> Result<String> {
+    let buf = token_info(token, S::TokenGroups)?;
+    // SAFETY: GetTokenInformation(TokenGroups) filled buf with a TOKEN_GROUPS.
+    let tg = unsafe { &*(buf.as_ptr() as *const S::TOKEN_GROUPS) };
+    // SAFETY: Groups is a variable-length array of GroupCount entries inside buf.
+    let groups = unsafe { std::slice::from_raw_parts(tg.Groups.as_ptr(), tg.GroupCount as usize) };
+    for g in groups {
+        if g.Attributes & (windows_sys::Win32::System::SystemServices::SE_GROUP_LOGON_ID as u32)
+            != 0
+        {
+            return sid_string(g.Sid);
+        }
+    }
+    Err(WindowsError::Runner(
+        "the token has no logon SID; run workfence from an interactive session".into(),
+    ))
+}
+
+/// Whether the process runs elevated.
+pub fn is_elevated() -> bool {
+    let Ok(t) = process_token() else { return false };
+    let Ok(buf) = token_info(&t, S::TokenElevation) else {
+        return false;
+    };
+    // SAFETY: GetTokenInformation(TokenElevation) filled buf with a TOKEN_ELEVATION.
+    let e = unsafe { &*(buf.as_ptr() as *const S::TOKEN_ELEVATION) };
+    e.TokenIsElevated != 0
+}
+
+/// A self-relative security descriptor built from SDDL.
+pub struct SecurityDescriptor {
+    sd: LocalBox,
+    len: u32,
+}
+
+impl SecurityDescriptor {
+    /// `ConvertStringSecurityDescriptorToSecurityDescriptorW`.
+    pub fn from_sddl(sddl: &str) -> Result<Self> {
+        let w = wide(sddl);
+        let mut sd: S::PSECURITY_DESCRIPTOR = null_mut();
+        let mut len = 0u32;
+        // SAFETY: w is NUL-terminated; sd receives a LocalAlloc'd descriptor.
+        let ok = unsafe {
+            A::ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                w.as_ptr(),
+                A::SDDL_REVISION_1,
+                &mut sd,
+                &mut len,
+            )
+        };
+        check(ok, &format!("parsing the security descriptor {sddl}"), "ConvertStringSecurityDescriptorToSecurityDescriptorW", "the journal may hold a DACL this Windows version cannot parse; fix the ACL by hand with icacls")?;
+        Ok(SecurityDescriptor {
+            sd: LocalBox(sd),
+            len,
+        })
+    }
+
+    fn ptr(&self) -> S::PSECURITY_DESCRIPTOR {
+        self.sd.0
+    }
+
+    /// The DACL pointer (into the descriptor) and whether it is protected.
+    fn dacl(&self) -> Result<(*mut S::ACL, bool)> {
+        let mut present = 0i32;
+        let mut defaulted = 0i32;
+        let mut acl: *mut S::ACL = null_mut();
+        // SAFETY: self.sd is a valid descriptor; the outputs are valid pointers.
+        let ok = unsafe {
+            S::GetSecurityDescriptorDacl(self.ptr(), &mut present, &mut acl, &mut defaulted)
+        };
+        check(ok, "reading a DACL", "GetSecurityDescriptorDacl", "")?;
+        let mut control = 0u16;
+        let mut rev = 0u32;
+        // SAFETY: as above.
+        let ok = unsafe { S::GetSecurityDescriptorControl(self.ptr(), &mut control, &mut rev) };
+        check(ok, "reading a DACL", "GetSecurityDescriptorControl", "")?;
+        Ok((acl, control & S::SE_DACL_PROTECTED != 0))
+    }
+}
+
+/// `CreateRestrictedToken(WRITE_RESTRICTED | DISABLE_MAX_PRIVILEGE | LUA_TOKEN)` with
+/// `restricting` SIDs, then the default DACL `default_dacl` (SDDL `D:...`).
+pub fn restricted_token(
+    base: &OwnedHandle,
+    restricting: &[&str],
+    default_dacl: &str,
+) -> Result<OwnedHandle> {
+    let sids: Vec<Sid> = restricting
+        .iter()
+        .map(|s| Sid::parse(s))
+        .collect::<Result<_>>()?;
+    let entries: Vec<S::SID_AND_ATTRIBUTES> = sids
+        .iter()
+        .map(|s| S::SID_AND_ATTRIBUTES {
+            Sid: s.ptr(),
+            Attributes: 0,
+        })
+        .collect();
+    let mut out: F::HANDLE = null_mut();
+    // SAFETY: entries points at SIDs kept alive by `sids`; out receives a new token handle.
+    let ok = unsafe {
+        S::CreateRestrictedToken(
+            raw(base),
+            S::WRITE_RESTRICTED | S::DISABLE_MAX_PRIVILEGE | S::LUA_TOKEN,
+            0,
+            null(),
+            0,
+            null(),
+            entries.len() as u32,
+            entries.as_ptr(),
+            &mut out,
+        )
+    };
+    check(
+        ok,
+        "building the restricted token",
+        "CreateRestrictedToken",
+        "run workfence from a normal user session",
+    )?;
+    let token = owned(out).ok_or_else(|| {
+        api(
+            "building the restricted token",
+            "CreateRestrictedToken",
+            last_error(),
+            "",
+        )
+    })?;
+    let sd = SecurityDescriptor::from_sddl(default_dacl)?;
+    let (acl, _) = sd.dacl()?;
+    let dd = S::TOKEN_DEFAULT_DACL { DefaultDacl: acl };
+    // SAFETY: dd points into sd, which lives until after the call.
+    let ok = unsafe {
+        S::SetTokenInformation(
+            raw(&token),
+            S::TokenDefaultDacl,
+            &dd as *const _ as *const c_void,
+            std::mem::size_of::<S::TOKEN_DEFAULT_DACL>() as u32,
+        )
+    };
+    check(
+        ok,
+        "setting the restricted token's default DACL",
+        "SetTokenInformation",
+        "",
+    )?;
+    Ok(token)
+}
+
+// ---------------------------------------------------------------- files and DACLs
+
+/// A file or directory opened for DACL changes, held without `FILE_SHARE_DELETE` so
+/// that it cannot be renamed, deleted or swapped for a junction while we work.
+pub struct AclTarget {
+    handle: OwnedHandle,
+    /// The final path (`GetFinalPathNameByHandleW`).
+    pub final_path: String,
+    /// Whether the object itself is a reparse point (junction, symlink).
+    pub reparse: bool,
+}
+
+/// Opens `path` (not following a final reparse point).
+pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
+    let w = wide(path);
+    // SAFETY: w is NUL-terminated; the other arguments are plain flags.
+    let h = unsafe {
+        FS::CreateFileW(
+            w.as_ptr(),
+            FS::READ_CONTROL | FS::WRITE_DAC,
+            FS::FILE_SHARE_READ | FS::FILE_SHARE_WRITE,
+            null(),
+            FS::OPEN_EXISTING,
+            FS::FILE_FLAG_BACKUP_SEMANTICS | FS::FILE_FLAG_OPEN_REPARSE_POINT,
+            null_mut(),
+        )
+    };
+    let Some(handle) = owned(h) else {
+        let code = last_error();
+        if code == F::ERROR_FILE_NOT_FOUND || code == F::ERROR_PATH_NOT_FOUND {
+            return Ok(None);
+        }
+        return Err(api(
+            &format!("opening {path} to change its ACL"),
+            "CreateFileW",
+            code,
+            "close programs that hold it open exclusively, or check that you own it",
+        ));
+    };
+    let mut info: FS::BY_HANDLE_FILE_INFORMATION = Default::default();
+    // SAFETY: handle is open; info is a valid output.
+    let ok = unsafe { FS::GetFileInformationByHandle(raw(&handle), &mut info) };
+    check(
+        ok,
+        &format!("inspecting {path}"),
+        "GetFileInformationByHandle",
+        "",
+    )?;
+    let mut buf = vec![0u16; 1024];
+    loop {
+        // SAFETY: buf and its length match.
+        let n = unsafe {
+            FS::GetFinalPathNameByHandleW(
+                raw(&handle),
+                buf.as_mut_ptr(),
+                buf.len() as u32,
+                FS::FILE_NAME_NORMALIZED | FS::VOLUME_NAME_DOS,
+            )
+        } as usize;
+        if n == 0 {
+            return Err(api(
+                &format!("resolving {path}"),
+                "GetFinalPathNameByHandleW",
+                last_error(),
+                "",
+            ));
+        }
+        if n < buf.len() {
+            buf.truncate(n);
+            break;
+        }
+        buf.resize(n + 1, 0);
+    }
+    Ok(Some(AclTarget {
+        handle,
+        final_path: String::from_utf16_lossy(&buf),
+        reparse: info.dwFileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT != 0,
+    }))
+}
+
+impl AclTarget {
+    /// The DACL as SDDL (`D:...`).
+    pub fn dacl_sddl(&self) -> Result<String> {
+        let mut sd: S::PSECURITY_DESCRIPTOR = null_mut();
+        // SAFETY: the handle has READ_CONTROL; sd receives a LocalAlloc'd descriptor.
+        let code = unsafe {
+            A::GetSecurityInfo(
+                raw(&self.handle),
+                A::SE_FILE_OBJECT,
+                S::DACL_SECURITY_INFORMATION,
+                null_mut(),
+                null_mut(),
+                null_mut(),
+                null_mut(),
+                &mut sd,
+            )
+        };
+        if code != 0 {
+            return Err(api(
+                &format!("reading the DACL of {}", self.final_path),
+                "GetSecurityInfo",
+                code,
+                "check that you own it",
+            ));
+        }
+        let sd = LocalBox(sd);
+        let mut s: PWSTR = null_mut();
+        // SAFETY: sd is valid; s receives a LocalAlloc'd string.
+        let ok = unsafe {
+            A::ConvertSecurityDescriptorToStringSecurityDescriptorW(
+                sd.0,
+                A::SDDL_REVISION_1,
+                S::DACL_SECURITY_INFORMATION,
+                &mut s,
+                null_mut(),
+            )
+        };
+        check(
+            ok,
+            "formatting a DACL",
+            "ConvertSecurityDescriptorToStringSecurityDescriptorW",
+            "",
+        )?;
+        let _s = LocalBox(s as *mut c_void);
+        // SAFETY: s is NUL-terminated.
+        Ok(unsafe { from_wide_ptr(s) })
+    }
+
+    /// Sets the DACL from SDDL, by path while this handle pins the object, so that
+    /// inheritable ACEs propagate to existing children.
+    pub fn set_dacl_sddl(&self, sddl: &str) -> Result<()> {
+        let sd = SecurityDescriptor::from_sddl(sddl)?;
+        let (acl, protected) = sd.dacl()?;
+        let info = S::DACL_SECURITY_INFORMATION
+            | if protected {
+                S::PROTECTED_DACL_SECURITY_INFORMATION
+            } else {
+                S::UNPROTECTED_DACL_SECURITY_INFORMATION
+            };
+        let w = wide(&self.final_path);
+        // SAFETY: w is NUL-terminated; acl points into sd, alive for the call.
+        let code = unsafe {
+            A::SetNamedSecurityInfoW(
+                w.as_ptr(),
+                A::SE_FILE_OBJECT,
+                info,
+                null_mut(),
+                null_mut(),
+                acl,
+                null(),
+            )
+        };
+        if code != 0 {
+            return Err(api(&format!("changing the DACL of {}", self.final_path), "SetNamedSecurityInfoW", code, "check that you own it (icacls shows the owner); `workfence cleanup` undoes partial changes"));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- job objects
+
+/// A job object; closing it kills every process in it (KILL_ON_JOB_CLOSE).
+pub struct Job(OwnedHandle);
+
+impl Job {
+    /// Creates the job with the plan's limits.
+    pub fn new(spec: &JobSpec) -> Result<Job> {
+        // SAFETY: no name, default security.
+        let h = unsafe { J::CreateJobObjectW(null(), null()) };
+        let job = Job(owned(h).ok_or_else(|| {
+            api(
+                "creating the job object",
+                "CreateJobObjectW",
+                last_error(),
+                "free some system resources and retry",
+            )
+        })?);
+        let mut info: J::JOBOBJECT_EXTENDED_LIMIT_INFORMATION = Default::default();
+        let mut flags = J::JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+            | J::JOB_OBJECT_LIMIT_ACTIVE_PROCESS
+            | J::JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION;
+        info.BasicLimitInformation.ActiveProcessLimit = spec.active_process_limit;
+        if let Some(m) = spec.job_memory_limit {
+            flags |= J::JOB_OBJECT_LIMIT_JOB_MEMORY;
+            info.JobMemoryLimit = usize::try_from(m).unwrap_or(usize::MAX);
+        }
+        info.BasicLimitInformation.LimitFlags = flags;
+        // SAFETY: info is a valid JOBOBJECT_EXTENDED_LIMIT_INFORMATION of the given size.
+        let ok = unsafe {
+            J::SetInformationJobObject(
+                raw(&job.0),
+                J::JobObjectExtendedLimitInformation,
+                &info as *const _ as *const c_void,
+                std::mem::size_of_val(&info) as u32,
+            )
+        };
+        check(ok, "setting the job limits", "SetInformationJobObject", "")?;
+        if !spec.ui_restrictions.is_empty() {
+            let ui = J::JOBOBJECT_BASIC_UI_RESTRICTIONS {
+                UIRestrictionsClass: J::JOB_OBJECT_UILIMIT_DESKTOP
+                    | J::JOB_OBJECT_UILIMIT_DISPLAYSETTINGS
+                    | J::JOB_OBJECT_UILIMIT_EXITWINDOWS
+                    | J::JOB_OBJECT_UILIMIT_GLOBALATOMS
+                    | J::JOB_OBJECT_UILIMIT_HANDLES
+                    | J::JOB_OBJECT_UILIMIT_READCLIPBOARD
+                    | J::JOB_OBJECT_UILIMIT_SYSTEMPARAMETERS
+                    | J::JOB_OBJECT_UILIMIT_WRITECLIPBOARD,
+            };
+            // SAFETY: ui is a valid JOBOBJECT_BASIC_UI_RESTRICTIONS of the given size.
+            let ok = unsafe {
+                J::SetInformationJobObject(
+                    raw(&job.0),
+                    J::JobObjectBasicUIRestrictions,
+                    &ui as *const _ as *const c_void,
+                    std::mem::size_of_val(&ui) as u32,
+                )
+            };
+            check(
+                ok,
+                "setting the job UI limits",
+                "SetInformationJobObject",
+                "",
+            )?;
+        }
+        if let Some(pct) = spec.cpu_percent {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            // The rate is in 1/100 percent of the whole machine.
+            let rate = (pct.saturating_mul(100) / cpus.max(1)).clamp(1, 10_000);
+            let cpu = J::JOBOBJECT_CPU_RATE_CONTROL_INFORMATION {
+                ControlFlags: J::JOB_OBJECT_CPU_RATE_CONTROL_ENABLE
+                    | J::JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP,
+                Anonymous: J::JOBOBJECT_CPU_RATE_CONTROL_INFORMATION_0 { CpuRate: rate },
+            };
+            // SAFETY: cpu is a valid JOBOBJECT_CPU_RATE_CONTROL_INFORMATION of the given size.
+            let ok = unsafe {
+                J::SetInformationJobObject(
+                    raw(&job.0),
+                    J::JobObjectCpuRateControlInformation,
+                    &cpu as *const _ as *const c_void,
+                    std::mem::size_of_val(&cpu) as u32,
+                )
+            };
+            check(ok, "setting the job CPU cap", "SetInformationJobObject", "")?;
+        }
+        Ok(job)
+    }
+
+    /// Puts a (suspended) process in the job.
+    pub fn assign(&self, process: &OwnedHandle) -> Result<()> {
+        // SAFETY: both handles are open.
+        let ok = unsafe { J::AssignProcessToJobObject(raw(&self.0), raw(process)) };
+        check(
+            ok,
+            "putting the command in its job object",
+            "AssignProcessToJobObject",
+            "workfence itself may run in a job that forbids nesting; run it from a normal console",
+        )
+    }
+
+    /// Kills every process in the job.
+    pub fn terminate(&self, code: u32) {
+        // SAFETY: the handle is open.
+        unsafe { J::TerminateJobObject(raw(&self.0), code) };
+    }
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A started (suspended) process.
+pub struct Child {
+    /// Process handle.
+    pub process: OwnedHandle,
+    /// Main thread handle.
+    pub thread: OwnedHandle,
+    /// Process id.
+    pub pid: u32,
+}
+
+impl Child {
+    fn from(pi: T::PROCESS_INFORMATION) -> Option<Child> {
+        Some(Child {
+            process: owned(pi.hProcess)?,
+            thread: owned(pi.hThread)?,
+            pid: pi.dwProcessId,
+        })
+    }
+
+    /// Lets the main thread run.
+    pub fn resume(&self) -> Result<()> {
+        // SAFETY: the thread handle is open.
+        let r = unsafe { T::ResumeThread(raw(&self.thread)) };
+        if r == u32::MAX {
+            return Err(api(
+                "starting the command",
+                "ResumeThread",
+                last_error(),
+                "",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A failed process creation: the Win32 error code.
+#[derive(Debug, Clone, Copy)]
+pub struct SpawnError(pub u32);
+
+/// Duplicates a handle as inheritable (for the child's stdio).
+pub fn inheritable(h: RawHandle) -> Result<OwnedHandle> {
+    let mut out: F::HANDLE = null_mut();
+    let me = current_process();
+    // SAFETY: h is a handle of this process; out receives a new handle.
+    let ok = unsafe {
+        F::DuplicateHandle(
+            me,
+            h as F::HANDLE,
+            me,
+            &mut out,
+            0,
+            1,
+            F::DUPLICATE_SAME_ACCESS,
+        )
+    };
+    check(
+        ok,
+        "passing stdio to the command",
+        "DuplicateHandle",
+        "run workfence with valid standard handles",
+    )?;
+    owned(out).ok_or_else(|| {
+        api(
+            "passing stdio to the command",
+            "DuplicateHandle",
+            last_error(),
+            "",
+        )
+    })
+}
+
+/// A `PROC_THREAD_ATTRIBUTE_LIST`, freed on drop.
+struct AttrList {
+    buf: Vec<u64>,
+}
+
+impl AttrList {
+    fn new(count: u32) -> Result<AttrList> {
+        let mut size = 0usize;
+        // SAFETY: a size query with a null list.
+        unsafe { T::InitializeProcThreadAttributeList(null_mut(), count, 0, &mut size) };
+        let mut buf = vec![0u64; size.div_ceil(8) + 1];
+        // SAFETY: buf holds at least `size` bytes.
+        let ok = unsafe {
+            T::InitializeProcThreadAttributeList(
+                buf.as_mut_ptr() as *mut c_void,
+                count,
+                0,
+                &mut size,
+            )
+        };
+        check(
+            ok,
+            "preparing the command's attributes",
+            "InitializeProcThreadAttributeList",
+            "",
+        )?;
+        Ok(AttrList { buf })
+    }
+
+    fn ptr(&mut self) -> T::LPPROC_THREAD_ATTRIBUTE_LIST {
+        self.buf.as_mut_ptr() as *mut c_void
+    }
+
+    /// # Safety
+    /// `value` must stay valid and unmoved until the list is dropped.
+    unsafe fn set(&mut self, attr: usize, value: *const c_void, size: usize) -> Result<()> {
+        // SAFETY: the list is initialized; the caller keeps value alive.
+        let ok = unsafe {
+            T::UpdateProcThreadAttribute(self.ptr(), 0, attr, value, size, null_mut(), null())
+        };
+        check(
+            ok,
+            "preparing the command's attributes",
+            "UpdateProcThreadAttribute",
+            "",
+        )
+    }
+}
+
+impl Drop for AttrList {
+    fn drop(&mut self) {
+        // SAFETY: the list was initialized in `new`.
+        unsafe { T::DeleteProcThreadAttributeList(self.ptr()) };
+    }
+}
+
+/// How the command gets its stdio.
+pub enum Stdio<'a> {
+    /// These three inheritable handles, and only these.
+    Handles([&'a OwnedHandle; 3]),
+    /// A pseudo console.
+    Pty(&'a PseudoConsole),
+}
+
+/// Starts a suspended process: with `token` through `CreateProcessAsUserW` (a restricted
+/// version of our own token needs no privilege), else with `CreateProcessW`.
+pub fn spawn(
+    token: Option<&OwnedHandle>,
+    app: &str,
+    cmdline: &str,
+    env: &[u16],
+    cwd: &str,
+    stdio: Stdio<'_>,
+) -> std::result::Result<Child, SpawnError> {
+    let mut attrs = AttrList::new(1).map_err(|_| SpawnError(last_error()))?;
+    let mut si: T::STARTUPINFOEXW = Default::default();
+    si.StartupInfo.cb = std::mem::size_of::<T::STARTUPINFOEXW>() as u32;
+    let handle_list: Vec<F::HANDLE>;
+    let hpc: CON::HPCON;
+    let inherit;
+    match stdio {
+        Stdio::Handles(h) => {
+            handle_list = h.iter().map(|h| raw(*h)).collect();
+            si.StartupInfo.dwFlags = T::STARTF_USESTDHANDLES;
+            si.StartupInfo.hStdInput = handle_list[0];
+            si.StartupInfo.hStdOutput = handle_list[1];
+            si.StartupInfo.hStdError = handle_list[2];
+            // SAFETY: handle_list lives until after CreateProcess (and the list's drop).
+            unsafe {
+                attrs.set(
+                    T::PROC_THREAD_ATTRIBUTE_HANDLE_LIST as usize,
+                    handle_list.as_ptr() as *const c_void,
+                    handle_list.len() * std::mem::size_of::<F::HANDLE>(),
+                )
+            }
+            .map_err(|_| SpawnError(last_error()))?;
+            inherit = 1;
+        }
+        Stdio::Pty(pc) => {
+            hpc = pc.0;
+            // SAFETY: the HPCON value itself is the attribute (documented usage); pc outlives the call.
+            unsafe {
+                attrs.set(
+                    T::PROC_THREAD_ATTRIBUTE_PSEUDOCONSOLE as usize,
+                    hpc as *const c_void,
+                    std::mem::size_of::<CON::HPCON>(),
+                )
+            }
+            .map_err(|_| SpawnError(last_error()))?;
+            inherit = 0;
+        }
+    }
+    si.lpAttributeList = attrs.ptr();
+    let app_w = wide(app);
+    let mut cmd_w = wide(cmdline);
+    let cwd_w = wide(cwd);
+    let flags = T::EXTENDED_STARTUPINFO_PRESENT
+        | T::CREATE_UNICODE_ENVIRONMENT
+        | T::CREATE_SUSPENDED
+        | T::CREATE_NO_WINDOW;
+    let mut pi: T::PROCESS_INFORMATION = Default::default();
+    let ok = match token {
+        // SAFETY: all strings are NUL-terminated and live for the call; env is a
+        // double-NUL-terminated block; si and its attribute list are initialized.
+        Some(t) => unsafe {
+            T::CreateProcessAsUserW(
+                raw(t),
+                app_w.as_ptr(),
+                cmd_w.as_mut_ptr(),
+                null(),
+                null(),
+                inherit,
+                flags,
+                env.as_ptr() as *const c_void,
+                cwd_w.as_ptr(),
+                &si.StartupInfo,
+                &mut pi,
+            )
+        },
+        // SAFETY: as above.
+        None => unsafe {
+            T::CreateProcessW(
+                app_w.as_ptr(),
+                cmd_w.as_mut_ptr(),
+                null(),
+                null(),
+                inherit,
+                flags,
+                env.as_ptr() as *const c_void,
+                cwd_w.as_ptr(),
+                &si.StartupInfo,
+                &mut pi,
+            )
+        },
+    };
+    if ok == 0 {
+        return Err(SpawnError(last_error()));
+    }
+    Child::from(pi).ok_or(SpawnError(last_error()))
+}
+
+/// Starts a suspended process as another user (`CreateProcessWithLogonW`,
+/// `LOGON_WITH_PROFILE`), with the given stdio.
+pub fn spawn_with_logon(
+    user: &str,
+    password: &str,
+    app: &str,
+    cmdline: &str,
+    cwd: &str,
+    stdio: [&OwnedHandle; 3],
+) -> Result<Child> {
+    let si = T::STARTUPINFOW {
+        cb: std::mem::size_of::<T::STARTUPINFOW>() as u32,
+        dwFlags: T::STARTF_USESTDHANDLES,
+        hStdInput: raw(stdio[0]),
+        hStdOutput: raw(stdio[1]),
+        hStdError: raw(stdio[2]),
+        ..Default::default()
+    };
+    let (u, d, p) = (wide(user), wide("."), wide(password));
+    let app_w = wide(app);
+    let mut cmd_w = wide(cmdline);
+    let cwd_w = wide(cwd);
+    let mut pi: T::PROCESS_INFORMATION = Default::default();
+    // SAFETY: all strings are NUL-terminated and live for the call; a null environment
+    // gives the runner the sandbox user's own.
+    let ok = unsafe {
+        T::CreateProcessWithLogonW(
+            u.as_ptr(),
+            d.as_ptr(),
+            p.as_ptr(),
+            T::LOGON_WITH_PROFILE,
+            app_w.as_ptr(),
+            cmd_w.as_mut_ptr(),
+            T::CREATE_SUSPENDED | T::CREATE_UNICODE_ENVIRONMENT | T::CREATE_NO_WINDOW,
+            null(),
+            cwd_w.as_ptr(),
+            &si,
+            &mut pi,
+        )
+    };
+    check(ok, &format!("starting the runner as {user}"), "CreateProcessWithLogonW", "the Secondary Logon service must run (sc start seclogon); if the password was changed, run `workfence setup` again")?;
+    Child::from(pi).ok_or_else(|| {
+        api(
+            "starting the runner",
+            "CreateProcessWithLogonW",
+            last_error(),
+            "",
+        )
+    })
+}
+
+/// Waits for a handle; `Ok(true)` when it was signaled, `Ok(false)` on timeout.
+pub fn wait(h: &OwnedHandle, timeout_ms: Option<u32>) -> Result<bool> {
+    // SAFETY: the handle is open.
+    let r = unsafe { T::WaitForSingleObject(raw(h), timeout_ms.unwrap_or(T::INFINITE)) };
+    match r {
+        F::WAIT_OBJECT_0 => Ok(true),
+        F::WAIT_TIMEOUT => Ok(false),
+        _ => Err(api(
+            "waiting for the command",
+            "WaitForSingleObject",
+            last_error(),
+            "",
+        )),
+    }
+}
+
+/// A process's exit code.
+pub fn exit_code(process: &OwnedHandle) -> Result<u32> {
+    let mut code = 0u32;
+    // SAFETY: the handle is open; code is a valid output.
+    let ok = unsafe { T::GetExitCodeProcess(raw(process), &mut code) };
+    check(ok, "reading the exit status", "GetExitCodeProcess", "")?;
+    Ok(code)
+}
+
+/// Whether a process id is alive (for journal recovery).
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: OpenProcess has no memory preconditions.
+    let h = unsafe { T::OpenProcess(T::PROCESS_SYNCHRONIZE, 0, pid) };
+    match owned(h) {
+        Some(h) => matches!(wait(&h, Some(0)), Ok(false)),
+        // Access denied means it exists (another user's process).
+        None => last_error() == F::ERROR_ACCESS_DENIED,
+    }
+}
+
+/// The Windows directory.
+pub fn windows_dir() -> String {
+    let mut buf = [0u16; 260];
+    // SAFETY: buf and its length match.
+    let n = unsafe {
+        windows_sys::Win32::System::SystemInformation::GetSystemWindowsDirectoryW(
+            buf.as_mut_ptr(),
+            buf.len() as u32,
+        )
+    };
+    if n == 0 || n as usize > buf.len() {
+        return "C:\\Windows".into();
+    }
+    from_wide(&buf[..n as usize])
+}
+
+// ---------------------------------------------------------------- pipes and ConPTY
+
+/// An anonymous pipe (read end, write end), not inheritable.
+pub fn pipe() -> Result<(OwnedHandle, OwnedHandle)> {
+    let (mut r, mut w): (F::HANDLE, F::HANDLE) = (null_mut(), null_mut());
+    // SAFETY: r and w receive new handles.
+    let ok = unsafe { P::CreatePipe(&mut r, &mut w, null(), 0) };
+    check(ok, "creating a pipe", "CreatePipe", "")?;
+    match (owned(r), owned(w)) {
+        (Some(r), Some(w)) => Ok((r, w)),
+        _ => Err(api("creating a pipe", "CreatePipe", last_error(), "")),
+    }
+}
+
+/// A single-instance, local-only named pipe server with the given DACL.
+pub fn named_pipe_server(name: &str, sddl: &str) -> Result<OwnedHandle> {
+    let sd = SecurityDescriptor::from_sddl(sddl)?;
+    let sa = S::SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<S::SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: sd.ptr(),
+        bInheritHandle: 0,
+    };
+    let w = wide(name);
+    // SAFETY: w is NUL-terminated; sa points into sd, alive for the call.
+    let h = unsafe {
+        P::CreateNamedPipeW(
+            w.as_ptr(),
+            FS::PIPE_ACCESS_DUPLEX | FS::FILE_FLAG_FIRST_PIPE_INSTANCE,
+            P::PIPE_TYPE_BYTE
+                | P::PIPE_READMODE_BYTE
+                | P::PIPE_WAIT
+                | P::PIPE_REJECT_REMOTE_CLIENTS,
+            1,
+            65536,
+            65536,
+            0,
+            &sa,
+        )
+    };
+    owned(h).ok_or_else(|| {
+        api(
+            "creating the runner's control pipe",
+            "CreateNamedPipeW",
+            last_error(),
+            "",
+        )
+    })
+}
+
+/// Waits for the client of a named pipe.
+pub fn connect_pipe(server: &OwnedHandle) -> Result<()> {
+    // SAFETY: the handle is a pipe server; no overlapped I/O.
+    let ok = unsafe { P::ConnectNamedPipe(raw(server), null_mut()) };
+    if ok == 0 && last_error() != F::ERROR_PIPE_CONNECTED {
+        return Err(api(
+            "waiting for the runner",
+            "ConnectNamedPipe",
+            last_error(),
+            "",
+        ));
+    }
+    Ok(())
+}
+
+/// A pseudo console (ConPTY), closed on drop.
+pub struct PseudoConsole(CON::HPCON);
+
+// SAFETY: an HPCON is a kernel-object handle wrapper usable from any thread.
+unsafe impl Send for PseudoConsole {}
+
+impl PseudoConsole {
+    /// `CreatePseudoConsole` reading `input` and writing `output`.
+    pub fn new(
+        cols: i16,
+        rows: i16,
+        input: &OwnedHandle,
+        output: &OwnedHandle,
+    ) -> Result<PseudoConsole> {
+        let mut hpc: CON::HPCON = 0;
+        // SAFETY: both pipe handles are open; hpc receives the console.
+        let hr = unsafe {
+            CON::CreatePseudoConsole(
+                CON::COORD { X: cols, Y: rows },
+                raw(input),
+                raw(output),
+                0,
+                &mut hpc,
+            )
+        };
+        if hr < 0 {
+            return Err(api(
+                "creating the pseudo console",
+                "CreatePseudoConsole",
+                hr as u32,
+                "ConPTY needs Windows 10 1809 or later; run without --pty",
+            ));
+        }
+        Ok(PseudoConsole(hpc))
+    }
+}
+
+impl Drop for PseudoConsole {
+    fn drop(&mut self) {
+        // SAFETY: hpc came from CreatePseudoConsole and is closed once.
+        unsafe { CON::ClosePseudoConsole(self.0) };
+    }
+}
+
+/// The console size of stdout, if it is a console.
+pub fn console_size() -> Option<(i16, i16)> {
+    let out = std::io::stdout();
+    let mut info: CON::CONSOLE_SCREEN_BUFFER_INFO = Default::default();
+    // SAFETY: the handle is stdout's; info is a valid output.
+    let ok =
+        unsafe { CON::GetConsoleScreenBufferInfo(out.as_raw_handle() as F::HANDLE, &mut info) };
+    (ok != 0).then(|| {
+        let w = info.srWindow;
+        (w.Right - w.Left + 1, w.Bottom - w.Top + 1)
+    })
+}
+
+// ---------------------------------------------------------------- local users and groups
+
+fn net_err(step: &str, api_name: &'static str, code: u32) -> WindowsError {
+    api(step, api_name, code, "run `workfence setup` from an elevated prompt; if a policy blocks local accounts, ask your administrator")
+}
+
+/// Creates a local user, or resets its password when it exists. Returns whether it was created.
+pub fn user_add(name: &str, password: &str, comment: &str) -> Result<bool> {
+    let (mut n, mut p, mut c) = (wide(name), wide(password), wide(comment));
+    let info = NM::USER_INFO_1 {
+        usri1_name: n.as_mut_ptr(),
+        usri1_password: p.as_mut_ptr(),
+        usri1_password_age: 0,
+        usri1_priv: NM::USER_PRIV_USER,
+        usri1_home_dir: null_mut(),
+        usri1_comment: c.as_mut_ptr(),
+        usri1_flags: NM::UF_SCRIPT | NM::UF_DONT_EXPIRE_PASSWD | NM::UF_PASSWD_CANT_CHANGE,
+        usri1_script_path: null_mut(),
+    };
+    let mut parm = 0u32;
+    // SAFETY: info points at buffers alive for the call.
+    let r = unsafe { NM::NetUserAdd(null(), 1, &info as *const _ as *const u8, &mut parm) };
+    if r == NM::NERR_Success {
+        return Ok(true);
+    }
+    if r != NM::NERR_UserExists {
+        return Err(net_err(
+            &format!("creating the local user {name}"),
+            "NetUserAdd",
+            r,
+        ));
+    }
+    let set = NM::USER_INFO_1003 {
+        usri1003_password: p.as_mut_ptr(),
+    };
+    // SAFETY: set points at a buffer alive for the call.
+    let r = unsafe {
+        NM::NetUserSetInfo(
+            null(),
+            n.as_ptr(),
+            1003,
+            &set as *const _ as *const u8,
+            &mut parm,
+        )
+    };
+    if r != NM::NERR_Success {
+        return Err(net_err(
+            &format!("resetting the password of {name}"),
+            "NetUserSetInfo",
+            r,
+        ));
+    }
+    Ok(false)
+}
+
+/// Deletes a local user (absent is fine).
+pub fn user_del(name: &str) -> Result<()> {
+    let n = wide(name);
+    // SAFETY: n is NUL-terminated.
+    let r = unsafe { NM::NetUserDel(null(), n.as_ptr()) };
+    if r == NM::NERR_Success || r == NM::NERR_UserNotFound {
+        Ok(())
+    } else {
+        Err(net_err(
+            &format!("deleting the local user {name}"),
+            "NetUserDel",
+            r,
+        ))
+    }
+}
+
+/// Creates a local group (existing is fine).
+pub fn group_add(name: &str, comment: &str) -> Result<()> {
+    let (mut n, mut c) = (wide(name), wide(comment));
+    let info = NM::LOCALGROUP_INFO_1 {
+        lgrpi1_name: n.as_mut_ptr(),
+        lgrpi1_comment: c.as_mut_ptr(),
+    };
+    let mut parm = 0u32;
+    // SAFETY: info points at buffers alive for the call.
+    let r = unsafe { NM::NetLocalGroupAdd(null(), 1, &info as *const _ as *const u8, &mut parm) };
+    if r == NM::NERR_Success || r == F::ERROR_ALIAS_EXISTS || r == NM::NERR_GroupExists {
+        Ok(())
+    } else {
+        Err(net_err(
+            &format!("creating the local group {name}"),
+            "NetLocalGroupAdd",
+            r,
+        ))
+    }
+}
+
+/// Adds a member to a local group (already a member is fine).
+pub fn group_add_member(group: &str, member: &str) -> Result<()> {
+    let g = wide(group);
+    let mut m = wide(member);
+    let info = NM::LOCALGROUP_MEMBERS_INFO_3 {
+        lgrmi3_domainandname: m.as_mut_ptr(),
+    };
+    // SAFETY: info points at a buffer alive for the call.
+    let r = unsafe {
+        NM::NetLocalGroupAddMembers(null(), g.as_ptr(), 3, &info as *const _ as *const u8, 1)
+    };
+    if r == NM::NERR_Success || r == F::ERROR_MEMBER_IN_ALIAS {
+        Ok(())
+    } else {
+        Err(net_err(
+            &format!("adding {member} to {group}"),
+            "NetLocalGroupAddMembers",
+            r,
+        ))
+    }
+}
+
+/// Deletes a local group (absent is fine).
+pub fn group_del(name: &str) -> Result<()> {
+    let n = wide(name);
+    // SAFETY: n is NUL-terminated.
+    let r = unsafe { NM::NetLocalGroupDel(null(), n.as_ptr()) };
+    if r == NM::NERR_Success || r == NM::NERR_GroupNotFound || r == F::ERROR_NO_SUCH_ALIAS {
+        Ok(())
+    } else {
+        Err(net_err(
+            &format!("deleting the local group {name}"),
+            "NetLocalGroupDel",
+            r,
+        ))
+    }
+}
+
+/// The SID of a local account.
+pub fn lookup_sid(name: &str) -> Result<String> {
+    let n = wide(name);
+    let mut sid = vec![0u64; 16];
+    let mut sid_len = (sid.len() * 8) as u32;
+    let mut dom = vec![0u16; 256];
+    let mut dom_len = dom.len() as u32;
+    let mut use_ = 0;
+    // SAFETY: buffers and lengths match.
+    let ok = unsafe {
+        S::LookupAccountNameW(
+            null(),
+            n.as_ptr(),
+            sid.as_mut_ptr() as *mut c_void,
+            &mut sid_len,
+            dom.as_mut_ptr(),
+            &mut dom_len,
+            &mut use_,
+        )
+    };
+    check(
+        ok,
+        &format!("looking up {name}"),
+        "LookupAccountNameW",
+        "run `workfence setup` again",
+    )?;
+    sid_string(sid.as_mut_ptr() as *mut c_void)
+}
+
+/// Deletes a user's profile directory and registry data (best effort).
+pub fn delete_profile(sid: &str) {
+    let s = wide(sid);
+    // SAFETY: s is NUL-terminated.
+    unsafe { windows_sys::Win32::UI::Shell::DeleteProfileW(s.as_ptr(), null(), null()) };
+}
+
+const USER_LIST: &str =
+    "SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\Winlogon\\SpecialAccounts\\UserList";
+
+/// Hides (or unhides) a user from the sign-in screen.
+pub fn hide_user(name: &str, hide: bool) -> Result<()> {
+    let key = wide(USER_LIST);
+    let mut hk: R::HKEY = null_mut();
+    // SAFETY: key is NUL-terminated; hk receives an open key.
+    let r = unsafe {
+        R::RegCreateKeyExW(
+            R::HKEY_LOCAL_MACHINE,
+            key.as_ptr(),
+            0,
+            null(),
+            R::REG_OPTION_NON_VOLATILE,
+            R::KEY_SET_VALUE,
+            null(),
+            &mut hk,
+            null_mut(),
+        )
+    };
+    if r != 0 {
+        return Err(api(
+            "hiding the sandbox users from the sign-in screen",
+            "RegCreateKeyExW",
+            r,
+            "run setup elevated",
+        ));
+    }
+    struct Key(R::HKEY);
+    impl Drop for Key {
+        fn drop(&mut self) {
+            // SAFETY: the key is open and closed once.
+            unsafe { R::RegCloseKey(self.0) };
+        }
+    }
+    let hk = Key(hk);
+    let v = wide(name);
+    let r = if hide {
+        let zero = 0u32.to_le_bytes();
+        // SAFETY: v is NUL-terminated; zero is 4 bytes.
+        unsafe { R::RegSetValueExW(hk.0, v.as_ptr(), 0, R::REG_DWORD, zero.as_ptr(), 4) }
+    } else {
+        // SAFETY: v is NUL-terminated.
+        let r = unsafe { R::RegDeleteValueW(hk.0, v.as_ptr()) };
+        if r == F::ERROR_FILE_NOT_FOUND {
+            0
+        } else {
+            r
+        }
+    };
+    if r != 0 {
+        return Err(api(
+            "hiding the sandbox users from the sign-in screen",
+            "RegSetValueExW",
+            r,
+            "run setup elevated",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- WFP
+
+fn guid(s: &str) -> GUID {
+    let hex: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    GUID::from_u128(u128::from_str_radix(&hex, 16).unwrap_or(0))
+}
+
+struct Engine(F::HANDLE);
+
+impl Engine {
+    fn open() -> Result<Engine> {
+        let mut h: F::HANDLE = null_mut();
+        // SAFETY: default session; h receives the engine handle.
+        let r = unsafe {
+            WFP::FwpmEngineOpen0(
+                null(),
+                windows_sys::Win32::System::Rpc::RPC_C_AUTHN_WINNT,
+                null(),
+                null(),
+                &mut h,
+            )
+        };
+        if r != 0 {
+            return Err(api(
+                "opening the filtering engine",
+                "FwpmEngineOpen0",
+                r,
+                "the Base Filtering Engine service must run, and setup must be elevated",
+            ));
+        }
+        Ok(Engine(h))
+    }
+
+    fn txn<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        // SAFETY: the engine is open.
+        let r = unsafe { WFP::FwpmTransactionBegin0(self.0, 0) };
+        if r != 0 {
+            return Err(api(
+                "starting a filter transaction",
+                "FwpmTransactionBegin0",
+                r,
+                "",
+            ));
+        }
+        match f() {
+            Ok(v) => {
+                // SAFETY: a transaction is open.
+                let r = unsafe { WFP::FwpmTransactionCommit0(self.0) };
+                if r != 0 {
+                    return Err(api(
+                        "committing the filters",
+                        "FwpmTransactionCommit0",
+                        r,
+                        "",
+                    ));
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                // SAFETY: a transaction is open.
+                unsafe { WFP::FwpmTransactionAbort0(self.0) };
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // SAFETY: the engine is open and closed once.
+        unsafe { WFP::FwpmEngineClose0(self.0) };
+    }
+}
+
+const FWP_E_ALREADY_EXISTS: u32 = F::FWP_E_ALREADY_EXISTS as u32;
+
+fn ignore_exists(r: u32) -> u32 {
+    if r == FWP_E_ALREADY_EXISTS {
+        0
+    } else {
+        r
+    }
+}
+
+/// Installs workfence's provider, sublayer and filters (replacing older copies).
+pub fn wfp_install(filters: &[WfpFilter]) -> Result<()> {
+    let engine = Engine::open()?;
+    let mut provider_key = guid(crate::plan::WFP_PROVIDER_KEY);
+    let mut pname = wide("workfence");
+    let mut sname = wide("workfence sandbox users");
+    engine.txn(|| {
+        let provider = WFP::FWPM_PROVIDER0 {
+            providerKey: provider_key,
+            displayData: WFP::FWPM_DISPLAY_DATA0 {
+                name: pname.as_mut_ptr(),
+                description: null_mut(),
+            },
+            flags: WFP::FWPM_PROVIDER_FLAG_PERSISTENT,
+            ..Default::default()
+        };
+        // SAFETY: provider points at buffers alive for the call.
+        let r = ignore_exists(unsafe { WFP::FwpmProviderAdd0(engine.0, &provider, null_mut()) });
+        if r != 0 {
+            return Err(api("adding the WFP provider", "FwpmProviderAdd0", r, ""));
+        }
+        let sub = WFP::FWPM_SUBLAYER0 {
+            subLayerKey: guid(crate::plan::WFP_SUBLAYER_KEY),
+            displayData: WFP::FWPM_DISPLAY_DATA0 {
+                name: sname.as_mut_ptr(),
+                description: null_mut(),
+            },
+            flags: WFP::FWPM_SUBLAYER_FLAG_PERSISTENT,
+            providerKey: &mut provider_key,
+            weight: 0x8000,
+            ..Default::default()
+        };
+        // SAFETY: sub points at buffers alive for the call.
+        let r = ignore_exists(unsafe { WFP::FwpmSubLayerAdd0(engine.0, &sub, null_mut()) });
+        if r != 0 {
+            return Err(api("adding the WFP sublayer", "FwpmSubLayerAdd0", r, ""));
+        }
+        for f in filters {
+            add_filter(&engine, f, &mut provider_key)?;
+        }
+        Ok(())
+    })
+}
+
+fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result<()> {
+    let key = guid(&f.key);
+    // Replace an older copy of the same filter.
+    // SAFETY: key is a valid GUID.
+    unsafe { WFP::FwpmFilterDeleteByKey0(engine.0, &key) };
+    // Condition values point into these boxes, which live until the call returns.
+    let mut sds: Vec<(SecurityDescriptor, Box<WFP::FWP_BYTE_BLOB>)> = Vec::new();
+    let mut v6: Vec<Box<WFP::FWP_BYTE_ARRAY16>> = Vec::new();
+    let mut conds: Vec<WFP::FWPM_FILTER_CONDITION0> = Vec::new();
+    for c in &f.conditions {
+        let mut cond = WFP::FWPM_FILTER_CONDITION0 {
+            matchType: WFP::FWP_MATCH_EQUAL,
+            ..Default::default()
+        };
+        match c {
+            WfpCondition::User(sid) => {
+                let sd = SecurityDescriptor::from_sddl(&format!("D:(A;;CC;;;{sid})"))?;
+                let mut blob = Box::new(WFP::FWP_BYTE_BLOB {
+                    size: sd.len,
+                    data: sd.ptr() as *mut u8,
+                });
+                cond.fieldKey = WFP::FWPM_CONDITION_ALE_USER_ID;
+                cond.conditionValue.r#type = WFP::FWP_SECURITY_DESCRIPTOR_TYPE;
+                cond.conditionValue.Anonymous.sd = &mut *blob;
+                sds.push((sd, blob));
+            }
+            WfpCondition::RemoteV4(a) => {
+                cond.fieldKey = WFP::FWPM_CONDITION_IP_REMOTE_ADDRESS;
+                cond.conditionValue.r#type = WFP::FWP_UINT32;
+                cond.conditionValue.Anonymous.uint32 = u32::from_be_bytes(*a);
+            }
+            WfpCondition::RemoteV6(a) => {
+                let mut b = Box::new(WFP::FWP_BYTE_ARRAY16 { byteArray16: *a });
+                cond.fieldKey = WFP::FWPM_CONDITION_IP_REMOTE_ADDRESS;
+                cond.conditionValue.r#type = WFP::FWP_BYTE_ARRAY16_TYPE;
+                cond.conditionValue.Anonymous.byteArray16 = &mut *b;
+                v6.push(b);
+            }
+            WfpCondition::RemotePort(p) => {
+                cond.fieldKey = WFP::FWPM_CONDITION_IP_REMOTE_PORT;
+                cond.conditionValue.r#type = WFP::FWP_UINT16;
+                cond.conditionValue.Anonymous.uint16 = *p;
+            }
+            WfpCondition::Protocol(p) => {
+                cond.fieldKey = WFP::FWPM_CONDITION_IP_PROTOCOL;
+                cond.conditionValue.r#type = WFP::FWP_UINT8;
+                cond.conditionValue.Anonymous.uint8 = *p;
+            }
+        }
+        conds.push(cond);
+    }
+    let mut name = wide(&f.name);
+    let mut filter = WFP::FWPM_FILTER0 {
+        filterKey: key,
+        displayData: WFP::FWPM_DISPLAY_DATA0 {
+            name: name.as_mut_ptr(),
+            description: null_mut(),
+        },
+        flags: WFP::FWPM_FILTER_FLAG_PERSISTENT,
+        providerKey: provider_key,
+        layerKey: match f.layer {
+            WfpLayer::AleAuthConnectV4 => WFP::FWPM_LAYER_ALE_AUTH_CONNECT_V4,
+            WfpLayer::AleAuthConnectV6 => WFP::FWPM_LAYER_ALE_AUTH_CONNECT_V6,
+            WfpLayer::AleAuthRecvAcceptV4 => WFP::FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V4,
+            WfpLayer::AleAuthRecvAcceptV6 => WFP::FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V6,
+        },
+        subLayerKey: guid(crate::plan::WFP_SUBLAYER_KEY),
+        numFilterConditions: conds.len() as u32,
+        filterCondition: conds.as_mut_ptr(),
+        ..Default::default()
+    };
+    filter.weight.r#type = WFP::FWP_UINT8;
+    filter.weight.Anonymous.uint8 = f.weight;
+    filter.action.r#type = match f.action {
+        WfpAction::Permit => WFP::FWP_ACTION_PERMIT,
+        WfpAction::Block => WFP::FWP_ACTION_BLOCK,
+    };
+    let mut id = 0u64;
+    // SAFETY: filter and everything it points to (name, conds, sds, v6) live until the call returns.
+    let r = unsafe { WFP::FwpmFilterAdd0(engine.0, &filter, null_mut(), &mut id) };
+    drop((sds, v6));
+    if r != 0 {
+        return Err(api(
+            &format!("adding the WFP filter '{}'", f.name),
+            "FwpmFilterAdd0",
+            r,
+            "run setup elevated; the Base Filtering Engine service must run",
+        ));
+    }
+    Ok(())
+}
+
+/// Removes workfence's filters, sublayer and provider (absent is fine).
+pub fn wfp_uninstall(filters: &[WfpFilter]) -> Result<()> {
+    let engine = Engine::open()?;
+    engine.txn(|| {
+        for f in filters {
+            let key = guid(&f.key);
+            // SAFETY: key is a valid GUID; a missing filter is not an error here.
+            unsafe { WFP::FwpmFilterDeleteByKey0(engine.0, &key) };
+        }
+        let sub = guid(crate::plan::WFP_SUBLAYER_KEY);
+        let prov = guid(crate::plan::WFP_PROVIDER_KEY);
+        // SAFETY: valid GUIDs; missing objects are not errors here.
+        unsafe { WFP::FwpmSubLayerDeleteByKey0(engine.0, &sub) };
+        // SAFETY: as above.
+        unsafe { WFP::FwpmProviderDeleteByKey0(engine.0, &prov) };
+        Ok(())
+    })
+}
+
+/// Copies a handle out of another process (for the runner's child process handle).
+pub fn duplicate_from(process: &OwnedHandle, value: usize) -> Result<OwnedHandle> {
+    let mut out: F::HANDLE = null_mut();
+    let me = current_process();
+    // SAFETY: `process` is open with PROCESS_DUP_HANDLE; `value` names a handle in it
+    // (an invalid value only makes the call fail); out receives a new handle.
+    let ok = unsafe {
+        F::DuplicateHandle(
+            raw(process),
+            value as F::HANDLE,
+            me,
+            &mut out,
+            0,
+            0,
+            F::DUPLICATE_SAME_ACCESS,
+        )
+    };
+    check(
+        ok,
+        "taking over the command's process handle from the runner",
+        "DuplicateHandle",
+        "",
+    )?;
+    owned(out).ok_or_else(|| {
+        api(
+            "taking over the command's process handle",
+            "DuplicateHandle",
+            last_error(),
+            "",
+        )
+    })
+}
+
+/// A handle's numeric value, to name it to another process.
+pub fn handle_value(h: &OwnedHandle) -> usize {
+    raw(h) as usize
+}
