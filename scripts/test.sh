@@ -116,7 +116,7 @@ for line in sys.stdin:
     pkg = m.get("package_id", "")
     if "workfence-cli" not in pkg and "/crates/cli" not in pkg:
         continue
-    if t["kind"] == ["bin"] and t["name"] == "workfence":
+    if t["kind"] == ["bin"] and t["name"] == "workfence" and not m["profile"]["test"]:
         print("BIN " + m["executable"])
     elif t["kind"] == ["test"]:
         print("TEST " + t["name"] + " " + m["executable"])
