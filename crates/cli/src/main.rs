@@ -42,6 +42,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Windows: one-time elevated set-up of the sandbox users, group and firewall filters.
+    Setup {
+        /// Remove everything set-up created, and every journaled ACL change.
+        #[arg(long)]
+        uninstall: bool,
+    },
+    /// Windows: restore every ACL change workfence journaled (after a crash).
+    Cleanup,
     /// Print the effective policy (and where each value came from) and the platform plan.
     Explain {
         #[command(flatten)]
@@ -245,6 +253,10 @@ fn explain(opts: RunOpts, target: Option<TargetArg>) -> anyhow::Result<i32> {
 }
 
 fn main() -> ExitCode {
+    // On Windows the same executable doubles as the sandbox runner.
+    if let Some(code) = workfence::windows_runner_if_requested() {
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -260,6 +272,18 @@ fn main() -> ExitCode {
         Cmd::Run { opts, command } => run_cmd(opts, command),
         Cmd::Doctor { json } => Ok(doctor(json)),
         Cmd::Explain { opts, target } => explain(opts, target),
+        Cmd::Setup { uninstall } => workfence::setup(uninstall)
+            .map(|m| {
+                println!("{m}");
+                0
+            })
+            .map_err(Into::into),
+        Cmd::Cleanup => workfence::cleanup()
+            .map(|m| {
+                println!("{m}");
+                0
+            })
+            .map_err(Into::into),
     };
     match r {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

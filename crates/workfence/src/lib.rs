@@ -50,6 +50,12 @@ pub enum Error {
     /// The Linux backend failed.
     #[error(transparent)]
     Linux(#[from] workfence_linux::LinuxError),
+    /// The macOS backend failed.
+    #[error(transparent)]
+    Macos(#[from] workfence_macos::MacError),
+    /// The Windows backend failed.
+    #[error(transparent)]
+    Windows(#[from] workfence_windows::WindowsError),
     /// A layer cannot be enforced and degraded mode was not allowed.
     #[error("refusing to run: {0}. Fix the host (see `workfence doctor`), or pass --allow-degraded to run with what is enforceable")]
     NotEnforceable(String),
@@ -273,10 +279,33 @@ fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(target_os = "macos")]
+fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i32, Error> {
+    let gaps = workfence_macos::unenforced(policy);
+    if !gaps.is_empty() {
+        if !policy.allow_degraded {
+            return Err(Error::NotEnforceable(gaps_text(&gaps)));
+        }
+        report_degraded(&gaps);
+    }
+    let ctx = workfence_macos::MacContext::detect(policy)?;
+    let profile = workfence_macos::profile(policy, layout, &ctx)?;
+    let r = workfence_macos::run(&profile, req);
+    ctx.discard();
+    Ok(r?)
+}
+
+#[cfg(windows)]
+fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i32, Error> {
+    let ctx = workfence_windows::WindowsContext::detect(policy)?;
+    let plan = workfence_windows::plan(policy, layout, &ctx)?;
+    Ok(workfence_windows::run(&plan, req)?)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
 fn run_backend(_policy: &Policy, _layout: &FsLayout, _req: &RunRequest) -> Result<i32, Error> {
     Err(Error::Unsupported(format!(
-        "no workfence backend for {} in this build",
+        "no workfence backend for {}",
         std::env::consts::OS
     )))
 }
@@ -453,10 +482,18 @@ pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
                     .map_err(workfence_linux::LinuxError::from)?;
             let _ = write!(s, "{plan}");
         }
-        Target::Macos | Target::Windows => {
-            return Err(Error::Unsupported(
-                "this target's plan is not available in this build".into(),
-            ));
+        Target::Macos => {
+            let ctx = workfence_macos::MacContext::example(p);
+            let profile = workfence_macos::profile(p, &layout, &ctx)?;
+            for g in workfence_macos::unenforced(p) {
+                let _ = writeln!(s, "NOT enforced on macOS: {}: {}", g.layer, g.detail);
+            }
+            let _ = write!(s, "{profile}");
+        }
+        Target::Windows => {
+            let ctx = workfence_windows::WindowsContext::example(p);
+            let plan = workfence_windows::plan(p, &layout, &ctx)?;
+            let _ = write!(s, "{plan}");
         }
     }
     Ok(s)
@@ -465,16 +502,32 @@ pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
 /// What this host can enforce. The default policy is fully enforceable when every
 /// required entry is [`Enforcement::Full`].
 pub fn doctor() -> Vec<LayerStatus> {
-    #[cfg(target_os = "linux")]
-    {
+    if cfg!(target_os = "macos") {
+        workfence_macos::doctor()
+    } else if cfg!(windows) {
+        workfence_windows::doctor()
+    } else {
         workfence_linux::doctor()
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        vec![LayerStatus {
-            layer: "backend".into(),
-            state: Enforcement::None,
-            detail: format!("no backend for {} in this build", std::env::consts::OS),
-        }]
+}
+
+/// Windows: the one-time elevated set-up (users, group, firewall filters), or its
+/// removal. Other OSes: unsupported.
+pub fn setup(uninstall: bool) -> Result<String, Error> {
+    Ok(workfence_windows::setup(uninstall)?)
+}
+
+/// Windows: restores every journaled ACL change. Other OSes: unsupported.
+pub fn cleanup() -> Result<String, Error> {
+    Ok(workfence_windows::cleanup()?)
+}
+
+/// Windows: when this process was started as the sandbox runner, runs it and returns
+/// its exit status. Call first in `main`. Elsewhere always `None`.
+pub fn windows_runner_if_requested() -> Option<i32> {
+    if cfg!(windows) {
+        workfence_windows::runner_main_if_requested()
+    } else {
+        None
     }
 }
