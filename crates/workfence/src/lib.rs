@@ -222,6 +222,7 @@ fn run_unsandboxed(policy: &Policy, argv: Vec<OsString>) -> Result<i32, Error> {
     Ok(status.code().unwrap_or(1))
 }
 
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 fn gaps_text(gaps: &[LayerStatus]) -> String {
     gaps.iter()
         .map(|g| format!("{} ({})", g.layer, g.detail))
@@ -229,6 +230,7 @@ fn gaps_text(gaps: &[LayerStatus]) -> String {
         .join("; ")
 }
 
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 fn report_degraded(gaps: &[LayerStatus]) {
     eprintln!("workfence: DEGRADED sandbox (--allow-degraded). NOT enforced:");
     for g in gaps {
