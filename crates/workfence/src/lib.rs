@@ -26,7 +26,9 @@ use workfence_policy::config::{ConfigError, ConfigFile};
 use workfence_policy::layout::{self, FileKind, FsLayout, FsProbe, LayoutError};
 use workfence_policy::resolve::{resolve, CliOverrides, Layers, Resolved};
 use workfence_policy::run::RunRequest;
-use workfence_policy::{Enforcement, ExecDecision, LayerStatus, Mode, Policy};
+use workfence_policy::{ExecDecision, LayerStatus, Mode, Policy};
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+use workfence_policy::Enforcement;
 
 pub use workfence_policy as policy;
 
@@ -502,7 +504,7 @@ pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
 }
 
 /// What this host can enforce. The default policy is fully enforceable when every
-/// required entry is [`Enforcement::Full`].
+/// required entry is [`Enforcement::Full`](workfence_policy::Enforcement::Full).
 pub fn doctor() -> Vec<LayerStatus> {
     if cfg!(target_os = "macos") {
         workfence_macos::doctor()
