@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::WindowsError;
@@ -154,9 +154,9 @@ fn by_path<'a>(aces: impl Iterator<Item = &'a AcePlan>) -> Vec<(String, Vec<&'a 
 }
 
 /// Applies the persistent ACEs and creates the per-run placeholders.
-pub fn apply(plan: &WindowsPlan, workspace_id: &str) -> Result<(), WindowsError> {
+pub fn apply(plan: &WindowsPlan, marker: &Path) -> Result<(), WindowsError> {
     let mut j = Journal::open()?;
-    recover(&mut j, false)?;
+    recover(&mut j, false, Some(marker))?;
     fs::create_dir_all(&plan.temp_dir)
         .map_err(io("creating the private temp dir", plan.temp_dir.as_ref()))?;
     for (path, aces) in by_path(plan.aces.iter().filter(|a| !a.per_run)) {
@@ -201,7 +201,6 @@ pub fn apply(plan: &WindowsPlan, workspace_id: &str) -> Result<(), WindowsError>
             .collect();
         add_aces(&mut j, &ph.path, &aces)?;
     }
-    let _ = workspace_id;
     Ok(())
 }
 
@@ -334,9 +333,13 @@ fn parse_ace(s: &str) -> Option<crate::sddl::Ace> {
 
 /// Finishes what a crashed run left: rolls back half-applied changes and, when no run
 /// is alive, removes leftover placeholders. With `everything`, undoes all changes.
-fn recover(j: &mut Journal, everything: bool) -> Result<Vec<String>, WindowsError> {
+fn recover(
+    j: &mut Journal,
+    everything: bool,
+    own: Option<&Path>,
+) -> Result<Vec<String>, WindowsError> {
     let mut notes = Vec::new();
-    let live = state::others_alive(&state::runs_dir(), Some(std::process::id()));
+    let live = state::others_alive(&state::runs_dir(), own);
     if !live {
         notes.extend(
             remove_placeholders(j, |_| true)?
@@ -367,12 +370,12 @@ fn recover(j: &mut Journal, everything: bool) -> Result<Vec<String>, WindowsErro
 /// and temp dirs.
 pub fn cleanup() -> Result<String, WindowsError> {
     let mut j = Journal::open()?;
-    if state::others_alive(&state::runs_dir(), Some(std::process::id())) {
+    if state::others_alive(&state::runs_dir(), None) {
         return Err(WindowsError::Runner(
             "another workfence run is active; wait for it to finish, then run `workfence cleanup` again".into(),
         ));
     }
-    let mut notes = recover(&mut j, true)?;
+    let mut notes = recover(&mut j, true, None)?;
     let temp = state::temp_root();
     if temp.exists() {
         match fs::remove_dir_all(&temp) {

@@ -154,8 +154,9 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
         temp: None,
     };
     if !plan.unsandboxed {
-        guard.marker = Some(state::RunMarker::create(&workspace_id(&ws))?);
-        acl::apply(plan, &workspace_id(&ws))?;
+        let marker = state::RunMarker::create(&workspace_id(&ws))?;
+        acl::apply(plan, marker.path())?;
+        guard.marker = Some(marker);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());

@@ -160,20 +160,27 @@ pub struct RunMarker {
 }
 
 impl RunMarker {
-    /// Creates the marker of this process.
+    /// Creates this run's marker (`<pid>-<n>`: one process may run several sandboxes).
     pub fn create(workspace_id: &str) -> Result<RunMarker, WindowsError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = state_dir().join("runs").join(workspace_id);
         fs::create_dir_all(&dir).map_err(io("registering the run", &dir))?;
-        let path = dir.join(std::process::id().to_string());
+        let path = dir.join(format!("{}-{n}", std::process::id()));
         fs::write(&path, b"").map_err(io("registering the run", &path))?;
         Ok(RunMarker { path })
+    }
+
+    /// The marker file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Whether another live run uses the same workspace.
     pub fn others_alive(&self) -> bool {
         others_alive(
             self.path.parent().unwrap_or(Path::new(".")),
-            Some(std::process::id()),
+            Some(&self.path),
         )
     }
 }
@@ -184,9 +191,10 @@ impl Drop for RunMarker {
     }
 }
 
-/// Whether any live run (other than `except`) is registered for any workspace under
-/// `dir` (a workspace's run dir, or the whole `runs` dir).
-pub fn others_alive(dir: &Path, except: Option<u32>) -> bool {
+/// Whether any live run (other than the marker `except`) is registered under `dir`
+/// (one workspace's run dir, or the whole `runs` dir). Markers of dead processes are
+/// removed on the way.
+pub fn others_alive(dir: &Path, except: Option<&Path>) -> bool {
     let mut alive = false;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -196,17 +204,18 @@ pub fn others_alive(dir: &Path, except: Option<u32>) -> bool {
                 stack.push(p);
                 continue;
             }
+            if Some(p.as_path()) == except {
+                continue;
+            }
             let Some(pid) = p
                 .file_name()
                 .and_then(|n| n.to_str())
+                .and_then(|n| n.split('-').next())
                 .and_then(|n| n.parse::<u32>().ok())
             else {
                 continue;
             };
-            if Some(pid) == except {
-                continue;
-            }
-            if sys::pid_alive(pid) {
+            if pid == std::process::id() || sys::pid_alive(pid) {
                 alive = true;
             } else {
                 let _ = fs::remove_file(&p);
