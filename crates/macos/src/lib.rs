@@ -45,6 +45,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 use workfence_policy::{Network, Policy};
 
+mod launch;
 mod profile;
 #[cfg(target_os = "macos")]
 mod run;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::Write as _;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use workfence_policy::run::{EXIT_SIGNAL_BASE, EXIT_TIMEOUT};
 use workfence_policy::{Enforcement, LayerStatus, Policy};
 
+use crate::launch::{self, command_env, marker_fd, REAPER};
 use crate::profile::SANDBOX_EXEC;
 use crate::sys::{self, ChildSetup, ProcInfo, SandboxCheck};
 use crate::{MacContext, MacError, SeatbeltProfile};
@@ -23,27 +24,6 @@ use crate::{MacContext, MacError, SeatbeltProfile};
 const TICK: Duration = Duration::from_millis(20);
 /// How often the whole table is swept for escaped (reparented) descendants.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
-
-/// Kills the last known descendants when workfence dies without cleaning up
-/// (SIGKILL): macOS has no parent-death signal. It runs outside the sandbox, in its
-/// own process group (so the terminal's Ctrl-C does not kill it first), reads pid
-/// lists on stdin and acts on EOF unless it was told "done".
-const REAPER: &str = r#"trap '' INT HUP TERM QUIT
-pids=
-while IFS= read -r line; do
-  case $line in
-    done) exit 0 ;;
-    *) pids=$line ;;
-  esac
-done
-if [ -n "$pids" ]; then
-  kill -s STOP -- $pids 2>/dev/null
-  kill -s KILL -- $pids 2>/dev/null
-  sleep 0.1
-  kill -s KILL -- $pids 2>/dev/null
-fi
-exit 0
-"#;
 
 pub(crate) fn detect(_policy: &Policy) -> Result<MacContext, MacError> {
     let home = match std::env::var_os("HOME").map(PathBuf::from) {
@@ -402,17 +382,6 @@ fn status_code(st: ExitStatus) -> i32 {
     }
 }
 
-/// The lowest fd in 3..=9 the command does not inherit: the shim's redirections
-/// need a single digit.
-fn marker_fd(keep: &[RawFd]) -> Result<RawFd, MacError> {
-    (3..=9).find(|fd| !keep.contains(fd)).ok_or_else(|| {
-        MacError::Request(
-            "keep_fds uses every fd from 3 to 9; leave one free for workfence's start marker"
-                .into(),
-        )
-    })
-}
-
 pub(crate) fn run(
     profile: &SeatbeltProfile,
     req: &workfence_policy::run::RunRequest,
@@ -456,7 +425,7 @@ fn run_inner(
     // The shim reports that the sandbox is applied (sandbox-exec only execs after
     // sandbox_init succeeded), closes the marker and becomes the command. sh maps
     // "not found" to 127 and "cannot execute" to 126, as the contract wants.
-    let shim = format!("printf x >&{marker_target}; exec {marker_target}>&-; exec \"$0\" \"$@\"");
+    let shim = launch::shim(marker_target);
 
     let mut cmd = Command::new(SANDBOX_EXEC);
     cmd.args(profile.sandbox_exec_args())
@@ -588,32 +557,6 @@ fn run_inner(
     reaper.done();
     drop(signals);
     Ok(code)
-}
-
-/// The request's environment plus what the sandbox needs: TMPDIR is the private
-/// temp dir; xcrun (behind /usr/bin/cc, git, python3) skips its lookup cache, which
-/// lives in the host's shared per-user temp dir and which the command must not
-/// write (it maps tool names to paths the host runs later); clang's module cache
-/// moves into the private temp dir. The last two only when the caller set none.
-fn command_env(req: &workfence_policy::run::RunRequest, tmp: &Path) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = req
-        .env
-        .iter()
-        .filter(|(k, _)| k != "TMPDIR")
-        .cloned()
-        .collect();
-    env.push(("TMPDIR".into(), format!("{}/", tmp.display())));
-    let mut default = |k: &str, v: String| {
-        if !env.iter().any(|(n, _)| n == k) {
-            env.push((k.into(), v));
-        }
-    };
-    default("xcrun_nocache", "1".into());
-    default(
-        "CLANG_MODULE_CACHE_PATH",
-        tmp.join("clang-module-cache").display().to_string(),
-    );
-    env
 }
 
 /// 124 at the deadline, 128+N after stop signal N.
