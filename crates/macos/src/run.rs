@@ -329,6 +329,10 @@ impl Relay {
     fn pump(&mut self, timeout: Duration) {
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         let m = self.master.as_raw_fd();
+        // The kernel sends SIGWINCH to the command when its pty is resized.
+        if sys::take_window_change() && sys::isatty(1) {
+            sys::copy_winsize(1, m);
+        }
         let mut fds = Vec::new();
         if self.master_open {
             fds.push(m);

@@ -393,10 +393,22 @@ extern "C" fn on_signal(sig: c_int) {
     PENDING_SIGNAL.store(sig, Ordering::SeqCst);
 }
 
+static WINDOW_CHANGED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_winch(_sig: c_int) {
+    WINDOW_CHANGED.store(1, Ordering::SeqCst);
+}
+
+/// Whether the terminal was resized since the last call (for the pty relay).
+pub fn take_window_change() -> bool {
+    WINDOW_CHANGED.swap(0, Ordering::SeqCst) != 0
+}
+
 /// The signals that stop workfence politely; each kills the whole tree.
 pub const STOP_SIGNALS: [c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-/// Handlers for [`STOP_SIGNALS`] while alive; the previous ones come back on drop.
+/// Handlers for [`STOP_SIGNALS`] and SIGWINCH while alive; the previous ones come
+/// back on drop.
 pub struct SignalGuard {
     saved: Vec<(c_int, libc::sigaction)>,
 }
@@ -412,11 +424,15 @@ impl SignalGuard {
     pub fn install() -> io::Result<SignalGuard> {
         PENDING_SIGNAL.store(0, Ordering::SeqCst);
         let mut saved = Vec::new();
-        for sig in STOP_SIGNALS {
+        let handlers = STOP_SIGNALS
+            .iter()
+            .map(|&s| (s, on_signal as extern "C" fn(c_int)))
+            .chain([(libc::SIGWINCH, on_winch as extern "C" fn(c_int))]);
+        for (sig, handler) in handlers {
             let mut new = MaybeUninit::<libc::sigaction>::zeroed();
             // SAFETY: `new` is a zeroed sigaction we own; we set its fields below.
             let new_ref = unsafe { new.assume_init_mut() };
-            new_ref.sa_sigaction = on_signal as extern "C" fn(c_int) as usize;
+            new_ref.sa_sigaction = handler as usize;
             new_ref.sa_flags = 0;
             let mut old = MaybeUninit::<libc::sigaction>::zeroed();
             // SAFETY: both pointers are valid sigaction structs; the handler only
