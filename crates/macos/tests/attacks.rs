@@ -785,3 +785,35 @@ fn doctor_reports_seatbelt() {
                 && l.state == workfence_policy::Enforcement::Full)
     );
 }
+
+// ------------------------------------------------------------------ terminal
+
+#[test]
+fn t1_no_controlling_terminal_without_pty_and_a_private_one_with() {
+    let sc = scene(false);
+    let p = sc.policy();
+    // Own session: /dev/tty cannot be opened, so there is no terminal to inject into.
+    assert_ne!(
+        sc.sandboxed(&p, "exec 3</dev/tty", None),
+        0,
+        "the command still has a controlling terminal"
+    );
+    // With a pty the command gets a terminal of its own.
+    let layout = compute(&p, &sc.h, &RealFs).unwrap();
+    let mut ctx = MacContext::detect(&p).unwrap();
+    ctx.home = sc.h.clone();
+    let prof = profile(&p, &layout, &ctx).unwrap();
+    let req = RunRequest {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "test -t 0 && test -t 1 && exec 3</dev/tty".into(),
+        ],
+        env: sc.env(),
+        cwd: sc.ws.clone(),
+        timeout: Some(Duration::from_secs(20)),
+        pty: true,
+        keep_fds: vec![],
+    };
+    assert_eq!(run(&prof, &req).unwrap(), 0);
+}
