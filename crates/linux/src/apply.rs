@@ -14,6 +14,7 @@
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -653,7 +654,13 @@ fn exec(prep: &Prepared, err: RawFd) -> ! {
         let Ok(c) = CString::new(full) else { continue };
         let e = sys::execve(&c, &argv, &envp);
         match e.raw_os_error() {
-            Some(libc::EACCES) | Some(libc::EPERM) => saw_eacces = Some(e),
+            // EACCES from a PATH directory we cannot search is "not found" (like a
+            // shell); only an existing file we may not execute is "not executable".
+            Some(libc::EACCES) | Some(libc::EPERM) => {
+                if std::fs::metadata(std::ffi::OsStr::from_bytes(c.as_bytes())).is_ok() {
+                    saw_eacces = Some(e);
+                }
+            }
             Some(libc::ENOENT)
             | Some(libc::ENOTDIR)
             | Some(libc::ELOOP)

@@ -117,7 +117,7 @@ pub fn checks() -> Vec<LayerStatus> {
             "not available (fix: a kernel with CONFIG_SECCOMP_FILTER=y)",
         ));
     }
-    let (uid, _) = sys::ids();
+    let uid = if crate::is_global_root() { 0 } else { 1 };
     let facts_cg = crate::probe::facts(
         &workfence_policy::layout::FsLayout {
             writable: vec![],

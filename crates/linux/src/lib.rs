@@ -73,6 +73,25 @@ pub fn run(_plan: &LinuxPlan, _req: &RunRequest) -> Result<i32, LinuxError> {
     Err(LinuxError::Unsupported)
 }
 
+/// Whether workfence runs as the real root (uid 0 of the initial user namespace), for
+/// which RLIMIT_NPROC does not apply. Root of a nested user namespace is not.
+#[cfg(target_os = "linux")]
+pub fn is_global_root() -> bool {
+    sys::ids().0 == 0
+        && std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+            m.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() == 3 && f[0] == "0" && f[1] == "0"
+            })
+        })
+}
+
+/// Whether workfence runs as the real root (not on Linux: never).
+#[cfg(not(target_os = "linux"))]
+pub fn is_global_root() -> bool {
+    false
+}
+
 /// What this host can enforce.
 #[cfg(target_os = "linux")]
 pub fn doctor() -> Vec<LayerStatus> {

@@ -26,9 +26,9 @@ use workfence_policy::config::{ConfigError, ConfigFile};
 use workfence_policy::layout::{self, FileKind, FsLayout, FsProbe, LayoutError};
 use workfence_policy::resolve::{resolve, CliOverrides, Layers, Resolved};
 use workfence_policy::run::RunRequest;
-use workfence_policy::{ExecDecision, LayerStatus, Mode, Policy};
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 use workfence_policy::Enforcement;
+use workfence_policy::{ExecDecision, LayerStatus, Mode, Policy};
 
 pub use workfence_policy as policy;
 
@@ -316,11 +316,7 @@ fn run_backend(_policy: &Policy, _layout: &FsLayout, _req: &RunRequest) -> Resul
 
 #[cfg(unix)]
 fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the process's effective uid.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+    workfence_linux::is_global_root()
 }
 
 #[cfg(not(unix))]
