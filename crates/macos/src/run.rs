@@ -600,10 +600,20 @@ pub(crate) fn doctor() -> Vec<LayerStatus> {
         ));
         return out;
     }
+    // The generated profile itself must compile here: an operation or filter name
+    // this macOS does not know would make every run fail.
+    if let Err(why) = compiles_here() {
+        out.push(layer(
+            "Seatbelt (sandbox-exec)",
+            Enforcement::None,
+            format!("this macOS rejects workfence's generated profile: {why}; workfence refuses to run commands. Report it with `sw_vers` output"),
+        ));
+        return out;
+    }
     out.push(layer(
         "Seatbelt (sandbox-exec)",
         Enforcement::Full,
-        format!("{SANDBOX_EXEC} applies profiles (deprecated by Apple but present and used by the OS itself)"),
+        format!("{SANDBOX_EXEC} applies workfence's profiles (sandbox-exec is deprecated by Apple but present and used by the OS itself)"),
     ));
     out.push(layer(
         "filesystem writes",
@@ -648,4 +658,66 @@ pub(crate) fn doctor() -> Vec<LayerStatus> {
         "TMPDIR is a private 0700 directory; /tmp itself is shared on macOS and therefore not writable".into(),
     ));
     out
+}
+
+/// Runs `/usr/bin/true` under the profiles of an example policy with every kind of
+/// rule (protected, pinned and hidden paths; network proxy and on).
+fn compiles_here() -> Result<(), String> {
+    use workfence_policy::layout::{
+        FileKind, FsLayout, HiddenPath, ProtectedPath, Protection, RootKind, WritableRoot,
+    };
+    use workfence_policy::{Network, ProxyPolicy, Source};
+    let ws = "/Users/dev/src/proj";
+    let layout = FsLayout {
+        writable: vec![WritableRoot {
+            path: ws.into(),
+            kind: RootKind::Workspace,
+            source: Source::Default,
+        }],
+        protected: vec![
+            ProtectedPath {
+                path: format!("{ws}/.git").into(),
+                exists: Some(FileKind::Dir),
+                missing_as_dir: true,
+                protection: Protection::Pinned,
+                reason: "doctor".into(),
+            },
+            ProtectedPath {
+                path: format!("{ws}/.git/hooks").into(),
+                exists: None,
+                missing_as_dir: true,
+                protection: Protection::ReadOnly,
+                reason: "doctor".into(),
+            },
+        ],
+        hidden: vec![HiddenPath {
+            path: "/Users/dev/.ssh".into(),
+            kind: FileKind::Dir,
+            source: Source::Default,
+        }],
+        cwd: ws.into(),
+        notes: vec![],
+    };
+    for network in [Network::On, Network::Proxy(ProxyPolicy::default())] {
+        let mut policy = Policy::new(ws);
+        policy.network = network;
+        let ctx = MacContext::example(&policy);
+        let sb = crate::profile(&policy, &layout, &ctx).map_err(|e| e.to_string())?;
+        let out = Command::new(SANDBOX_EXEC)
+            .args(sb.sandbox_exec_args())
+            .arg("/usr/bin/true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} ({})",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                out.status
+            ));
+        }
+    }
+    Ok(())
 }

@@ -776,14 +776,21 @@ fn read_only_mode_writes_nothing_but_tmp() {
 }
 
 #[test]
-fn doctor_reports_seatbelt() {
+fn doctor_reports_seatbelt_and_the_profile_compiles() {
     let layers = workfence_macos::doctor();
-    assert!(
-        layers
-            .iter()
-            .any(|l| l.layer.starts_with("Seatbelt")
-                && l.state == workfence_policy::Enforcement::Full)
+    let seatbelt = layers
+        .iter()
+        .find(|l| l.layer.starts_with("Seatbelt"))
+        .expect("a Seatbelt entry");
+    assert_eq!(
+        seatbelt.state,
+        workfence_policy::Enforcement::Full,
+        "{}",
+        seatbelt.detail
     );
+    for l in &layers {
+        eprintln!("{:?} {}: {}", l.state, l.layer, l.detail);
+    }
 }
 
 // ------------------------------------------------------------------ terminal
