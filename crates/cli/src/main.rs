@@ -57,6 +57,9 @@ enum Cmd {
         /// Print the plan for another OS.
         #[arg(long, value_enum)]
         target: Option<TargetArg>,
+        /// Print JSON (policy, layout and plan) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -240,7 +243,7 @@ fn doctor(json: bool) -> i32 {
     }
 }
 
-fn explain(opts: RunOpts, target: Option<TargetArg>) -> anyhow::Result<i32> {
+fn explain(opts: RunOpts, target: Option<TargetArg>, json: bool) -> anyhow::Result<i32> {
     let resolved = workfence::load_policy(opts.overrides()?)?;
     let target = match target {
         None => Target::current(),
@@ -248,7 +251,12 @@ fn explain(opts: RunOpts, target: Option<TargetArg>) -> anyhow::Result<i32> {
         Some(TargetArg::Macos) => Target::Macos,
         Some(TargetArg::Windows) => Target::Windows,
     };
-    print!("{}", workfence::explain(&resolved, target)?);
+    if json {
+        let v = workfence::explain_json(&resolved, target)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", workfence::explain(&resolved, target)?);
+    }
     Ok(0)
 }
 
@@ -271,7 +279,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Cmd::Run { opts, command } => run_cmd(opts, command),
         Cmd::Doctor { json } => Ok(doctor(json)),
-        Cmd::Explain { opts, target } => explain(opts, target),
+        Cmd::Explain { opts, target, json } => explain(opts, target, json),
         Cmd::Setup { uninstall } => workfence::setup(uninstall)
             .map(|m| {
                 println!("{m}");

@@ -129,6 +129,9 @@ pub enum LayoutError {
     /// A writable root is too broad to grant.
     #[error("refusing to make {0} writable: it is the filesystem root or the home directory itself; name a narrower directory, or use --mode full-access")]
     TooBroad(PathBuf),
+    /// The workspace lies inside a hidden path.
+    #[error("workspace {0} is inside the hidden path {1}; pick another workspace, or take {1} off the secret list (allow_read)")]
+    WorkspaceHidden(PathBuf, PathBuf),
     /// The working directory is not inside the sandbox view.
     #[error("working directory {0} does not exist; pass an existing --cwd")]
     MissingCwd(PathBuf),
@@ -645,6 +648,11 @@ pub fn compute(policy: &Policy, home: &Path, probe: &dyn FsProbe) -> Result<FsLa
                 kind,
                 source: d.source.clone(),
             });
+        }
+    }
+    if policy.mode != Mode::FullAccess {
+        if let Some(h) = hidden.iter().find(|h| ws.starts_with(&h.path)) {
+            return Err(LayoutError::WorkspaceHidden(ws, h.path.clone()));
         }
     }
     hidden.sort_by(|a, b| a.path.cmp(&b.path));

@@ -499,6 +499,47 @@ pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
     Ok(s)
 }
 
+/// The effective policy, its filesystem layout and the platform plan as JSON, for
+/// agents and tools (the text of [`explain`] is for people).
+pub fn explain_json(resolved: &Resolved, target: Target) -> Result<serde_json::Value, Error> {
+    let p = &resolved.policy;
+    let mut out = serde_json::json!({
+        "policy": p,
+        "warnings": resolved.warnings,
+    });
+    if p.mode == Mode::FullAccess {
+        return Ok(out);
+    }
+    let layout = compute_layout(p)?;
+    let plan = match target {
+        Target::Linux => {
+            let want_cgroup = is_root() || p.limits.memory_bytes.is_some();
+            let facts = workfence_linux::host_facts(
+                &layout,
+                false,
+                want_cgroup && cfg!(target_os = "linux"),
+            );
+            let plan =
+                workfence_linux::plan(p, &layout, &facts, workfence_linux::Isolation::Namespaces)
+                    .map_err(workfence_linux::LinuxError::from)?;
+            serde_json::json!({ "target": "linux", "plan": plan })
+        }
+        Target::Macos => {
+            let ctx = workfence_macos::MacContext::example(p);
+            let profile = workfence_macos::profile(p, &layout, &ctx)?;
+            serde_json::json!({ "target": "macos", "profile": profile.to_string(), "not_enforced": workfence_macos::unenforced(p) })
+        }
+        Target::Windows => {
+            let ctx = workfence_windows::WindowsContext::example(p);
+            let plan = workfence_windows::plan(p, &layout, &ctx)?;
+            serde_json::json!({ "target": "windows", "plan": plan })
+        }
+    };
+    out["layout"] = serde_json::to_value(&layout).unwrap_or_default();
+    out["platform"] = plan;
+    Ok(out)
+}
+
 /// What this host can enforce. The default policy is fully enforceable when every
 /// required entry is [`Enforcement::Full`](workfence_policy::Enforcement::Full).
 pub fn doctor() -> Vec<LayerStatus> {
