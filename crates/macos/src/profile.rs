@@ -76,9 +76,11 @@ impl fmt::Display for SeatbeltProfile {
                 shell_quote(&format!("{name}={value}"))
             )?;
         }
+        // The shim with the first marker fd (3); a request that keeps fd 3 gets 4, ...
         writeln!(
             f,
-            ";;     /bin/sh -c '<start marker; exec \"$0\" \"$@\">' COMMAND..."
+            ";;     /bin/sh -c {} COMMAND...",
+            shell_quote(&crate::launch::shim(3))
         )?;
         writeln!(f, ";; The command gets TMPDIR={}/", self.tmp_dir.display())?;
         writeln!(f)?;
