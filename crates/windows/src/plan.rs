@@ -969,7 +969,7 @@ pub fn plan(
     match &run_as {
         RunAs::OfflineUser { name, .. } | RunAs::OnlineUser { name, .. } => {
             launch.push(format!("CreateProcessWithLogonW as .\\{name} (LOGON_WITH_PROFILE, CREATE_SUSPENDED) starts workfence-windows-runner; it is put in the job before it runs"));
-            launch.push("the runner reads the request from a named pipe that only the sandbox group may open, builds the restricted token from its own token and starts the command with CreateProcessAsUserW".into());
+            launch.push("the runner reads the request from a single-instance named pipe that only SYSTEM, the invoking user and the sandbox user may open, builds the restricted token from its own token, starts the command with CreateProcessAsUserW, hands over its handle and exits".into());
         }
         RunAs::CurrentUser { .. } if full => {
             launch.push(
