@@ -121,7 +121,17 @@ fn add_aces(j: &mut Journal, path: &str, aces: &[&AcePlan]) -> Result<(), Window
         path: path.to_string(),
         source,
     })?;
-    let wanted: Vec<_> = aces.iter().map(|a| a.ace.clone()).collect();
+    // Inheritance flags mean nothing on a file (an extra writable root may be one).
+    let wanted: Vec<_> = aces
+        .iter()
+        .map(|a| {
+            let mut ace = a.ace.clone();
+            if !t.dir {
+                ace.inherit = crate::sddl::Inherit::None;
+            }
+            ace
+        })
+        .collect();
     let added = dacl.add(&wanted);
     if added.is_empty() {
         return Ok(());

@@ -59,6 +59,8 @@ pub struct Launched {
     pub child: sys::Child,
     /// ConPTY state, when --pty.
     pub pty: Option<PtyRelay>,
+    /// Pipe relays, without --pty.
+    pub stdio: Option<ChildStdio>,
 }
 
 /// Keeps the pseudo console and its output relay alive until the command ends.
@@ -93,21 +95,81 @@ pub fn env_block(env: &[(String, String)]) -> Vec<u16> {
     out
 }
 
-fn stdio_handle(h: std::os::windows::io::RawHandle) -> Result<OwnedHandle, WindowsError> {
-    match sys::inheritable(h) {
-        Ok(h) => Ok(h),
-        // No usable handle (detached process): give the command NUL instead.
-        Err(_) => {
-            let nul = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("NUL")
-                .map_err(crate::win::state::io(
-                    "opening NUL for stdio",
-                    "NUL".as_ref(),
-                ))?;
-            sys::inheritable(nul.as_raw_handle())
+fn nul() -> Result<OwnedHandle, WindowsError> {
+    let nul = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("NUL")
+        .map_err(crate::win::state::io(
+            "opening NUL for stdio",
+            "NUL".as_ref(),
+        ))?;
+    sys::inheritable(nul.as_raw_handle())
+}
+
+/// The command's three stdio handles (inheritable), and the threads that relay a
+/// console through pipes.
+pub struct ChildStdio {
+    /// stdin, stdout, stderr.
+    pub handles: [OwnedHandle; 3],
+    relays: Vec<JoinHandle<()>>,
+}
+
+impl ChildStdio {
+    /// Our stdio for the command. A console is never handed over (its input handle
+    /// could inject keystrokes into the host shell): it is relayed through a pipe.
+    pub fn new() -> Result<ChildStdio, WindowsError> {
+        let mut relays = Vec::new();
+        let stdin = std::io::stdin().as_raw_handle();
+        let input = if sys::is_console(stdin) {
+            let (r, w) = sys::pipe()?;
+            let mut w = std::fs::File::from(w);
+            // Never joined: it ends with our stdin or when the command closes the pipe.
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut stdin = std::io::stdin();
+                while let Ok(n) = stdin.read(&mut buf) {
+                    if n == 0 || w.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            sys::inheritable(r.as_raw_handle())?
+        } else {
+            sys::inheritable(stdin).or_else(|_| nul())?
+        };
+        let mut out =
+            |h: std::os::windows::io::RawHandle, err: bool| -> Result<OwnedHandle, WindowsError> {
+                if !sys::is_console(h) {
+                    return sys::inheritable(h).or_else(|_| nul());
+                }
+                let (r, w) = sys::pipe()?;
+                let mut r = std::fs::File::from(r);
+                relays.push(std::thread::spawn(move || {
+                    let _ = if err {
+                        std::io::copy(&mut r, &mut std::io::stderr())
+                    } else {
+                        std::io::copy(&mut r, &mut std::io::stdout())
+                    };
+                }));
+                sys::inheritable(w.as_raw_handle())
+            };
+        let output = out(std::io::stdout().as_raw_handle(), false)?;
+        let error = out(std::io::stderr().as_raw_handle(), true)?;
+        Ok(ChildStdio {
+            handles: [input, output, error],
+            relays,
+        })
+    }
+
+    /// Closes our copies and waits for the output relays (call after the job is
+    /// terminated, so that no process holds the pipes open).
+    pub fn finish(self) {
+        drop(self.handles);
+        for r in self.relays {
+            let _ = r.join();
         }
+        let _ = std::io::stdout().flush();
     }
 }
 
@@ -150,23 +212,19 @@ pub fn launch(req: &Request) -> Result<Result<Launched, (i32, String)>, WindowsE
         )?)
     };
     let env = env_block(&req.env);
-    let (child, relay) = match req.pty {
+    let (child, relay, stdio) = match req.pty {
         None => {
-            let h = [
-                stdio_handle(std::io::stdin().as_raw_handle())?,
-                stdio_handle(std::io::stdout().as_raw_handle())?,
-                stdio_handle(std::io::stderr().as_raw_handle())?,
-            ];
-            let stdio = sys::Stdio::Handles([&h[0], &h[1], &h[2]]);
+            let stdio = ChildStdio::new()?;
+            let [a, b, c] = &stdio.handles;
             match sys::spawn(
                 token.as_ref(),
                 &req.app,
                 &req.cmdline,
                 &env,
                 &req.cwd,
-                stdio,
+                sys::Stdio::Handles([a, b, c]),
             ) {
-                Ok(c) => (c, None),
+                Ok(child) => (child, None, Some(stdio)),
                 Err(sys::SpawnError(code)) => return Ok(Err(spawn_failure(&req.app, code))),
             }
         }
@@ -210,8 +268,13 @@ pub fn launch(req: &Request) -> Result<Result<Launched, (i32, String)>, WindowsE
                     console: Some(console),
                     output: Some(out),
                 }),
+                None,
             )
         }
     };
-    Ok(Ok(Launched { child, pty: relay }))
+    Ok(Ok(Launched {
+        child,
+        pty: relay,
+        stdio,
+    }))
 }

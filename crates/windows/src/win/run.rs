@@ -229,22 +229,26 @@ fn run_direct(
     };
     // In the job before the first instruction runs: nothing can escape it.
     if let Err(e) = job.assign(&launched.child.process) {
-        job.terminate(EXIT_SETUP as u32);
-        let _ = sys::exit_code(&launched.child.process);
+        sys::terminate_process(&launched.child.process, EXIT_SETUP as u32);
         return Err(e);
     }
     launched.child.resume()?;
     let code = wait_deadline(&launched.child.process, deadline)?;
-    if let Some(p) = launched.pty {
-        if code.is_none() {
-            job.terminate(EXIT_TIMEOUT as u32);
+    let status = match code {
+        Some(c) => {
+            // Leftover background processes die with the command; then the pipes drain.
+            job.terminate(1);
+            c as i32
         }
+        None => timed_out(job, deadline, started),
+    };
+    if let Some(p) = launched.pty {
         p.finish();
     }
-    Ok(match code {
-        Some(c) => c as i32,
-        None => timed_out(job, deadline, started),
-    })
+    if let Some(s) = launched.stdio {
+        s.finish();
+    }
+    Ok(status)
 }
 
 fn runner_exe() -> Result<PathBuf, WindowsError> {
@@ -298,28 +302,18 @@ fn run_as_user(
     let exe_s = exe.to_string_lossy().into_owned();
     let line =
         cmdline::command_line(&[exe_s.as_str(), crate::RUNNER_FLAG, "--pipe", name.as_str()])?;
-    let stdio = [
-        sys::inheritable(std::os::windows::io::AsRawHandle::as_raw_handle(
-            &std::io::stdin(),
-        ))?,
-        sys::inheritable(std::os::windows::io::AsRawHandle::as_raw_handle(
-            &std::io::stdout(),
-        ))?,
-        sys::inheritable(std::os::windows::io::AsRawHandle::as_raw_handle(
-            &std::io::stderr(),
-        ))?,
-    ];
-    let runner = sys::spawn_with_logon(
-        user,
-        &password,
-        &exe_s,
-        &line,
-        &req.cwd,
-        [&stdio[0], &stdio[1], &stdio[2]],
-    )?;
+    let stdio = launch::ChildStdio::new()?;
+    let [a, b, c] = &stdio.handles;
+    let runner = match sys::spawn_with_logon(user, &password, &exe_s, &line, &req.cwd, [a, b, c]) {
+        Ok(r) => r,
+        Err(e) => {
+            stdio.finish();
+            return Err(e);
+        }
+    };
     drop(password);
     if let Err(e) = job.assign(&runner.process) {
-        job.terminate(EXIT_SETUP as u32);
+        sys::terminate_process(&runner.process, EXIT_SETUP as u32);
         return Err(e);
     }
     runner.resume()?;
@@ -363,9 +357,21 @@ fn run_as_user(
             "sending the request to the runner",
             Path::new(&name),
         ))?;
-    let mut reader = BufReader::new(pipe);
-    let mut reply = String::new();
-    let _ = reader.read_line(&mut reply);
+    // The reply is read on a thread so that the deadline holds even if the runner hangs.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut reply = String::new();
+        let _ = reader.read_line(&mut reply);
+        let _ = tx.send(reply);
+    });
+    let reply = match remaining(deadline) {
+        Some(ms) => match rx.recv_timeout(Duration::from_millis(u64::from(ms))) {
+            Ok(r) => r,
+            Err(_) => return Ok(timed_out(job, deadline, started)),
+        },
+        None => rx.recv().unwrap_or_default(),
+    };
     let child = match serde_json::from_str::<Reply>(&reply) {
         Ok(Reply::Started { handle, .. }) => sys::duplicate_from(&runner.process, handle)?,
         Ok(Reply::Failed { status, message }) => {
@@ -382,10 +388,15 @@ fn run_as_user(
     };
     let _ = writer.write_all(b"ok\n");
     let code = wait_deadline(&child, deadline)?;
-    // With --pty the runner drains the console output before it exits.
-    let _ = sys::wait(&runner.process, Some(2000));
-    Ok(match code {
-        Some(c) => c as i32,
+    let status = match code {
+        Some(c) => {
+            // With --pty the runner drains the console output before it exits.
+            let _ = sys::wait(&runner.process, Some(2000));
+            job.terminate(1);
+            c as i32
+        }
         None => timed_out(job, deadline, started),
-    })
+    };
+    stdio.finish();
+    Ok(status)
 }

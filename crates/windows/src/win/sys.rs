@@ -472,6 +472,8 @@ pub struct AclTarget {
     pub final_path: String,
     /// Whether the object itself is a reparse point (junction, symlink).
     pub reparse: bool,
+    /// Whether it is a directory.
+    pub dir: bool,
 }
 
 /// Opens `path` (not following a final reparse point).
@@ -539,6 +541,7 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
         handle,
         final_path: String::from_utf16_lossy(&buf),
         reparse: info.dwFileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT != 0,
+        dir: info.dwFileAttributes & FS::FILE_ATTRIBUTE_DIRECTORY != 0,
     }))
 }
 
@@ -1036,6 +1039,20 @@ pub fn exit_code(process: &OwnedHandle) -> Result<u32> {
     let ok = unsafe { T::GetExitCodeProcess(raw(process), &mut code) };
     check(ok, "reading the exit status", "GetExitCodeProcess", "")?;
     Ok(code)
+}
+
+/// Kills one process (a suspended child that could not be put in its job).
+pub fn terminate_process(process: &OwnedHandle, code: u32) {
+    // SAFETY: the handle is open.
+    unsafe { T::TerminateProcess(raw(process), code) };
+}
+
+/// Whether a handle is a character device (a console): such a handle is never passed
+/// to the command, because a console input handle can inject keystrokes into the
+/// host shell after the command exits (`WriteConsoleInput`, like TIOCSTI).
+pub fn is_console(h: RawHandle) -> bool {
+    // SAFETY: GetFileType only inspects the handle; an invalid one yields FILE_TYPE_UNKNOWN.
+    unsafe { FS::GetFileType(h as F::HANDLE) == FS::FILE_TYPE_CHAR }
 }
 
 /// Whether a process id is alive (for journal recovery).
