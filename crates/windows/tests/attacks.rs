@@ -73,7 +73,13 @@ fn sandbox(mode: Mode, network: Network, repo: bool, deny_read: Vec<PathBuf>) ->
         .prefix("wf test ")
         .tempdir()
         .unwrap();
-    let ws = std::fs::canonicalize(dir.path()).unwrap();
+    // Canonical, without the `\\?\` prefix that cmd.exe cannot use as a directory.
+    let canonical = std::fs::canonicalize(dir.path()).unwrap();
+    let ws = PathBuf::from(
+        workfence_windows::path::WinPath::parse(&canonical.to_string_lossy())
+            .unwrap()
+            .display_string(),
+    );
     if repo {
         std::fs::create_dir_all(ws.join(".git").join("hooks")).unwrap();
         std::fs::create_dir_all(ws.join(".git").join("objects")).unwrap();

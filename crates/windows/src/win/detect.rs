@@ -46,6 +46,17 @@ pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
             "USERPROFILE is not set; run workfence from a normal user session".into(),
         )
     })?;
+    // Long, canonical names: GetFinalPathNameByHandleW is compared with these later,
+    // and TEMP-style 8.3 names (`RUNNER~1`) would not match.
+    let profile = std::fs::canonicalize(&profile).unwrap_or(profile);
+    for d in [state::state_dir(), state::temp_root()] {
+        std::fs::create_dir_all(&d)
+            .map_err(state::io("creating workfence's state directory", &d))?;
+    }
+    let state_dir =
+        std::fs::canonicalize(state::state_dir()).unwrap_or_else(|_| state::state_dir());
+    let temp_root =
+        std::fs::canonicalize(state::temp_root()).unwrap_or_else(|_| state::temp_root());
     let windows_dir = sys::windows_dir();
     let drive = windows_dir
         .chars()
@@ -67,7 +78,10 @@ pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
     let mut read_roots: Vec<String> = TOOLCHAIN_DIRS
         .iter()
         .map(|d| profile.join(d))
-        .filter(|p| p.is_dir())
+        // A linked toolchain dir would be refused at apply time (reparse point).
+        .filter(|p| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && !m.file_type().is_symlink())
+        })
         .map(|p| display(&p))
         .collect();
     // The runner must be readable by the sandbox users.
@@ -99,8 +113,8 @@ pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
         profile_dir: display(&profile),
         windows_dir,
         shared_roots: shared,
-        state_dir: display(&state::state_dir()),
-        temp_root: display(&state::temp_root()),
+        state_dir: display(&state_dir),
+        temp_root: display(&temp_root),
         workspace_id: id,
         capability_sid,
         proxy_port: users.as_ref().map_or(DEFAULT_PROXY_PORT, |u| u.proxy_port),

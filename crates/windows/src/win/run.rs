@@ -184,7 +184,10 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
         app,
         cmdline: line,
         env,
-        cwd: req.cwd.to_string_lossy().into_owned(),
+        // cmd.exe cannot use a `\\?\` current directory: pass the plain form.
+        cwd: WinPath::parse(&req.cwd.to_string_lossy())
+            .map(|p| p.display_string())
+            .unwrap_or_else(|_| req.cwd.to_string_lossy().into_owned()),
         capability_sid: plan.capability_sid.clone(),
         owner_sid: sys::token_user_sid(&sys::process_token()?)?,
         pty: req.pty.then(|| sys::console_size().unwrap_or((120, 30))),

@@ -878,12 +878,13 @@ pub fn spawn(
     cwd: &str,
     stdio: Stdio<'_>,
 ) -> std::result::Result<Child, SpawnError> {
-    let mut attrs = AttrList::new(1).map_err(|_| SpawnError(last_error()))?;
-    let mut si: T::STARTUPINFOEXW = Default::default();
-    si.StartupInfo.cb = std::mem::size_of::<T::STARTUPINFOEXW>() as u32;
+    // Declared before the attribute list, so that they outlive it.
     let handle_list: Vec<F::HANDLE>;
     let hpc: CON::HPCON;
     let inherit;
+    let mut attrs = AttrList::new(1).map_err(|_| SpawnError(last_error()))?;
+    let mut si: T::STARTUPINFOEXW = Default::default();
+    si.StartupInfo.cb = std::mem::size_of::<T::STARTUPINFOEXW>() as u32;
     match stdio {
         Stdio::Handles(h) => {
             handle_list = h.iter().map(|h| raw(*h)).collect();
@@ -920,10 +921,12 @@ pub fn spawn(
     let app_w = wide(app);
     let mut cmd_w = wide(cmdline);
     let cwd_w = wide(cwd);
+    // With pipes the command gets its own hidden console, never ours; with a ConPTY
+    // the pseudo console is its console.
     let flags = T::EXTENDED_STARTUPINFO_PRESENT
         | T::CREATE_UNICODE_ENVIRONMENT
         | T::CREATE_SUSPENDED
-        | T::CREATE_NO_WINDOW;
+        | if inherit == 1 { T::CREATE_NO_WINDOW } else { 0 };
     let mut pi: T::PROCESS_INFORMATION = Default::default();
     let ok = match token {
         // SAFETY: all strings are NUL-terminated and live for the call; env is a
