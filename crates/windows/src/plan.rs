@@ -83,8 +83,8 @@ pub struct WindowsContext {
     pub proxy_port: u16,
     /// What setup installed; `None` when setup has not run.
     pub users: Option<SandboxUsers>,
-    /// Directories in the profile that the sandbox users may read (toolchains such as
-    /// `.cargo`, `.rustup`), because they cannot read the rest of the profile.
+    /// Paths the sandbox users may read although they cannot read the profile:
+    /// toolchains such as `.cargo` and `.rustup`, and the runner executable.
     pub read_roots: Vec<String>,
     /// `cmd.exe`, for batch files.
     pub cmd_exe: String,
@@ -791,7 +791,7 @@ pub fn plan(
             for r in &ctx.read_roots {
                 reads.push((
                     win_str(r, "read root")?,
-                    "toolchain directory in the profile",
+                    "readable by the sandbox users (a toolchain in the profile, or the runner)",
                 ));
             }
             for (p, why) in reads {

@@ -84,25 +84,17 @@ pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
         })
         .map(|p| display(&p))
         .collect();
-    // The runner must be readable by the sandbox users.
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            let d = display(dir);
-            let prof = WinPath::parse(&profile.to_string_lossy()).ok();
-            let inside = WinPath::parse(&d)
-                .ok()
-                .zip(prof)
-                .is_some_and(|(d, p)| d.starts_with(&p) && !d.same(&p));
-            if inside
-                && !read_roots.iter().any(|r| {
-                    WinPath::parse(r)
-                        .ok()
-                        .zip(WinPath::parse(&d).ok())
-                        .is_some_and(|(r, d)| d.starts_with(&r))
-                })
-            {
-                read_roots.push(d);
-            }
+    // The sandbox users must be able to read and run the runner: grant it on the file
+    // itself (traversal to it needs no grant), unless it lies in the Windows directory.
+    if let Ok(exe) = crate::win::run::runner_exe() {
+        let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+        let shown = display(&exe);
+        let in_windows = WinPath::parse(&shown)
+            .ok()
+            .zip(WinPath::parse(&windows_dir).ok())
+            .is_some_and(|(e, w)| e.starts_with(&w));
+        if !in_windows {
+            read_roots.push(shown);
         }
     }
     let cmd_exe = format!("{windows_dir}\\System32\\cmd.exe");

@@ -254,7 +254,8 @@ fn run_direct(
     Ok(status)
 }
 
-fn runner_exe() -> Result<PathBuf, WindowsError> {
+/// The runner executable: next to the running binary, or one directory up (tests).
+pub fn runner_exe() -> Result<PathBuf, WindowsError> {
     let exe = std::env::current_exe().map_err(state::io(
         "locating the runner",
         Path::new(crate::RUNNER_EXE),
