@@ -455,6 +455,23 @@ mod tests {
     }
 
     #[test]
+    fn only_inherited_and_empty_dacls() {
+        let deny = ace(AceKind::Deny, rights::FILE_DELETE_CHILD, Inherit::None);
+        let allow = ace(AceKind::Allow, rights::READ_EXECUTE, Inherit::Tree);
+        let mut d = Dacl::parse("D:AI(A;OICIID;FA;;;SY)").unwrap();
+        d.add(&[allow.clone(), deny.clone()]);
+        assert_eq!(
+            d.to_sddl(),
+            format!("D:AI{}{}(A;OICIID;FA;;;SY)", deny.sddl(), allow.sddl())
+        );
+        let mut e = Dacl::parse("D:P").unwrap();
+        e.add(&[allow.clone()]);
+        assert_eq!(e.to_sddl(), format!("D:P{}", allow.sddl()));
+        assert_eq!(e.remove_sid(CAP), 1);
+        assert!(e.is_empty());
+    }
+
+    #[test]
     fn odd_dacls() {
         assert_eq!(Dacl::parse("D:NO_ACCESS_CONTROL"), Err(SddlError::NullDacl));
         assert!(Dacl::parse("O:BA").is_err());

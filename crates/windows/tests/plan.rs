@@ -452,3 +452,111 @@ fn unix_paths_are_mapped_for_explain() {
     assert!(plan.aces.iter().any(|a| a.path == r"C:\Users\me\.ssh"));
     assert!(plan.notes.iter().any(|n| n.contains("for illustration")));
 }
+
+#[test]
+fn linked_worktree_gitdir_gets_both_grants() {
+    let ws = r"C:\Users\dev\src\wt";
+    let p = policy(ws);
+    let mut l = repo_layout(ws);
+    l.writable.push(root(
+        r"C:\Users\dev\src\main\.git\worktrees\wt",
+        RootKind::GitDir,
+    ));
+    l.protected.push(prot(
+        r"C:\Users\dev\src\main\.git\hooks",
+        Some(FileKind::Dir),
+        Protection::ReadOnly,
+        "git hooks run on the host",
+    ));
+    let plan = build(&p, &l);
+    let gitdir = r"C:\Users\dev\src\main\.git\worktrees\wt";
+    let grants: Vec<_> = plan
+        .aces
+        .iter()
+        .filter(|a| a.path == gitdir && a.purpose == AcePurpose::Write)
+        .collect();
+    assert_eq!(grants.len(), 2, "group and capability SID");
+    // The hooks of the main repository are outside every writable root: denied, but
+    // their parent gets no DELETE_CHILD deny (nothing there is writable anyway).
+    assert!(
+        plan.aces
+            .iter()
+            .any(|a| a.path == r"C:\Users\dev\src\main\.git\hooks"
+                && a.purpose == AcePurpose::Protect)
+    );
+    assert!(!plan
+        .aces
+        .iter()
+        .any(|a| a.path == r"C:\Users\dev\src\main\.git" && a.purpose == AcePurpose::ProtectChild));
+}
+
+#[test]
+fn read_only_cwd_outside_the_workspace_is_readable() {
+    let mut p = policy(WS);
+    p.mode = Mode::ReadOnly;
+    let l = FsLayout {
+        writable: vec![],
+        protected: vec![],
+        hidden: vec![],
+        cwd: r"D:\data\inputs".into(),
+        notes: vec![],
+    };
+    let plan = build(&p, &l);
+    assert!(plan
+        .aces
+        .iter()
+        .any(|a| a.path == r"D:\data\inputs" && a.purpose == AcePurpose::Read));
+}
+
+#[test]
+fn links_among_protected_paths_are_left_alone() {
+    let p = policy(WS);
+    let mut l = repo_layout(WS);
+    l.protected.push(prot(
+        r"C:\Users\dev\src\proj\.idea",
+        Some(FileKind::Symlink),
+        Protection::ReadOnly,
+        "runs code on the host later (agent or editor config)",
+    ));
+    let plan = build(&p, &l);
+    assert!(!plan.aces.iter().any(|a| a.path.ends_with(".idea")));
+    assert!(plan
+        .notes
+        .iter()
+        .any(|n| n.contains(".idea") && n.contains("link")));
+}
+
+#[test]
+fn environment_keeps_what_windows_programs_need() {
+    let plan = build(&policy(WS), &repo_layout(WS));
+    for name in [
+        "PATH",
+        "PATHEXT",
+        "SystemRoot",
+        "windir",
+        "ComSpec",
+        "USERPROFILE",
+    ] {
+        assert!(plan.env.required.contains(&name), "{name}");
+    }
+    assert!(plan.env.set["TEMP"].starts_with(&plan.temp_dir));
+    assert_eq!(plan.env.set["TEMP"], plan.env.set["TMP"]);
+}
+
+#[test]
+fn bad_paths_are_reported_by_name() {
+    let p = policy(WS);
+    let mut l = repo_layout(WS);
+    l.writable.push(root(r"relative\dir", RootKind::Extra));
+    let err = plan(&p, &l, &WindowsContext::example(&p)).unwrap_err();
+    assert!(err.to_string().starts_with("writable root:"), "{err}");
+}
+
+#[test]
+fn every_ace_renders_valid_sddl() {
+    let plan = build(&policy(WS), &repo_layout(WS));
+    for a in &plan.aces {
+        let d = workfence_windows::sddl::Dacl::parse(&format!("D:{}", a.ace.sddl())).unwrap();
+        assert!(d.contains(&a.ace), "{}", a.ace.sddl());
+    }
+}
