@@ -254,7 +254,9 @@ fn run_direct(
     Ok(status)
 }
 
-/// The runner executable: next to the running binary, or one directory up (tests).
+/// The runner executable: `workfence-windows-runner.exe` next to the running binary
+/// (or one directory up, for `cargo test`), else the running binary itself, which
+/// must then call [`crate::runner_main_if_requested`] first in `main`.
 pub fn runner_exe() -> Result<PathBuf, WindowsError> {
     let exe = std::env::current_exe().map_err(state::io(
         "locating the runner",
@@ -264,20 +266,14 @@ pub fn runner_exe() -> Result<PathBuf, WindowsError> {
     if let Some(d) = exe.parent() {
         dirs.push(d.to_path_buf());
         if let Some(p) = d.parent() {
-            // `cargo test`: tests live in target\debug\deps, binaries in target\debug.
             dirs.push(p.to_path_buf());
         }
     }
-    dirs.into_iter()
+    Ok(dirs
+        .into_iter()
         .map(|d| d.join(crate::RUNNER_EXE))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            WindowsError::Runner(format!(
-                "{} was not found next to {}; install it alongside workfence",
-                crate::RUNNER_EXE,
-                exe.display()
-            ))
-        })
+        .unwrap_or(exe))
 }
 
 fn run_as_user(
@@ -339,7 +335,11 @@ fn run_as_user(
                         .write(true)
                         .open(&name);
                     let code = sys::exit_code(&runner.process)?;
-                    return Err(WindowsError::Runner(format!("the runner exited with {code} before it connected; check that {} is readable by {user}", exe.display())));
+                    return Err(WindowsError::Runner(format!(
+                        "the runner {} exited with {code} before it connected. Check that {user} can read it; if it is not {}, the program must call workfence_windows::runner_main_if_requested() first in main",
+                        exe.display(),
+                        crate::RUNNER_EXE
+                    )));
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Ok(timed_out(job, deadline, started));
