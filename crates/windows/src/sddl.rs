@@ -465,7 +465,7 @@ mod tests {
             format!("D:AI{}{}(A;OICIID;FA;;;SY)", deny.sddl(), allow.sddl())
         );
         let mut e = Dacl::parse("D:P").unwrap();
-        e.add(&[allow.clone()]);
+        e.add(std::slice::from_ref(&allow));
         assert_eq!(e.to_sddl(), format!("D:P{}", allow.sddl()));
         assert_eq!(e.remove_sid(CAP), 1);
         assert!(e.is_empty());
