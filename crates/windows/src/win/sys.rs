@@ -316,10 +316,15 @@ pub fn token_user_sid(token: &OwnedHandle) -> Result<String> {
 /// The token's logon SID (`S-1-5-5-x-y`).
 pub fn token_logon_sid(token: &OwnedHandle) -> Result<String> {
     let buf = token_info(token, S::TokenGroups)?;
+    let tg = buf.as_ptr() as *const S::TOKEN_GROUPS;
     // SAFETY: GetTokenInformation(TokenGroups) filled buf with a TOKEN_GROUPS.
-    let tg = unsafe { &*(buf.as_ptr() as *const S::TOKEN_GROUPS) };
-    // SAFETY: Groups is a variable-length array of GroupCount entries inside buf.
-    let groups = unsafe { std::slice::from_raw_parts(tg.Groups.as_ptr(), tg.GroupCount as usize) };
+    let count = unsafe { (*tg).GroupCount } as usize;
+    // The array is declared with one element but holds `count`: take its address from
+    // the buffer's pointer, not from a reference to the one-element field.
+    // SAFETY: tg points at a TOKEN_GROUPS in buf; addr_of! reads nothing.
+    let first = unsafe { std::ptr::addr_of!((*tg).Groups) }.cast::<S::SID_AND_ATTRIBUTES>();
+    // SAFETY: the API wrote `count` entries from `first` on, all inside buf.
+    let groups = unsafe { std::slice::from_raw_parts(first, count) };
     for g in groups {
         if g.Attributes & (windows_sys::Win32::System::SystemServices::SE_GROUP_LOGON_ID as u32)
             != 0
@@ -604,7 +609,15 @@ impl AclTarget {
             } else {
                 S::UNPROTECTED_DACL_SECURITY_INFORMATION
             };
-        let w = wide(&self.final_path);
+        // The plain form where it fits MAX_PATH; `\\?\` only for long paths.
+        let plain = crate::path::WinPath::parse(&self.final_path)
+            .map(|p| p.display_string())
+            .unwrap_or_else(|_| self.final_path.clone());
+        let w = wide(if plain.len() < 248 {
+            &plain
+        } else {
+            &self.final_path
+        });
         // SAFETY: w is NUL-terminated; acl points into sd, alive for the call.
         let code = unsafe {
             A::SetNamedSecurityInfoW(
