@@ -379,6 +379,46 @@ impl Dacl {
     }
 }
 
+impl Ace {
+    /// Parses an ACE in the form [`Ace::sddl`] writes (`(A;OICI;0x1301bf;;;S-1-...)`).
+    pub fn parse_own(s: &str) -> Option<Ace> {
+        let inner = s.strip_prefix('(')?.strip_suffix(')')?;
+        let f: Vec<&str> = inner.split(';').collect();
+        if f.len() != 6 {
+            return None;
+        }
+        Some(Ace {
+            kind: match f[0] {
+                "A" => AceKind::Allow,
+                "D" => AceKind::Deny,
+                _ => return None,
+            },
+            inherit: match f[1] {
+                "" => Inherit::None,
+                "OICI" => Inherit::Tree,
+                _ => return None,
+            },
+            mask: parse_mask(f[2])?,
+            sid: f[5].to_string(),
+        })
+    }
+}
+
+/// The DACL to write back when undoing: the current DACL without the ACEs workfence
+/// added (`ours`, as journaled), so that changes others made since are kept. That is
+/// exactly `before` when nobody else touched the object. Falls back to `before` when
+/// the current DACL cannot be parsed.
+pub fn undo(current: &str, before: &str, ours: &[String]) -> String {
+    let ours: Vec<Ace> = ours.iter().filter_map(|s| Ace::parse_own(s)).collect();
+    match Dacl::parse(current) {
+        Ok(mut d) => {
+            d.remove(&ours);
+            d.to_sddl()
+        }
+        Err(_) => before.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,6 +509,43 @@ mod tests {
         assert_eq!(e.to_sddl(), format!("D:P{}", allow.sddl()));
         assert_eq!(e.remove_sid(CAP), 1);
         assert!(e.is_empty());
+    }
+
+    #[test]
+    fn undo_removes_exactly_ours() {
+        let before = "D:AI(A;;FA;;;SY)(A;OICIID;FA;;;BA)";
+        let mut d = Dacl::parse(before).unwrap();
+        let ours = [
+            ace(AceKind::Allow, rights::MODIFY, Inherit::Tree),
+            ace(AceKind::Deny, rights::FILE_DELETE_CHILD, Inherit::None),
+        ];
+        d.add(&ours);
+        let journaled: Vec<String> = ours.iter().map(Ace::sddl).collect();
+        assert_eq!(undo(&d.to_sddl(), before, &journaled), before);
+        // Someone else added an ACE meanwhile: it stays.
+        d.add(&[Ace {
+            kind: AceKind::Allow,
+            sid: "S-1-5-32-545".into(),
+            mask: rights::READ_EXECUTE,
+            inherit: Inherit::None,
+        }]);
+        let after = undo(&d.to_sddl(), before, &journaled);
+        assert!(
+            after.contains("S-1-5-32-545") && !after.contains(CAP),
+            "{after}"
+        );
+        // Windows may print our masks as letters; still found.
+        let lettered = format!("D:AI(D;;DT;;;{CAP})(A;;FA;;;SY)");
+        assert_eq!(
+            undo(&lettered, before, &[journaled[1].clone()]),
+            "D:AI(A;;FA;;;SY)"
+        );
+        assert_eq!(undo("garbage", before, &journaled), before);
+        assert_eq!(
+            Ace::parse_own("(A;OICI;0x1301bf;;;S-1-1-0)").unwrap().mask,
+            rights::MODIFY
+        );
+        assert!(Ace::parse_own("(XA;;FA;;;WD)").is_none());
     }
 
     #[test]

@@ -279,24 +279,14 @@ fn restore(
         Ok(Some(t)) => {
             // Keep ACEs added by others since: restore only removes what we added.
             let now_sddl = t.dacl_sddl()?;
-            let ours: Vec<crate::sddl::Ace> = j
+            let ours: Vec<String> = j
                 .outstanding()
                 .changes
                 .iter()
                 .filter(|c| ids.contains(&c.id))
-                .flat_map(|c| c.aces.iter().filter_map(|s| parse_ace(s)))
+                .flat_map(|c| c.aces.iter().cloned())
                 .collect();
-            let target_sddl = match Dacl::parse(&now_sddl) {
-                Ok(mut d) => {
-                    d.remove(&ours);
-                    if same_explicit(&d, before) {
-                        before.to_string()
-                    } else {
-                        d.to_sddl()
-                    }
-                }
-                Err(_) => before.to_string(),
-            };
+            let target_sddl = crate::sddl::undo(&now_sddl, before, &ours);
             t.set_dacl_sddl(&target_sddl)?;
             notes.push(format!("restored the DACL of {path}"));
         }
@@ -314,31 +304,6 @@ fn restore(
         })?;
     }
     Ok(())
-}
-
-fn same_explicit(d: &Dacl, before: &str) -> bool {
-    Dacl::parse(before).is_ok_and(|b| b.to_sddl() == d.to_sddl())
-}
-
-/// Parses one of our own ACE strings back (`(A;OICI;0x..;;;SID)`).
-fn parse_ace(s: &str) -> Option<crate::sddl::Ace> {
-    use crate::sddl::{Ace, AceKind, Inherit};
-    let inner = s.trim_start_matches('(').trim_end_matches(')');
-    let f: Vec<&str> = inner.split(';').collect();
-    Some(Ace {
-        kind: match *f.first()? {
-            "A" => AceKind::Allow,
-            "D" => AceKind::Deny,
-            _ => return None,
-        },
-        inherit: match *f.get(1)? {
-            "" => Inherit::None,
-            "OICI" => Inherit::Tree,
-            _ => return None,
-        },
-        mask: u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()?,
-        sid: f.get(5)?.to_string(),
-    })
 }
 
 /// Finishes what a crashed run left: rolls back half-applied changes and, when no run
