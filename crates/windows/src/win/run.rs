@@ -194,6 +194,8 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
         unrestricted: plan.unsandboxed,
     };
     let job = sys::Job::new(&plan.job)?;
+    // Restored when run returns, whatever happens.
+    let _raw = req.pty.then(sys::RawConsole::enable);
     let deadline = req
         .timeout
         .or(plan.job.timeout_ms.map(Duration::from_millis))

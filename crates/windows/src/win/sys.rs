@@ -1723,3 +1723,50 @@ pub fn duplicate_from(process: &OwnedHandle, value: usize) -> Result<OwnedHandle
 pub fn handle_value(h: &OwnedHandle) -> usize {
     raw(h) as usize
 }
+
+/// Puts our console in raw VT mode for `--pty` (keys pass through as escape sequences,
+/// output interprets them); the previous modes are restored on drop.
+pub struct RawConsole {
+    saved: Vec<(F::HANDLE, u32)>,
+}
+
+impl RawConsole {
+    /// Switches stdin and stdout if they are consoles.
+    pub fn enable() -> RawConsole {
+        let mut saved = Vec::new();
+        let stdin = std::io::stdin().as_raw_handle() as F::HANDLE;
+        let stdout = std::io::stdout().as_raw_handle() as F::HANDLE;
+        for (h, clear, set) in [
+            (
+                stdin,
+                CON::ENABLE_LINE_INPUT | CON::ENABLE_ECHO_INPUT | CON::ENABLE_PROCESSED_INPUT,
+                CON::ENABLE_VIRTUAL_TERMINAL_INPUT,
+            ),
+            (
+                stdout,
+                0,
+                CON::ENABLE_VIRTUAL_TERMINAL_PROCESSING | CON::DISABLE_NEWLINE_AUTO_RETURN,
+            ),
+        ] {
+            let mut mode = 0u32;
+            // SAFETY: h is one of our std handles; mode is a valid output.
+            if unsafe { CON::GetConsoleMode(h, &mut mode) } == 0 {
+                continue;
+            }
+            // SAFETY: h is a console handle (GetConsoleMode succeeded).
+            if unsafe { CON::SetConsoleMode(h, (mode & !clear) | set) } != 0 {
+                saved.push((h, mode));
+            }
+        }
+        RawConsole { saved }
+    }
+}
+
+impl Drop for RawConsole {
+    fn drop(&mut self) {
+        for (h, mode) in &self.saved {
+            // SAFETY: h is a console handle of this process whose mode we changed.
+            unsafe { CON::SetConsoleMode(*h, *mode) };
+        }
+    }
+}
