@@ -8,8 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::WindowsError;
 use crate::journal::{self, Entry, Outstanding};
 use crate::path::WinPath;
-use crate::plan::{AcePlan, WindowsPlan, JOURNAL_FILE};
+use crate::plan::{AcePlan, AcePurpose, WindowsPlan, JOURNAL_FILE};
 use crate::sddl::Dacl;
+use crate::sddl::Inherit;
 use crate::win::state::{self, io, Lock};
 use crate::win::sys;
 
@@ -170,38 +171,27 @@ pub fn apply(plan: &WindowsPlan, marker: &Path) -> Result<(), WindowsError> {
     fs::create_dir_all(&plan.temp_dir)
         .map_err(io("creating the private temp dir", plan.temp_dir.as_ref()))?;
     for (path, aces) in by_path(plan.aces.iter().filter(|a| !a.per_run)) {
+        if fs::symlink_metadata(&path).is_err() {
+            if aces.iter().all(|a| a.purpose == AcePurpose::Hide) {
+                // Nothing to hide any more.
+                continue;
+            }
+            if aces
+                .iter()
+                .all(|a| matches!(a.purpose, AcePurpose::Protect | AcePurpose::ProtectChild))
+            {
+                // A protected path vanished since the layout was computed (for example
+                // another run's placeholder): guard it with a placeholder of our own.
+                let dir = aces.iter().any(|a| {
+                    a.ace.inherit == Inherit::Tree || a.purpose == AcePurpose::ProtectChild
+                });
+                placeholder(&mut j, &path, dir)?;
+            }
+        }
         add_aces(&mut j, &path, &aces)?;
     }
     for ph in &plan.placeholders {
-        let id = j.id();
-        j.append(Entry::Created {
-            id,
-            time: now(),
-            path: ph.path.clone(),
-            dir: ph.dir,
-        })?;
-        let res = if ph.dir {
-            fs::create_dir(&ph.path)
-        } else {
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&ph.path)
-                .map(|_| ())
-        };
-        match res {
-            Ok(()) => {}
-            // Created meanwhile by someone else: not ours to remove; protect it anyway.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                j.append(Entry::Removed { id, time: now() })?;
-            }
-            Err(e) => {
-                return Err(io(
-                    "creating a placeholder for a protected path",
-                    ph.path.as_ref(),
-                )(e))
-            }
-        }
+        placeholder(&mut j, &ph.path, ph.dir)?;
         let aces: Vec<&AcePlan> = plan
             .aces
             .iter()
@@ -212,6 +202,37 @@ pub fn apply(plan: &WindowsPlan, marker: &Path) -> Result<(), WindowsError> {
         add_aces(&mut j, &ph.path, &aces)?;
     }
     Ok(())
+}
+
+/// Creates an empty placeholder for a missing protected path (journaled first).
+fn placeholder(j: &mut Journal, path: &str, dir: bool) -> Result<(), WindowsError> {
+    let id = j.id();
+    j.append(Entry::Created {
+        id,
+        time: now(),
+        path: path.to_string(),
+        dir,
+    })?;
+    let res = if dir {
+        fs::create_dir(path)
+    } else {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map(|_| ())
+    };
+    match res {
+        Ok(()) => Ok(()),
+        // Created meanwhile by someone else: not ours to remove; it is protected anyway.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            j.append(Entry::Removed { id, time: now() })
+        }
+        Err(e) => Err(io(
+            "creating a placeholder for a protected path",
+            path.as_ref(),
+        )(e)),
+    }
 }
 
 /// Removes this run's placeholders unless another run on the workspace still needs them.
