@@ -84,6 +84,11 @@ pub fn message(code: u32) -> String {
 
 /// A Win32 failure as a [`WindowsError`].
 pub fn api(step: &str, api: &'static str, code: u32, hint: &str) -> WindowsError {
+    let hint = if hint.is_empty() {
+        "Run `workfence doctor` to see which layer fails on this machine, and report the error if it persists"
+    } else {
+        hint
+    };
     WindowsError::Api {
         step: step.to_string(),
         api,
@@ -149,7 +154,7 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
             "generating random bytes",
             "BCryptGenRandom",
             st as u32,
-            "this should not happen; check the system's cryptography services",
+            "check that the Cryptographic Services are running",
         ));
     }
     Ok(())
