@@ -256,7 +256,7 @@ fn sid_string(p: S::PSID) -> Result<String> {
         ok,
         "formatting a SID",
         "ConvertSidToStringSidW",
-        "this should not happen",
+        "",
     )?;
     let _free = LocalBox(s as *mut c_void);
     // SAFETY: s is a NUL-terminated string from the API.
@@ -273,7 +273,7 @@ pub fn process_token() -> Result<OwnedHandle> {
         ok,
         "opening the process token",
         "OpenProcessToken",
-        "this should not happen",
+        "",
     )?;
     owned(h).ok_or_else(|| {
         api(
@@ -305,7 +305,7 @@ fn token_info(token: &OwnedHandle, class: S::TOKEN_INFORMATION_CLASS) -> Result<
         ok,
         "reading the token",
         "GetTokenInformation",
-        "this should not happen",
+        "",
     )?;
     Ok(buf)
 }
