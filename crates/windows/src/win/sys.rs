@@ -252,12 +252,7 @@ fn sid_string(p: S::PSID) -> Result<String> {
     let mut s: PWSTR = null_mut();
     // SAFETY: p is a valid SID owned by the caller; s receives a LocalAlloc'd string.
     let ok = unsafe { A::ConvertSidToStringSidW(p, &mut s) };
-    check(
-        ok,
-        "formatting a SID",
-        "ConvertSidToStringSidW",
-        "",
-    )?;
+    check(ok, "formatting a SID", "ConvertSidToStringSidW", "")?;
     let _free = LocalBox(s as *mut c_void);
     // SAFETY: s is a NUL-terminated string from the API.
     Ok(unsafe { from_wide_ptr(s) })
@@ -269,12 +264,7 @@ pub fn process_token() -> Result<OwnedHandle> {
     let me = current_process();
     // SAFETY: `me` is the current-process pseudo-handle; h receives a new handle.
     let ok = unsafe { T::OpenProcessToken(me, S::TOKEN_ALL_ACCESS, &mut h) };
-    check(
-        ok,
-        "opening the process token",
-        "OpenProcessToken",
-        "",
-    )?;
+    check(ok, "opening the process token", "OpenProcessToken", "")?;
     owned(h).ok_or_else(|| {
         api(
             "opening the process token",
@@ -301,12 +291,7 @@ fn token_info(token: &OwnedHandle, class: S::TOKEN_INFORMATION_CLASS) -> Result<
             &mut len,
         )
     };
-    check(
-        ok,
-        "reading the token",
-        "GetTokenInformation",
-        "",
-    )?;
+    check(ok, "reading the token", "GetTokenInformation", "")?;
     Ok(buf)
 }
 
