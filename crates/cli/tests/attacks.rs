@@ -375,6 +375,7 @@ except OSError as e:
         vec![]
     })
     .probe_changed("truncate -s0 $H/.zshrc", |sc| sc.h.join(".zshrc"))
+    .require_lines(&["OTRUNC"])
     .probe_changed("O_RDONLY|O_TRUNC $OUT/victim", |sc| sc.out.join("victim"))
     .run();
 }
@@ -413,6 +414,7 @@ except OSError as e:
         let l = o.field("FDS").ok_or("no FDS line")?;
         Ok(l.split_whitespace().any(|f| f == "7" || f == "8"))
     })
+    .require_lines(&["DIRFD"])
     .probe_changed("write through inherited fd 8", |sc| sc.out.join("fd8.txt"))
     .probe_exists("openat(inherited dirfd 7)", |sc| sc.out.join("fw11-via-dirfd"))
     .sandbox_check("only fds 0-2 inherited", |_, o| {
@@ -635,6 +637,7 @@ print("PATHSOCK", unix(os.environ["USOCK"]), flush=True)
 "#
         )),
     )
+    .require_lines(&["TCP4", "LOCALHOST", "UDP", "ABSTRACT", "PATHSOCK"])
     .probe("TCP v4 to host 127.0.0.1 listener", |sc, _| {
         Ok(sc.listeners.contacts().tcp4)
     })
@@ -667,6 +670,7 @@ print("TCP6", tcp(socket.AF_INET6, ("::1", int(os.environ["TCP6"]))), flush=True
 "#
         )),
     )
+    .require_lines(&["TCP6"])
     .probe("TCP v6 to host [::1] listener", |sc, _| {
         Ok(sc.listeners.contacts().tcp6)
     })
@@ -979,14 +983,17 @@ fn l1_daemons_die_with_the_command() {
     }
     Attack::new(
         "L1",
-        r#"
+        &r#"
 setsid -f sleep ${MARK}1 >/dev/null 2>&1
 nohup sleep ${MARK}2 >/dev/null 2>&1 &
 ( sh -c 'sleep "$1" >/dev/null 2>&1 &' sh ${MARK}3 & )
 sleep 0.2
+SHOW_STARTED
 exit 0
-"#,
+"#
+        .replace("SHOW_STARTED", SHOW_STARTED),
     )
+    .require_started(&["1", "2", "3"])
     .probe("setsid -f daemon alive 1 s after exit", |sc, o| {
         Ok(sc.alive_at(&format!("{}1", sc.mark), o.exited + Duration::from_secs(1)))
     })
@@ -1015,13 +1022,16 @@ fn l2_sigkill_of_workfence_kills_the_tree() {
     // process exists, and judge 1 s after the kill.
     Attack::new(
         "L2",
-        r#"
+        &r#"
 setsid -f sleep ${MARK}1 >/dev/null 2>&1
 sleep ${MARK}2 &
 sleep 0.3
+SHOW_STARTED
 sleep ${MARK}3
-"#,
+"#
+        .replace("SHOW_STARTED", SHOW_STARTED),
     )
+    .require_started(&["1", "2"])
     .launch(Launch {
         kill_when_marker: Some("{MARK}3".into()),
         ..Launch::default()
@@ -1049,12 +1059,16 @@ fn l5_timeout_kills_the_whole_tree() {
     // Control: a naive timeout (the harness kills the shell at 2 s) leaves the tree alive.
     Attack::new(
         "L5",
-        r#"
+        &r#"
 sh -c 'sleep "$1" & sleep "$2"' sh ${MARK}1 ${MARK}2 &
 setsid -f sleep ${MARK}3 >/dev/null 2>&1
+sleep 0.3
+SHOW_STARTED
 sleep ${MARK}4
-"#,
+"#
+        .replace("SHOW_STARTED", SHOW_STARTED),
     )
+    .require_started(&["1", "2", "3"])
     .launch(Launch {
         wf_args: vec!["--timeout".into(), "2s".into()],
         kill_when_marker: Some("{MARK}4".into()),
@@ -1189,6 +1203,7 @@ fn a6_workspace_config_cannot_widen() {
     .probe_exists("write $OUT granted by the workspace config", |sc| {
         sc.out.join("a6-ws-config")
     })
+    .require_lines(&["TCP4"])
     .probe("network granted by the workspace config", |sc, _| {
         Ok(sc.listeners.contacts().tcp4)
     })

@@ -1440,6 +1440,60 @@ impl Attack {
     }
 }
 
+/// Shell snippet: prints `STARTED <d>` for every live `sleep ${MARK}<d>` it can see, so
+/// that a lifetime attack cannot pass because its probe processes never started.
+pub const SHOW_STARTED: &str = r#""$PY" -c '
+import os
+m = os.environ["MARK"].encode()
+seen = set()
+for d in os.listdir("/proc"):
+    if not d.isdigit():
+        continue
+    try:
+        a = open("/proc/%s/cmdline" % d, "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if a and a[0].endswith(b"sleep"):
+        for x in a[1:]:
+            if x.startswith(m) and len(x) == len(m) + 1:
+                seen.add(x[-1:].decode())
+for s in sorted(seen):
+    print("STARTED", s, flush=True)
+'"#;
+
+impl Attack {
+    /// Sandboxed check: the script printed `STARTED <d>` (see [`SHOW_STARTED`]) for each
+    /// digit, i.e. its probe processes really ran inside.
+    pub fn require_started(self, digits: &'static [&'static str]) -> Self {
+        self.sandbox_check(
+            "the probe processes started inside the sandbox",
+            move |_, o| {
+                let missing: Vec<_> = digits
+                    .iter()
+                    .filter(|d| !o.stdout.lines().any(|l| l == format!("STARTED {d}")))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("never started: {missing:?}"))
+                }
+            },
+        )
+    }
+
+    /// Sandboxed check: the script printed a `KEY ...` line (it really ran the probe).
+    pub fn require_lines(self, keys: &'static [&'static str]) -> Self {
+        self.sandbox_check("the probes ran inside the sandbox", move |_, o| {
+            let missing: Vec<_> = keys.iter().filter(|k| o.field(k).is_none()).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no output line for {missing:?}"))
+            }
+        })
+    }
+}
+
 /// Records a passed work case.
 pub fn work_passed(name: &str) {
     count(&format!("WORK {name} passed"));
