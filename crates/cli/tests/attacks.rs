@@ -744,6 +744,13 @@ r, e = sc(39 | 0x40000000); show("X32", r, e)
         }
         Ok(rc.is_some() && rc == pid)
     })
+    .sandbox_check("the i386 probe was compiled and run inside", |sc, o| {
+        if sc.ws.join("wf-i80").exists() && o.field("INT80EXIT").is_some() {
+            Ok(())
+        } else {
+            Err("cc or the probe did not run".into())
+        }
+    })
     // x32 (nr|0x40000000): most kernels lack CONFIG_X86_X32_ABI, so no control can show
     // it working; the sandboxed run must refuse it in any case.
     .sandbox_check("x32 getpid fails", |_, o| {
