@@ -1362,3 +1362,63 @@ echo 'sandbox_mode = "danger-full-access"' >> "$H/.codex/config.toml"
     .probe_exists("~/.codex/config.toml", |sc| sc.h.join(".codex/config.toml"))
     .run();
 }
+
+#[test]
+fn p2_host_socket_created_after_start() {
+    // A host daemon creates its socket after the sandbox started (an ssh-agent, a docker
+    // daemon restarting): a list of sockets taken at setup does not cover it.
+    const HELPER: &str = r#"
+import os, socket, sys, time
+ws, sock, out = sys.argv[1], sys.argv[2], sys.argv[3]
+end = time.time() + 20
+while not os.path.exists(os.path.join(ws, "ready")):
+    if time.time() > end:
+        sys.exit(0)
+    time.sleep(0.01)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sock); s.listen(8); s.settimeout(0.02)
+while not os.path.exists(os.path.join(ws, "done")) and time.time() < end:
+    try:
+        c, _ = s.accept()
+        open(out, "w").write("contacted\n")
+        c.close()
+    except socket.timeout:
+        pass
+"#;
+    Attack::new(
+        "P2/late-socket",
+        &format!(
+            r#"
+touch "$WS/ready"
+i=0; while [ ! -S "$H/.run/late.sock" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
+{}
+touch "$WS/done"
+sleep 0.1
+"#,
+            py(&format!(
+                "{NET_PY}\nprint(\"LATE\", unix(os.environ[\"H\"] + \"/.run/late.sock\"), flush=True)\n"
+            ))
+        ),
+    )
+    .setup(|sc, _| {
+        let child = Command::new(python())
+            .arg("-c")
+            .arg(HELPER)
+            .arg(&sc.ws)
+            .arg(sc.h.join(".run/late.sock"))
+            .arg(sc.root.join("late-contacted"))
+            .arg(format!("{}9", sc.mark))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn the late socket helper");
+        // Reaped by the scenario's leftover cleanup (argv carries ${MARK}9).
+        std::mem::forget(child);
+        vec![]
+    })
+    .require_lines(&["LATE"])
+    .probe_rc("connect to a host socket created after the start", "LATE")
+    .probe_exists("the host daemon got the connection", |sc| {
+        sc.root.join("late-contacted")
+    })
+    .run();
+}

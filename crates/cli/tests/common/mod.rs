@@ -307,13 +307,32 @@ fn node(p: &Path) -> Node {
 
 impl Snapshot {
     /// Records `roots` recursively (a missing root is recorded as absent), except `skip`.
+    /// A directory named `.run` is the harness's socket dir: its own times and the sockets
+    /// in it (which the harness creates and removes) are not recorded; other entries are.
     pub fn take(roots: &[PathBuf], skip: &[PathBuf]) -> Snapshot {
         let mut s = Snapshot::default();
         fn walk(s: &mut Snapshot, p: &Path, skip: &[PathBuf]) {
             if skip.iter().any(|k| k == p) {
                 return;
             }
-            let n = node(p);
+            let in_run = p
+                .parent()
+                .is_some_and(|d| d.file_name() == Some(OsStr::new(".run")));
+            let mut n = node(p);
+            if in_run && matches!(n, Node::Other { .. }) {
+                return;
+            }
+            if p.file_name() == Some(OsStr::new(".run")) {
+                if let Node::Dir {
+                    ref mut mtime,
+                    ref mut ctime,
+                    ..
+                } = n
+                {
+                    *mtime = (0, 0);
+                    *ctime = (0, 0);
+                }
+            }
             let is_dir = matches!(n, Node::Dir { .. });
             s.nodes.insert(p.to_path_buf(), n);
             if is_dir {
@@ -847,7 +866,7 @@ impl Scenario {
         // written by workfence itself, outside the sandbox, and is not the command's doing.
         let state = h.join(".local/state/workfence");
         fs::create_dir_all(&state).expect("mkdir state");
-        let skip_watch = vec![run_dir.join("agent.sock"), state];
+        let skip_watch = vec![state];
 
         let mut sc = Scenario {
             name: name.to_string(),
