@@ -904,11 +904,16 @@ fn build_root(plan: &LinuxPlan, cwd: &CString) -> io::Result<()> {
                 if std::fs::symlink_metadata(&t).is_err() {
                     continue;
                 }
-                ctx(
-                    || format!("masking {}", path.display()),
-                    sys::mount(Some(&c(empty_file)?), &c(&t)?, None, libc::MS_BIND, None),
-                )?;
-                remount_ro(&t)?;
+                match sys::mount(Some(&c(empty_file)?), &c(&t)?, None, libc::MS_BIND, None) {
+                    Ok(()) => remount_ro(&t)?,
+                    // Gone since planning (a socket whose daemon exited): nothing to mask.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => {
+                        return Err(
+                            ctx(|| format!("masking {}", path.display()), Err(e)).unwrap_err()
+                        )
+                    }
+                }
             }
             MountStep::MaskDir { path, .. } => {
                 let t = nr(path);
