@@ -909,9 +909,10 @@ fn build_root(plan: &LinuxPlan, cwd: &CString) -> io::Result<()> {
                     // Gone since planning (a socket whose daemon exited): nothing to mask.
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(e) => {
-                        return Err(
-                            ctx(|| format!("masking {}", path.display()), Err(e)).unwrap_err()
-                        )
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("masking {}: {e}", path.display()),
+                        ))
                     }
                 }
             }
