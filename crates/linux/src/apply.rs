@@ -536,14 +536,35 @@ fn supervisor(
         "signalfd",
         sys::block_signals_fd(&[sys::FORWARDED, &[libc::SIGCHLD]].concat()),
     );
+    let notify = if plan.seccomp.notify_unix {
+        Some(step(
+            err,
+            "socketpair for the seccomp listener",
+            sys::socketpair(),
+        ))
+    } else {
+        None
+    };
     let child = match step(err, "fork", sys::fork()) {
         Forked::Child => {
             drop(sigfd);
-            command(plan, req, prep, err, pty.as_ref().map(|s| s.as_raw_fd()))
+            let sock = notify.map(|(_, theirs)| theirs);
+            command(
+                plan,
+                req,
+                prep,
+                err,
+                pty.as_ref().map(|s| s.as_raw_fd()),
+                sock.as_ref().map(|s| s.as_raw_fd()),
+            )
         }
         Forked::Parent(pid) => pid,
     };
     drop(pty);
+    let listener = notify.and_then(|(ours, theirs)| {
+        drop(theirs);
+        receive_listener(child, &ours)
+    });
     // The supervisor keeps no terminal or pipe of the user's open, so that the user's
     // pipes close exactly when the command's tree is gone.
     if let Ok(null) = std::fs::OpenOptions::new()
@@ -555,12 +576,181 @@ fn supervisor(
             let _ = sys::dup2(null.as_raw_fd(), fd);
         }
     }
-    supervise(child, &sigfd)
+    let unix = UnixGate {
+        allow: &plan.seccomp.unix_allow,
+        private_net: plan.private_network,
+    };
+    supervise(child, &sigfd, listener.as_ref(), &unix)
 }
 
-fn supervise(child: libc::pid_t, sigfd: &OwnedFd) -> ! {
+/// Takes the command's seccomp listener: the command sends its fd number (the
+/// listener cannot travel by sendmsg, which the new filter itself intercepts), and the
+/// supervisor copies it with pidfd_getfd, then acknowledges.
+fn receive_listener(child: libc::pid_t, sock: &OwnedFd) -> Option<OwnedFd> {
+    let mut num = [0u8; 4];
+    if sys::read(sock.as_raw_fd(), &mut num).ok()? != 4 {
+        return None;
+    }
+    let pidfd = sys::pidfd_open(child).ok()?;
+    let listener = sys::pidfd_getfd(&pidfd, i32::from_ne_bytes(num)).ok();
+    let _ = sys::write_all(sock.as_raw_fd(), b"k");
+    listener
+}
+
+/// Where unix-socket connections from the sandbox may go.
+struct UnixGate<'a> {
+    allow: &'a [PathBuf],
+    private_net: bool,
+}
+
+impl UnixGate<'_> {
+    /// Handles one notification: (return value, errno, continue in the kernel).
+    fn decide(&self, listener: RawFd, n: &sys::Notif) -> (i64, i32, bool) {
+        const CONTINUE: (i64, i32, bool) = (0, 0, true);
+        let tgid = tgid_of(n.pid).unwrap_or(n.pid as libc::pid_t);
+        let Ok(pidfd) = sys::pidfd_open(tgid) else {
+            return (0, libc::ESRCH, false);
+        };
+        let Ok(dup) = sys::pidfd_getfd(&pidfd, n.args[0] as i32) else {
+            return (0, libc::EBADF, false);
+        };
+        // The socket's family is fixed at creation: deciding on it is race-free,
+        // unlike the address in the caller's memory, which another thread may change.
+        match sys::sockopt_int(dup.as_raw_fd(), libc::SO_DOMAIN) {
+            Ok(libc::AF_UNIX) => {}
+            Ok(_) => return CONTINUE,
+            Err(e) => return (0, e.raw_os_error().unwrap_or(libc::ENOTSOCK), false),
+        }
+        let nr = i64::from(n.nr);
+        if nr == libc::SYS_sendmsg || nr == libc::SYS_sendmmsg {
+            // A stream or seqpacket socket has its peer already; an unconnected
+            // datagram send names its peer in memory we cannot pin: refused.
+            return match sys::sockopt_int(dup.as_raw_fd(), libc::SO_TYPE) {
+                Ok(libc::SOCK_DGRAM) => (0, libc::EPERM, false),
+                _ => CONTINUE,
+            };
+        }
+        let (addr, addrlen) = if nr == libc::SYS_connect {
+            (n.args[1], n.args[2])
+        } else {
+            (n.args[4], n.args[5])
+        };
+        let len = (addrlen as usize).min(std::mem::size_of::<libc::sockaddr_un>());
+        if len < 2 {
+            return (0, libc::EINVAL, false);
+        }
+        let Ok(raw) = sys::read_process_memory(n.pid as libc::pid_t, addr, len) else {
+            return (0, libc::EFAULT, false);
+        };
+        if !sys::notif_id_valid(listener, n.id) {
+            return (0, libc::EINTR, false);
+        }
+        if u16::from_ne_bytes([raw[0], raw[1]]) != libc::AF_UNIX as u16 {
+            return (0, libc::EINVAL, false);
+        }
+        let name = &raw[2..];
+        // Keep the O_PATH fd of the validated socket alive until the connect.
+        let mut _pinned = None;
+        let target: Vec<u8> = if name.first() == Some(&0) {
+            // Abstract names live in the network namespace: the private one holds only
+            // the sandbox's own; the host's are out of reach.
+            if !self.private_net {
+                return (0, libc::EPERM, false);
+            }
+            name.to_vec()
+        } else {
+            let path: Vec<u8> = name.iter().take_while(|b| **b != 0).copied().collect();
+            match self.resolve(n.pid as libc::pid_t, &path) {
+                Ok(fd) => {
+                    let via = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
+                    _pinned = Some(fd);
+                    via
+                }
+                Err(e) => return (0, e, false),
+            }
+        };
+        if nr == libc::SYS_connect {
+            match sys::connect_unix(dup.as_raw_fd(), &target) {
+                Ok(()) => (0, 0, false),
+                Err(e) => (0, e, false),
+            }
+        } else {
+            let blen = (n.args[2] as usize).min(4 << 20);
+            let Ok(buf) = sys::read_process_memory(n.pid as libc::pid_t, n.args[1], blen) else {
+                return (0, libc::EFAULT, false);
+            };
+            match sys::sendto_unix(dup.as_raw_fd(), &buf, n.args[3] as libc::c_int, &target) {
+                Ok(sent) => (sent as i64, 0, false),
+                Err(e) => (0, e, false),
+            }
+        }
+    }
+
+    /// Opens the socket a path names, as the caller would (relative to its cwd,
+    /// following symlinks), and checks where it really lives.
+    fn resolve(&self, pid: libc::pid_t, path: &[u8]) -> Result<OwnedFd, i32> {
+        let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
+        let c_path = CString::new(path.to_vec()).map_err(|_| libc::EINVAL)?;
+        let fd = if path.first() == Some(&b'/') {
+            sys::open_path_at(libc::AT_FDCWD, &c_path).map_err(errno)?
+        } else {
+            let cwd = sys::open_path_at(
+                libc::AT_FDCWD,
+                &c(format!("/proc/{pid}/cwd")).map_err(errno)?,
+            )
+            .map_err(errno)?;
+            sys::open_path_at(cwd.as_raw_fd(), &c_path).map_err(errno)?
+        };
+        let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        use std::os::unix::fs::FileTypeExt;
+        if !std::fs::metadata(&link)
+            .map(|m| m.file_type().is_socket())
+            .unwrap_or(false)
+        {
+            return Err(libc::ECONNREFUSED);
+        }
+        let real = std::fs::read_link(&link).map_err(errno)?;
+        if self.allow.iter().any(|a| real.starts_with(a)) {
+            Ok(fd)
+        } else {
+            // A socket outside the sandbox's own places: a host daemon's.
+            Err(libc::EACCES)
+        }
+    }
+}
+
+fn tgid_of(tid: u32) -> Option<libc::pid_t> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn supervise(
+    child: libc::pid_t,
+    sigfd: &OwnedFd,
+    listener: Option<&OwnedFd>,
+    unix: &UnixGate<'_>,
+) -> ! {
+    let mut listener = listener.map(|l| l.as_raw_fd());
     loop {
-        let _ = sys::poll(&[(sigfd.as_raw_fd(), libc::POLLIN)], -1);
+        let fds = [
+            (sigfd.as_raw_fd(), libc::POLLIN),
+            (listener.unwrap_or(-1), libc::POLLIN),
+        ];
+        let rev = sys::poll(&fds, -1).unwrap_or_default();
+        if let Some(l) = listener {
+            let r = rev.get(1).copied().unwrap_or(0);
+            if r & libc::POLLIN != 0 {
+                if let Ok(n) = sys::notif_recv(l) {
+                    let (val, errno, cont) = unix.decide(l, &n);
+                    sys::notif_send(l, n.id, val, errno, cont);
+                }
+            } else if r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                // No process uses the filter any more.
+                listener = None;
+            }
+        }
         while let Ok(Some(sig)) = sys::read_signal(sigfd) {
             if sig == libc::SIGCHLD {
                 continue;
@@ -587,6 +777,7 @@ fn command(
     prep: &Prepared,
     err: RawFd,
     pty_slave: Option<RawFd>,
+    notify: Option<RawFd>,
 ) -> ! {
     sys::reset_signals();
     step(err, "setsid", sys::setsid());
@@ -630,6 +821,20 @@ fn command(
                 &format!("sandbox setup failed: installing seccomp (prctl(PR_SET_SECCOMP)): {e}"),
             );
         }
+    }
+    if let Some(sock) = notify {
+        // The supervisor copies the listener with pidfd_getfd, a ptrace-class access:
+        // undo the non-dumpable flag inherited from it (execve resets it anyway).
+        let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1);
+        // Last: from here on connect/sendto/sendmsg wait for the supervisor.
+        let listener = match sys::install_seccomp_listener(&seccomp_compile::notify_program()) {
+            Ok(l) => l,
+            Err(e) => die(err, EXIT_SETUP, &format!("sandbox setup failed: installing the seccomp notification filter (seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)): {e}")),
+        };
+        let _ = sys::write_all(sock, &listener.as_raw_fd().to_ne_bytes());
+        let mut ack = [0u8; 1];
+        let _ = sys::read(sock, &mut ack);
+        drop(listener);
     }
     exec(prep, err)
 }
@@ -1056,6 +1261,7 @@ fn run_degraded(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i
                 prep,
                 err_w.as_raw_fd(),
                 pty.as_ref().map(|p| p.1.as_raw_fd()),
+                None,
             )
         }
         Forked::Parent(pid) => pid,

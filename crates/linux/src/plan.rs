@@ -244,6 +244,13 @@ pub struct SeccompRule {
 pub struct SeccompPlan {
     /// Rules.
     pub rules: Vec<SeccompRule>,
+    /// connect/sendto/sendmsg go to the supervisor (seccomp user notification), which
+    /// lets unix-socket connections reach only sockets under `unix_allow` (Landlock
+    /// controls unix connects only from ABI 9; a host daemon may create a socket
+    /// anywhere after the sandbox started).
+    pub notify_unix: bool,
+    /// Where sockets may be connected to: the writable roots, /tmp and /dev/shm.
+    pub unix_allow: Vec<PathBuf>,
 }
 
 /// Cgroup limits (applied when the host lets workfence create a cgroup).
@@ -456,7 +463,11 @@ fn seccomp_rules(policy: &Policy, isolation: Isolation) -> SeccompPlan {
             );
         }
     }
-    SeccompPlan { rules }
+    SeccompPlan {
+        rules,
+        notify_unix: false,
+        unix_allow: Vec::new(),
+    }
 }
 
 /// Computes the plan. Pure: everything about the host comes in through `facts`.
@@ -718,6 +729,16 @@ pub fn plan(
             "no delegated cgroup v2 subtree: run under a systemd user session (systemd-run --user --scope) or as root",
         ));
     }
+    let mut seccomp = seccomp_rules(policy, isolation);
+    if ns {
+        seccomp.notify_unix = true;
+        seccomp.unix_allow = layout
+            .writable
+            .iter()
+            .map(|w| w.path.clone())
+            .chain([tmp.clone(), PathBuf::from("/dev/shm")])
+            .collect();
+    }
     Ok(LinuxPlan {
         isolation,
         namespaces,
@@ -725,7 +746,7 @@ pub fn plan(
         gid: facts.gid,
         mounts,
         landlock,
-        seccomp: seccomp_rules(policy, isolation),
+        seccomp,
         nproc: u64::from(policy.limits.max_processes),
         cgroup,
         tmpdir: if ns { tmp } else { facts.degraded_tmp.clone() },
@@ -842,6 +863,19 @@ impl fmt::Display for LinuxPlan {
                 format!(" if {}", parts.join(" && "))
             };
             writeln!(f, "  {}{} -> {}  # {}", r.syscall, cond, r.errno, r.why)?;
+        }
+        if self.seccomp.notify_unix {
+            let allow: Vec<String> = self
+                .seccomp
+                .unix_allow
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            writeln!(
+                f,
+                "  connect, sendto (with an address), sendmsg, sendmmsg -> supervisor: unix sockets only under {}; unconnected unix datagram sendmsg refused; other families continue",
+                allow.join(", ")
+            )?;
         }
         writeln!(f, "\nLimits:")?;
         writeln!(

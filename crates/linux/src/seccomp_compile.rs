@@ -156,3 +156,42 @@ fn x32_guard() -> BpfProgram {
 pub fn install(prog: &BpfProgram) -> Result<(), String> {
     seccompiler::apply_filter(prog).map_err(|e| e.to_string())
 }
+
+/// The user-notification filter: connect, sendmsg and sendmmsg always, sendto when it
+/// carries an address, go to the supervisor. Install it last, with a listener.
+pub fn notify_program() -> BpfProgram {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let stmt = |code: u32, k: u32| seccompiler::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| seccompiler::sock_filter {
+        code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xC000_00B7;
+    #[cfg(not(target_arch = "aarch64"))]
+    const ARCH: u32 = 0xC000_003E;
+    let ld = BPF_LD | BPF_W | BPF_ABS;
+    vec![
+        stmt(ld, 4),                                         // 0: arch
+        jump(ARCH, 0, 10), // 1: other arch -> allow (another filter kills it)
+        stmt(ld, 0),       // 2: nr
+        jump(libc::SYS_connect as u32, 7, 0), // 3 -> notify
+        jump(libc::SYS_sendmsg as u32, 6, 0), // 4 -> notify
+        jump(libc::SYS_sendmmsg as u32, 5, 0), // 5 -> notify
+        jump(libc::SYS_sendto as u32, 0, 5), // 6: not sendto -> allow
+        stmt(ld, 16 + 8 * 4), // 7: args[4], low word
+        jump(0, 0, 2),     // 8: non-null -> notify
+        stmt(ld, 16 + 8 * 4 + 4), // 9: args[4], high word
+        jump(0, 1, 0),     // 10: null -> allow, else notify
+        stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_USER_NOTIF), // 11
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW), // 12
+    ]
+}

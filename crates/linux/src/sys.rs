@@ -840,3 +840,188 @@ pub fn detach_guard(keep: RawFd) {
     }
     let _ = prctl(libc::PR_SET_NAME, c"wf-cleanup".as_ptr() as libc::c_ulong);
 }
+
+/// Installs a seccomp filter that returns a user-notification listener fd
+/// (`seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER)`).
+pub fn install_seccomp_listener(prog: &[seccompiler::sock_filter]) -> io::Result<OwnedFd> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as libc::c_ushort,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: fprog points to a valid program (seccompiler's sock_filter has the
+    // kernel's layout) that outlives the call; the kernel copies it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    let fd = cvt_long(r)? as RawFd;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_getfd(2)`: a duplicate of another process's fd (same open file description).
+pub fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    let fd = cvt_long(r)? as RawFd;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `getsockopt(SOL_SOCKET, opt)` for an int option.
+pub fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid out-pointers of the right size.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(v)
+}
+
+/// Reads `len` bytes at `addr` in process `pid` (`process_vm_readv`).
+pub fn read_process_memory(pid: libc::pid_t, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: local describes our own buffer of len bytes; remote is only read by the
+    // kernel in the other process's address space.
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+const SECCOMP_IOCTL_NOTIF_RECV: libc::c_ulong = 0xc050_2100;
+const SECCOMP_IOCTL_NOTIF_SEND: libc::c_ulong = 0xc018_2101;
+const SECCOMP_IOCTL_NOTIF_ID_VALID: libc::c_ulong = 0x4008_2102;
+
+/// A seccomp user notification.
+#[derive(Debug, Clone, Copy)]
+pub struct Notif {
+    /// Cookie for the response.
+    pub id: u64,
+    /// The calling thread (in the supervisor's pid namespace).
+    pub pid: u32,
+    /// Syscall number.
+    pub nr: i32,
+    /// Arguments.
+    pub args: [u64; 6],
+}
+
+/// `SECCOMP_IOCTL_NOTIF_RECV`.
+pub fn notif_recv(listener: RawFd) -> io::Result<Notif> {
+    let mut raw = [0u64; 10]; // struct seccomp_notif: 80 bytes
+                              // SAFETY: raw is an 80-byte, 8-aligned buffer, the size encoded in the ioctl number.
+    cvt(unsafe { libc::ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, raw.as_mut_ptr()) })?;
+    Ok(Notif {
+        id: raw[0],
+        pid: raw[1] as u32,
+        nr: raw[2] as u32 as i32,
+        args: [raw[4], raw[5], raw[6], raw[7], raw[8], raw[9]],
+    })
+}
+
+/// `SECCOMP_IOCTL_NOTIF_ID_VALID`: the target is still blocked in that syscall.
+pub fn notif_id_valid(listener: RawFd, id: u64) -> bool {
+    let mut id = id;
+    // SAFETY: id is a valid u64 the ioctl reads.
+    unsafe { libc::ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id) == 0 }
+}
+
+/// `SECCOMP_IOCTL_NOTIF_SEND`: `continue_` lets the syscall proceed in the kernel;
+/// otherwise it returns `val`, or fails with `errno` when non-zero.
+pub fn notif_send(listener: RawFd, id: u64, val: i64, errno: i32, continue_: bool) {
+    #[repr(C)]
+    struct Resp {
+        id: u64,
+        val: i64,
+        error: i32,
+        flags: u32,
+    }
+    let mut r = Resp {
+        id,
+        val,
+        error: if errno != 0 { -errno } else { 0 },
+        flags: if continue_ { 1 } else { 0 },
+    };
+    // SAFETY: r is a valid seccomp_notif_resp (24 bytes).
+    unsafe { libc::ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &mut r) };
+}
+
+fn sockaddr_un_for(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if path.len() >= a.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (d, s) in a.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    Ok((a, (2 + path.len()) as libc::socklen_t))
+}
+
+/// `connect(2)` of a unix socket to a raw address (path or abstract name, as bytes
+/// after the family). Returns the errno on failure.
+pub fn connect_unix(fd: RawFd, path: &[u8]) -> Result<(), i32> {
+    let (a, len) = sockaddr_un_for(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+    // SAFETY: a is a valid sockaddr_un of `len` meaningful bytes.
+    let r = unsafe { libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), len) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
+    }
+}
+
+/// `sendto(2)` on a unix socket to a raw address. Returns bytes sent or the errno.
+pub fn sendto_unix(fd: RawFd, buf: &[u8], flags: libc::c_int, path: &[u8]) -> Result<usize, i32> {
+    let (a, len) = sockaddr_un_for(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+    // SAFETY: buf is valid for buf.len() bytes; a is a valid sockaddr_un.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            flags,
+            (&a as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    if r >= 0 {
+        Ok(r as usize)
+    } else {
+        Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
+    }
+}
+
+/// `openat(dirfd, path, O_PATH | O_CLOEXEC)`, following symlinks like a socket connect does.
+pub fn open_path_at(dir: RawFd, path: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: path is a valid C string.
+    let fd = cvt(unsafe { libc::openat(dir, path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) })?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
