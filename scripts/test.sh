@@ -38,7 +38,7 @@ declare -A PKG=(
     [git]=git [cc]=gcc [make]=make [python3]=python3
     [unshare]=util-linux [setsid]=util-linux [ipcmk]=util-linux [ipcrm]=util-linux
     [setpriv]=util-linux [kill]=procps [nohup]=coreutils [truncate]=coreutils
-    [useradd]=passwd [sed]=sed [setfattr]=attr
+    [useradd]=passwd [sed]=sed [setfattr]=attr [tinyscheme]=tinyscheme
 )
 missing=()
 for c in "${!PKG[@]}"; do
