@@ -1075,7 +1075,8 @@ fn build_root(plan: &LinuxPlan, cwd: &CString) -> io::Result<()> {
                     }
                 }
             }
-            MountStep::BindWritable { path } => {
+            // A pin is a writable bind of a directory onto itself: same steps.
+            MountStep::BindWritable { path } | MountStep::Pin { path } => {
                 let t = nr(path);
                 bind_nofollow(path, &t, true)?;
                 ctx(
@@ -1091,18 +1092,6 @@ fn build_root(plan: &LinuxPlan, cwd: &CString) -> io::Result<()> {
                 let t = nr(path);
                 bind_nofollow(path, &t, true)?;
                 remount_ro(&t)?;
-            }
-            MountStep::Pin { path } => {
-                let t = nr(path);
-                bind_nofollow(path, &t, true)?;
-                ctx(
-                    || format!("nosuid on {}", path.display()),
-                    sys::mount_setattr_recursive(
-                        &c(&t)?,
-                        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-                        0,
-                    ),
-                )?;
             }
             MountStep::MaskFile { path, .. } => {
                 let t = nr(path);

@@ -348,6 +348,17 @@ impl Target {
     }
 }
 
+/// The Linux plan `explain` shows: the namespace plan for this host's facts.
+fn linux_plan(p: &Policy, layout: &FsLayout) -> Result<workfence_linux::LinuxPlan, Error> {
+    let want_cgroup = is_root() || p.limits.memory_bytes.is_some();
+    let facts =
+        workfence_linux::host_facts(layout, false, want_cgroup && cfg!(target_os = "linux"));
+    Ok(
+        workfence_linux::plan(p, layout, &facts, workfence_linux::Isolation::Namespaces)
+            .map_err(workfence_linux::LinuxError::from)?,
+    )
+}
+
 /// The effective policy (with where each value came from) and the platform plan, as text.
 pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
     let p = &resolved.policy;
@@ -471,15 +482,7 @@ pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
     let _ = writeln!(s);
     match target {
         Target::Linux => {
-            let want_cgroup = is_root() || p.limits.memory_bytes.is_some();
-            let facts = workfence_linux::host_facts(
-                &layout,
-                false,
-                want_cgroup && cfg!(target_os = "linux"),
-            );
-            let plan =
-                workfence_linux::plan(p, &layout, &facts, workfence_linux::Isolation::Namespaces)
-                    .map_err(workfence_linux::LinuxError::from)?;
+            let plan = linux_plan(p, &layout)?;
             let _ = write!(s, "{plan}");
         }
         Target::Macos => {
@@ -513,15 +516,7 @@ pub fn explain_json(resolved: &Resolved, target: Target) -> Result<serde_json::V
     let layout = compute_layout(p)?;
     let plan = match target {
         Target::Linux => {
-            let want_cgroup = is_root() || p.limits.memory_bytes.is_some();
-            let facts = workfence_linux::host_facts(
-                &layout,
-                false,
-                want_cgroup && cfg!(target_os = "linux"),
-            );
-            let plan =
-                workfence_linux::plan(p, &layout, &facts, workfence_linux::Isolation::Namespaces)
-                    .map_err(workfence_linux::LinuxError::from)?;
+            let plan = linux_plan(p, &layout)?;
             serde_json::json!({ "target": "linux", "plan": plan })
         }
         Target::Macos => {
