@@ -137,12 +137,6 @@ pub enum LayoutError {
     MissingCwd(PathBuf),
 }
 
-/// A placeholder for a missing name is a directory unless the name has an extension
-/// (`.mcp.json`).
-fn looks_like_dir(name: &str) -> bool {
-    !name.trim_start_matches('.').contains('.')
-}
-
 fn glob_match(pat: &str, name: &str) -> bool {
     // `*` matches any run of characters; nothing else is special.
     let parts: Vec<&str> = pat.split('*').collect();
@@ -604,7 +598,9 @@ pub fn compute(policy: &Policy, home: &Path, probe: &dyn FsProbe) -> Result<FsLa
                     _ => b.protect(
                         p,
                         Protection::ReadOnly,
-                        looks_like_dir(name),
+                        // Always a directory, even for `.mcp.json`: git ignores empty
+                        // directories, so `git status` stays clean during the run.
+                        true,
                         "runs code on the host later (agent or editor config)",
                     ),
                 }
