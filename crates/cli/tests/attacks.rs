@@ -1376,11 +1376,19 @@ while not os.path.exists(os.path.join(ws, "ready")):
         sys.exit(0)
     time.sleep(0.01)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(sock); s.listen(8); s.settimeout(0.02)
+# Listen before the name appears (bind elsewhere, then rename), so that a client that
+# sees the socket never races the listen() call.
+s.bind(sock + ".tmp"); s.listen(8); os.rename(sock + ".tmp", sock); s.settimeout(0.02)
 while not os.path.exists(os.path.join(ws, "done")) and time.time() < end:
     try:
         c, _ = s.accept()
         open(out, "w").write("contacted\n")
+        # Read the client's byte before closing, so its send never meets a closed peer.
+        c.settimeout(2)
+        try:
+            c.recv(16)
+        except OSError:
+            pass
         c.close()
     except socket.timeout:
         pass
