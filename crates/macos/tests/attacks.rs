@@ -13,43 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use workfence_macos::{profile, run, MacContext};
-use workfence_policy::layout::{compute, FileKind, FsProbe};
+use workfence_policy::layout::compute;
 use workfence_policy::run::RunRequest;
 use workfence_policy::{Mode, Network, Policy, ProxyPolicy, Source, SourcedPath};
 
-/// The real filesystem, for `layout::compute`.
-struct RealFs;
-
-impl FsProbe for RealFs {
-    fn kind(&self, p: &Path) -> Option<FileKind> {
-        let m = fs::symlink_metadata(p).ok()?;
-        let t = m.file_type();
-        Some(if t.is_symlink() {
-            FileKind::Symlink
-        } else if t.is_dir() {
-            FileKind::Dir
-        } else if t.is_file() {
-            FileKind::File
-        } else {
-            FileKind::Other
-        })
-    }
-    fn canonicalize(&self, p: &Path) -> Option<PathBuf> {
-        fs::canonicalize(p).ok()
-    }
-    fn read_to_string(&self, p: &Path) -> Option<String> {
-        fs::read_to_string(p).ok()
-    }
-    fn read_dir(&self, p: &Path) -> Vec<String> {
-        fs::read_dir(p)
-            .map(|it| {
-                it.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
+use workfence_policy::layout::StdProbe as RealFs;
 
 const SECRET: &str = "SECRET-KEY-MATERIAL-4242";
 

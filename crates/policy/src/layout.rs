@@ -659,6 +659,47 @@ pub fn compute(policy: &Policy, home: &Path, probe: &dyn FsProbe) -> Result<FsLa
     Ok(b.layout)
 }
 
+/// The real filesystem through `std::fs` (portable: no platform API), for [`compute`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdProbe;
+
+impl FsProbe for StdProbe {
+    fn kind(&self, p: &Path) -> Option<FileKind> {
+        let m = std::fs::symlink_metadata(p).ok()?;
+        let t = m.file_type();
+        Some(if t.is_symlink() {
+            FileKind::Symlink
+        } else if t.is_dir() {
+            FileKind::Dir
+        } else if t.is_file() {
+            FileKind::File
+        } else {
+            FileKind::Other
+        })
+    }
+    fn canonicalize(&self, p: &Path) -> Option<PathBuf> {
+        std::fs::canonicalize(p).ok()
+    }
+    fn read_to_string(&self, p: &Path) -> Option<String> {
+        // Small files only (git config, .git files): a hostile workspace could point
+        // these at something huge.
+        let m = std::fs::metadata(p).ok()?;
+        if !m.is_file() || m.len() > 1 << 20 {
+            return None;
+        }
+        std::fs::read_to_string(p).ok()
+    }
+    fn read_dir(&self, p: &Path) -> Vec<String> {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 pub mod memfs {
     //! An in-memory filesystem implementing [`FsProbe`], for plan tests of every
     //! backend (they run on any OS).

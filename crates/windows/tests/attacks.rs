@@ -12,42 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use workfence_policy::layout::{self, FileKind, FsProbe};
+use workfence_policy::layout;
 use workfence_policy::run::RunRequest;
 use workfence_policy::{Mode, Network, Policy, Source, SourcedPath};
 use workfence_windows::{plan, run, WindowsContext, WindowsPlan};
 
-struct RealFs;
-
-impl FsProbe for RealFs {
-    fn kind(&self, p: &Path) -> Option<FileKind> {
-        let m = std::fs::symlink_metadata(p).ok()?;
-        let t = m.file_type();
-        Some(if t.is_symlink() {
-            FileKind::Symlink
-        } else if t.is_dir() {
-            FileKind::Dir
-        } else if t.is_file() {
-            FileKind::File
-        } else {
-            FileKind::Other
-        })
-    }
-    fn canonicalize(&self, p: &Path) -> Option<PathBuf> {
-        std::fs::canonicalize(p).ok()
-    }
-    fn read_to_string(&self, p: &Path) -> Option<String> {
-        std::fs::read_to_string(p).ok()
-    }
-    fn read_dir(&self, p: &Path) -> Vec<String> {
-        std::fs::read_dir(p)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-}
+use workfence_policy::layout::StdProbe as RealFs;
 
 fn home() -> PathBuf {
     PathBuf::from(std::env::var("USERPROFILE").expect("USERPROFILE"))

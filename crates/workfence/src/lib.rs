@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use workfence_policy::config::{ConfigError, ConfigFile};
-use workfence_policy::layout::{self, FileKind, FsLayout, FsProbe, LayoutError};
+use workfence_policy::layout::{self, FsLayout, LayoutError};
 use workfence_policy::resolve::{resolve, CliOverrides, Layers, Resolved};
 use workfence_policy::run::RunRequest;
 #[cfg(any(target_os = "linux", target_os = "macos"))]
@@ -75,46 +75,7 @@ pub enum Error {
     Unsupported(String),
 }
 
-/// The real filesystem, for [`layout::compute`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StdProbe;
-
-impl FsProbe for StdProbe {
-    fn kind(&self, p: &Path) -> Option<FileKind> {
-        let m = std::fs::symlink_metadata(p).ok()?;
-        let t = m.file_type();
-        Some(if t.is_symlink() {
-            FileKind::Symlink
-        } else if t.is_dir() {
-            FileKind::Dir
-        } else if t.is_file() {
-            FileKind::File
-        } else {
-            FileKind::Other
-        })
-    }
-    fn canonicalize(&self, p: &Path) -> Option<PathBuf> {
-        std::fs::canonicalize(p).ok()
-    }
-    fn read_to_string(&self, p: &Path) -> Option<String> {
-        // Small files only (git config, .git files): a hostile workspace could point
-        // these at something huge.
-        let m = std::fs::metadata(p).ok()?;
-        if !m.is_file() || m.len() > 1 << 20 {
-            return None;
-        }
-        std::fs::read_to_string(p).ok()
-    }
-    fn read_dir(&self, p: &Path) -> Vec<String> {
-        std::fs::read_dir(p)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
+pub use workfence_policy::layout::StdProbe;
 
 /// The user's home directory (`$HOME`).
 pub fn home_dir() -> PathBuf {
