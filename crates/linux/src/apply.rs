@@ -119,16 +119,24 @@ pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<i32, LinuxError> {
 struct Cgroup(Option<PathBuf>);
 
 impl Cgroup {
-    fn create(plan: &LinuxPlan) -> Cgroup {
+    /// Creates the planned cgroup. Failing to create it or to set pids.max is an
+    /// error: the plan counts on it for the process cap (fail closed). Memory and CPU
+    /// stay best-effort here; the plan already reports them when no v2 subtree exists.
+    fn create(plan: &LinuxPlan) -> Result<Cgroup, LinuxError> {
         let Some(c) = &plan.cgroup else {
-            return Cgroup(None);
+            return Ok(Cgroup(None));
         };
         let dir = c.parent.join(format!("workfence-{}", std::process::id()));
-        if std::fs::create_dir(&dir).is_err() {
-            return Cgroup(None);
-        }
+        std::fs::create_dir(&dir).map_err(|e| LinuxError::Io {
+            step: "creating the sandbox's cgroup",
+            source: e,
+        })?;
+        let cg = Cgroup(Some(dir.clone()));
         if let Some(n) = c.pids_max {
-            let _ = std::fs::write(dir.join("pids.max"), n.to_string());
+            std::fs::write(dir.join("pids.max"), n.to_string()).map_err(|e| LinuxError::Io {
+                step: "writing pids.max of the sandbox's cgroup",
+                source: e,
+            })?;
         }
         if let Some(m) = c.memory_max {
             let _ = std::fs::write(dir.join("memory.max"), m.to_string());
@@ -139,13 +147,27 @@ impl Cgroup {
                 format!("{} 100000", u64::from(p) * 1000),
             );
         }
-        Cgroup(Some(dir))
+        Ok(cg)
     }
 
-    fn attach(&self, pid: libc::pid_t) {
-        if let Some(d) = &self.0 {
-            let _ = std::fs::write(d.join("cgroup.procs"), pid.to_string());
+    fn attach(&self, pid: libc::pid_t) -> Result<(), LinuxError> {
+        match &self.0 {
+            Some(d) => std::fs::write(d.join("cgroup.procs"), pid.to_string()).map_err(|e| {
+                LinuxError::Io {
+                    step: "moving the sandbox into its cgroup",
+                    source: e,
+                }
+            }),
+            None => Ok(()),
         }
+    }
+
+    /// Attaches `pid`, or kills it (it has not started the command yet) and fails.
+    fn attach_or_kill(&self, pid: libc::pid_t) -> Result<(), LinuxError> {
+        self.attach(pid).inspect_err(|_| {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::waitpid(pid, false);
+        })
     }
 }
 
@@ -190,12 +212,13 @@ fn run_namespaces(
     } else {
         None
     };
+    // Before blocking signals, so that an early error leaves the mask alone.
+    let cgroup = Cgroup::create(plan)?;
     let sigfd = sys::block_signals_fd(sys::FORWARDED).map_err(|e| LinuxError::Syscall {
         step: "blocking forwarded signals",
         call: "signalfd",
         source: e,
     })?;
-    let cgroup = Cgroup::create(plan);
 
     let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
@@ -222,7 +245,10 @@ fn run_namespaces(
     };
     drop(err_w);
     drop(go_r);
-    cgroup.attach(pid);
+    if let Err(e) = cgroup.attach_or_kill(pid) {
+        restore_mask();
+        return Err(e);
+    }
     // If workfence is killed, a small guard process removes the placeholders once the
     // sandbox is gone (the front end cannot clean up after SIGKILL).
     let _guard = if placeholders.is_empty() {
@@ -1211,6 +1237,7 @@ fn run_degraded(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i
         call: "pipe2",
         source: e,
     })?;
+    let cgroup = Cgroup::create(plan)?;
     let sigfd = sys::block_signals_fd(sys::FORWARDED).map_err(|e| LinuxError::Syscall {
         step: "blocking forwarded signals",
         call: "signalfd",
@@ -1231,7 +1258,6 @@ fn run_degraded(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i
     } else {
         None
     };
-    let cgroup = Cgroup::create(plan);
     let pid = match sys::fork().map_err(|e| LinuxError::Syscall {
         step: "starting the command",
         call: "fork",
@@ -1255,7 +1281,10 @@ fn run_degraded(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i
         }
         Forked::Parent(pid) => pid,
     };
-    cgroup.attach(pid);
+    if let Err(e) = cgroup.attach_or_kill(pid) {
+        restore_mask();
+        return Err(e);
+    }
     drop(err_w);
     let outcome = front_loop(pid, &sigfd, req.timeout, pty.as_ref().map(|p| &p.0));
     kill_descendants();
