@@ -107,13 +107,10 @@ fn step<T>(err_fd: RawFd, what: &str, r: io::Result<T>) -> T {
 /// Runs the command under the plan. Returns the exit status per the CLI contract.
 pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<i32, LinuxError> {
     let prep = prepare(plan, req)?;
-    let placeholders = crate::placeholders::create(plan)?;
-    let result = match plan.isolation {
-        Isolation::Namespaces => run_namespaces(plan, req, &prep, &placeholders),
+    match plan.isolation {
+        Isolation::Namespaces => run_namespaces(plan, req, &prep),
         Isolation::Degraded => run_degraded(plan, req, &prep),
-    };
-    placeholders.release();
-    result
+    }
 }
 
 struct Cgroup(Option<PathBuf>);
@@ -185,12 +182,7 @@ impl Drop for Cgroup {
     }
 }
 
-fn run_namespaces(
-    plan: &LinuxPlan,
-    req: &RunRequest,
-    prep: &Prepared,
-    placeholders: &crate::placeholders::Placeholders,
-) -> Result<i32, LinuxError> {
+fn run_namespaces(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i32, LinuxError> {
     let (err_r, err_w) = sys::pipe().map_err(|e| LinuxError::Syscall {
         step: "creating the error pipe",
         call: "pipe2",
@@ -249,13 +241,6 @@ fn run_namespaces(
         restore_mask();
         return Err(e);
     }
-    // If workfence is killed, a small guard process removes the placeholders once the
-    // sandbox is gone (the front end cannot clean up after SIGKILL).
-    let _guard = if placeholders.is_empty() {
-        None
-    } else {
-        spawn_cleanup_guard(placeholders, pid)
-    };
     let _ = sys::write_all(go_w.as_raw_fd(), b"g");
     drop(go_w);
     let master = match pty_sock {
@@ -269,32 +254,6 @@ fn run_namespaces(
     drop(master);
     restore_mask();
     finish(outcome, &err_r, req.timeout)
-}
-
-/// Forks the cleanup guard. It holds the read end of a pipe whose write end only the
-/// front end has: EOF means the front end is gone (exited or killed). The guard then
-/// waits for the sandbox's pid 1 to die and releases the placeholders.
-fn spawn_cleanup_guard(
-    ph: &crate::placeholders::Placeholders,
-    sandbox: libc::pid_t,
-) -> Option<OwnedFd> {
-    let (r, w) = sys::pipe().ok()?;
-    match sys::fork().ok()? {
-        Forked::Parent(_) => {
-            drop(r);
-            Some(w)
-        }
-        Forked::Child => {
-            sys::detach_guard(r.as_raw_fd());
-            let mut b = [0u8; 16];
-            while matches!(sys::read(3, &mut b), Ok(n) if n > 0) {}
-            if let Ok(pidfd) = sys::pidfd_open(sandbox) {
-                let _ = sys::poll(&[(pidfd.as_raw_fd(), libc::POLLIN)], 10_000);
-            }
-            ph.release();
-            sys::exit_now(0)
-        }
-    }
 }
 
 /// Unblocks the forwarded signals in the front end once the sandbox is gone.
@@ -562,35 +521,14 @@ fn supervisor(
         "signalfd",
         sys::block_signals_fd(&[sys::FORWARDED, &[libc::SIGCHLD]].concat()),
     );
-    let notify = if plan.seccomp.notify_unix {
-        Some(step(
-            err,
-            "socketpair for the seccomp listener",
-            sys::socketpair(),
-        ))
-    } else {
-        None
-    };
     let child = match step(err, "fork", sys::fork()) {
         Forked::Child => {
             drop(sigfd);
-            let sock = notify.map(|(_, theirs)| theirs);
-            command(
-                plan,
-                req,
-                prep,
-                err,
-                pty.as_ref().map(|s| s.as_raw_fd()),
-                sock.as_ref().map(|s| s.as_raw_fd()),
-            )
+            command(plan, req, prep, err, pty.as_ref().map(|s| s.as_raw_fd()))
         }
         Forked::Parent(pid) => pid,
     };
     drop(pty);
-    let listener = notify.and_then(|(ours, theirs)| {
-        drop(theirs);
-        receive_listener(child, &ours)
-    });
     // The supervisor keeps no terminal or pipe of the user's open, so that the user's
     // pipes close exactly when the command's tree is gone.
     if let Ok(null) = std::fs::OpenOptions::new()
@@ -602,181 +540,14 @@ fn supervisor(
             let _ = sys::dup2(null.as_raw_fd(), fd);
         }
     }
-    let unix = UnixGate {
-        allow: &plan.seccomp.unix_allow,
-        private_net: plan.private_network,
-    };
-    supervise(child, &sigfd, listener.as_ref(), &unix)
+    supervise(child, &sigfd)
 }
 
-/// Takes the command's seccomp listener: the command sends its fd number (the
-/// listener cannot travel by sendmsg, which the new filter itself intercepts), and the
-/// supervisor copies it with pidfd_getfd, then acknowledges.
-fn receive_listener(child: libc::pid_t, sock: &OwnedFd) -> Option<OwnedFd> {
-    let mut num = [0u8; 4];
-    if sys::read(sock.as_raw_fd(), &mut num).ok()? != 4 {
-        return None;
-    }
-    let pidfd = sys::pidfd_open(child).ok()?;
-    let listener = sys::pidfd_getfd(&pidfd, i32::from_ne_bytes(num)).ok();
-    let _ = sys::write_all(sock.as_raw_fd(), b"k");
-    listener
-}
-
-/// Where unix-socket connections from the sandbox may go.
-struct UnixGate<'a> {
-    allow: &'a [PathBuf],
-    private_net: bool,
-}
-
-impl UnixGate<'_> {
-    /// Handles one notification: (return value, errno, continue in the kernel).
-    fn decide(&self, listener: RawFd, n: &sys::Notif) -> (i64, i32, bool) {
-        const CONTINUE: (i64, i32, bool) = (0, 0, true);
-        let tgid = tgid_of(n.pid).unwrap_or(n.pid as libc::pid_t);
-        let Ok(pidfd) = sys::pidfd_open(tgid) else {
-            return (0, libc::ESRCH, false);
-        };
-        let Ok(dup) = sys::pidfd_getfd(&pidfd, n.args[0] as i32) else {
-            return (0, libc::EBADF, false);
-        };
-        // The socket's family is fixed at creation: deciding on it is race-free,
-        // unlike the address in the caller's memory, which another thread may change.
-        match sys::sockopt_int(dup.as_raw_fd(), libc::SO_DOMAIN) {
-            Ok(libc::AF_UNIX) => {}
-            Ok(_) => return CONTINUE,
-            Err(e) => return (0, e.raw_os_error().unwrap_or(libc::ENOTSOCK), false),
-        }
-        let nr = i64::from(n.nr);
-        if nr == libc::SYS_sendmsg || nr == libc::SYS_sendmmsg {
-            // A stream or seqpacket socket has its peer already; an unconnected
-            // datagram send names its peer in memory we cannot pin: refused.
-            return match sys::sockopt_int(dup.as_raw_fd(), libc::SO_TYPE) {
-                Ok(libc::SOCK_DGRAM) => (0, libc::EPERM, false),
-                _ => CONTINUE,
-            };
-        }
-        let (addr, addrlen) = if nr == libc::SYS_connect {
-            (n.args[1], n.args[2])
-        } else {
-            (n.args[4], n.args[5])
-        };
-        let len = (addrlen as usize).min(std::mem::size_of::<libc::sockaddr_un>());
-        if len < 2 {
-            return (0, libc::EINVAL, false);
-        }
-        let Ok(raw) = sys::read_process_memory(n.pid as libc::pid_t, addr, len) else {
-            return (0, libc::EFAULT, false);
-        };
-        if !sys::notif_id_valid(listener, n.id) {
-            return (0, libc::EINTR, false);
-        }
-        if u16::from_ne_bytes([raw[0], raw[1]]) != libc::AF_UNIX as u16 {
-            return (0, libc::EINVAL, false);
-        }
-        let name = &raw[2..];
-        // Keep the O_PATH fd of the validated socket alive until the connect.
-        let mut _pinned = None;
-        let target: Vec<u8> = if name.first() == Some(&0) {
-            // Abstract names live in the network namespace: the private one holds only
-            // the sandbox's own; the host's are out of reach.
-            if !self.private_net {
-                return (0, libc::EPERM, false);
-            }
-            name.to_vec()
-        } else {
-            let path: Vec<u8> = name.iter().take_while(|b| **b != 0).copied().collect();
-            match self.resolve(n.pid as libc::pid_t, &path) {
-                Ok(fd) => {
-                    let via = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
-                    _pinned = Some(fd);
-                    via
-                }
-                Err(e) => return (0, e, false),
-            }
-        };
-        if nr == libc::SYS_connect {
-            match sys::connect_unix(dup.as_raw_fd(), &target) {
-                Ok(()) => (0, 0, false),
-                Err(e) => (0, e, false),
-            }
-        } else {
-            let blen = (n.args[2] as usize).min(4 << 20);
-            let Ok(buf) = sys::read_process_memory(n.pid as libc::pid_t, n.args[1], blen) else {
-                return (0, libc::EFAULT, false);
-            };
-            match sys::sendto_unix(dup.as_raw_fd(), &buf, n.args[3] as libc::c_int, &target) {
-                Ok(sent) => (sent as i64, 0, false),
-                Err(e) => (0, e, false),
-            }
-        }
-    }
-
-    /// Opens the socket a path names, as the caller would (relative to its cwd,
-    /// following symlinks), and checks where it really lives.
-    fn resolve(&self, pid: libc::pid_t, path: &[u8]) -> Result<OwnedFd, i32> {
-        let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
-        let c_path = CString::new(path.to_vec()).map_err(|_| libc::EINVAL)?;
-        let fd = if path.first() == Some(&b'/') {
-            sys::open_path_at(libc::AT_FDCWD, &c_path).map_err(errno)?
-        } else {
-            let cwd = sys::open_path_at(
-                libc::AT_FDCWD,
-                &c(format!("/proc/{pid}/cwd")).map_err(errno)?,
-            )
-            .map_err(errno)?;
-            sys::open_path_at(cwd.as_raw_fd(), &c_path).map_err(errno)?
-        };
-        let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        use std::os::unix::fs::FileTypeExt;
-        if !std::fs::metadata(&link)
-            .map(|m| m.file_type().is_socket())
-            .unwrap_or(false)
-        {
-            return Err(libc::ECONNREFUSED);
-        }
-        let real = std::fs::read_link(&link).map_err(errno)?;
-        if self.allow.iter().any(|a| real.starts_with(a)) {
-            Ok(fd)
-        } else {
-            // A socket outside the sandbox's own places: a host daemon's.
-            Err(libc::EACCES)
-        }
-    }
-}
-
-fn tgid_of(tid: u32) -> Option<libc::pid_t> {
-    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn supervise(
-    child: libc::pid_t,
-    sigfd: &OwnedFd,
-    listener: Option<&OwnedFd>,
-    unix: &UnixGate<'_>,
-) -> ! {
-    let mut listener = listener.map(|l| l.as_raw_fd());
+/// pid 1's loop: forwards signals and reaps. Seccomp notifications are the broker's
+/// (a separate process), so nothing here can block on a caller.
+fn supervise(child: libc::pid_t, sigfd: &OwnedFd) -> ! {
     loop {
-        let fds = [
-            (sigfd.as_raw_fd(), libc::POLLIN),
-            (listener.unwrap_or(-1), libc::POLLIN),
-        ];
-        let rev = sys::poll(&fds, -1).unwrap_or_default();
-        if let Some(l) = listener {
-            let r = rev.get(1).copied().unwrap_or(0);
-            if r & libc::POLLIN != 0 {
-                if let Ok(n) = sys::notif_recv(l) {
-                    let (val, errno, cont) = unix.decide(l, &n);
-                    sys::notif_send(l, n.id, val, errno, cont);
-                }
-            } else if r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-                // No process uses the filter any more.
-                listener = None;
-            }
-        }
+        let _ = sys::poll(&[(sigfd.as_raw_fd(), libc::POLLIN)], -1);
         while let Ok(Some(sig)) = sys::read_signal(sigfd) {
             if sig == libc::SIGCHLD {
                 continue;
@@ -803,7 +574,6 @@ fn command(
     prep: &Prepared,
     err: RawFd,
     pty_slave: Option<RawFd>,
-    notify: Option<RawFd>,
 ) -> ! {
     sys::reset_signals();
     step(err, "setsid", sys::setsid());
@@ -819,11 +589,6 @@ fn command(
             die(err, EXIT_SETUP, &format!("--keep-fd {fd}: {e}"));
         }
     }
-    step(
-        err,
-        "setrlimit(RLIMIT_NPROC)",
-        sys::set_rlimit(libc::RLIMIT_NPROC, plan.nproc),
-    );
     if let Some(ll) = &plan.landlock {
         if let Err(e) = landlock_apply::restrict(ll) {
             die(err, EXIT_SETUP, &format!("sandbox setup failed: {e}"));
@@ -839,6 +604,15 @@ fn command(
         "prctl(PR_SET_NO_NEW_PRIVS)",
         sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),
     );
+    // The broker: forked now, so that it shares the command's uid, Landlock domain,
+    // missing capabilities and no_new_privs, but none of its seccomp filters.
+    let broker = spawn_broker(plan, err);
+    // After the broker: the cap is for the command's tree, not for the broker's threads.
+    step(
+        err,
+        "setrlimit(RLIMIT_NPROC)",
+        sys::set_rlimit(libc::RLIMIT_NPROC, plan.nproc),
+    );
     for prog in &prep.bpf {
         if let Err(e) = seccomp_compile::install(prog) {
             die(
@@ -848,21 +622,86 @@ fn command(
             );
         }
     }
-    if let Some(sock) = notify {
-        // The supervisor copies the listener with pidfd_getfd, a ptrace-class access:
-        // undo the non-dumpable flag inherited from it (execve resets it anyway).
-        let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1);
-        // Last: from here on connect/sendto/sendmsg wait for the supervisor.
-        let listener = match sys::install_seccomp_listener(&seccomp_compile::notify_program()) {
-            Ok(l) => l,
-            Err(e) => die(err, EXIT_SETUP, &format!("sandbox setup failed: installing the seccomp notification filter (seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)): {e}")),
-        };
-        let _ = sys::write_all(sock, &listener.as_raw_fd().to_ne_bytes());
-        let mut ack = [0u8; 1];
-        let _ = sys::read(sock, &mut ack);
-        drop(listener);
+    // The broker copies the listener with pidfd_getfd, a ptrace-class access: undo
+    // the non-dumpable flag inherited from the supervisor (execve resets it anyway).
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1);
+    // Last: from here on write-intent opens, name creations and unix connects wait
+    // for the broker.
+    let listener = match sys::install_seccomp_listener(&seccomp_compile::notify_program(
+        plan.seccomp.notify_unix,
+    )) {
+        Ok(l) => l,
+        Err(e) => die(err, EXIT_SETUP, &format!("sandbox setup failed: installing the seccomp notification filter (seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)): {e}")),
+    };
+    // The fd number travels by write(2), which no filter intercepts (sendmsg with
+    // SCM_RIGHTS would wait for the broker that is about to receive it).
+    let mut ack = [0u8; 1];
+    if sys::write_all(broker.as_raw_fd(), &listener.as_raw_fd().to_ne_bytes()).is_err()
+        || !matches!(sys::read(broker.as_raw_fd(), &mut ack), Ok(1))
+    {
+        die(
+            err,
+            EXIT_SETUP,
+            "sandbox setup failed: the write broker did not take the seccomp listener (pidfd_getfd)",
+        );
     }
+    drop(listener);
+    drop(broker);
     exec(prep, err)
+}
+
+/// Forks the broker (double fork: it is re-parented to pid 1, or to the degraded
+/// front end, and no program of the command's sees it as a child). Returns the
+/// command's end of the socket over which the listener's fd number goes.
+fn spawn_broker(plan: &LinuxPlan, err: RawFd) -> OwnedFd {
+    let (ours, theirs) = step(err, "socketpair for the broker", sys::socketpair());
+    let command_pid = std::process::id() as libc::pid_t;
+    match step(err, "fork (broker)", sys::fork()) {
+        Forked::Child => {
+            drop(ours);
+            match sys::fork() {
+                Ok(Forked::Child) => broker_main(theirs, command_pid, plan),
+                Ok(Forked::Parent(_)) => sys::exit_now(0),
+                Err(_) => sys::exit_now(1),
+            }
+        }
+        Forked::Parent(pid) => {
+            drop(theirs);
+            let _ = sys::waitpid(pid, false);
+            ours
+        }
+    }
+}
+
+/// The broker process: takes the listener from the command, then serves it.
+fn broker_main(sock: OwnedFd, command_pid: libc::pid_t, plan: &LinuxPlan) -> ! {
+    // First: nothing in the sandbox may ptrace it, read its memory or take its fds.
+    if sys::prctl(libc::PR_SET_DUMPABLE, 0).is_err() {
+        sys::exit_now(1);
+    }
+    let mut num = [0u8; 4];
+    if !matches!(sys::read(sock.as_raw_fd(), &mut num), Ok(4)) {
+        sys::exit_now(1);
+    }
+    let listener = sys::pidfd_open(command_pid)
+        .and_then(|pidfd| sys::pidfd_getfd(&pidfd, i32::from_ne_bytes(num)));
+    let Ok(listener) = listener else {
+        sys::exit_now(1)
+    };
+    let _ = sys::write_all(sock.as_raw_fd(), b"k");
+    drop(sock);
+    let listener = sys::detach_helper(listener, c"wf-broker");
+    crate::broker::serve(
+        listener,
+        crate::broker::Rules {
+            guard: plan.seccomp.write_guard.clone(),
+            unix_allow: plan
+                .seccomp
+                .notify_unix
+                .then(|| plan.seccomp.unix_allow.clone()),
+            private_net: plan.private_network,
+        },
+    )
 }
 
 /// PATH lookup in the sandbox's own environment, then execve.
@@ -1038,8 +877,6 @@ fn build_root(plan: &LinuxPlan, cwd: &CString) -> io::Result<()> {
     sys::chdir(&c("/")?)?;
     let empty_file = Path::new("/empty");
     sys::touch(&c(empty_file)?, 0o444)?;
-    let empty_dir = Path::new("/emptydir");
-    sys::mkdir(&c(empty_dir)?, 0o555)?;
 
     let nr = |p: &Path| inside(NEWROOT, p);
     for m in &plan.mounts {
@@ -1142,20 +979,6 @@ fn build_root(plan: &LinuxPlan, cwd: &CString) -> io::Result<()> {
                     continue;
                 }
                 tmpfs(&t, 4096, 0o755, 0)?;
-                remount_ro(&t)?;
-            }
-            MountStep::Placeholder { path, dir } => {
-                let t = nr(path);
-                let src = if *dir { empty_dir } else { empty_file };
-                if std::fs::symlink_metadata(&t).is_err() {
-                    // The host placeholder could not be created (read-only parent,
-                    // permissions): then nothing can create it inside either.
-                    continue;
-                }
-                ctx(
-                    || format!("guarding {}", path.display()),
-                    sys::mount(Some(&c(src)?), &c(&t)?, None, libc::MS_BIND, None),
-                )?;
                 remount_ro(&t)?;
             }
             MountStep::Expose { path, .. } => {
@@ -1276,7 +1099,6 @@ fn run_degraded(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i
                 prep,
                 err_w.as_raw_fd(),
                 pty.as_ref().map(|p| p.1.as_raw_fd()),
-                None,
             )
         }
         Forked::Parent(pid) => pid,

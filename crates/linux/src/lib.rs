@@ -21,16 +21,17 @@
 //! ```
 
 mod error;
+pub mod guard;
 pub mod plan;
 
 #[cfg(target_os = "linux")]
 mod apply;
 #[cfg(target_os = "linux")]
+mod broker;
+#[cfg(target_os = "linux")]
 mod doctor;
 #[cfg(target_os = "linux")]
 mod landlock_apply;
-#[cfg(target_os = "linux")]
-mod placeholders;
 #[cfg(target_os = "linux")]
 mod probe;
 #[cfg(target_os = "linux")]

@@ -105,15 +105,6 @@ pub enum MountStep {
         /// Why.
         why: String,
     },
-    /// A protected name that does not exist: workfence creates an empty placeholder on
-    /// the host (removed after the run) and mounts an empty read-only object over it,
-    /// so it cannot be created inside.
-    Placeholder {
-        /// Path.
-        path: PathBuf,
-        /// Directory (else file).
-        dir: bool,
-    },
     /// Re-expose one host file read-only under a masked directory.
     Expose {
         /// Path.
@@ -251,6 +242,11 @@ pub struct SeccompPlan {
     pub notify_unix: bool,
     /// Where sockets may be connected to: the writable roots, /tmp and /dev/shm.
     pub unix_allow: Vec<PathBuf>,
+    /// Every write-intent `open`/`openat`/`creat`, and every `mkdir`, `mknod`,
+    /// `symlink`, `link`, `rename` and `truncate`, goes to the broker, which performs
+    /// it on the caller's behalf (same uid, same Landlock domain, no capabilities)
+    /// after resolving the real path, and refuses what the guard names.
+    pub write_guard: crate::guard::WriteGuard,
 }
 
 /// Cgroup limits (applied when the host lets workfence create a cgroup).
@@ -463,10 +459,17 @@ fn seccomp_rules(policy: &Policy, isolation: Isolation) -> SeccompPlan {
             );
         }
     }
+    add(
+        "openat2",
+        vec![],
+        "ENOSYS",
+        "its flags are in memory the filter cannot read; libc falls back to openat, which the broker checks",
+    );
     SeccompPlan {
         rules,
         notify_unix: false,
         unix_allow: Vec::new(),
+        write_guard: crate::guard::WriteGuard::default(),
     }
 }
 
@@ -527,10 +530,9 @@ pub fn plan(
         protected.sort_by_key(|p| p.path.components().count());
         for p in protected {
             match (p.exists, p.protection) {
-                (None, _) => mounts.push(MountStep::Placeholder {
-                    path: p.path.clone(),
-                    dir: p.missing_as_dir,
-                }),
+                // Missing: the write guard refuses to create it (no host-visible
+                // placeholder, so nothing the host removes mid-run can free the name).
+                (None, _) => {}
                 (Some(FileKind::Dir), Protection::Pinned) => mounts.push(MountStep::Pin {
                     path: p.path.clone(),
                 }),
@@ -677,7 +679,7 @@ pub fn plan(
         gaps.push(gap("secrets (files)", if abi > 0 { Enforcement::Partial } else { Enforcement::None },
             "hidden paths are unreadable through Landlock, but their names can be listed and new files next to their ancestors are not readable"));
         gaps.push(gap("protected paths", if abi > 0 { Enforcement::Partial } else { Enforcement::None },
-            "existing protected paths are read-only through Landlock, but missing ones (.codex, .vscode, ...) can be created, new entries cannot be created at the top of a writable root that contains a protected path, and .git can be renamed where its parent is writable"));
+            "existing protected paths are read-only through Landlock and missing ones are refused by the broker, but new entries cannot be created at the top of a writable root that contains a protected path, and .git can be renamed where its parent is writable"));
         gaps.push(gap("metadata", Enforcement::None, "Landlock does not cover chmod, chown, utime or xattrs outside the writable roots; ordinary file permissions still apply"));
         gaps.push(gap(
             "private /tmp",
@@ -730,6 +732,29 @@ pub fn plan(
         ));
     }
     let mut seccomp = seccomp_rules(policy, isolation);
+    // Every protected path that must stay read-only, present or not: the broker
+    // refuses creating, writing or replacing it even if the host removes it (and
+    // with it the read-only mount) while the command runs.
+    let exact: Vec<PathBuf> = layout
+        .protected
+        .iter()
+        .filter(|p| p.protection == Protection::ReadOnly)
+        .map(|p| p.path.clone())
+        .collect();
+    // Existing pinned directories below a read-only one (a submodule's gitdir under
+    // `.git/modules`) stay writable, as their mounts are.
+    let writable_within = layout
+        .protected
+        .iter()
+        .filter(|p| p.protection == Protection::Pinned && p.exists.is_some())
+        .filter(|p| exact.iter().any(|e| p.path.starts_with(e) && p.path != *e))
+        .map(|p| p.path.clone())
+        .collect();
+    seccomp.write_guard = crate::guard::WriteGuard {
+        exact,
+        writable_within,
+        git_names: true,
+    };
     if ns {
         seccomp.notify_unix = true;
         seccomp.unix_allow = layout
@@ -814,12 +839,6 @@ impl fmt::Display for LinuxPlan {
                 MountStep::Pin { path } => writeln!(f, "  pin       {}  # writable inside, cannot be renamed or removed", path.display())?,
                 MountStep::MaskFile { path, why } => writeln!(f, "  mask-file {}  # {}", path.display(), why)?,
                 MountStep::MaskDir { path, why } => writeln!(f, "  mask-dir  {}  # {}", path.display(), why)?,
-                MountStep::Placeholder { path, dir } => writeln!(
-                    f,
-                    "  guard     {}  # missing protected {}: cannot be created",
-                    path.display(),
-                    if *dir { "dir" } else { "file" }
-                )?,
                 MountStep::Expose { path, why } => writeln!(f, "  ro-bind   {}  # {}", path.display(), why)?,
             }
         }
@@ -873,9 +892,20 @@ impl fmt::Display for LinuxPlan {
                 .collect();
             writeln!(
                 f,
-                "  connect, sendto (with an address), sendmsg, sendmmsg -> supervisor: unix sockets only under {}; unconnected unix datagram sendmsg refused; other families continue",
+                "  connect, sendto (with an address), sendmsg, sendmmsg -> broker: unix sockets only under {}; datagram sendmsg only to the connected peer, without control data; other families continue",
                 allow.join(", ")
             )?;
+        }
+        let g = &self.seccomp.write_guard;
+        writeln!(
+            f,
+            "  open/openat/creat with write intent, mkdir, mknod, symlink, link, rename, truncate -> broker (acts for the caller with its uid, Landlock domain and no capabilities); refused:"
+        )?;
+        for e in &g.exact {
+            writeln!(f, "    {} and below (present or not)", e.display())?;
+        }
+        if g.git_names {
+            writeln!(f, "    in every git directory (.git, .git/worktrees/*, .git/modules/**): config, config.worktree, commondir, hooks/**; any .git that is not a directory; directory renames that would create git metadata or an ancestor of a path above")?;
         }
         writeln!(f, "\nLimits:")?;
         writeln!(

@@ -60,6 +60,7 @@ pub fn syscall_nr(name: &str) -> Option<i64> {
         "mount_setattr" => libc::SYS_mount_setattr,
         "ioctl" => libc::SYS_ioctl,
         "socket" => libc::SYS_socket,
+        "openat2" => libc::SYS_openat2,
         _ => return None,
     };
     Some(n)
@@ -157,41 +158,167 @@ pub fn install(prog: &BpfProgram) -> Result<(), String> {
     seccompiler::apply_filter(prog).map_err(|e| e.to_string())
 }
 
-/// The user-notification filter: connect, sendmsg and sendmmsg always, sendto when it
-/// carries an address, go to the supervisor. Install it last, with a listener.
-pub fn notify_program() -> BpfProgram {
-    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    let stmt = |code: u32, k: u32| seccompiler::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
+/// Syscalls that always go to the broker: they create, replace or truncate a name.
+fn brokered_always() -> Vec<i64> {
+    let mut v = vec![
+        libc::SYS_mkdirat,
+        libc::SYS_mknodat,
+        libc::SYS_symlinkat,
+        libc::SYS_linkat,
+        libc::SYS_renameat,
+        libc::SYS_renameat2,
+        libc::SYS_truncate,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([
+        libc::SYS_creat,
+        libc::SYS_mkdir,
+        libc::SYS_mknod,
+        libc::SYS_symlink,
+        libc::SYS_link,
+        libc::SYS_rename,
+    ]);
+    v
+}
+
+/// Opens that go to the broker when their flags carry write intent: (nr, flags arg).
+fn brokered_opens() -> Vec<(i64, u32)> {
+    let mut v = vec![(libc::SYS_openat, 2)];
+    #[cfg(target_arch = "x86_64")]
+    v.push((libc::SYS_open, 1));
+    v
+}
+
+/// The user-notification filter, installed last, with a listener held by the broker:
+/// write-intent opens (any of `O_WRONLY`, `O_RDWR`, `O_CREAT`, `O_TRUNC`: reads never
+/// leave the kernel), the name-creating syscalls, and with `unix` also connect,
+/// sendmsg, sendmmsg, and sendto when it carries an address.
+pub fn notify_program(unix: bool) -> BpfProgram {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    // A tiny assembler: jumps name a label, resolved to relative offsets at the end.
+    #[derive(Clone, Copy)]
+    enum To {
+        Next,
+        Notify,
+        Allow,
+        Label(usize),
+    }
+    struct Ins {
+        code: u32,
+        k: u32,
+        jt: To,
+        jf: To,
+    }
+    let ld = |k: u32| Ins {
+        code: BPF_LD | BPF_W | BPF_ABS,
         k,
+        jt: To::Next,
+        jf: To::Next,
     };
-    let jump = |k: u32, jt: u8, jf: u8| seccompiler::sock_filter {
-        code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+    let jeq = |k: u32, jt: To, jf: To| Ins {
+        code: BPF_JMP | BPF_JEQ | BPF_K,
+        k,
         jt,
         jf,
-        k,
     };
     const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
     #[cfg(target_arch = "aarch64")]
     const ARCH: u32 = 0xC000_00B7;
     #[cfg(not(target_arch = "aarch64"))]
     const ARCH: u32 = 0xC000_003E;
-    let ld = BPF_LD | BPF_W | BPF_ABS;
-    vec![
-        stmt(ld, 4),                                         // 0: arch
-        jump(ARCH, 0, 10), // 1: other arch -> allow (another filter kills it)
-        stmt(ld, 0),       // 2: nr
-        jump(libc::SYS_connect as u32, 7, 0), // 3 -> notify
-        jump(libc::SYS_sendmsg as u32, 6, 0), // 4 -> notify
-        jump(libc::SYS_sendmmsg as u32, 5, 0), // 5 -> notify
-        jump(libc::SYS_sendto as u32, 0, 5), // 6: not sendto -> allow
-        stmt(ld, 16 + 8 * 4), // 7: args[4], low word
-        jump(0, 0, 2),     // 8: non-null -> notify
-        stmt(ld, 16 + 8 * 4 + 4), // 9: args[4], high word
-        jump(0, 1, 0),     // 10: null -> allow, else notify
-        stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_USER_NOTIF), // 11
-        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW), // 12
-    ]
+    // Offsets in struct seccomp_data: nr 0, arch 4, args from 16 (low word first on
+    // the little-endian targets workfence supports).
+    let arg_lo = |i: u32| 16 + 8 * i;
+    let write_intent = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32;
+
+    let mut prog: Vec<Ins> = vec![
+        ld(4),
+        jeq(ARCH, To::Next, To::Allow), // another arch: another filter kills it
+        ld(0),
+    ];
+    for nr in brokered_always() {
+        prog.push(jeq(nr as u32, To::Notify, To::Next));
+    }
+    if unix {
+        for nr in [libc::SYS_connect, libc::SYS_sendmsg, libc::SYS_sendmmsg] {
+            prog.push(jeq(nr as u32, To::Notify, To::Next));
+        }
+    }
+    // Each conditional syscall: `if nr == N { load arg; test } else { next block }`.
+    // A body always ends in a jump to notify or allow, and the skip path leaves the
+    // accumulator (nr) untouched for the next block's comparison.
+    let mut blocks: Vec<(u32, Vec<Ins>)> = Vec::new();
+    for (nr, arg) in brokered_opens() {
+        blocks.push((
+            nr as u32,
+            vec![
+                ld(arg_lo(arg)),
+                Ins {
+                    code: BPF_JMP | BPF_JSET | BPF_K,
+                    k: write_intent,
+                    jt: To::Notify,
+                    jf: To::Allow,
+                },
+            ],
+        ));
+    }
+    if unix {
+        blocks.push((
+            libc::SYS_sendto as u32,
+            vec![
+                ld(arg_lo(4)),
+                jeq(0, To::Next, To::Notify),
+                ld(arg_lo(4) + 4),
+                jeq(0, To::Allow, To::Notify),
+            ],
+        ));
+    }
+    let n = blocks.len();
+    for (i, (nr, body)) in blocks.into_iter().enumerate() {
+        let next_block = prog.len() + 1 + body.len();
+        prog.push(jeq(
+            nr,
+            To::Next,
+            if i + 1 == n {
+                To::Allow
+            } else {
+                To::Label(next_block)
+            },
+        ));
+        prog.extend(body);
+    }
+    let notify_at = prog.len();
+    let allow_at = notify_at + 1;
+    let mut out = Vec::with_capacity(prog.len() + 2);
+    for (pc, ins) in prog.iter().enumerate() {
+        let off = |t: To| -> u8 {
+            let target = match t {
+                To::Next => pc + 1,
+                To::Notify => notify_at,
+                To::Allow => allow_at,
+                To::Label(l) => l,
+            };
+            // Jumps are forward and the program is far below 256 instructions.
+            u8::try_from(target - pc - 1).expect("BPF jump out of range")
+        };
+        out.push(seccompiler::sock_filter {
+            code: ins.code as u16,
+            jt: off(ins.jt),
+            jf: off(ins.jf),
+            k: ins.k,
+        });
+    }
+    out.push(seccompiler::sock_filter {
+        code: (BPF_RET | BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_USER_NOTIF,
+    });
+    out.push(seccompiler::sock_filter {
+        code: (BPF_RET | BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: SECCOMP_RET_ALLOW,
+    });
+    out
 }

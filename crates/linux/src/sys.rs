@@ -4,7 +4,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -406,13 +406,6 @@ pub fn unblock_signals(signals: &[libc::c_int]) {
     unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
 }
 
-/// `flock(LOCK_EX)`, held until the fd is closed.
-pub fn lock_exclusive(fd: RawFd) -> io::Result<()> {
-    // SAFETY: integer arguments.
-    cvt(unsafe { libc::flock(fd, libc::LOCK_EX) })?;
-    Ok(())
-}
-
 /// Reads one pending signal from a signalfd (None when none is pending).
 pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<libc::c_int>> {
     // SAFETY: signalfd_siginfo is plain data.
@@ -806,10 +799,13 @@ pub fn open_pty_here() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((m.into(), s.into()))
 }
 
-/// Turns the current (forked) process into a quiet background guard: terminal
-/// signals ignored, stdio on /dev/null, `keep` moved to fd 3 and every other fd closed
-/// (so that no pipe of the user's or of workfence's stays open through it).
-pub fn detach_guard(keep: RawFd) {
+/// Turns the current (forked) process into a quiet background helper: its own
+/// session (signals to the command's process group miss it), terminal signals and
+/// SIGPIPE ignored, stdio on /dev/null, `keep` moved to fd 3 and every other fd
+/// closed (so that no pipe of the user's or of workfence's stays open through it).
+/// Returns `keep` as fd 3.
+pub fn detach_helper(keep: OwnedFd, name: &CStr) -> OwnedFd {
+    let _ = setsid();
     for s in [
         libc::SIGINT,
         libc::SIGQUIT,
@@ -824,6 +820,7 @@ pub fn detach_guard(keep: RawFd) {
         unsafe { libc::signal(s, libc::SIG_IGN) };
     }
     unblock_signals(FORWARDED);
+    let keep = keep.into_raw_fd();
     if keep != 3 {
         let _ = dup2(keep, 3);
     }
@@ -838,7 +835,10 @@ pub fn detach_guard(keep: RawFd) {
             let _ = dup2(null.as_raw_fd(), fd);
         }
     }
-    let _ = prctl(libc::PR_SET_NAME, c"wf-cleanup".as_ptr() as libc::c_ulong);
+    let _ = prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong);
+    // SAFETY: fd 3 now holds the dup of `keep` (or `keep` itself) and nothing else
+    // in this process owns it: the original number was closed by close_range or is 3.
+    unsafe { OwnedFd::from_raw_fd(3) }
 }
 
 /// Installs a seccomp filter that returns a user-notification listener fd
@@ -1024,4 +1024,88 @@ pub fn open_path_at(dir: RawFd, path: &CStr) -> io::Result<OwnedFd> {
     let fd = cvt(unsafe { libc::openat(dir, path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) })?;
     // SAFETY: fresh fd.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SEND`: installs a copy of
+/// `fd` in the notifying process (lowest free number, like open) and, atomically,
+/// answers the notification with that number as the syscall's return value.
+pub fn notif_addfd_send(listener: RawFd, id: u64, fd: RawFd, cloexec: bool) -> io::Result<i32> {
+    let mut a = libc::seccomp_notif_addfd {
+        id,
+        flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
+        srcfd: fd as u32,
+        newfd: 0,
+        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+    };
+    // SAFETY: a is a valid, initialized seccomp_notif_addfd that the ioctl reads.
+    let r = unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut a) };
+    cvt(r)
+}
+
+/// The parts of another process's `struct msghdr` the broker decides on.
+#[derive(Debug)]
+pub struct RemoteMsghdr {
+    /// `msg_namelen`.
+    pub name_len: u32,
+    /// `msg_controllen`.
+    pub control_len: usize,
+    /// `msg_iov`: (base address, length) in the other process.
+    pub iov: Vec<(u64, usize)>,
+}
+
+/// Reads a `struct msghdr` (and its iovec array, at most 1024 entries) from process
+/// `pid` at `addr`.
+pub fn read_process_msghdr(pid: libc::pid_t, addr: u64) -> io::Result<RemoteMsghdr> {
+    let size = std::mem::size_of::<libc::msghdr>();
+    let raw = read_process_memory(pid, addr, size)?;
+    if raw.len() < size {
+        return Err(io::Error::from_raw_os_error(libc::EFAULT));
+    }
+    // SAFETY: raw holds size_of::<msghdr>() initialized bytes; msghdr is plain data
+    // (its pointers are only numbers here, never dereferenced), and read_unaligned
+    // has no alignment requirement.
+    let h: libc::msghdr = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+    let n = (h.msg_iovlen as usize).min(1024);
+    let isz = std::mem::size_of::<libc::iovec>();
+    let iraw = if n == 0 {
+        Vec::new()
+    } else {
+        read_process_memory(pid, h.msg_iov as u64, n * isz)?
+    };
+    if iraw.len() < n * isz {
+        return Err(io::Error::from_raw_os_error(libc::EFAULT));
+    }
+    let iov = (0..n)
+        .map(|i| {
+            // SAFETY: iraw holds n whole iovecs; iovec is plain data read unaligned.
+            let v: libc::iovec =
+                unsafe { std::ptr::read_unaligned(iraw[i * isz..].as_ptr().cast()) };
+            (v.iov_base as u64, v.iov_len)
+        })
+        .collect();
+    Ok(RemoteMsghdr {
+        name_len: h.msg_namelen,
+        control_len: h.msg_controllen as usize,
+        iov,
+    })
+}
+
+/// Whether a socket has a peer (`getpeername` succeeds).
+pub fn is_connected(fd: RawFd) -> bool {
+    // SAFETY: sockaddr_storage is plain data.
+    let mut a: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: a and len are valid out-pointers; len holds a's size.
+    unsafe { libc::getpeername(fd, (&mut a as *mut libc::sockaddr_storage).cast(), &mut len) == 0 }
+}
+
+/// `send(2)` of `buf` on a connected socket.
+pub fn send(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes.
+    let r = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
 }
