@@ -261,8 +261,8 @@ fn explain(opts: RunOpts, target: Option<TargetArg>, json: bool) -> anyhow::Resu
 }
 
 fn main() -> ExitCode {
-    // On Windows the same executable doubles as the sandbox runner.
-    if let Some(code) = workfence::windows_runner_if_requested() {
+    // The same executable doubles as the Linux helper and the Windows runner.
+    if let Some(code) = workfence::helper_main_if_requested() {
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
     let cli = match Cli::try_parse() {

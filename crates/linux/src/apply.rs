@@ -106,6 +106,10 @@ fn step<T>(err_fd: RawFd, what: &str, r: io::Result<T>) -> T {
 
 /// Runs the command under the plan. Returns the exit status per the CLI contract.
 pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<i32, LinuxError> {
+    // The clone below is sound only with one thread (see crate::helper).
+    if !crate::helper::single_threaded() {
+        return crate::helper::run_in_helper(plan, req);
+    }
     let prep = prepare(plan, req)?;
     match plan.isolation {
         Isolation::Namespaces => run_namespaces(plan, req, &prep),

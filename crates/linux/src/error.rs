@@ -43,4 +43,10 @@ pub enum LinuxError {
     /// Not on Linux.
     #[error("the Linux backend only runs on Linux")]
     Unsupported,
+    /// Called from a multi-threaded process with no helper program to re-execute.
+    #[error("workfence is called from a multi-threaded process, where the sandbox must be built by a freshly executed helper: call workfence::helper_main_if_requested() first in main (then the program is its own helper), or set WORKFENCE_HELPER to the workfence binary")]
+    NoHelper,
+    /// An error reported by the helper process, as text.
+    #[error("{0}")]
+    Relayed(String),
 }

@@ -31,6 +31,8 @@ mod broker;
 #[cfg(target_os = "linux")]
 mod doctor;
 #[cfg(target_os = "linux")]
+mod helper;
+#[cfg(target_os = "linux")]
 mod landlock_apply;
 #[cfg(target_os = "linux")]
 mod probe;
@@ -72,6 +74,20 @@ pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<i32, LinuxError> {
 #[cfg(not(target_os = "linux"))]
 pub fn run(_plan: &LinuxPlan, _req: &RunRequest) -> Result<i32, LinuxError> {
     Err(LinuxError::Unsupported)
+}
+
+/// When this process was started as workfence's Linux helper (the library re-executes
+/// one when it is called from a multi-threaded process), runs it and returns the
+/// exit status; otherwise `None`. Call it first in `main`.
+#[cfg(target_os = "linux")]
+pub fn helper_main_if_requested() -> Option<i32> {
+    helper::helper_main_if_requested()
+}
+
+/// Not on Linux: never a helper.
+#[cfg(not(target_os = "linux"))]
+pub fn helper_main_if_requested() -> Option<i32> {
+    None
 }
 
 /// Whether workfence runs as the real root (uid 0 of the initial user namespace), for

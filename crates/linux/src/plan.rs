@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use workfence_policy::layout::{FileKind, FsLayout, Protection};
 use workfence_policy::{Enforcement, LayerStatus, Network, Policy};
 
 /// What the host offers, gathered by `probe` (or written by hand in tests).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFacts {
     /// Real uid and gid of the caller.
     pub uid: u32,
@@ -38,7 +38,7 @@ pub struct HostFacts {
 }
 
 /// How the sandbox is isolated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Isolation {
     /// user, mount, pid, net, ipc, uts and cgroup namespaces, plus Landlock and seccomp.
@@ -48,7 +48,7 @@ pub enum Isolation {
 }
 
 /// One step of building the sandbox's filesystem view. Paths are as seen inside.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "step")]
 pub enum MountStep {
     /// Recursive bind of the host root, read-only, nosuid, nodev.
@@ -115,7 +115,7 @@ pub enum MountStep {
 }
 
 /// Landlock filesystem access rights (named, so the plan stays pure).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum LlAccess {
     Execute,
@@ -166,7 +166,7 @@ const WRITE: &[LlAccess] = &[
 ];
 
 /// One Landlock rule: rights beneath a path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LandlockRule {
     /// Path (as seen inside).
     pub path: PathBuf,
@@ -175,7 +175,7 @@ pub struct LandlockRule {
 }
 
 /// The Landlock layer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LandlockPlan {
     /// ABI the plan targets (the kernel's best).
     pub abi: u32,
@@ -192,7 +192,7 @@ pub struct LandlockPlan {
 }
 
 /// A comparison of one syscall argument.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArgCond {
     /// Argument index.
     pub index: u8,
@@ -205,7 +205,7 @@ pub struct ArgCond {
 }
 
 /// Comparison operator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ArgOp {
     /// Equal.
@@ -217,7 +217,7 @@ pub enum ArgOp {
 }
 
 /// One seccomp rule: the syscall fails with `errno` when all conditions hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeccompRule {
     /// Syscall name (x86_64 / aarch64 names).
     pub syscall: String,
@@ -231,7 +231,7 @@ pub struct SeccompRule {
 
 /// The seccomp layer: a deny list over an allow-by-default filter, plus an
 /// architecture check (non-native ABIs are killed) and an x32 guard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeccompPlan {
     /// Rules.
     pub rules: Vec<SeccompRule>,
@@ -250,7 +250,7 @@ pub struct SeccompPlan {
 }
 
 /// Cgroup limits (applied when the host lets workfence create a cgroup).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupPlan {
     /// Parent directory.
     pub parent: PathBuf,
@@ -263,7 +263,7 @@ pub struct CgroupPlan {
 }
 
 /// The complete Linux plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinuxPlan {
     /// Isolation mode.
     pub isolation: Isolation,

@@ -1109,3 +1109,42 @@ pub fn send(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
         Ok(r as usize)
     }
 }
+
+/// Takes ownership of an fd this process inherited by number (the helper's pipes),
+/// after checking that it is open.
+pub fn take_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return None;
+    }
+    // SAFETY: the fd is open and, by the helper protocol, nothing else in this
+    // process uses it: it was created by the parent only for this handover.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes `cmd` start with `moves` (from, to) duplicated onto their target numbers
+/// and `inherit` left open across exec (everything else keeps its close-on-exec
+/// flag, as std sets it).
+pub fn pass_fds(cmd: &mut std::process::Command, moves: Vec<(RawFd, RawFd)>, inherit: Vec<RawFd>) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || -> io::Result<()> {
+        for (from, to) in &moves {
+            if from == to {
+                inherit_fd(*to)?;
+            } else {
+                dup2(*from, *to)?;
+            }
+        }
+        for fd in &inherit {
+            inherit_fd(*fd)?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed: it calls dup2 and fcntl (through
+    // dup2/inherit_fd) only, iterates vectors allocated before the fork, and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}

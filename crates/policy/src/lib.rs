@@ -33,7 +33,7 @@ pub use model::{
 ///
 /// Like the `landlock` crate's `RestrictionStatus`, but per layer and for every OS,
 /// so that `doctor`, `explain` and degraded runs can say exactly what is not enforced.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerStatus {
     /// The layer, for example "filesystem writes" or "network".
     pub layer: String,
@@ -44,7 +44,7 @@ pub struct LayerStatus {
 }
 
 /// How well a layer is enforced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Enforcement {
     /// Fully.

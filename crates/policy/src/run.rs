@@ -16,7 +16,7 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 pub const EXIT_SIGNAL_BASE: i32 = 128;
 
 /// One command to run inside the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunRequest {
     /// argv; `argv[0]` is looked up in the sandbox's `PATH` when it has no slash.
     pub argv: Vec<OsString>,

@@ -519,6 +519,15 @@ pub fn cleanup() -> Result<String, Error> {
     Ok(workfence_windows::cleanup()?)
 }
 
+/// When this process was started as one of workfence's helpers (on Linux, the
+/// library re-executes the current program to build the sandbox from a single
+/// thread when it is called from a multi-threaded one; on Windows, the sandbox
+/// runner), runs it and returns the exit status to exit with; otherwise `None`.
+/// Call it first in `main` of every program that uses this library.
+pub fn helper_main_if_requested() -> Option<i32> {
+    workfence_linux::helper_main_if_requested().or_else(windows_runner_if_requested)
+}
+
 /// Windows: when this process was started as the sandbox runner, runs it and returns
 /// its exit status. Call first in `main`. Elsewhere always `None`.
 pub fn windows_runner_if_requested() -> Option<i32> {

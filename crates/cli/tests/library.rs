@@ -1,0 +1,110 @@
+//! The library called from a multi-threaded program (as agent builders do from
+//! tokio): `workfence::run` must not clone from this process (another thread may
+//! hold a lock), so it re-executes a helper. This test binary is multi-threaded by
+//! construction (the test harness plus the threads spawned here). Linux only.
+#![cfg(target_os = "linux")]
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn count(line: &str) {
+    eprintln!("{line}");
+    if let Some(p) = std::env::var_os("WORKFENCE_COUNTS_FILE") {
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(p) {
+            let _ = f.write_all(format!("{line}\n").as_bytes());
+        }
+    }
+}
+
+fn scratch() -> PathBuf {
+    let uid = fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let base = std::env::var_os("WORKFENCE_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/workfence-tests-{}", uid.unwrap_or(0))));
+    let d = base.join(format!("library-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(d.join("ws")).unwrap();
+    fs::create_dir_all(d.join("out")).unwrap();
+    d
+}
+
+fn threads() -> usize {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn library_from_a_multithreaded_process_uses_the_helper() {
+    let d = scratch();
+    let ws = fs::canonicalize(d.join("ws")).unwrap();
+    let out = fs::canonicalize(d.join("out")).unwrap();
+    // Busy threads next to the call, so that the process really has several.
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        while stop_rx.recv_timeout(Duration::from_millis(1)).is_err() {
+            drop(vec![0u8; 4096]);
+        }
+    });
+    assert!(threads() > 1, "the test must run multi-threaded");
+
+    let script = format!(
+        "echo inside > inside.txt; echo escaped > {0}/escape 2>/dev/null; echo done",
+        out.display()
+    );
+    // Control: the same script without a sandbox writes outside the workspace.
+    let st = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(&ws)
+        .status()
+        .unwrap();
+    assert!(
+        st.success() && out.join("escape").exists(),
+        "control must escape"
+    );
+    fs::remove_file(out.join("escape")).unwrap();
+    fs::remove_file(ws.join("inside.txt")).unwrap();
+
+    // Without a helper the library refuses instead of cloning unsoundly.
+    std::env::remove_var("WORKFENCE_HELPER");
+    let policy = workfence::policy::Policy::new(&ws);
+    let argv = vec!["sh".into(), "-c".into(), script.clone().into()];
+    match workfence::run(&policy, argv.clone()) {
+        Err(e) => assert!(e.to_string().contains("multi-threaded"), "{e}"),
+        Ok(code) => panic!("ran without a helper (exit {code})"),
+    }
+    assert!(!ws.join("inside.txt").exists());
+
+    // The binary under test (scripts/test.sh stages a copy for the unprivileged run).
+    let bin = std::env::var_os("WORKFENCE_BIN")
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_workfence").into());
+    std::env::set_var("WORKFENCE_HELPER", bin);
+    let code = workfence::run(&policy, argv).expect("run through the helper");
+    std::env::remove_var("WORKFENCE_HELPER");
+    stop_tx.send(()).unwrap();
+    worker.join().unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        fs::read_to_string(ws.join("inside.txt")).unwrap(),
+        "inside\n"
+    );
+    assert!(
+        !out.join("escape").exists(),
+        "the helper ran the command without the sandbox"
+    );
+    count("WORK library-multithreaded-helper passed");
+    let _ = fs::remove_dir_all(&d);
+}
