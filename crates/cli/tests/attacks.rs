@@ -1657,6 +1657,7 @@ for i in range(8):
 ' "$D/a.sock" ${MARK}2 &
 i=0; while ! grep -q "FILLED 1" "$D/filled" 2>/dev/null && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
 sleep 0.5
+echo "FILLERS $(grep -c FILLED "$D/filled")"
 "$PY" -c '
 import socket, sys
 try:
@@ -1696,6 +1697,11 @@ fn b1_broker_concurrency_and_term_forwarding() {
         let mut failed = Vec::new();
         if !o.started() {
             failed.push("the script did not start".to_string());
+        }
+        if o.field("FILLERS").as_deref() != Some("2") {
+            failed.push(
+                "the backlog was not filled exactly (two connects queued, one blocked)".into(),
+            );
         }
         if !o.stdout.lines().any(|l| l == "OTHER rc=0 PING") {
             failed.push("the connect to the second listener did not succeed".into());
