@@ -166,6 +166,71 @@ elif ! is_root; then
     SUMMARY+=("(not root: the unprivileged re-run is skipped; this run already is unprivileged)")
 fi
 
+# ------------------------------------------------------------------ count checks
+# Every attack prints `BEGIN <id>` when it starts, then `CONTROL <id> succeeded` and
+# `ATTACK <id> blocked`, or a visible `SKIP <id>: ...`. A test that dies in between (a
+# panic, a hang killed by cargo, a harness bug) leaves a BEGIN without its pair.
+ids_of() { # file regex sed-expression -> sorted ids, one a line (duplicates kept)
+    if [ -f "$1" ]; then grep -E "$2" "$1" | sed -E "$3" | LC_ALL=C sort || true; fi
+}
+begun_ids() { ids_of "$1" '^BEGIN ' 's/^BEGIN //'; }
+control_ids() { ids_of "$1" '^CONTROL .* succeeded$' 's/^CONTROL (.*) succeeded$/\1/'; }
+blocked_ids() { ids_of "$1" '^ATTACK .* blocked$' 's/^ATTACK (.*) blocked$/\1/'; }
+skip_ids() { ids_of "$1" '^SKIP ' 's/^SKIP ([^:]*):.*/\1/'; }
+work_names() { ids_of "$1" '^WORK .* passed$' 's/^WORK (.*) passed$/\1/'; }
+count_of() { if [ -z "$1" ]; then echo 0; else printf '%s\n' "$1" | grep -c . || true; fi; }
+
+COUNT_FAILS=()
+TABLE=()
+check_counts() { # label file
+    local label=$1 f=$2 begun control blocked skipped ran_skipped expected
+    begun=$(begun_ids "$f")
+    control=$(control_ids "$f")
+    blocked=$(blocked_ids "$f")
+    skipped=$(skip_ids "$f")
+    # Skips of attacks that began (a control showing the host lacks a feature).
+    ran_skipped=$(LC_ALL=C comm -12 <(printf '%s\n' "$begun" | sed '/^$/d' | sort -u) \
+        <(printf '%s\n' "$skipped" | sed '/^$/d' | sort -u))
+    expected=$(LC_ALL=C comm -23 <(printf '%s\n' "$begun" | sed '/^$/d') \
+        <(printf '%s\n' "$ran_skipped" | sed '/^$/d'))
+    TABLE+=("$(printf '%-24s %8s %8s %10s %9s %8s %7s' "$label" \
+        "$(count_of "$begun")" "$(count_of "$ran_skipped")" "$(count_of "$control")" \
+        "$(count_of "$blocked")" "$(count_of "$(work_names "$f")")" "$(count_of "$skipped")")")
+    local e=$(count_of "$expected") c=$(count_of "$control") b=$(count_of "$blocked")
+    if [ "$e" -ne "$c" ] || [ "$e" -ne "$b" ]; then
+        COUNT_FAILS+=("$label: attacks begun minus skipped = $e, controls succeeded = $c, attacks blocked = $b")
+        local d
+        d=$(LC_ALL=C comm -23 <(printf '%s\n' "$expected" | sed '/^$/d') <(printf '%s\n' "$control" | sed '/^$/d'))
+        [ -n "$d" ] && COUNT_FAILS+=("  began but the control did not succeed: $(printf '%s\n' "$d" | tr '\n' ' ')")
+        d=$(LC_ALL=C comm -23 <(printf '%s\n' "$expected" | sed '/^$/d') <(printf '%s\n' "$blocked" | sed '/^$/d'))
+        [ -n "$d" ] && COUNT_FAILS+=("  began but NOT blocked (failed or died): $(printf '%s\n' "$d" | tr '\n' ' ')")
+        d=$(LC_ALL=C comm -13 <(printf '%s\n' "$expected" | sed '/^$/d') <(printf '%s\n' "$blocked" | sed '/^$/d'))
+        [ -n "$d" ] && COUNT_FAILS+=("  blocked without a BEGIN (harness bug): $(printf '%s\n' "$d" | tr '\n' ' ')")
+    fi
+    if [ "$e" -eq 0 ] && [ "$(uname -s)" = Linux ]; then
+        COUNT_FAILS+=("$label: no attack ran at all")
+    fi
+}
+compare_users() { # label-a file-a label-b file-b
+    local what d
+    for what in blocked_ids work_names; do
+        d=$(diff <("$what" "$2" | sort -u) <("$what" "$4" | sort -u) | grep -E '^[<>]' || true)
+        if [ -n "$d" ]; then
+            COUNT_FAILS+=("$1 and $3 disagree on ${what/_/ } (< only $1, > only $3):")
+            while IFS= read -r l; do COUNT_FAILS+=("    $l"); done <<<"$d"
+        fi
+    done
+}
+
+check_counts "$(id -un) ($(id -u))" "$ROOT_COUNTS"
+if [ -n "$USER_COUNTS" ]; then
+    check_counts "$TEST_USER ($(id -u "$TEST_USER"))" "$USER_COUNTS"
+    compare_users "$(id -un)" "$ROOT_COUNTS" "$TEST_USER" "$USER_COUNTS"
+fi
+if [ "${#COUNT_FAILS[@]}" -gt 0 ]; then
+    failed=1
+fi
+
 # ------------------------------------------------------------------ summary
 echo
 echo "================ workfence test summary ================"
@@ -173,6 +238,16 @@ for s in "${SUMMARY[@]}"; do echo "  $s"; done
 print_counts "$(id -un) ($(id -u)):" "$ROOT_COUNTS"
 if [ -n "$USER_COUNTS" ]; then
     print_counts "$TEST_USER ($(id -u "$TEST_USER")):" "$USER_COUNTS"
+fi
+echo
+printf '%-24s %8s %8s %10s %9s %8s %7s\n' user "begun" "skipped" "controls" "blocked" "work" "skips"
+for t in "${TABLE[@]}"; do echo "$t"; done
+if [ "${#COUNT_FAILS[@]}" -gt 0 ]; then
+    echo
+    echo "COUNT CHECK FAILED:"
+    for l in "${COUNT_FAILS[@]}"; do echo "  $l"; done
+else
+    echo "count check: ok (every attack that began has its control and its block; users agree)"
 fi
 if [ "$failed" -ne 0 ]; then
     echo "RESULT: FAILED"

@@ -1430,3 +1430,305 @@ sleep 0.1
     })
     .run();
 }
+
+// ------------------------------------------------------------------ secrets created late
+
+/// Host side of RS1/late: waits for `$WS/ready`, creates `$H/.aws/credentials` (no `.aws`
+/// at the start) and `$H/.config/gh/hosts.yml` (`.config` exists, `gh` does not), then the
+/// go file.
+const LATE_SECRETS_HELPER: &str = r#"
+import os, sys, time
+ws, home, go, tok = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+end = time.time() + 10
+while not os.path.exists(os.path.join(ws, "ready")):
+    if time.time() > end:
+        sys.exit(0)
+    time.sleep(0.01)
+os.makedirs(os.path.join(home, ".aws"))
+open(os.path.join(home, ".aws/credentials"), "w").write("LATE-aws-%s\n" % tok)
+os.makedirs(os.path.join(home, ".config/gh"))
+open(os.path.join(home, ".config/gh/hosts.yml"), "w").write("LATE-gh-%s\n" % tok)
+open(go, "w").close()
+"#;
+
+#[test]
+fn rs1_secrets_created_during_the_run() {
+    Attack::new(
+        "RS1/late",
+        r#"
+touch "$WS/ready"
+i=0; while [ ! -e "$GO" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done
+[ -e "$GO" ] && echo GO seen
+cat "$H/.aws/credentials" "$H/.config/gh/hosts.yml"
+true
+"#,
+    )
+    .setup(|sc, _| {
+        force_remove(&sc.h.join(".aws"));
+        force_remove(&sc.h.join(".config/gh"));
+        // The helper creates entries in $H and $H/.config (changing their times): watch
+        // their other entries one by one instead of the two directories themselves.
+        let mut watched: Vec<_> = sc.watched.iter().filter(|p| **p != sc.h).cloned().collect();
+        for e in dir_listing(&sc.h) {
+            if e != ".config" {
+                watched.push(sc.h.join(e));
+            }
+        }
+        for e in dir_listing(&sc.h.join(".config")) {
+            watched.push(sc.h.join(".config").join(e));
+        }
+        sc.watched = watched;
+        let go = sc.root.join("go");
+        let tok = std::ffi::OsString::from(&sc.token);
+        host_helper(
+            sc,
+            LATE_SECRETS_HELPER,
+            &[sc.ws.as_os_str(), sc.h.as_os_str(), go.as_os_str(), &tok],
+        );
+        vec![("GO".into(), go.into_os_string())]
+    })
+    .require_lines(&["GO"])
+    .probe_stdout_has("read ~/.aws/credentials created after the start", |sc| {
+        format!("LATE-aws-{}", sc.token)
+    })
+    .probe_stdout_has(
+        "read ~/.config/gh/hosts.yml created after the start",
+        |sc| format!("LATE-gh-{}", sc.token),
+    )
+    .run();
+}
+
+// ------------------------------------------------------------------ token-shaped values
+
+/// Secrets under harmless names: the value, not the name, gives them away.
+pub fn token_shaped_env(token: &str) -> Vec<(&'static str, String)> {
+    // Deterministic filler (alphanumerics), long enough for each format.
+    let fill = |n: usize| -> String {
+        let alpha = b"AbCdEfGhJkMnPqRsTuVwXyZ23456789";
+        let seed: Vec<u8> = token.bytes().collect();
+        (0..n)
+            .map(|i| alpha[(seed[i % seed.len()] as usize + i * 7) % alpha.len()] as char)
+            .collect()
+    };
+    vec![
+        ("DEPLOY", format!("ghp_{}", fill(36))),
+        (
+            "BUILD_META",
+            format!(
+                "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ3ZiJ9.{}",
+                fill(43)
+            ),
+        ),
+        (
+            "CALLBACK",
+            format!(
+                "https://hooks.slack.com/services/T{}/B{}/{}",
+                fill(8).to_uppercase(),
+                fill(9).to_uppercase(),
+                fill(24)
+            ),
+        ),
+        (
+            "BLOB",
+            format!(
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA{}\n-----END RSA PRIVATE KEY-----",
+                fill(48)
+            ),
+        ),
+        ("MODEL_CFG", format!("sk-proj-{}", fill(48))),
+        ("CLAUDE_CFG", format!("sk-ant-api03-{}", fill(40))),
+        ("REGION_ID", format!("AKIA{}", fill(16).to_uppercase())),
+    ]
+}
+
+#[test]
+fn rs3_token_shaped_values_under_harmless_names() {
+    let mut a = Attack::new("RS3/token-values", "env");
+    // The tokens depend on the scenario's token, which exists only once the scenario is
+    // built: pass them from the setup, and probe for what the setup derived.
+    a = a.setup(|sc, _| {
+        token_shaped_env(&sc.token)
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect()
+    });
+    for (i, (name, _)) in token_shaped_env("x").into_iter().enumerate() {
+        a = a.probe(
+            &format!("{name} (token-shaped value) visible"),
+            move |sc, o| {
+                let (_, v) = token_shaped_env(&sc.token).swap_remove(i);
+                // The PEM spans lines: look for its key body line.
+                let needle = v.lines().nth(1).unwrap_or(&v).to_string();
+                Ok(o.stdout.contains(&needle))
+            },
+        );
+    }
+    a.run();
+}
+
+// ------------------------------------------------------------------ TIOCSTI with --pty
+
+#[test]
+fn t1_tiocsti_with_pty() {
+    // With --pty the command's controlling terminal is the sandbox's own pty, so setsid()
+    // no longer stops TIOCSTI: only the seccomp rule does. The injected line is read and
+    // run by the shell that follows; judged from outside by the file it creates.
+    const WRAP: &str = r#"
+import os, sys, pty, subprocess, termios, fcntl
+m, s = pty.openpty()
+def ctty():
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+p = subprocess.Popen(sys.argv[1:], stdin=s, start_new_session=True, preexec_fn=ctty)
+rc = p.wait()
+sys.exit(rc if rc >= 0 else 128 - rc)
+"#;
+    if !need("T1/pty", &["timeout"]) {
+        return;
+    }
+    let script = format!(
+        "{}\ntimeout --foreground 3 sh >/dev/null 2>&1\ntrue\n",
+        py(r#"
+line = ("touch %s/tiocsti-injected; exit\n" % os.environ["WS"]).encode()
+def sti(fd):
+    for ch in line:
+        b = ctypes.c_char(ch)
+        ctypes.set_errno(0)
+        r = libc.ioctl(fd, ctypes.c_ulong(0x5412), ctypes.byref(b))
+        if r != 0:
+            return "rc=%d errno=%d" % (r, ctypes.get_errno())
+    return "rc=0"
+print("STI", sti(0), flush=True)
+"#)
+    );
+    Attack::new("T1/pty", &script)
+        .launch(Launch {
+            prefix: vec![python().into_os_string(), "-c".into(), WRAP.into()],
+            wf_args: vec!["--pty".into()],
+            ..Launch::default()
+        })
+        .control_needs("TIOCSTI allowed on this kernel (dev.tty.legacy_tiocsti=1)")
+        .require_lines(&["STI"])
+        .probe_rc("TIOCSTI on the pty", "STI")
+        .probe_exists("the injected command ran", |sc| {
+            sc.ws.join("tiocsti-injected")
+        })
+        .run();
+}
+
+// ------------------------------------------------------------------ broker concurrency
+
+/// Runs `"$@"`, waits (at most 10 s) for a flag file, then sends SIGTERM to it; exits with
+/// its status (128+N for a signal).
+const TERM_WRAP: &str = r#"
+import os, signal, subprocess, sys, time
+flag = sys.argv[1]
+p = subprocess.Popen(sys.argv[2:])
+end = time.time() + 10
+while time.time() < end and p.poll() is None and not os.path.exists(flag):
+    time.sleep(0.02)
+if p.poll() is None:
+    p.send_signal(signal.SIGTERM)
+rc = p.wait()
+sys.exit(rc if rc >= 0 else 128 - rc)
+"#;
+
+const BROKER_SCRIPT: &str = r#"
+D=/tmp/wf-broker-$MARK; rm -rf "$D"; mkdir -p "$D"
+"$PY" -c '
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+time.sleep(60)
+' "$D/a.sock" ${MARK}1 &
+"$PY" -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+while True:
+    c, _ = s.accept(); c.sendall(c.recv(16).upper()); c.close()
+' "$D/b.sock" ${MARK}3 &
+i=0; while { [ ! -S "$D/a.sock" ] || [ ! -S "$D/b.sock" ]; } && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
+# Fill a's backlog (it never accepts): the third connect blocks in the kernel (or in the
+# supervisor that brokers it).
+"$PY" -c '
+import socket, sys
+keep = []
+for i in range(8):
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); keep.append(s)
+    print("FILLED", i, flush=True)
+' "$D/a.sock" ${MARK}2 &
+i=0; while ! grep -q "FILLED 1" "$D/filled" 2>/dev/null && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
+sleep 0.5
+echo "FILLERS $(grep -c FILLED "$D/filled")"
+"$PY" -c '
+import socket, sys
+try:
+    s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])
+    s.sendall(b"ping"); print("OTHER rc=0", s.recv(16).decode(), flush=True)
+except OSError as e:
+    print("OTHER rc=-1 errno=%s" % e.errno, flush=True)
+' "$D/b.sock"
+touch "$WS/other-done"
+sleep ${MARK}4
+"#;
+
+#[test]
+fn b1_broker_concurrency_and_term_forwarding() {
+    // Not an escape but a denial of service of the unix-connect broker: a connect that
+    // blocks (full backlog) must not stall other connects, signal forwarding or the exit.
+    let id = "B1/broker-concurrency";
+    count(&format!("BEGIN {id}"));
+    let script = BROKER_SCRIPT.replace(
+        "\"$D/a.sock\" ${MARK}2 &",
+        "\"$D/a.sock\" ${MARK}2 > \"$D/filled\" &",
+    );
+    for mode in [Mode::Control, Mode::Sandboxed] {
+        let mut sc = Scenario::new("b1-broker");
+        let l = Launch {
+            prefix: vec![
+                python().into_os_string(),
+                "-c".into(),
+                TERM_WRAP.into(),
+                "{ROOT}/ws/other-done".into(),
+            ],
+            wf_args: vec!["--timeout".into(), "20s".into()],
+            cap: Some(Duration::from_secs(40)),
+            ..Launch::default()
+        };
+        let o = sc.run_script(mode, &script, &l);
+        let mut failed = Vec::new();
+        if !o.started() {
+            failed.push("the script did not start".to_string());
+        }
+        if o.field("FILLERS").as_deref() != Some("2") {
+            failed.push(
+                "the backlog was not filled exactly (two connects queued, one blocked)".into(),
+            );
+        }
+        if !o.stdout.lines().any(|l| l == "OTHER rc=0 PING") {
+            failed.push("the connect to the second listener did not succeed".into());
+        }
+        if o.code != Some(143) {
+            failed.push(format!(
+                "expected exit 143 (SIGTERM forwarded), got {:?}",
+                o.code
+            ));
+        }
+        if o.hung {
+            failed.push("the run hung".into());
+        }
+        if mode == Mode::Sandboxed {
+            failed.extend(sc.invariants(&o).into_iter().map(|v| format!("host: {v}")));
+        }
+        sc.kill_leftovers();
+        assert!(
+            failed.is_empty(),
+            "{} {id} failed:\n  {}\n{}",
+            mode.name(),
+            failed.join("\n  "),
+            o.show()
+        );
+        match mode {
+            Mode::Control => count(&format!("CONTROL {id} succeeded")),
+            Mode::Sandboxed => count(&format!("ATTACK {id} blocked")),
+        }
+    }
+}

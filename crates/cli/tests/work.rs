@@ -7,15 +7,28 @@ mod common;
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Runs `script` sandboxed, with the sandbox proof first, and asserts from outside that
+/// the run really was sandboxed (see `assert_sandboxed`).
 fn sandboxed(sc: &mut Scenario, script: &str, wf_args: &[&str]) -> Outcome {
     let l = Launch {
         wf_args: wf_args.iter().map(OsString::from).collect(),
         ..Launch::default()
     };
-    sc.run_script(Mode::Sandboxed, script, &l)
+    proved(sc, script, &l)
+}
+
+/// `run_script` (sandboxed) with the sandbox proof, asserted.
+fn proved(sc: &mut Scenario, script: &str, l: &Launch) -> Outcome {
+    let o = sc.run_script(Mode::Sandboxed, &with_proof(script), l);
+    assert_sandboxed(sc, &o, "work case");
+    o
 }
 
 fn wf(sc: &mut Scenario, args: &[&str]) -> Outcome {
@@ -253,6 +266,12 @@ fn work_missing_command_127() {
         &["run", "-C", &ws, "--", "wf-no-such-command-here"],
     );
     assert_eq!(o.code, Some(127), "{}", o.show());
+    // Nothing runs, so no proof snippet can: the reason must come from the sandbox itself.
+    assert!(
+        o.stderr.contains("command not found in the sandbox's PATH"),
+        "{}",
+        o.show()
+    );
     work_passed("missing-command-127");
 }
 
@@ -265,6 +284,12 @@ fn work_not_executable_126() {
     let o = wf(&mut sc, &["run", "-C", &ws, "--", "./notexec"]);
     assert_eq!(o.code, Some(126), "{}", o.show());
     assert!(!o.stdout.contains("ran"), "{}", o.show());
+    // Nothing runs, so no proof snippet can: the reason must come from workfence.
+    assert!(
+        o.stderr.contains("workfence") && o.stderr.contains("cannot execute"),
+        "{}",
+        o.show()
+    );
     work_passed("not-executable-126");
 }
 
@@ -276,9 +301,11 @@ fn work_stdin_passthrough() {
         stdin: Some(b"hi\nthere\n".to_vec()),
         ..Launch::default()
     };
-    let o = sc.workfence(&["run", "-C", &ws, "--", "cat"], &l);
+    let cmd = format!("{SANDBOX_PROOF}cat");
+    let o = sc.workfence(&["run", "-C", &ws, "--", "sh", "-c", &cmd], &l);
     assert_ok(&o, "stdin passthrough");
-    assert_eq!(o.stdout, "hi\nthere\n", "{}", o.show());
+    assert_sandboxed(&sc, &o, "stdin passthrough");
+    assert!(o.stdout.ends_with("]\nhi\nthere\n"), "{}", o.show());
     work_passed("stdin-passthrough");
 }
 
@@ -359,8 +386,8 @@ fn work_allow_write() {
     let mut sc = Scenario::new("work-allow-write");
     let extra = sc.root.join("extra");
     fs::create_dir_all(&extra).unwrap();
-    let o = sc.run_script(
-        Mode::Sandboxed,
+    let o = proved(
+        &mut sc,
         "echo x > \"$EXTRA/f\"",
         &Launch {
             wf_args: vec!["--allow-write".into(), extra.clone().into_os_string()],
@@ -405,8 +432,8 @@ fn work_env_set() {
 #[test]
 fn work_env_keep() {
     let mut sc = Scenario::new("work-env-keep");
-    let o = sc.run_script(
-        Mode::Sandboxed,
+    let o = proved(
+        &mut sc,
         "env",
         &Launch {
             wf_args: vec!["--env-keep".into(), "GITHUB_TOKEN".into()],
@@ -431,8 +458,8 @@ fn work_env_keep() {
 fn work_keep_fd() {
     let mut sc = Scenario::new("work-keep-fd");
     fs::write(sc.out.join("fd8.txt"), "").unwrap();
-    let o = sc.run_script(
-        Mode::Sandboxed,
+    let o = proved(
+        &mut sc,
         "ls /proc/$$/fd | tr '\\n' ' '; echo; echo kept >&8",
         &Launch {
             wf_args: vec!["--keep-fd".into(), "8".into()],
@@ -461,7 +488,15 @@ fn work_keep_fd() {
 #[test]
 fn work_full_access_says_so() {
     let mut sc = Scenario::new("work-full-access");
-    let o = sandboxed(&mut sc, "echo x > \"$OUT/fa\"", &["--mode", "full-access"]);
+    // The one case that runs unsandboxed by design: no sandbox proof; workfence must say so.
+    let o = sc.run_script(
+        Mode::Sandboxed,
+        "echo x > \"$OUT/fa\"",
+        &Launch {
+            wf_args: vec!["--mode".into(), "full-access".into()],
+            ..Launch::default()
+        },
+    );
     assert_ok(&o, "--mode full-access");
     assert!(sc.out.join("fa").exists());
     assert!(
@@ -513,6 +548,11 @@ fn work_explain_sections() {
 
 // ------------------------------------------------------------------ bad input
 
+/// A run that must be refused before the command starts (so no sandbox proof can run).
+fn refused_run(sc: &mut Scenario, script: &str) -> Outcome {
+    sc.run_script(Mode::Sandboxed, script, &Launch::default())
+}
+
 fn assert_refused_config(o: &Outcome, sc: &Scenario, file_line: &str, key: &str) {
     assert_eq!(o.code, Some(125), "{}", o.show());
     assert!(!o.started(), "the command ran\n{}", o.show());
@@ -533,7 +573,7 @@ fn assert_refused_config(o: &Outcome, sc: &Scenario, file_line: &str, key: &str)
 fn bad_config_unknown_key() {
     let mut sc = Scenario::new("bad-config-key");
     sc.user_config("network = \"off\"\nbogus_key = 1\n");
-    let o = sandboxed(&mut sc, "touch \"$WS/ran\"", &[]);
+    let o = refused_run(&mut sc, "touch \"$WS/ran\"");
     assert_refused_config(&o, &sc, "config.toml:2", "bogus_key");
     work_passed("bad-config-unknown-key");
 }
@@ -542,7 +582,7 @@ fn bad_config_unknown_key() {
 fn bad_config_wrong_type() {
     let mut sc = Scenario::new("bad-config-type");
     sc.user_config("mode = \"workspace-write\"\n\nmax_processes = \"many\"\n");
-    let o = sandboxed(&mut sc, "touch \"$WS/ran\"", &[]);
+    let o = refused_run(&mut sc, "touch \"$WS/ran\"");
     assert_refused_config(&o, &sc, "config.toml:3", "max_processes");
     work_passed("bad-config-wrong-type");
 }
@@ -551,7 +591,7 @@ fn bad_config_wrong_type() {
 fn bad_config_relative_path() {
     let mut sc = Scenario::new("bad-config-rel");
     sc.user_config("allow_write = [\"relative/dir\"]\n");
-    let o = sandboxed(&mut sc, "touch \"$WS/ran\"", &[]);
+    let o = refused_run(&mut sc, "touch \"$WS/ran\"");
     assert_refused_config(&o, &sc, "config.toml:1", "allow_write");
     work_passed("bad-config-relative-path");
 }
@@ -565,7 +605,7 @@ fn bad_config_in_workspace() {
         "network = \"off\"\nnope = true\n",
     )
     .unwrap();
-    let o = sandboxed(&mut sc, "touch \"$WS/ran\"", &[]);
+    let o = refused_run(&mut sc, "touch \"$WS/ran\"");
     assert_refused_config(&o, &sc, "config.toml:2", "nope");
     work_passed("bad-config-workspace");
 }
@@ -653,4 +693,307 @@ fn workspace_non_utf8_name() {
         "ws-non-utf8",
         std::os::unix::ffi::OsStringExt::from_vec(b"ws-\xff\xfe-\xc3\x28".to_vec()),
     );
+}
+
+// ------------------------------------------------------------------ concurrency, kill, pty
+
+/// Starts `workfence run -C $WS -- sh -c <proof + script>` without waiting (stdout and
+/// stderr to files under the scenario root).
+fn spawn_sandboxed(
+    sc: &Scenario,
+    script: &str,
+    tag: &str,
+) -> (std::process::Child, PathBuf, PathBuf) {
+    let so = sc.root.join(format!("{tag}.stdout"));
+    let se = sc.root.join(format!("{tag}.stderr"));
+    let child = Command::new(bin())
+        .arg("run")
+        .arg("-C")
+        .arg(&sc.ws)
+        .arg("--")
+        .arg("sh")
+        .arg("-c")
+        .arg(format!("echo {SENTINEL}\n{}", with_proof(script)))
+        .current_dir(&sc.ws)
+        .env_clear()
+        .envs(sc.base_env())
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&so).unwrap())
+        .stderr(fs::File::create(&se).unwrap())
+        .spawn()
+        .expect("spawn workfence");
+    (child, so, se)
+}
+
+/// Waits for a child (killing it at `cap`) and builds its Outcome.
+fn finish(
+    mut child: std::process::Child,
+    so: &Path,
+    se: &Path,
+    started: Instant,
+    cap: Duration,
+) -> Outcome {
+    let mut hung = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if started.elapsed() > cap {
+            hung = true;
+            let _ = child.kill();
+            break child.wait().expect("wait after kill");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Outcome {
+        mode: Mode::Sandboxed,
+        code: status.code(),
+        signal: status.signal(),
+        stdout: read_lossy(so),
+        stderr: read_lossy(se),
+        started,
+        exited: Instant::now(),
+        hung,
+        killed_at: None,
+    }
+}
+
+#[test]
+fn work_concurrent_runs_on_one_workspace() {
+    if !need("work-concurrent", &["git"]) {
+        return;
+    }
+    let sc = Scenario::new("work-concurrent");
+    let before = dir_listing(&sc.ws);
+    let started = Instant::now();
+    // Four runs at once, each editing its own file and committing it; git's own locks
+    // make concurrent commits fail now and then, so each retries (bounded).
+    let runs: Vec<_> = (0..4)
+        .map(|i| {
+            let script = format!(
+                r#"set -e
+echo "edit {i}" > f{i}.txt
+echo "more {i}" >> README.md.{i}
+n=0
+until git add f{i}.txt 2>/dev/null && git commit -q -m "par {i}" -- f{i}.txt 2>/dev/null; do
+    n=$((n+1)); [ $n -lt 300 ] || exit 9; sleep 0.05
+done
+echo "COMMITTED {i}"
+"#
+            );
+            spawn_sandboxed(&sc, &script, &format!("par{i}"))
+        })
+        .collect();
+    let outs: Vec<Outcome> = runs
+        .into_iter()
+        .map(|(c, so, se)| finish(c, &so, &se, started, Duration::from_secs(60)))
+        .collect();
+    for (i, o) in outs.iter().enumerate() {
+        assert_ok(o, &format!("concurrent run {i}"));
+        assert_sandboxed(&sc, o, &format!("concurrent run {i}"));
+        assert_eq!(
+            o.field("COMMITTED").as_deref(),
+            Some(i.to_string().as_str()),
+            "{}",
+            o.show()
+        );
+    }
+    let log = host_git(&sc.ws, &sc.h, &["log", "--format=%s"]);
+    for i in 0..4 {
+        assert!(
+            log.lines().any(|l| l == format!("par {i}")),
+            "host log: {log}"
+        );
+        assert_eq!(
+            read_lossy(&sc.ws.join(format!("f{i}.txt"))),
+            format!("edit {i}\n")
+        );
+    }
+    host_git(&sc.ws, &sc.h, &["fsck", "--no-progress"]);
+    let status = host_git(&sc.ws, &sc.h, &["status", "--porcelain"]);
+    assert!(
+        !status
+            .lines()
+            .any(|l| l.contains("f0.txt") || l.contains("f3.txt")),
+        "uncommitted: {status}"
+    );
+    // Nothing but what the runs wrote is left at the top (no placeholders).
+    let mut want = before.clone();
+    for i in 0..4 {
+        want.push(format!("f{i}.txt").into());
+        want.push(format!("README.md.{i}").into());
+    }
+    want.sort();
+    assert_eq!(
+        dir_listing(&sc.ws),
+        want,
+        "top-level listing after 4 concurrent runs"
+    );
+    work_passed("concurrent-runs-one-workspace");
+}
+
+#[test]
+fn work_sigkill_of_workfence_leaves_nothing() {
+    let mut sc = Scenario::new("work-sigkill");
+    let before = dir_listing(&sc.ws);
+    let l = Launch {
+        kill_when_marker: Some("{MARK}1".into()),
+        ..Launch::default()
+    };
+    let o = proved(&mut sc, "sleep ${MARK}1 &\nsleep ${MARK}2\n", &l);
+    assert!(
+        o.killed_at.is_some(),
+        "the harness did not SIGKILL workfence\n{}",
+        o.show()
+    );
+    assert_eq!(o.signal, Some(9), "{}", o.show());
+    // Bounded waits (not speed assertions): the sandbox dies with workfence, and the
+    // guard removes the placeholders once it is gone.
+    let ws = sc.ws.as_os_str().as_encoded_bytes().to_vec();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = sc.leftovers();
+        let runs = pids_where(|a| a == ws.as_slice());
+        let listing = dir_listing(&sc.ws);
+        if left.is_empty() && runs.is_empty() && listing == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "10 s after SIGKILL: sandbox processes {left:?}, workfence processes {runs:?}, \
+             top-level listing {listing:?} (before: {before:?})\n{}",
+            o.show()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    work_passed("sigkill-leaves-nothing");
+}
+
+#[test]
+fn work_pty_is_a_terminal() {
+    let mut sc = Scenario::new("work-pty");
+    let o = sandboxed(
+        &mut sc,
+        "tty; test -t 0 && echo STDIN_TTY; test -t 1 && echo STDOUT_TTY; test -t 2 && echo STDERR_TTY; true",
+        &["--pty"],
+    );
+    assert_ok(&o, "--pty");
+    for k in ["STDIN_TTY", "STDOUT_TTY", "STDERR_TTY"] {
+        assert!(
+            o.stdout.lines().any(|l| l.trim() == k),
+            "no {k}\n{}",
+            o.show()
+        );
+    }
+    assert!(
+        o.stdout.lines().any(|l| l.trim().starts_with("/dev/pts/")),
+        "tty(1) did not name a pty\n{}",
+        o.show()
+    );
+    work_passed("pty-is-a-terminal");
+}
+
+// ------------------------------------------------------------------ exec rules
+
+fn assert_exec_refused(o: &Outcome, verb: &str) {
+    assert_eq!(o.code, Some(125), "exec rule: expected 125\n{}", o.show());
+    assert!(
+        o.stderr
+            .contains(&format!("the exec rules {verb} this command")),
+        "stderr lacks the exec-rule reason\n{}",
+        o.show()
+    );
+}
+
+#[test]
+fn work_exec_rules_user_config() {
+    if !need("work-exec-rules", &["git"]) {
+        return;
+    }
+    let mut sc = Scenario::new("work-exec-rules");
+    sc.user_config(
+        "exec_rules = [\n  { prefix = [\"git\", \"push\"], decision = \"forbidden\" },\n  { prefix = [\"touch\"], decision = \"prompt\" },\n]\n",
+    );
+    let ws = ws_arg(&sc);
+    let o = wf(
+        &mut sc,
+        &["run", "-C", &ws, "--", "git", "push", "origin", "main"],
+    );
+    assert_exec_refused(&o, "forbid");
+    let ran = sc.ws.join("ran");
+    let o = wf(
+        &mut sc,
+        &["run", "-C", &ws, "--", "touch", ran.to_str().unwrap()],
+    );
+    assert_exec_refused(&o, "require approval for");
+    assert!(!ran.exists(), "a refused command ran");
+    // What no rule matches still runs (sandboxed).
+    let o = sandboxed(&mut sc, "git status --short; echo ALLOWED", &[]);
+    assert_ok(&o, "a command no exec rule matches");
+    assert!(o.stdout.lines().any(|l| l == "ALLOWED"), "{}", o.show());
+    work_passed("exec-rules-user-config");
+}
+
+#[test]
+fn work_exec_rules_workspace_config_narrows() {
+    let mut sc = Scenario::new("work-exec-rules-ws");
+    fs::create_dir_all(sc.ws.join(".workfence")).unwrap();
+    fs::write(
+        sc.ws.join(".workfence/config.toml"),
+        "exec_rules = [{ prefix = [\"touch\"], decision = \"forbidden\" }]\n",
+    )
+    .unwrap();
+    sc.resnapshot();
+    let ws = ws_arg(&sc);
+    let ran = sc.ws.join("ran");
+    let o = wf(
+        &mut sc,
+        &[
+            "run",
+            "-C",
+            &ws,
+            "--",
+            "/usr/bin/touch",
+            ran.to_str().unwrap(),
+        ],
+    );
+    assert_exec_refused(&o, "forbid");
+    assert!(!ran.exists(), "a refused command ran");
+    let o = sandboxed(&mut sc, "echo ALLOWED", &[]);
+    assert_ok(&o, "a command no exec rule matches");
+    work_passed("exec-rules-workspace-config");
+}
+
+// ------------------------------------------------------------------ env-keep of a value
+
+#[test]
+fn work_env_keep_token_shaped_value() {
+    let mut sc = Scenario::new("work-env-keep-value");
+    let deploy = format!("ghp_{}", "AbCdEfGhJkMnPqRsTuVwXyZ23456789abcde");
+    let other = format!("sk-ant-api03-{}", sc.token.replace('x', "Q"));
+    let o = proved(
+        &mut sc,
+        "env",
+        &Launch {
+            wf_args: vec!["--env-keep".into(), "DEPLOY".into()],
+            env: vec![
+                ("DEPLOY".into(), deploy.clone().into()),
+                ("CLAUDE_CFG".into(), other.clone().into()),
+            ],
+            ..Launch::default()
+        },
+    );
+    assert_ok(&o, "--env-keep DEPLOY");
+    assert!(
+        o.stdout.lines().any(|l| l == format!("DEPLOY={deploy}")),
+        "--env-keep DEPLOY did not bring it back\n{}",
+        o.show()
+    );
+    // Only the kept one: another token-shaped value stays scrubbed.
+    assert!(
+        !o.stdout.contains(&other),
+        "CLAUDE_CFG's token leaked\n{}",
+        o.show()
+    );
+    work_passed("env-keep-token-shaped-value");
 }

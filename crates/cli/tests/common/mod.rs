@@ -1380,6 +1380,9 @@ impl Attack {
             "attack {} has no controlled probe",
             self.id
         );
+        // Counted by scripts/test.sh: every BEGIN needs a CONTROL and an ATTACK line, or
+        // a visible SKIP.
+        count(&format!("BEGIN {}", self.id));
         // Control: every probe must see the attack work.
         {
             let (mut sc, launch) = self.scenario(Mode::Control);
@@ -1580,4 +1583,100 @@ pub fn raw(s: &OsStr) -> &[u8] {
 /// Whether an io error is "not found".
 pub fn is_not_found(e: &std::io::Error) -> bool {
     e.kind() == ErrorKind::NotFound
+}
+
+// ---------------------------------------------------------------------------------------
+// Proof that a run was sandboxed (work cases), host-side git and helpers
+// ---------------------------------------------------------------------------------------
+
+/// Host file the proof snippet tries to create (it must never exist after a sandboxed run).
+pub const PROOF_FILE: &str = ".wf-sandbox-proof";
+
+/// Shell snippet that every work case runs inside its sandboxed command: it tries to
+/// write `$H/.wf-sandbox-proof` and to read the seeded `$H/.ssh/id_rsa`, and prints
+/// `WFPROOF home_write_blocked=<0|1> secret=[<what it read>]`. It does not change `$?`
+/// for what follows and works under `set -e`. Judged from outside by [`assert_sandboxed`],
+/// so a suite in which `workfence run` were replaced by `exec "$@"` would fail.
+pub const SANDBOX_PROOF: &str = r#"__wfs=$(cat "$H/.ssh/id_rsa" 2>/dev/null || true)
+if ( echo proof > "$H/.wf-sandbox-proof" ) 2>/dev/null; then __wfw=0; else __wfw=1; fi
+echo "WFPROOF home_write_blocked=$__wfw secret=[$__wfs]"
+"#;
+
+/// `script` with [`SANDBOX_PROOF`] run first.
+pub fn with_proof(script: &str) -> String {
+    format!("{SANDBOX_PROOF}{script}")
+}
+
+/// Asserts, from outside, that the run which executed [`SANDBOX_PROOF`] was sandboxed:
+/// the proof line is there, the write to `$H` did not land on the host, and the secret
+/// read as empty.
+pub fn assert_sandboxed(sc: &Scenario, o: &Outcome, what: &str) {
+    let line = o.field("WFPROOF").unwrap_or_default();
+    let mut bad = Vec::new();
+    if line.is_empty() {
+        bad.push("no WFPROOF line: the proof snippet did not run".to_string());
+    }
+    if !line.contains("home_write_blocked=1") {
+        bad.push(format!("the write to $H was not refused ({line})"));
+    }
+    if fs::symlink_metadata(sc.h.join(PROOF_FILE)).is_ok() {
+        bad.push(format!("$H/{PROOF_FILE} exists on the host"));
+    }
+    if !line.contains("secret=[]") || o.stdout.contains(&sc.secret_of(".ssh/id_rsa")) {
+        bad.push(format!("$H/.ssh/id_rsa was readable ({line})"));
+    }
+    assert!(
+        bad.is_empty(),
+        "{what}: the run was NOT sandboxed: {}\n{}",
+        bad.join("; "),
+        o.show()
+    );
+}
+
+/// Runs git on the host the way a user's own tools would (hooks, fsmonitor, includes and
+/// all config honoured; `HOME=$H`, no system config), in `dir`. Never asserts.
+pub fn host_git_real(sc: &Scenario, dir: &Path, args: &[&str]) -> std::process::Output {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", &sc.h)
+        .env("XDG_CONFIG_HOME", sc.h.join(".config"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("LC_ALL", "C")
+        .env("GIT_AUTHOR_NAME", "wf")
+        .env("GIT_AUTHOR_EMAIL", "wf@example.invalid")
+        .env("GIT_COMMITTER_NAME", "wf")
+        .env("GIT_COMMITTER_EMAIL", "wf@example.invalid")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run host git")
+}
+
+/// Starts a python helper on the host (`$PY -c code args... ${MARK}9`). Its last argv
+/// element is the scenario's marker, so the scenario's leftover cleanup reaps it; it must
+/// exit by itself shortly after the run (the leftover invariant allows one second).
+pub fn host_helper(sc: &Scenario, code: &str, args: &[&OsStr]) {
+    let child = Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .arg(format!("{}9", sc.mark))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn a host helper");
+    // Reaped by the scenario's leftover cleanup (argv carries ${MARK}9).
+    std::mem::forget(child);
+}
+
+/// Sorted names of a directory's entries (empty if unreadable).
+pub fn dir_listing(p: &Path) -> Vec<OsString> {
+    let mut v: Vec<OsString> = fs::read_dir(p)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
 }
