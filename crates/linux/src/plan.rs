@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use workfence_policy::layout::{FileKind, FsLayout, Protection};
+use workfence_policy::secrets;
 use workfence_policy::{Enforcement, LayerStatus, Network, Policy};
 
 /// What the host offers, gathered by `probe` (or written by hand in tests).
@@ -26,9 +27,14 @@ pub struct HostFacts {
     pub run_dirs: Vec<PathBuf>,
     /// The real path of `/etc/resolv.conf` when it lives under a masked directory.
     pub resolv_conf: Option<PathBuf>,
-    /// Directory listings for the Landlock-only (degraded) plan: the ancestors of
-    /// every hidden or protected path.
+    /// Directory listings: the ancestors of every secret pattern (existing or not,
+    /// literal and resolved), so that Landlock grants reads per entry around them;
+    /// in the degraded plan also the ancestors of every protected path.
     pub listings: BTreeMap<PathBuf, Vec<String>>,
+    /// Secret patterns with their existing ancestors' symlinks resolved, where that
+    /// differs from the literal pattern (`~/.config` -> `/data/config` gives
+    /// `/data/config/gh`): the same file is reachable under both names.
+    pub resolved_secrets: Vec<PathBuf>,
     /// A cgroup directory (v2 or v1 `pids`) where workfence may create a child group.
     pub pids_cgroup: Option<PathBuf>,
     /// A cgroup directory (v2) where memory and CPU limits can be set.
@@ -327,10 +333,11 @@ fn union(a: &[LlAccess], b: &[LlAccess]) -> Vec<LlAccess> {
 
 /// Landlock cannot subtract a subtree from a granted one. To exclude paths, grant
 /// the siblings along the way instead (needs directory listings from the host).
-/// Returns the paths to grant; `partial` is set when an excluded path's ancestor
-/// listing is unknown.
+/// An excluded path's last component may hold `*` (all matching siblings are left
+/// out). Where a listing is unknown nothing is granted (fail closed). Anything
+/// created later in an expanded directory is not covered by any rule: unreadable.
 fn expand(root: &Path, excluded: &[PathBuf], facts: &HostFacts, out: &mut Vec<PathBuf>) {
-    if excluded.iter().any(|e| e == root) {
+    if excluded.iter().any(|e| secrets::path_matches(e, root)) {
         return;
     }
     if !excluded.iter().any(|e| e.starts_with(root)) {
@@ -596,11 +603,34 @@ pub fn plan(
             abi,
         );
         let mut rules = Vec::new();
-        if ns {
+        // Reads: everything except the secrets, existing or not. Granting per entry
+        // along their ancestors (instead of beneath `/`) leaves out a secret that
+        // appears during the run too (a login in another terminal); the mount masks
+        // below only cover what existed at the start.
+        let mut excluded: Vec<PathBuf> = policy.deny_read.iter().map(|d| d.path.clone()).collect();
+        excluded.extend(layout.hidden.iter().map(|h| h.path.clone()));
+        excluded.extend(facts.resolved_secrets.iter().cloned());
+        excluded.sort();
+        excluded.dedup();
+        let mut reads = Vec::new();
+        expand(Path::new("/"), &excluded, facts, &mut reads);
+        if !reads.iter().any(|r| r == Path::new("/")) {
+            // Names stay listable everywhere (`ls ~`, `ls /`, tools that scan a
+            // directory), though not inside the existing secrets, which are masked:
+            // only contents are secret. Without this the expanded directories
+            // themselves could not be listed.
             rules.push(LandlockRule {
                 path: "/".into(),
+                access: vec![LlAccess::ReadDir],
+            });
+        }
+        for r in reads {
+            rules.push(LandlockRule {
+                path: r,
                 access: read.clone(),
             });
+        }
+        if ns {
             rules.push(LandlockRule {
                 path: "/dev".into(),
                 access: dev,
@@ -624,15 +654,6 @@ pub fn plan(
                 });
             }
         } else {
-            let hidden: Vec<PathBuf> = layout.hidden.iter().map(|h| h.path.clone()).collect();
-            let mut reads = Vec::new();
-            expand(Path::new("/"), &hidden, facts, &mut reads);
-            for r in reads {
-                rules.push(LandlockRule {
-                    path: r,
-                    access: read.clone(),
-                });
-            }
             rules.push(LandlockRule {
                 path: "/dev".into(),
                 access: dev,

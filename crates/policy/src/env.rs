@@ -9,7 +9,7 @@ use serde::Serialize;
 
 /// Why a variable was removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "reason", content = "format")]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "format")]
 pub enum Removed {
     /// Its name looks like a secret.
     SecretName,
