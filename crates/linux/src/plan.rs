@@ -2,7 +2,7 @@
 //! host's facts. The apply layer executes it step by step; `explain` prints it; the
 //! snapshot tests pin it. Nothing here touches the OS.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -337,10 +337,62 @@ fn union(a: &[LlAccess], b: &[LlAccess]) -> Vec<LlAccess> {
 /// out). Where a listing is unknown nothing is granted (fail closed). Anything
 /// created later in an expanded directory is not covered by any rule: unreadable.
 fn expand(root: &Path, excluded: &[PathBuf], facts: &HostFacts, out: &mut Vec<PathBuf>) {
-    if excluded.iter().any(|e| secrets::path_matches(e, root)) {
+    // Indexed once: a home with a few hundred entries and a secret table of a
+    // hundred-odd patterns would otherwise cost a pattern scan per entry.
+    let mut exact: BTreeSet<&Path> = BTreeSet::new();
+    let mut globs: BTreeMap<&Path, Vec<String>> = BTreeMap::new();
+    let mut ancestors: BTreeSet<&Path> = BTreeSet::new();
+    for e in excluded {
+        match (e.parent(), e.file_name()) {
+            (Some(parent), Some(name)) if secrets::is_wildcard(e) => {
+                globs
+                    .entry(parent)
+                    .or_default()
+                    .push(name.to_string_lossy().into_owned());
+            }
+            _ => {
+                exact.insert(e.as_path());
+            }
+        }
+        ancestors.extend(e.ancestors().skip(1));
+    }
+    let ix = Exclusions {
+        exact,
+        globs,
+        ancestors,
+    };
+    expand_in(root, &ix, facts, out);
+}
+
+struct Exclusions<'a> {
+    /// Excluded paths without a wildcard.
+    exact: BTreeSet<&'a Path>,
+    /// Wildcard patterns of the last component, by parent directory.
+    globs: BTreeMap<&'a Path, Vec<String>>,
+    /// Every strict ancestor of an excluded path or pattern.
+    ancestors: BTreeSet<&'a Path>,
+}
+
+impl Exclusions<'_> {
+    fn excludes(&self, p: &Path) -> bool {
+        if self.exact.contains(p) {
+            return true;
+        }
+        match (p.parent(), p.file_name()) {
+            (Some(parent), Some(name)) => self.globs.get(parent).is_some_and(|pats| {
+                let name = name.to_string_lossy();
+                pats.iter().any(|pat| secrets::glob_match(pat, &name))
+            }),
+            _ => false,
+        }
+    }
+}
+
+fn expand_in(root: &Path, ix: &Exclusions<'_>, facts: &HostFacts, out: &mut Vec<PathBuf>) {
+    if ix.excludes(root) {
         return;
     }
-    if !excluded.iter().any(|e| e.starts_with(root)) {
+    if !ix.ancestors.contains(root) {
         out.push(root.to_path_buf());
         return;
     }
@@ -349,7 +401,7 @@ fn expand(root: &Path, excluded: &[PathBuf], facts: &HostFacts, out: &mut Vec<Pa
         return;
     };
     for c in children {
-        expand(&root.join(c), excluded, facts, out);
+        expand_in(&root.join(c), ix, facts, out);
     }
 }
 

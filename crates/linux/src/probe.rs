@@ -129,11 +129,20 @@ pub fn facts_for(
     let resolv_conf = std::fs::canonicalize("/etc/resolv.conf")
         .ok()
         .filter(|r| run_dirs.iter().any(|d| r.starts_with(d)));
+    // The patterns share a few parents (~, ~/.config, ~/.local/share): resolve each
+    // directory once.
+    let cache = std::cell::RefCell::new(BTreeMap::<PathBuf, Option<PathBuf>>::new());
+    let canon = |d: &Path| -> Option<PathBuf> {
+        if let Some(c) = cache.borrow().get(d) {
+            return c.clone();
+        }
+        let c = std::fs::canonicalize(d).ok();
+        cache.borrow_mut().insert(d.to_path_buf(), c.clone());
+        c
+    };
     let resolved_secrets: Vec<PathBuf> = secrets
         .iter()
-        .filter_map(|p| {
-            workfence_policy::secrets::resolved_form(p, |d| std::fs::canonicalize(d).ok())
-        })
+        .filter_map(|p| workfence_policy::secrets::resolved_form(p, &canon))
         .collect();
     let mut targets: Vec<PathBuf> = secrets
         .iter()
