@@ -142,7 +142,7 @@ pub fn facts_for(
     };
     let resolved_secrets: Vec<PathBuf> = secrets
         .iter()
-        .filter_map(|p| workfence_policy::secrets::resolved_form(p, &canon))
+        .filter_map(|p| workfence_policy::secrets::resolved_form(p, canon))
         .collect();
     let mut targets: Vec<PathBuf> = secrets
         .iter()
