@@ -46,18 +46,25 @@ pub use plan::{plan, HostFacts, Isolation, LinuxPlan};
 
 use workfence_policy::layout::FsLayout;
 use workfence_policy::run::RunRequest;
-use workfence_policy::LayerStatus;
+use workfence_policy::{LayerStatus, Policy};
 
-/// Reads the host facts for a plan (`degraded` adds what the Landlock-only plan needs;
-/// `cgroup` looks for a writable cgroup).
+/// Reads the host facts for `policy`'s plan (`degraded` adds what the Landlock-only
+/// plan needs; `cgroup` looks for a writable cgroup).
 #[cfg(target_os = "linux")]
-pub fn host_facts(layout: &FsLayout, degraded: bool, cgroup: bool) -> HostFacts {
-    probe::facts(layout, degraded, cgroup)
+pub fn host_facts(policy: &Policy, layout: &FsLayout, degraded: bool, cgroup: bool) -> HostFacts {
+    let secrets: Vec<std::path::PathBuf> =
+        policy.deny_read.iter().map(|d| d.path.clone()).collect();
+    probe::facts_for(&secrets, layout, degraded, cgroup)
 }
 
 /// Reads the host facts for a plan (not on Linux: defaults, for `explain`).
 #[cfg(not(target_os = "linux"))]
-pub fn host_facts(_layout: &FsLayout, _degraded: bool, _cgroup: bool) -> HostFacts {
+pub fn host_facts(
+    _policy: &Policy,
+    _layout: &FsLayout,
+    _degraded: bool,
+    _cgroup: bool,
+) -> HostFacts {
     HostFacts::default()
 }
 

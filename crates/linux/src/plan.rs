@@ -2,12 +2,13 @@
 //! host's facts. The apply layer executes it step by step; `explain` prints it; the
 //! snapshot tests pin it. Nothing here touches the OS.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use workfence_policy::layout::{FileKind, FsLayout, Protection};
+use workfence_policy::secrets;
 use workfence_policy::{Enforcement, LayerStatus, Network, Policy};
 
 /// What the host offers, gathered by `probe` (or written by hand in tests).
@@ -26,9 +27,14 @@ pub struct HostFacts {
     pub run_dirs: Vec<PathBuf>,
     /// The real path of `/etc/resolv.conf` when it lives under a masked directory.
     pub resolv_conf: Option<PathBuf>,
-    /// Directory listings for the Landlock-only (degraded) plan: the ancestors of
-    /// every hidden or protected path.
+    /// Directory listings: the ancestors of every secret pattern (existing or not,
+    /// literal and resolved), so that Landlock grants reads per entry around them;
+    /// in the degraded plan also the ancestors of every protected path.
     pub listings: BTreeMap<PathBuf, Vec<String>>,
+    /// Secret patterns with their existing ancestors' symlinks resolved, where that
+    /// differs from the literal pattern (`~/.config` -> `/data/config` gives
+    /// `/data/config/gh`): the same file is reachable under both names.
+    pub resolved_secrets: Vec<PathBuf>,
     /// A cgroup directory (v2 or v1 `pids`) where workfence may create a child group.
     pub pids_cgroup: Option<PathBuf>,
     /// A cgroup directory (v2) where memory and CPU limits can be set.
@@ -323,13 +329,66 @@ fn union(a: &[LlAccess], b: &[LlAccess]) -> Vec<LlAccess> {
 
 /// Landlock cannot subtract a subtree from a granted one. To exclude paths, grant
 /// the siblings along the way instead (needs directory listings from the host).
-/// Returns the paths to grant; `partial` is set when an excluded path's ancestor
-/// listing is unknown.
+/// An excluded path's last component may hold `*` (all matching siblings are left
+/// out). Where a listing is unknown nothing is granted (fail closed). Anything
+/// created later in an expanded directory is not covered by any rule: unreadable.
 fn expand(root: &Path, excluded: &[PathBuf], facts: &HostFacts, out: &mut Vec<PathBuf>) {
-    if excluded.iter().any(|e| e == root) {
+    // Indexed once: a home with a few hundred entries and a secret table of a
+    // hundred-odd patterns would otherwise cost a pattern scan per entry.
+    let mut exact: BTreeSet<&Path> = BTreeSet::new();
+    let mut globs: BTreeMap<&Path, Vec<String>> = BTreeMap::new();
+    let mut ancestors: BTreeSet<&Path> = BTreeSet::new();
+    for e in excluded {
+        match (e.parent(), e.file_name()) {
+            (Some(parent), Some(name)) if secrets::is_wildcard(e) => {
+                globs
+                    .entry(parent)
+                    .or_default()
+                    .push(name.to_string_lossy().into_owned());
+            }
+            _ => {
+                exact.insert(e.as_path());
+            }
+        }
+        ancestors.extend(e.ancestors().skip(1));
+    }
+    let ix = Exclusions {
+        exact,
+        globs,
+        ancestors,
+    };
+    expand_in(root, &ix, facts, out);
+}
+
+struct Exclusions<'a> {
+    /// Excluded paths without a wildcard.
+    exact: BTreeSet<&'a Path>,
+    /// Wildcard patterns of the last component, by parent directory.
+    globs: BTreeMap<&'a Path, Vec<String>>,
+    /// Every strict ancestor of an excluded path or pattern.
+    ancestors: BTreeSet<&'a Path>,
+}
+
+impl Exclusions<'_> {
+    fn excludes(&self, p: &Path) -> bool {
+        if self.exact.contains(p) {
+            return true;
+        }
+        match (p.parent(), p.file_name()) {
+            (Some(parent), Some(name)) => self.globs.get(parent).is_some_and(|pats| {
+                let name = name.to_string_lossy();
+                pats.iter().any(|pat| secrets::glob_match(pat, &name))
+            }),
+            _ => false,
+        }
+    }
+}
+
+fn expand_in(root: &Path, ix: &Exclusions<'_>, facts: &HostFacts, out: &mut Vec<PathBuf>) {
+    if ix.excludes(root) {
         return;
     }
-    if !excluded.iter().any(|e| e.starts_with(root)) {
+    if !ix.ancestors.contains(root) {
         out.push(root.to_path_buf());
         return;
     }
@@ -338,7 +397,7 @@ fn expand(root: &Path, excluded: &[PathBuf], facts: &HostFacts, out: &mut Vec<Pa
         return;
     };
     for c in children {
-        expand(&root.join(c), excluded, facts, out);
+        expand_in(&root.join(c), ix, facts, out);
     }
 }
 
@@ -598,11 +657,34 @@ pub fn plan(
             abi,
         );
         let mut rules = Vec::new();
-        if ns {
+        // Reads: everything except the secrets, existing or not. Granting per entry
+        // along their ancestors (instead of beneath `/`) leaves out a secret that
+        // appears during the run too (a login in another terminal); the mount masks
+        // below only cover what existed at the start.
+        let mut excluded: Vec<PathBuf> = policy.deny_read.iter().map(|d| d.path.clone()).collect();
+        excluded.extend(layout.hidden.iter().map(|h| h.path.clone()));
+        excluded.extend(facts.resolved_secrets.iter().cloned());
+        excluded.sort();
+        excluded.dedup();
+        let mut reads = Vec::new();
+        expand(Path::new("/"), &excluded, facts, &mut reads);
+        if !reads.iter().any(|r| r == Path::new("/")) {
+            // Names stay listable everywhere (`ls ~`, `ls /`, tools that scan a
+            // directory), though not inside the existing secrets, which are masked:
+            // only contents are secret. Without this the expanded directories
+            // themselves could not be listed.
             rules.push(LandlockRule {
                 path: "/".into(),
+                access: vec![LlAccess::ReadDir],
+            });
+        }
+        for r in reads {
+            rules.push(LandlockRule {
+                path: r,
                 access: read.clone(),
             });
+        }
+        if ns {
             rules.push(LandlockRule {
                 path: "/dev".into(),
                 access: dev,
@@ -626,15 +708,6 @@ pub fn plan(
                 });
             }
         } else {
-            let hidden: Vec<PathBuf> = layout.hidden.iter().map(|h| h.path.clone()).collect();
-            let mut reads = Vec::new();
-            expand(Path::new("/"), &hidden, facts, &mut reads);
-            for r in reads {
-                rules.push(LandlockRule {
-                    path: r,
-                    access: read.clone(),
-                });
-            }
             rules.push(LandlockRule {
                 path: "/dev".into(),
                 access: dev,

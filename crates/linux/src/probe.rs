@@ -86,9 +86,31 @@ fn cgroups() -> (Option<PathBuf>, Option<PathBuf>) {
     (None, None)
 }
 
-/// Gathers the facts for a plan. `degraded` adds the directory listings the
-/// Landlock-only plan needs.
+fn list(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Gathers the facts for a plan without secret patterns (doctor: cgroups only).
 pub fn facts(layout: &FsLayout, degraded: bool, with_cgroup: bool) -> HostFacts {
+    facts_for(&[], layout, degraded, with_cgroup)
+}
+
+/// Gathers the facts for a plan. `secrets` are the policy's deny patterns (absolute,
+/// `*` allowed in the last component): their ancestors are listed, literally and
+/// with symlinks resolved, so that Landlock can grant reads around them. `degraded`
+/// adds the listings the Landlock-only plan needs for protected paths.
+pub fn facts_for(
+    secrets: &[PathBuf],
+    layout: &FsLayout,
+    degraded: bool,
+    with_cgroup: bool,
+) -> HostFacts {
     let (uid, gid) = sys::ids();
     let mut run_dirs = Vec::new();
     if Path::new("/run").is_dir() {
@@ -107,27 +129,37 @@ pub fn facts(layout: &FsLayout, degraded: bool, with_cgroup: bool) -> HostFacts 
     let resolv_conf = std::fs::canonicalize("/etc/resolv.conf")
         .ok()
         .filter(|r| run_dirs.iter().any(|d| r.starts_with(d)));
-    let mut listings = BTreeMap::new();
+    // The patterns share a few parents (~, ~/.config, ~/.local/share): resolve each
+    // directory once.
+    let cache = std::cell::RefCell::new(BTreeMap::<PathBuf, Option<PathBuf>>::new());
+    let canon = |d: &Path| -> Option<PathBuf> {
+        if let Some(c) = cache.borrow().get(d) {
+            return c.clone();
+        }
+        let c = std::fs::canonicalize(d).ok();
+        cache.borrow_mut().insert(d.to_path_buf(), c.clone());
+        c
+    };
+    let resolved_secrets: Vec<PathBuf> = secrets
+        .iter()
+        .filter_map(|p| workfence_policy::secrets::resolved_form(p, canon))
+        .collect();
+    let mut targets: Vec<PathBuf> = secrets
+        .iter()
+        .chain(&resolved_secrets)
+        .cloned()
+        .chain(layout.hidden.iter().map(|h| h.path.clone()))
+        .collect();
     if degraded {
-        let targets = layout
-            .hidden
-            .iter()
-            .map(|h| h.path.clone())
-            .chain(layout.protected.iter().map(|p| p.path.clone()));
-        for t in targets {
-            for anc in t.ancestors().skip(1) {
-                if listings.contains_key(anc) {
-                    continue;
-                }
-                let names = std::fs::read_dir(anc)
-                    .map(|rd| {
-                        rd.flatten()
-                            .map(|e| e.file_name().to_string_lossy().into_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                listings.insert(anc.to_path_buf(), names);
+        targets.extend(layout.protected.iter().map(|p| p.path.clone()));
+    }
+    let mut listings = BTreeMap::new();
+    for t in &targets {
+        for anc in t.ancestors().skip(1) {
+            if listings.contains_key(anc) {
+                continue;
             }
+            listings.insert(anc.to_path_buf(), list(anc));
         }
     }
     let (pids_cgroup, v2_cgroup) = if with_cgroup { cgroups() } else { (None, None) };
@@ -143,6 +175,7 @@ pub fn facts(layout: &FsLayout, degraded: bool, with_cgroup: bool) -> HostFacts 
         run_dirs,
         resolv_conf,
         listings,
+        resolved_secrets,
         pids_cgroup,
         v2_cgroup,
         degraded_tmp: std::env::temp_dir()

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use workfence_linux::{plan, HostFacts, Isolation, LinuxPlan};
-use workfence_policy::layout::{compute, memfs::MemFs};
+use workfence_policy::layout::{compute, memfs::MemFs, FsLayout, FsProbe};
 use workfence_policy::resolve::{resolve, CliOverrides, Layers};
 use workfence_policy::{Mode, Network, Policy};
 
@@ -24,6 +24,11 @@ fn host() -> MemFs {
         .file("/home/dev/.cargo/credentials.toml", "t")
         .dir("/home/dev/.cache/sccache")
         .dir("/srv/data")
+        .dir("/usr/bin")
+        .dir("/etc")
+        .file("/home/dev/.bashrc", "")
+        .dir("/home/dev/.config/nvim")
+        .dir("/home/dev/.local/share/fonts")
         .file(
             "/home/dev/wt/.git",
             "gitdir: /home/dev/src/proj/.git/worktrees/wt\n",
@@ -60,9 +65,112 @@ fn policy(cli: CliOverrides) -> Policy {
     .policy
 }
 
+/// Adds the listings the probe gathers: the ancestors of every secret pattern and
+/// hidden path, and in degraded mode of every protected path.
+fn listed(p: &Policy, layout: &FsLayout, facts: &HostFacts, iso: Isolation) -> HostFacts {
+    let fs = host();
+    let mut f = facts.clone();
+    let mut targets: Vec<PathBuf> = p.deny_read.iter().map(|d| d.path.clone()).collect();
+    targets.extend(layout.hidden.iter().map(|h| h.path.clone()));
+    targets.extend(f.resolved_secrets.iter().cloned());
+    if iso == Isolation::Degraded {
+        targets.extend(layout.protected.iter().map(|p| p.path.clone()));
+    }
+    for t in &targets {
+        for a in t.ancestors().skip(1) {
+            f.listings
+                .entry(a.to_path_buf())
+                .or_insert_with(|| fs.read_dir(a));
+        }
+    }
+    f
+}
+
 fn make(p: &Policy, facts: &HostFacts, iso: Isolation) -> LinuxPlan {
     let layout = compute(p, Path::new(HOME), &host()).unwrap();
-    plan(p, &layout, facts, iso).unwrap()
+    plan(p, &layout, &listed(p, &layout, facts, iso), iso).unwrap()
+}
+
+/// Whether some rule granting reads covers `path` (is it or an ancestor).
+fn readable(plan: &LinuxPlan, path: &str) -> bool {
+    plan.landlock.as_ref().unwrap().rules.iter().any(|r| {
+        r.access
+            .contains(&workfence_linux::plan::LlAccess::ReadFile)
+            && Path::new(path).starts_with(&r.path)
+    })
+}
+
+#[test]
+fn secrets_created_during_the_run_have_no_read_rule() {
+    for iso in [Isolation::Namespaces, Isolation::Degraded] {
+        let p = policy(CliOverrides::default());
+        let plan = make(&p, &facts(), iso);
+        // Missing at the start, under an existing directory (~/.config), under a
+        // missing one (~/.config/gcloud), directly in ~ (~/.gemini), a new name for a
+        // wildcard entry (~/.cargo/credentials*), and inside an existing secret.
+        for late in [
+            "/home/dev/.config/gh/hosts.yml",
+            "/home/dev/.config/gcloud/credentials.db",
+            "/home/dev/.gemini/oauth_creds.json",
+            "/home/dev/.cargo/credentials",
+            "/home/dev/.aws/credentials",
+            "/home/dev/.local/share/keyrings/login.keyring",
+        ] {
+            assert!(!readable(&plan, late), "{iso:?}: {late} is readable");
+        }
+        // Everything else stays readable, and the workspace keeps working.
+        for ok in [
+            "/usr/bin/env",
+            "/etc/passwd",
+            "/home/dev/.bashrc",
+            "/home/dev/.config/nvim/init.lua",
+            "/home/dev/.local/share/fonts/x.ttf",
+            "/home/dev/src/proj/src/new_file.rs",
+        ] {
+            assert!(readable(&plan, ok), "{iso:?}: {ok} is not readable");
+        }
+        // The expanded ancestors themselves get no read rule (one on ~ would cover
+        // everything created in it later), only listing beneath `/`.
+        for anc in [
+            "/",
+            "/home",
+            "/home/dev",
+            "/home/dev/.config",
+            "/home/dev/.cargo",
+        ] {
+            assert!(
+                !plan
+                    .landlock
+                    .as_ref()
+                    .unwrap()
+                    .rules
+                    .iter()
+                    .any(|r| r.path == Path::new(anc)
+                        && r.access != [workfence_linux::plan::LlAccess::ReadDir]),
+                "{iso:?}: read rule on {anc}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_secret_behind_a_symlinked_ancestor_is_left_out_under_both_names() {
+    // ~/.config -> /data/config on the host: the probe reports the resolved form.
+    let p = policy(CliOverrides::default());
+    let layout = compute(&p, Path::new(HOME), &host()).unwrap();
+    let mut f = facts();
+    f.resolved_secrets = vec!["/data/config/gh".into()];
+    f.listings
+        .insert("/".into(), vec!["data".into(), "home".into(), "usr".into()]);
+    f.listings
+        .insert("/data".into(), vec!["config".into(), "other".into()]);
+    f.listings
+        .insert("/data/config".into(), vec!["gh".into(), "nvim".into()]);
+    let f = listed(&p, &layout, &f, Isolation::Namespaces);
+    let plan = plan(&p, &layout, &f, Isolation::Namespaces).unwrap();
+    assert!(!readable(&plan, "/data/config/gh/hosts.yml"));
+    assert!(readable(&plan, "/data/config/nvim/init.lua"));
+    assert!(readable(&plan, "/data/other/x"));
 }
 
 #[test]
@@ -105,7 +213,6 @@ fn degraded_landlock_only() {
     let p = policy(CliOverrides::default());
     let mut f = facts();
     let fs = host();
-    use workfence_policy::layout::FsProbe;
     for d in [
         "/",
         "/home",

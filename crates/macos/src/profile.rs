@@ -126,7 +126,23 @@ pub fn profile(
         hidden.push(Hidden {
             path: real_path(&h.path)?,
             dir: h.kind == FileKind::Dir,
+            glob: false,
             why: h.source.to_string(),
+        });
+    }
+    // Every secret pattern as written, too: Seatbelt matches paths, not files, so a
+    // pattern that matches nothing now (or a wildcard) also covers what is created
+    // there during the run (a login in another terminal).
+    for d in &policy.deny_read {
+        let path = real_path(&d.path)?;
+        if hidden.iter().any(|h| h.path == path) {
+            continue;
+        }
+        hidden.push(Hidden {
+            glob: workfence_policy::secrets::is_wildcard(&d.path),
+            path,
+            dir: true,
+            why: format!("{}; guarded by name", d.source),
         });
     }
     let keychains = real_path(&ctx.home.join("Library/Keychains"))?;
@@ -134,11 +150,20 @@ pub fn profile(
         hidden.push(Hidden {
             path: keychains,
             dir: true,
+            glob: false,
             why: "macOS: keychain files, crackable offline".into(),
         });
     }
     let mut hidden_filters = Vec::new();
     for (i, h) in hidden.iter().enumerate() {
+        if h.glob {
+            // No parameter: a wildcard is a regex over the names in one directory.
+            hidden_filters.push(Filter {
+                comment: format!("{} ({})", h.path, h.why),
+                exprs: vec![glob_regex_filter(&h.path)],
+            });
+            continue;
+        }
         let name = b.param(&format!("HIDDEN_{i}"), &h.path);
         let (kind, tail) = if h.dir {
             ("subpath", Tail::Subtree)
@@ -338,6 +363,8 @@ fn root_kind(k: &RootKind) -> &'static str {
 struct Hidden {
     path: String,
     dir: bool,
+    /// The last component holds `*` wildcards.
+    glob: bool,
     why: String,
 }
 
@@ -427,6 +454,19 @@ fn regex_filter(path: &str, tail: Tail) -> String {
         Tail::Exact => "$",
         Tail::Subtree => "(/.*)?$",
     });
+    format!("(regex {})", sbpl_string(&re))
+}
+
+/// `(regex "^...$")` for a path whose last component holds `*` (any run of
+/// characters but `/`), in any letter case, with everything below a match.
+fn glob_regex_filter(path: &str) -> String {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let mut re = String::from("^");
+    re.push_str(&case_insensitive_regex(parent));
+    re.push('/');
+    let parts: Vec<String> = name.split('*').map(case_insensitive_regex).collect();
+    re.push_str(&parts.join("[^/]*"));
+    re.push_str("(/.*)?$");
     format!("(regex {})", sbpl_string(&re))
 }
 

@@ -462,3 +462,33 @@ fn doctor_off_macos_says_unsupported() {
         Err(MacError::Unsupported)
     ));
 }
+
+#[test]
+fn missing_and_wildcard_secrets_are_denied_by_name() {
+    // Neither exists at the start: Seatbelt matches paths, so the rules still deny a
+    // file created there during the run.
+    let mut p = Policy::new(WS);
+    for d in ["/Users/dev/.aws", "/Users/dev/.cargo/credentials*"] {
+        p.deny_read.push(SourcedPath {
+            path: d.into(),
+            source: Source::Default,
+        });
+    }
+    let mut layout = workspace_layout(WS);
+    layout.protected.clear();
+    layout.hidden.clear();
+    let sb = build(&p, &layout);
+    assert_eq!(sb.param("HIDDEN_0"), Some("/Users/dev/.aws"));
+    let reads = sb
+        .text()
+        .split(";; hidden paths.")
+        .nth(1)
+        .and_then(|t| t.split("writes").next())
+        .unwrap()
+        .to_string();
+    assert!(reads.contains("(subpath (param \"HIDDEN_0\"))"), "{reads}");
+    assert!(
+        reads.contains("[Cc][Rr][Ee][Dd][Ee][Nn][Tt][Ii][Aa][Ll][Ss][^/]*(/.*)?$"),
+        "{reads}"
+    );
+}

@@ -6,8 +6,10 @@ pub const MAX_PROCESSES: u32 = 4096;
 /// Default size of the private /tmp: 1 GiB.
 pub const TMP_BYTES: u64 = 1 << 30;
 
-/// Paths hidden by default, relative to the home directory (`~/`) or absolute.
-/// The last component may hold `*` wildcards.
+/// The core of the secret list, relative to the home directory (`~/`); the last
+/// component may hold `*` wildcards. The policy hides the whole table of
+/// [`crate::secrets`] (`secrets.toml`, with a documentation source per entry),
+/// which contains every entry here (a unit test checks it).
 pub const DENY_READ: &[&str] = &[
     "~/.ssh",
     "~/.gnupg",

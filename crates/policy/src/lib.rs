@@ -22,6 +22,7 @@ pub mod layout;
 mod model;
 pub mod resolve;
 pub mod run;
+pub mod secrets;
 pub mod units;
 
 pub use model::{

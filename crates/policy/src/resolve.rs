@@ -375,8 +375,8 @@ pub fn resolve(layers: &Layers) -> Result<Resolved, ConfigError> {
     let cli = &layers.cli;
     let workspace = absolutize(&layers.cwd, cli.workspace.as_deref().unwrap_or(&layers.cwd));
     let mut p = Policy::new(workspace.clone());
-    p.deny_read = crate::defaults::DENY_READ
-        .iter()
+    p.deny_read = crate::secrets::default_patterns()
+        .into_iter()
         .map(|d| SourcedPath {
             path: expand_home(home, Path::new(d)),
             source: Source::Default,

@@ -23,6 +23,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use workfence_policy::config::{ConfigError, ConfigFile};
+use workfence_policy::env::RemovedVar;
 use workfence_policy::layout::{self, FsLayout, LayoutError};
 use workfence_policy::resolve::{resolve, CliOverrides, Layers, Resolved};
 use workfence_policy::run::RunRequest;
@@ -139,11 +140,59 @@ fn check_exec_rules(policy: &Policy, argv: &[OsString]) -> Result<(), Error> {
     }
 }
 
-/// The environment the command gets: the inherited one with secrets removed.
-pub fn command_env(policy: &Policy) -> Vec<(String, String)> {
+/// The command's environment and what was taken out of the inherited one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandEnv {
+    /// The variables the command gets.
+    pub vars: Vec<(String, String)>,
+    /// The inherited variables removed, with the reason (names only, never values),
+    /// for `explain` and the run's report.
+    pub removed: Vec<RemovedVar>,
+}
+
+/// The environment the command gets: the inherited one with secrets removed (by
+/// name, by token-shaped value, host pointers and the policy's deny list).
+pub fn command_env(policy: &Policy) -> CommandEnv {
     let inherited = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    workfence_policy::env::scrub(&policy.env, inherited).0
+    let (vars, removed) = workfence_policy::env::scrub(&policy.env, inherited);
+    CommandEnv { vars, removed }
+}
+
+/// Whether a secret pattern (absolute; `*` allowed in the last component) names
+/// anything on this host now.
+fn pattern_exists(p: &Path) -> bool {
+    if !workfence_policy::secrets::is_wildcard(p) {
+        return std::fs::symlink_metadata(p).is_ok();
+    }
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return false;
+    };
+    let name = name.to_string_lossy();
+    std::fs::read_dir(parent).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| workfence_policy::secrets::glob_match(&name, &e.file_name().to_string_lossy()))
+    })
+}
+
+/// The secret patterns that match nothing now: they stay guarded (on Linux and
+/// macOS a file created there during the run is unreadable too).
+fn missing_secrets(p: &Policy) -> Vec<&workfence_policy::SourcedPath> {
+    p.deny_read
+        .iter()
+        .filter(|d| !pattern_exists(&d.path))
+        .collect()
+}
+
+/// The table entry (tool) of a default secret pattern, for explain.
+fn secret_tool(d: &workfence_policy::SourcedPath) -> Option<&'static str> {
+    if d.source != workfence_policy::Source::Default {
+        return None;
+    }
+    let home = home_dir();
+    workfence_policy::secrets::for_os(std::env::consts::OS)
+        .find(|s| workfence_policy::resolve::expand_home(&home, Path::new(&s.path)) == d.path)
+        .map(|s| s.tool.as_str())
 }
 
 /// Runs `argv` under `policy`. Returns the exit status per the CLI contract
@@ -160,7 +209,7 @@ pub fn run(policy: &Policy, argv: Vec<OsString>) -> Result<i32, Error> {
     let layout = compute_layout(policy)?;
     let req = RunRequest {
         argv,
-        env: command_env(policy),
+        env: command_env(policy).vars,
         cwd: layout.cwd.clone(),
         timeout: policy.limits.timeout,
         pty: policy.pty,
@@ -215,7 +264,7 @@ fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i
     use workfence_linux::{host_facts, Isolation, LinuxError};
     let want_cgroup =
         is_root() || policy.limits.memory_bytes.is_some() || policy.limits.cpu_percent.is_some();
-    let facts = host_facts(layout, false, want_cgroup);
+    let facts = host_facts(policy, layout, false, want_cgroup);
     let mut plan = workfence_linux::plan(policy, layout, &facts, Isolation::Namespaces)
         .map_err(LinuxError::from)?;
     if is_root() && plan.cgroup.is_none() {
@@ -233,7 +282,7 @@ fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i
     }
     match workfence_linux::run(&plan, req) {
         Err(LinuxError::UserNamespace(e)) if policy.allow_degraded => {
-            let facts = host_facts(layout, true, want_cgroup);
+            let facts = host_facts(policy, layout, true, want_cgroup);
             let plan = workfence_linux::plan(policy, layout, &facts, Isolation::Degraded)
                 .map_err(LinuxError::from)?;
             eprintln!("workfence: user namespaces are unavailable ({e})");
@@ -313,7 +362,7 @@ impl Target {
 fn linux_plan(p: &Policy, layout: &FsLayout) -> Result<workfence_linux::LinuxPlan, Error> {
     let want_cgroup = is_root() || p.limits.memory_bytes.is_some();
     let facts =
-        workfence_linux::host_facts(layout, false, want_cgroup && cfg!(target_os = "linux"));
+        workfence_linux::host_facts(p, layout, false, want_cgroup && cfg!(target_os = "linux"));
     Ok(
         workfence_linux::plan(p, layout, &facts, workfence_linux::Isolation::Namespaces)
             .map_err(workfence_linux::LinuxError::from)?,
@@ -415,24 +464,42 @@ pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
             pr.reason
         );
     }
-    let _ = writeln!(s, "\nHidden (secrets):");
+    let _ = writeln!(s, "\nHidden (secrets present now):");
     for h in &layout.hidden {
         let _ = writeln!(s, "  {}  ({})", h.path.display(), h.source);
+    }
+    let missing = missing_secrets(p);
+    let _ = writeln!(
+        s,
+        "\nGuarded secret patterns, missing now ({}; {}):",
+        missing.len(),
+        match target {
+            Target::Windows => "Windows denies only paths that exist at the start",
+            _ => "unreadable if created during the run",
+        }
+    );
+    for d in &missing {
+        match secret_tool(d) {
+            Some(tool) => {
+                let _ = writeln!(s, "  {}  ({}; {tool})", d.path.display(), d.source);
+            }
+            None => {
+                let _ = writeln!(s, "  {}  ({})", d.path.display(), d.source);
+            }
+        }
     }
     for n in &layout.notes {
         let _ = writeln!(s, "  note: {n}");
     }
-    let (_, removed) = workfence_policy::env::scrub(
-        &p.env,
-        std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-    );
+    let removed = command_env(p).removed;
     let _ = writeln!(
         s,
-        "\nEnvironment: {} inherited variable(s) removed: {}",
-        removed.len(),
-        removed.join(" ")
+        "\nEnvironment: {} inherited variable(s) removed (values never shown):",
+        removed.len()
     );
+    for r in &removed {
+        let _ = writeln!(s, "  {}  ({})", r.name, r.reason);
+    }
     if !p.env.set.is_empty() {
         let _ = writeln!(
             s,
@@ -492,6 +559,8 @@ pub fn explain_json(resolved: &Resolved, target: Target) -> Result<serde_json::V
         }
     };
     out["layout"] = serde_json::to_value(&layout).unwrap_or_default();
+    out["secrets_missing"] = serde_json::to_value(missing_secrets(p)).unwrap_or_default();
+    out["env_removed"] = serde_json::to_value(command_env(p).removed).unwrap_or_default();
     out["platform"] = plan;
     Ok(out)
 }
