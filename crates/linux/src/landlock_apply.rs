@@ -66,7 +66,10 @@ pub fn restrict(plan: &LandlockPlan) -> Result<(), String> {
             continue;
         };
         let mut access = flags(&rule.access) & flags(&plan.handled);
-        if !std::fs::metadata(&rule.path).is_ok_and(|m| m.is_dir()) {
+        // fstat on the rule's own fd: no second path walk.
+        let is_dir = rustix::fs::fstat(&fd)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir());
+        if !is_dir {
             // Directory-only rights (listing, creating, removing) do not apply to files.
             access &= AccessFs::from_file(abi);
         }
