@@ -257,11 +257,24 @@ impl Cgroup {
         let Some(c) = &plan.cgroup else {
             return Ok(Cgroup(None));
         };
-        let dir = c.parent.join(format!("workfence-{}", std::process::id()));
-        std::fs::create_dir(&dir).map_err(|e| LinuxError::Io {
-            step: "creating the sandbox's cgroup",
-            source: e,
-        })?;
+        // The pid alone is not unique: inside a container's pid namespace, concurrent
+        // workfences share pids while the cgroup tree is the host's.
+        let mut n = 0u32;
+        let dir = loop {
+            let dir = c
+                .parent
+                .join(format!("workfence-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => {
+                    return Err(LinuxError::Io {
+                        step: "creating the sandbox's cgroup",
+                        source: e,
+                    })
+                }
+            }
+        };
         let cg = Cgroup(Some(dir.clone()));
         if let Some(n) = c.pids_max {
             std::fs::write(dir.join("pids.max"), n.to_string()).map_err(|e| LinuxError::Io {
