@@ -32,7 +32,6 @@ use workfence_policy::layout::{self, FsLayout, LayoutError};
 use workfence_policy::resolve::{resolve, CliOverrides, Layers, Resolved};
 pub use workfence_policy::run::RunOutcome;
 use workfence_policy::run::RunRequest;
-#[cfg(any(target_os = "linux", target_os = "macos"))]
 use workfence_policy::Enforcement;
 use workfence_policy::{ExecDecision, LayerStatus, Mode, Policy};
 
@@ -109,9 +108,9 @@ impl std::fmt::Display for Warning {
                 write!(f, "DEGRADED sandbox (--allow-degraded). NOT enforced:")?;
                 for g in gaps {
                     let state = match g.state {
-                        workfence_policy::Enforcement::None => "not enforced",
-                        workfence_policy::Enforcement::Partial => "partly enforced",
-                        workfence_policy::Enforcement::Full => "enforced",
+                        Enforcement::None => "not enforced",
+                        Enforcement::Partial => "partly enforced",
+                        Enforcement::Full => "enforced",
                     };
                     write!(f, "\n  - {} [{state}]: {}", g.layer, g.detail)?;
                 }
