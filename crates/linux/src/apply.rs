@@ -1411,6 +1411,8 @@ fn run_degraded(
         call: "signalfd",
         source: e,
     })?;
+    // Any early error below leaves the signal mask as it was.
+    let _unblock = RestoreMask;
     // Orphans (setsid daemons, double forks) are re-parented to us, so we can kill them.
     sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1).map_err(|e| LinuxError::Syscall {
         step: "becoming a subreaper",
@@ -1473,6 +1475,15 @@ fn run_degraded(
     let r = finish(outcome, &err_r, req.timeout);
     let _ = std::fs::remove_dir_all(&plan.tmpdir);
     r
+}
+
+/// Unblocks the forwarded signals when a degraded run ends, however it ends.
+struct RestoreMask;
+
+impl Drop for RestoreMask {
+    fn drop(&mut self) {
+        restore_mask();
+    }
 }
 
 /// Makes the front end dumpable again once the degraded run is over (whatever way
