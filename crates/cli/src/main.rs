@@ -207,7 +207,16 @@ fn run_cmd(opts: RunOpts, command: Vec<OsString>) -> anyhow::Result<i32> {
     for w in &resolved.warnings {
         eprintln!("workfence: warning: {w}");
     }
-    Ok(workfence::run(&resolved.policy, command)?)
+    let outcome = workfence::run(&resolved.policy, command, &mut |w| {
+        for line in w.to_string().lines() {
+            eprintln!("workfence: {line}");
+        }
+    })?;
+    // A status workfence chose (timeout, not found, not executable) comes with its reason.
+    if let Some(why) = &outcome.message {
+        eprintln!("workfence: {}", why.replace('\n', " "));
+    }
+    Ok(outcome.code)
 }
 
 fn doctor(json: bool) -> i32 {

@@ -81,9 +81,9 @@ fn library_from_a_multithreaded_process_uses_the_helper() {
     std::env::remove_var("WORKFENCE_HELPER");
     let policy = workfence::policy::Policy::new(&ws);
     let argv = vec!["sh".into(), "-c".into(), script.clone().into()];
-    match workfence::run(&policy, argv.clone()) {
+    match workfence::run(&policy, argv.clone(), &mut |_| {}) {
         Err(e) => assert!(e.to_string().contains("multi-threaded"), "{e}"),
-        Ok(code) => panic!("ran without a helper (exit {code})"),
+        Ok(o) => panic!("ran without a helper (exit {})", o.code),
     }
     assert!(!ws.join("inside.txt").exists());
 
@@ -92,7 +92,9 @@ fn library_from_a_multithreaded_process_uses_the_helper() {
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_workfence").into());
     std::env::set_var("WORKFENCE_HELPER", bin);
-    let code = workfence::run(&policy, argv).expect("run through the helper");
+    let code = workfence::run(&policy, argv, &mut |_| {})
+        .expect("run through the helper")
+        .code;
     std::env::remove_var("WORKFENCE_HELPER");
     stop_tx.send(()).unwrap();
     worker.join().unwrap();

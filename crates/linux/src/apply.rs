@@ -9,7 +9,7 @@
 //!   installs seccomp and execs.
 //!
 //! Errors in the supervisor or the command travel to the front end over a pipe as
-//! `CODE\tmessage`.
+//! one fixed-size [`ErrorRecord`] (exit code, step, syscall, errno).
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use workfence_policy::run::{
-    RunRequest, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP, EXIT_TIMEOUT,
+    timeout_message, RunOutcome, RunRequest, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP,
+    EXIT_TIMEOUT,
 };
 
 use crate::error::LinuxError;
@@ -87,25 +88,155 @@ fn prepare(plan: &LinuxPlan, req: &RunRequest) -> Result<Prepared, LinuxError> {
     })
 }
 
+/// The error record the children send to the front end: fixed size, so that the
+/// front end accepts exactly one whole record (a pipe write of at most PIPE_BUF bytes
+/// is atomic) and anything else on the pipe is itself an error. Only workfence's own
+/// processes hold the write end, and never past execve (it is close-on-exec and no
+/// kept fd may name it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ErrorRecord {
+    code: i32,
+    errno: i32,
+    step: String,
+    call: String,
+}
+
+const REC_MAGIC: [u8; 4] = *b"WFER";
+const REC_VERSION: u16 = 1;
+const REC_STEP: usize = 192;
+const REC_CALL: usize = 48;
+/// magic, version, reserved, code, errno, step, call.
+const RECORD_LEN: usize = 4 + 2 + 2 + 4 + 4 + REC_STEP + REC_CALL;
+const _: () = assert!(RECORD_LEN <= libc::PIPE_BUF);
+
+/// Copies `text` into `out` (NUL-padded), cut at a char boundary.
+fn put_text(out: &mut [u8], text: &str) {
+    let mut end = text.len().min(out.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out[..end].copy_from_slice(&text.as_bytes()[..end]);
+}
+
+fn get_text(b: &[u8]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+impl ErrorRecord {
+    fn encode(&self) -> [u8; RECORD_LEN] {
+        let mut b = [0u8; RECORD_LEN];
+        b[0..4].copy_from_slice(&REC_MAGIC);
+        b[4..6].copy_from_slice(&REC_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.code.to_le_bytes());
+        b[12..16].copy_from_slice(&self.errno.to_le_bytes());
+        put_text(&mut b[16..16 + REC_STEP], &self.step);
+        put_text(&mut b[16 + REC_STEP..], &self.call);
+        b
+    }
+
+    /// Exactly one whole record, or nothing.
+    fn decode(b: &[u8]) -> Option<ErrorRecord> {
+        if b.len() != RECORD_LEN || b[0..4] != REC_MAGIC || b[4..6] != REC_VERSION.to_le_bytes() {
+            return None;
+        }
+        let int = |at: usize| i32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let code = int(8);
+        // A record always reports a failure: a child never claims success.
+        if !(1..=255).contains(&code) {
+            return None;
+        }
+        Some(ErrorRecord {
+            code,
+            errno: int(12),
+            step: get_text(&b[16..16 + REC_STEP]),
+            call: get_text(&b[16 + REC_STEP..]),
+        })
+    }
+}
+
 /// Reports an error to the front end and exits.
 fn die(err_fd: RawFd, code: i32, msg: &str) -> ! {
-    let _ = sys::write_all(err_fd, format!("{code}\t{msg}\n").as_bytes());
+    let rec = ErrorRecord {
+        code,
+        errno: 0,
+        step: msg
+            .strip_prefix("sandbox setup failed: ")
+            .unwrap_or(msg)
+            .to_string(),
+        call: String::new(),
+    };
+    let _ = sys::write_all(err_fd, &rec.encode());
     sys::exit_now(code)
+}
+
+/// The step and the syscall of a `step()` description: "dropping capabilities
+/// (capset)" names its call in parentheses, a bare "setsid" is its own call.
+fn split_step(what: &str) -> (&str, &str) {
+    if let Some(inner) = what.strip_suffix(')') {
+        if let Some((step, call)) = inner.rsplit_once(" (") {
+            return (step, call);
+        }
+    }
+    if !what.contains(' ') {
+        return (what, what);
+    }
+    match what.split_once(' ') {
+        Some(("writing", _)) => (what, "write"),
+        Some(("opening", _)) => (what, "open"),
+        _ => (what, ""),
+    }
 }
 
 fn step<T>(err_fd: RawFd, what: &str, r: io::Result<T>) -> T {
     match r {
         Ok(v) => v,
-        Err(e) => die(
-            err_fd,
-            EXIT_SETUP,
-            &format!("sandbox setup failed: {what}: {e}"),
-        ),
+        Err(e) => {
+            let (step, call) = split_step(what);
+            let rec = match e.raw_os_error() {
+                Some(errno) => ErrorRecord {
+                    code: EXIT_SETUP,
+                    errno,
+                    step: step.to_string(),
+                    call: call.to_string(),
+                },
+                // A wrapped error carries its detail in its text.
+                None => ErrorRecord {
+                    code: EXIT_SETUP,
+                    errno: 0,
+                    step: format!("{step}: {e}"),
+                    call: call.to_string(),
+                },
+            };
+            let _ = sys::write_all(err_fd, &rec.encode());
+            sys::exit_now(EXIT_SETUP)
+        }
     }
 }
 
+/// Refuses `--keep-fd` values that are not open in workfence before it creates any
+/// fd of its own: then no internal fd can have a kept number (a new fd never takes
+/// an open one), so the command cannot be handed the error pipe or a socket.
+pub(crate) fn check_keep_fds(fds: &[i32]) -> Result<(), LinuxError> {
+    for &fd in fds {
+        if fd < 3 {
+            return Err(LinuxError::BadArgument(format!(
+                "--keep-fd {fd}: fds 0-2 are always passed; name fds 3 and above"
+            )));
+        }
+        if let Err(e) = sys::fd_flags(fd) {
+            return Err(LinuxError::BadArgument(format!(
+                "--keep-fd {fd}: not an open file descriptor of workfence (fcntl(F_GETFD): {e}); open it when starting workfence, e.g. `{fd}>file`"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the command under the plan. Returns the exit status per the CLI contract.
-pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<i32, LinuxError> {
+pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<RunOutcome, LinuxError> {
+    // First, before workfence opens any fd of its own.
+    check_keep_fds(&req.keep_fds)?;
     // The clone below is sound only with one thread (see crate::helper).
     if !crate::helper::single_threaded() {
         return crate::helper::run_in_helper(plan, req);
@@ -127,11 +258,24 @@ impl Cgroup {
         let Some(c) = &plan.cgroup else {
             return Ok(Cgroup(None));
         };
-        let dir = c.parent.join(format!("workfence-{}", std::process::id()));
-        std::fs::create_dir(&dir).map_err(|e| LinuxError::Io {
-            step: "creating the sandbox's cgroup",
-            source: e,
-        })?;
+        // The pid alone is not unique: inside a container's pid namespace, concurrent
+        // workfences share pids while the cgroup tree is the host's.
+        let mut n = 0u32;
+        let dir = loop {
+            let dir = c
+                .parent
+                .join(format!("workfence-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => {
+                    return Err(LinuxError::Io {
+                        step: "creating the sandbox's cgroup",
+                        source: e,
+                    })
+                }
+            }
+        };
         let cg = Cgroup(Some(dir.clone()));
         if let Some(n) = c.pids_max {
             std::fs::write(dir.join("pids.max"), n.to_string()).map_err(|e| LinuxError::Io {
@@ -186,7 +330,11 @@ impl Drop for Cgroup {
     }
 }
 
-fn run_namespaces(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i32, LinuxError> {
+fn run_namespaces(
+    plan: &LinuxPlan,
+    req: &RunRequest,
+    prep: &Prepared,
+) -> Result<RunOutcome, LinuxError> {
     let (err_r, err_w) = sys::pipe().map_err(|e| LinuxError::Syscall {
         step: "creating the error pipe",
         call: "pipe2",
@@ -236,7 +384,7 @@ fn run_namespaces(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result
         Ok(Forked::Parent(pid)) => pid,
         Err(e) => {
             restore_mask();
-            return Err(LinuxError::UserNamespace(e));
+            return Err(crate::error::clone_error(e.raw_os_error().unwrap_or(0)));
         }
     };
     drop(err_w);
@@ -275,50 +423,54 @@ fn finish(
     outcome: io::Result<Outcome>,
     err_r: &OwnedFd,
     timeout: Option<Duration>,
-) -> Result<i32, LinuxError> {
+) -> Result<RunOutcome, LinuxError> {
     let outcome = outcome.map_err(|e| LinuxError::Syscall {
         step: "waiting for the sandbox",
         call: "poll",
         source: e,
     })?;
-    // The children write at most one short line. All writers are gone once the
-    // supervisor has exited, so read ends at EOF.
-    let mut buf = vec![0u8; 4096];
-    let mut msg = Vec::new();
-    while let Ok(n) = sys::read(err_r.as_raw_fd(), &mut buf) {
-        if n == 0 {
-            break;
-        }
-        msg.extend_from_slice(&buf[..n]);
-    }
-    match outcome {
-        Outcome::TimedOut => {
-            let t = timeout.unwrap_or_default();
-            eprintln!(
-                "workfence: timed out after {}; killed the whole process tree",
-                humantime(t)
-            );
-            Ok(EXIT_TIMEOUT)
-        }
-        Outcome::Exited(status) => {
-            if let Some(line) = String::from_utf8_lossy(&msg).lines().next() {
-                if let Some((code, text)) = line.split_once('\t') {
-                    if let Ok(code) = code.parse::<i32>() {
-                        eprintln!("workfence: {text}");
-                        return Ok(code);
-                    }
-                }
+    // All writers are gone once the sandbox has exited, so read ends at EOF. Read a
+    // little more than one record, to tell one record from a record and more.
+    let mut buf = [0u8; RECORD_LEN + 1];
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::read(err_r.as_raw_fd(), &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => {
+                return Err(LinuxError::Syscall {
+                    step: "reading the sandbox's error pipe",
+                    call: "read",
+                    source: e,
+                })
             }
-            Ok(status.code())
         }
     }
-}
-
-fn humantime(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
+    let status = match outcome {
+        Outcome::TimedOut => {
+            return Ok(RunOutcome::because(
+                EXIT_TIMEOUT,
+                timeout_message(timeout.unwrap_or_default()),
+            ))
+        }
+        Outcome::Exited(status) => status,
+    };
+    if got == 0 {
+        return Ok(RunOutcome::status(status.code()));
+    }
+    let Some(rec) = ErrorRecord::decode(&buf[..got]) else {
+        return Err(LinuxError::ErrorChannel(got));
+    };
+    match rec.code {
+        // The contract's statuses for a command that cannot start: the message goes
+        // with the status, workfence itself did not fail.
+        EXIT_NOT_FOUND | EXIT_NOT_EXECUTABLE => Ok(RunOutcome::because(rec.code, rec.step)),
+        code => Err(LinuxError::Child {
+            step: rec.step,
+            call: rec.call,
+            errno: rec.errno,
+            code,
+        }),
     }
 }
 
@@ -587,10 +739,26 @@ fn command(
         }
         step(err, "ioctl(TIOCSCTTY)", sys::set_controlling_tty(0));
     }
+    // Only 0-2 and the kept fds survive the exec. The front end refused kept fds that
+    // were not open before it made its own, so none can name one of ours; check anyway
+    // (fail closed) before clearing close-on-exec.
     step(err, "close_range", sys::cloexec_from(3));
     for fd in &_req.keep_fds {
+        if *fd < 3 || *fd == err || Some(*fd) == pty_slave {
+            die(
+                err,
+                EXIT_SETUP,
+                &format!(
+                    "--keep-fd {fd}: names one of workfence's own descriptors; refusing to pass it"
+                ),
+            );
+        }
         if let Err(e) = sys::inherit_fd(*fd) {
-            die(err, EXIT_SETUP, &format!("--keep-fd {fd}: {e}"));
+            die(
+                err,
+                EXIT_SETUP,
+                &format!("--keep-fd {fd}: fcntl(F_SETFD): {e}"),
+            );
         }
     }
     if let Some(ll) = &plan.landlock {
@@ -1054,7 +1222,11 @@ fn build_dev(dev: &Path, shm_size: u64) -> io::Result<()> {
 // ---------------------------------------------------------------------------
 // Degraded mode: Landlock and seccomp only, the front end supervises.
 
-fn run_degraded(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i32, LinuxError> {
+fn run_degraded(
+    plan: &LinuxPlan,
+    req: &RunRequest,
+    prep: &Prepared,
+) -> Result<RunOutcome, LinuxError> {
     std::fs::create_dir_all(&plan.tmpdir).map_err(|e| LinuxError::Io {
         step: "creating the private temp dir",
         source: e,
@@ -1070,12 +1242,24 @@ fn run_degraded(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i
         call: "signalfd",
         source: e,
     })?;
+    // Any early error below leaves the signal mask as it was.
+    let _unblock = RestoreMask;
     // Orphans (setsid daemons, double forks) are re-parented to us, so we can kill them.
     sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1).map_err(|e| LinuxError::Syscall {
         step: "becoming a subreaper",
         call: "prctl(PR_SET_CHILD_SUBREAPER)",
         source: e,
     })?;
+    // Without a pid namespace the command can see workfence in /proc: non-dumpable, its
+    // fds (the error pipe's read end among them) cannot be reopened through
+    // /proc/<pid>/fd by processes of the same uid. Landlock forbids that too; this holds
+    // without it. execve makes the command dumpable again.
+    sys::set_dumpable(false).map_err(|e| LinuxError::Syscall {
+        step: "hiding workfence's fds from the command",
+        call: "prctl(PR_SET_DUMPABLE)",
+        source: e,
+    })?;
+    let _dumpable_again = Undumpable;
     let pty = if req.pty {
         Some(sys::openpty().map_err(|e| LinuxError::Syscall {
             step: "allocating a pseudo-terminal",
@@ -1094,9 +1278,11 @@ fn run_degraded(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i
             drop(err_r);
             drop(sigfd);
             let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if let Err(e) = sys::chdir(&prep.cwd) {
-                die(err_w.as_raw_fd(), EXIT_SETUP, &format!("chdir: {e}"));
-            }
+            step(
+                err_w.as_raw_fd(),
+                "changing to the working directory (chdir)",
+                sys::chdir(&prep.cwd),
+            );
             command(
                 plan,
                 req,
@@ -1119,6 +1305,25 @@ fn run_degraded(plan: &LinuxPlan, req: &RunRequest, prep: &Prepared) -> Result<i
     let r = finish(outcome, &err_r, req.timeout);
     let _ = std::fs::remove_dir_all(&plan.tmpdir);
     r
+}
+
+/// Unblocks the forwarded signals when a degraded run ends, however it ends.
+struct RestoreMask;
+
+impl Drop for RestoreMask {
+    fn drop(&mut self) {
+        restore_mask();
+    }
+}
+
+/// Makes the front end dumpable again once the degraded run is over (whatever way
+/// it ends), so a library caller is left as it was.
+struct Undumpable;
+
+impl Drop for Undumpable {
+    fn drop(&mut self) {
+        let _ = sys::set_dumpable(true);
+    }
 }
 
 /// Kills every remaining descendant (they are our children or theirs, since we are a
@@ -1158,4 +1363,82 @@ fn children_of(pid: libc::pid_t) -> Vec<libc::pid_t> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> ErrorRecord {
+        ErrorRecord {
+            code: EXIT_SETUP,
+            errno: libc::EPERM,
+            step: "writing /proc/self/uid_map".into(),
+            call: "write".into(),
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips() {
+        assert_eq!(ErrorRecord::decode(&rec().encode()), Some(rec()));
+    }
+
+    #[test]
+    fn anything_but_one_whole_record_is_refused() {
+        // The old text protocol, as a command could forge it.
+        assert_eq!(
+            ErrorRecord::decode(b"0\tall sandbox layers verified\n"),
+            None
+        );
+        let b = rec().encode();
+        assert_eq!(ErrorRecord::decode(&b[..RECORD_LEN - 1]), None);
+        let mut two = b.to_vec();
+        two.push(0);
+        assert_eq!(ErrorRecord::decode(&two), None);
+        let mut bad = b;
+        bad[0] = b'X';
+        assert_eq!(ErrorRecord::decode(&bad), None);
+        let mut v2 = b;
+        v2[4] = 2;
+        assert_eq!(ErrorRecord::decode(&v2), None);
+        // A record never claims success.
+        let ok = ErrorRecord { code: 0, ..rec() }.encode();
+        assert_eq!(ErrorRecord::decode(&ok), None);
+    }
+
+    #[test]
+    fn long_text_is_cut_at_a_char_boundary() {
+        let long = ErrorRecord {
+            step: "é".repeat(200),
+            ..rec()
+        };
+        let back = ErrorRecord::decode(&long.encode()).unwrap();
+        assert!(back.step.len() <= REC_STEP && back.step.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn steps_name_their_syscall() {
+        assert_eq!(
+            split_step("dropping capabilities (capset)"),
+            ("dropping capabilities", "capset")
+        );
+        assert_eq!(split_step("setsid"), ("setsid", "setsid"));
+        assert_eq!(
+            split_step("prctl(PR_SET_PDEATHSIG)"),
+            ("prctl(PR_SET_PDEATHSIG)", "prctl(PR_SET_PDEATHSIG)")
+        );
+        assert_eq!(
+            split_step("writing /proc/self/gid_map"),
+            ("writing /proc/self/gid_map", "write")
+        );
+    }
+
+    #[test]
+    fn keep_fds_must_be_open_and_above_2() {
+        assert!(check_keep_fds(&[1]).is_err());
+        // Far above anything this test process has open.
+        assert!(check_keep_fds(&[999_999]).is_err());
+        let (r, _w) = sys::pipe().unwrap();
+        assert!(check_keep_fds(&[r.as_raw_fd()]).is_ok());
+    }
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
-use workfence_policy::run::RunRequest;
+use workfence_policy::run::{RunOutcome, RunRequest};
 
 use crate::error::LinuxError;
 use crate::plan::LinuxPlan;
@@ -40,7 +40,7 @@ struct Job {
 
 #[derive(Serialize, Deserialize)]
 enum Outcome {
-    Code(i32),
+    Code(RunOutcome),
     Error(String),
 }
 
@@ -85,7 +85,7 @@ pub fn helper_main_if_requested() -> Option<i32> {
         },
     };
     let code = match &outcome {
-        Outcome::Code(c) => *c,
+        Outcome::Code(c) => c.code,
         Outcome::Error(_) => workfence_policy::run::EXIT_SETUP,
     };
     let _ =
@@ -109,7 +109,7 @@ fn helper_path() -> Result<PathBuf, LinuxError> {
 }
 
 /// Runs the job in a freshly executed helper and relays its outcome.
-pub fn run_in_helper(plan: &LinuxPlan, req: &RunRequest) -> Result<i32, LinuxError> {
+pub fn run_in_helper(plan: &LinuxPlan, req: &RunRequest) -> Result<RunOutcome, LinuxError> {
     let exe = helper_path()?;
     let job = serde_json::to_vec(&Job {
         plan: plan.clone(),

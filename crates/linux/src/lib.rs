@@ -41,11 +41,11 @@ mod seccomp_compile;
 #[cfg(target_os = "linux")]
 mod sys;
 
-pub use error::LinuxError;
+pub use error::{clone_error, LinuxError};
 pub use plan::{plan, HostFacts, Isolation, LinuxPlan};
 
 use workfence_policy::layout::FsLayout;
-use workfence_policy::run::RunRequest;
+use workfence_policy::run::{RunOutcome, RunRequest};
 use workfence_policy::{LayerStatus, Policy};
 
 /// Reads the host facts for `policy`'s plan (`degraded` adds what the Landlock-only
@@ -68,18 +68,22 @@ pub fn host_facts(
     HostFacts::default()
 }
 
-/// Runs a command under a plan; returns the exit status per the CLI contract.
+/// Runs a command under a plan; returns the exit status per the CLI contract, with
+/// the reason when workfence chose it (timeout, not found, not executable). Prints
+/// nothing.
 ///
-/// Returns [`LinuxError::UserNamespace`] when the namespaces cannot be created; the
-/// caller decides whether degraded mode is allowed.
+/// Returns [`LinuxError::UserNamespace`] only when user namespaces are unavailable on
+/// this host (see [`clone_error`]); the caller decides whether degraded mode is
+/// allowed. A failure inside the sandbox before the command started is
+/// [`LinuxError::Child`].
 #[cfg(target_os = "linux")]
-pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<i32, LinuxError> {
+pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<RunOutcome, LinuxError> {
     apply::run(plan, req)
 }
 
 /// Runs a command under a plan (not on Linux: unsupported).
 #[cfg(not(target_os = "linux"))]
-pub fn run(_plan: &LinuxPlan, _req: &RunRequest) -> Result<i32, LinuxError> {
+pub fn run(_plan: &LinuxPlan, _req: &RunRequest) -> Result<RunOutcome, LinuxError> {
     Err(LinuxError::Unsupported)
 }
 
@@ -95,6 +99,46 @@ pub fn helper_main_if_requested() -> Option<i32> {
 #[cfg(not(target_os = "linux"))]
 pub fn helper_main_if_requested() -> Option<i32> {
     None
+}
+
+/// Checks `--keep-fd` values: 3 and above, and open in this process now (call it
+/// before opening any fd that must not be passed on).
+#[cfg(target_os = "linux")]
+pub fn check_keep_fds(fds: &[i32]) -> Result<(), LinuxError> {
+    apply::check_keep_fds(fds)
+}
+
+/// Checks `--keep-fd` values (not on Linux: through `/dev/fd`).
+#[cfg(not(target_os = "linux"))]
+pub fn check_keep_fds(fds: &[i32]) -> Result<(), LinuxError> {
+    for &fd in fds {
+        if fd < 3 || std::fs::metadata(format!("/dev/fd/{fd}")).is_err() {
+            return Err(LinuxError::BadArgument(format!(
+                "--keep-fd {fd}: not an open file descriptor of workfence above 2; open it when starting workfence, e.g. `{fd}>file`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Clears close-on-exec on the kept fds of this process, so that a child started
+/// without a sandbox (full-access mode) inherits them.
+#[cfg(target_os = "linux")]
+pub fn inherit_fds(fds: &[i32]) -> Result<(), LinuxError> {
+    for &fd in fds {
+        sys::inherit_fd(fd).map_err(|e| LinuxError::Syscall {
+            step: "passing a --keep-fd descriptor on",
+            call: "fcntl(F_SETFD)",
+            source: e,
+        })?;
+    }
+    Ok(())
+}
+
+/// Not on Linux: fds a shell passed are inherited already.
+#[cfg(not(target_os = "linux"))]
+pub fn inherit_fds(_fds: &[i32]) -> Result<(), LinuxError> {
+    Ok(())
 }
 
 /// Whether workfence runs as the real root (uid 0 of the initial user namespace), for

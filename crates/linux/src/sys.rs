@@ -278,6 +278,12 @@ pub fn drop_all_capabilities() -> io::Result<()> {
         match prctl(libc::PR_CAPBSET_DROP, cap) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+            // EPERM: no CAP_SETPCAP, as in a container running a normal user (degraded
+            // mode). The bounding set only caps what an execve may grant; every caller
+            // sets no_new_privs right after this (and fails closed if it cannot), under
+            // which an execve gains nothing beyond the permitted set, emptied below. So
+            // the container's bounding set may stay.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => break,
             Err(e) => return Err(e),
         }
     }
@@ -330,6 +336,19 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The fd flags of `fd` (`fcntl(F_GETFD)`); EBADF when it is not open.
+pub fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: fcntl(F_GETFD) takes integers only and touches no memory; a closed fd
+    // yields EBADF.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })
+}
+
+/// Whether the process is allowed to dump (and so be inspected through
+/// `/proc/<pid>/fd` by processes of the same uid).
+pub fn set_dumpable(on: bool) -> io::Result<()> {
+    prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on))
 }
 
 /// Clears close-on-exec on `fd` (for `--keep-fd`).

@@ -31,3 +31,42 @@ pub struct RunRequest {
     /// Extra fds to inherit (Unix).
     pub keep_fds: Vec<i32>,
 }
+
+/// How a run ended, as a backend reports it: the exit status per the contract and,
+/// when workfence itself decided the status (timeout, command not found or not
+/// executable), the one-line reason for the caller to show.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunOutcome {
+    /// The exit status per the contract.
+    pub code: i32,
+    /// Why workfence chose `code` (no prefix, one line); `None` for the command's own status.
+    pub message: Option<String>,
+}
+
+impl RunOutcome {
+    /// The command's own status.
+    pub fn status(code: i32) -> RunOutcome {
+        RunOutcome {
+            code,
+            message: None,
+        }
+    }
+
+    /// A status workfence chose, with its reason.
+    pub fn because(code: i32, message: impl Into<String>) -> RunOutcome {
+        RunOutcome {
+            code,
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// The message for a run that hit its timeout.
+pub fn timeout_message(t: Duration) -> String {
+    let shown = if t.subsec_millis() == 0 {
+        format!("{}s", t.as_secs())
+    } else {
+        format!("{}ms", t.as_millis())
+    };
+    format!("timed out after {shown}; killed the whole process tree")
+}

@@ -13,8 +13,13 @@
 //! use workfence::{load_policy, run};
 //! use workfence_policy::resolve::CliOverrides;
 //! let resolved = load_policy(CliOverrides::default())?;
-//! let status = run(&resolved.policy, vec!["cargo".into(), "test".into()])?;
-//! std::process::exit(status);
+//! let outcome = run(&resolved.policy, vec!["cargo".into(), "test".into()], &mut |w| {
+//!     eprintln!("warning: {w}")
+//! })?;
+//! if let Some(why) = &outcome.message {
+//!     eprintln!("{why}");
+//! }
+//! std::process::exit(outcome.code);
 //! # Ok::<(), workfence::Error>(())
 //! ```
 
@@ -26,8 +31,8 @@ use workfence_policy::config::{ConfigError, ConfigFile};
 use workfence_policy::env::RemovedVar;
 use workfence_policy::layout::{self, FsLayout, LayoutError};
 use workfence_policy::resolve::{resolve, CliOverrides, Layers, Resolved};
+pub use workfence_policy::run::RunOutcome;
 use workfence_policy::run::RunRequest;
-#[cfg(any(target_os = "linux", target_os = "macos"))]
 use workfence_policy::Enforcement;
 use workfence_policy::{ExecDecision, LayerStatus, Mode, Policy};
 
@@ -74,26 +79,115 @@ pub enum Error {
     /// This OS has no backend here.
     #[error("{0}")]
     Unsupported(String),
+    /// No home directory: secrets could not be located.
+    #[error("cannot find the home directory: $HOME is unset (or not absolute) and uid {0} has no home in the passwd database; set HOME to an absolute path so that the secrets under it can be hidden")]
+    NoHome(u32),
+    /// A flag that full-access mode cannot honour.
+    #[error("{0}")]
+    FullAccess(String),
+}
+
+/// What the caller should tell the user before the command runs. The library prints
+/// nothing; [`run`] hands these to its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// full-access mode: nothing is enforced.
+    FullAccess,
+    /// User namespaces are unavailable; running degraded (the reason).
+    NoUserNamespaces(String),
+    /// Degraded mode: what is not (fully) enforced.
+    Degraded(Vec<LayerStatus>),
+}
+
+impl std::fmt::Display for Warning {
+    /// One or more lines, without a prefix.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::FullAccess => write!(f, "full-access mode: running WITHOUT a sandbox"),
+            Warning::NoUserNamespaces(why) => write!(f, "user namespaces are unavailable ({why})"),
+            Warning::Degraded(gaps) => {
+                write!(f, "DEGRADED sandbox (--allow-degraded). NOT enforced:")?;
+                for g in gaps {
+                    let state = match g.state {
+                        Enforcement::None => "not enforced",
+                        Enforcement::Partial => "partly enforced",
+                        Enforcement::Full => "enforced",
+                    };
+                    write!(f, "\n  - {} [{state}]: {}", g.layer, g.detail)?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 pub use workfence_policy::layout::StdProbe;
 
-/// The user's home directory (`$HOME`).
-pub fn home_dir() -> PathBuf {
-    std::env::var_os("HOME")
+/// The user's home directory, and a warning when `$HOME` and the passwd database
+/// disagree.
+///
+/// `$HOME` wins when it is set and absolute (the caller chose it); otherwise the
+/// passwd entry of the real uid (services and cron jobs often run without `HOME`).
+/// With neither, there is no home to find secrets under: an error (fail closed).
+#[cfg(unix)]
+pub fn home() -> Result<(PathBuf, Option<String>), Error> {
+    let uid = nix::unistd::getuid();
+    let env = std::env::var_os("HOME")
         .map(PathBuf::from)
-        .filter(|h| h.is_absolute())
-        .unwrap_or_else(|| PathBuf::from("/"))
+        .filter(|h| h.is_absolute());
+    let passwd = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .filter(|d| d.is_absolute());
+    match (env, passwd) {
+        (Some(h), Some(p)) => {
+            let same =
+                h == p || matches!((h.canonicalize(), p.canonicalize()), (Ok(a), Ok(b)) if a == b);
+            let warning = (!same).then(|| {
+                format!(
+                    "$HOME ({}) is not the home of uid {uid} in the passwd database ({}); hiding the secrets under $HOME only: pass --deny-read for secrets under {}",
+                    h.display(),
+                    p.display(),
+                    p.display()
+                )
+            });
+            Ok((h, warning))
+        }
+        (Some(h), None) => Ok((h, None)),
+        (None, Some(p)) => Ok((p, None)),
+        (None, None) => Err(Error::NoHome(uid.as_raw())),
+    }
+}
+
+/// The user's home directory (`$HOME`, else `/`).
+#[cfg(not(unix))]
+pub fn home() -> Result<(PathBuf, Option<String>), Error> {
+    Ok((
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|h| h.is_absolute())
+            .unwrap_or_else(|| PathBuf::from("/")),
+        None,
+    ))
+}
+
+/// The user's home directory (see [`home`]).
+pub fn home_dir() -> Result<PathBuf, Error> {
+    Ok(home()?.0)
 }
 
 /// The user config file: `$XDG_CONFIG_HOME/workfence/config.toml`
 /// (default `~/.config/workfence/config.toml`).
-pub fn user_config_path() -> PathBuf {
-    std::env::var_os("XDG_CONFIG_HOME")
+pub fn user_config_path() -> Result<PathBuf, Error> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| home_dir().join(".config"))
-        .join("workfence/config.toml")
+    {
+        Some(p) => p,
+        None => home_dir()?.join(".config"),
+    };
+    Ok(base.join("workfence/config.toml"))
 }
 
 fn read_config(path: &Path) -> Result<Option<ConfigFile>, Error> {
@@ -110,22 +204,24 @@ fn read_config(path: &Path) -> Result<Option<ConfigFile>, Error> {
 /// Reads the user and workspace config files and resolves the effective policy.
 pub fn load_policy(cli: CliOverrides) -> Result<Resolved, Error> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let home = home_dir();
-    let user = read_config(&user_config_path())?;
+    let (home, home_warning) = home()?;
+    let user = read_config(&user_config_path()?)?;
     let ws = workfence_policy::resolve::absolutize(&cwd, cli.workspace.as_deref().unwrap_or(&cwd));
     let workspace_config = read_config(&ws.join(".workfence/config.toml"))?;
-    Ok(resolve(&Layers {
+    let mut resolved = resolve(&Layers {
         home,
         cwd,
         user,
         workspace_config,
         cli,
-    })?)
+    })?;
+    resolved.warnings.extend(home_warning);
+    Ok(resolved)
 }
 
 /// The filesystem layout of a policy on this host.
 pub fn compute_layout(policy: &Policy) -> Result<FsLayout, Error> {
-    Ok(layout::compute(policy, &home_dir(), &StdProbe)?)
+    Ok(layout::compute(policy, &home_dir()?, &StdProbe)?)
 }
 
 fn check_exec_rules(policy: &Policy, argv: &[OsString]) -> Result<(), Error> {
@@ -189,22 +285,27 @@ fn secret_tool(d: &workfence_policy::SourcedPath) -> Option<&'static str> {
     if d.source != workfence_policy::Source::Default {
         return None;
     }
-    let home = home_dir();
+    let home = home_dir().ok()?;
     workfence_policy::secrets::for_os(std::env::consts::OS)
         .find(|s| workfence_policy::resolve::expand_home(&home, Path::new(&s.path)) == d.path)
         .map(|s| s.tool.as_str())
 }
 
-/// Runs `argv` under `policy`. Returns the exit status per the CLI contract
-/// (the command's own; 128+N when killed by signal N; 124 on timeout; 126/127).
-pub fn run(policy: &Policy, argv: Vec<OsString>) -> Result<i32, Error> {
+/// Runs `argv` under `policy`. Returns the exit status per the CLI contract (the
+/// command's own; 128+N when killed by signal N; 124 on timeout; 126/127), with the
+/// reason when workfence chose the status. Warnings for the user go to `warn` before
+/// the command starts; the library prints nothing.
+pub fn run(
+    policy: &Policy,
+    argv: Vec<OsString>,
+    warn: &mut dyn FnMut(Warning),
+) -> Result<RunOutcome, Error> {
     if argv.is_empty() {
         return Err(Error::NoCommand);
     }
     check_exec_rules(policy, &argv)?;
     if policy.mode == Mode::FullAccess {
-        eprintln!("workfence: full-access mode: running WITHOUT a sandbox");
-        return run_unsandboxed(policy, argv);
+        return run_unsandboxed(policy, argv, warn);
     }
     let layout = compute_layout(policy)?;
     let req = RunRequest {
@@ -215,23 +316,81 @@ pub fn run(policy: &Policy, argv: Vec<OsString>) -> Result<i32, Error> {
         pty: policy.pty,
         keep_fds: policy.keep_fds.clone(),
     };
-    run_backend(policy, &layout, &req)
+    run_backend(policy, &layout, &req, warn)
 }
 
-fn run_unsandboxed(policy: &Policy, argv: Vec<OsString>) -> Result<i32, Error> {
+/// full-access: no sandbox, but the run flags still hold: `--env-set` sets,
+/// `--keep-fd` passes the fd, `--timeout` kills the command's whole process group
+/// (exit 124). `--pty` is refused.
+fn run_unsandboxed(
+    policy: &Policy,
+    argv: Vec<OsString>,
+    warn: &mut dyn FnMut(Warning),
+) -> Result<RunOutcome, Error> {
+    if policy.pty {
+        return Err(Error::FullAccess(
+            "--pty is not supported with --mode full-access (no sandbox allocates a terminal there); run without --pty, or in a sandboxed mode".into(),
+        ));
+    }
+    workfence_linux::check_keep_fds(&policy.keep_fds)?;
+    warn(Warning::FullAccess);
+    workfence_linux::inherit_fds(&policy.keep_fds)?;
     let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]).current_dir(&policy.cwd);
-    let status = cmd
-        .status()
+    cmd.args(&argv[1..])
+        .current_dir(&policy.cwd)
+        .envs(&policy.env.set);
+    #[cfg(unix)]
+    if policy.limits.timeout.is_some() {
+        // Its own process group, so that the timeout kills every descendant.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let mut child = cmd
+        .spawn()
         .map_err(|e| Error::Spawn(argv[0].to_string_lossy().into_owned(), e))?;
+    let spawn_err = |e| Error::Spawn(argv[0].to_string_lossy().into_owned(), e);
+    let status = match policy.limits.timeout {
+        None => child.wait().map_err(spawn_err)?,
+        Some(t) => {
+            let deadline = std::time::Instant::now() + t;
+            loop {
+                if let Some(st) = child.try_wait().map_err(spawn_err)? {
+                    break st;
+                }
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    kill_tree(&mut child);
+                    return Ok(RunOutcome::because(
+                        workfence_policy::run::EXIT_TIMEOUT,
+                        workfence_policy::run::timeout_message(t),
+                    ));
+                }
+                std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(20)));
+            }
+        }
+    };
     #[cfg(unix)]
     {
         use std::os::unix::process::ExitStatusExt;
         if let Some(sig) = status.signal() {
-            return Ok(128 + sig);
+            return Ok(RunOutcome::status(128 + sig));
         }
     }
-    Ok(status.code().unwrap_or(1))
+    Ok(RunOutcome::status(status.code().unwrap_or(1)))
+}
+
+/// Kills the command's process group (unix) or the command (elsewhere) and reaps it.
+fn kill_tree(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{killpg, Signal};
+        let _ = killpg(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            Signal::SIGKILL,
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[cfg(any(target_os = "linux", target_os = "macos"))]
@@ -242,25 +401,13 @@ fn gaps_text(gaps: &[LayerStatus]) -> String {
         .join("; ")
 }
 
-#[cfg(any(target_os = "linux", target_os = "macos"))]
-fn report_degraded(gaps: &[LayerStatus]) {
-    eprintln!("workfence: DEGRADED sandbox (--allow-degraded). NOT enforced:");
-    for g in gaps {
-        eprintln!(
-            "workfence:   - {} [{}]: {}",
-            g.layer,
-            match g.state {
-                Enforcement::None => "not enforced",
-                Enforcement::Partial => "partly enforced",
-                Enforcement::Full => "enforced",
-            },
-            g.detail
-        );
-    }
-}
-
 #[cfg(target_os = "linux")]
-fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i32, Error> {
+fn run_backend(
+    policy: &Policy,
+    layout: &FsLayout,
+    req: &RunRequest,
+    warn: &mut dyn FnMut(Warning),
+) -> Result<RunOutcome, Error> {
     use workfence_linux::{host_facts, Isolation, LinuxError};
     let want_cgroup =
         is_root() || policy.limits.memory_bytes.is_some() || policy.limits.cpu_percent.is_some();
@@ -278,15 +425,24 @@ fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i
         if !policy.allow_degraded {
             return Err(Error::NotEnforceable(gaps_text(&plan.gaps)));
         }
-        report_degraded(&plan.gaps);
+        warn(Warning::Degraded(plan.gaps.clone()));
     }
     match workfence_linux::run(&plan, req) {
-        Err(LinuxError::UserNamespace(e)) if policy.allow_degraded => {
+        // Only "user namespaces are unavailable" may degrade; EAGAIN, ENOMEM and other
+        // clone failures are LinuxError::Clone, a hard error.
+        Err(e @ LinuxError::UserNamespace { .. }) if policy.allow_degraded => {
             let facts = host_facts(policy, layout, true, want_cgroup);
             let plan = workfence_linux::plan(policy, layout, &facts, Isolation::Degraded)
                 .map_err(LinuxError::from)?;
-            eprintln!("workfence: user namespaces are unavailable ({e})");
-            report_degraded(&plan.gaps);
+            let why = match &e {
+                LinuxError::UserNamespace { errno, cause, .. } => format!(
+                    "clone: {}: {cause}",
+                    std::io::Error::from_raw_os_error(*errno)
+                ),
+                _ => e.to_string(),
+            };
+            warn(Warning::NoUserNamespaces(why));
+            warn(Warning::Degraded(plan.gaps.clone()));
             Ok(workfence_linux::run(&plan, req)?)
         }
         other => Ok(other?),
@@ -294,30 +450,45 @@ fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i
 }
 
 #[cfg(target_os = "macos")]
-fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i32, Error> {
+fn run_backend(
+    policy: &Policy,
+    layout: &FsLayout,
+    req: &RunRequest,
+    warn: &mut dyn FnMut(Warning),
+) -> Result<RunOutcome, Error> {
     let gaps = workfence_macos::unenforced(policy);
     if !gaps.is_empty() {
         if !policy.allow_degraded {
             return Err(Error::NotEnforceable(gaps_text(&gaps)));
         }
-        report_degraded(&gaps);
+        warn(Warning::Degraded(gaps));
     }
     let ctx = workfence_macos::MacContext::detect(policy)?;
     let profile = workfence_macos::profile(policy, layout, &ctx)?;
     let r = workfence_macos::run(&profile, req);
     ctx.discard();
-    Ok(r?)
+    Ok(RunOutcome::status(r?))
 }
 
 #[cfg(windows)]
-fn run_backend(policy: &Policy, layout: &FsLayout, req: &RunRequest) -> Result<i32, Error> {
+fn run_backend(
+    policy: &Policy,
+    layout: &FsLayout,
+    req: &RunRequest,
+    _warn: &mut dyn FnMut(Warning),
+) -> Result<RunOutcome, Error> {
     let ctx = workfence_windows::WindowsContext::detect(policy)?;
     let plan = workfence_windows::plan(policy, layout, &ctx)?;
-    Ok(workfence_windows::run(&plan, req)?)
+    Ok(RunOutcome::status(workfence_windows::run(&plan, req)?))
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
-fn run_backend(_policy: &Policy, _layout: &FsLayout, _req: &RunRequest) -> Result<i32, Error> {
+fn run_backend(
+    _policy: &Policy,
+    _layout: &FsLayout,
+    _req: &RunRequest,
+    _warn: &mut dyn FnMut(Warning),
+) -> Result<RunOutcome, Error> {
     Err(Error::Unsupported(format!(
         "no workfence backend for {}",
         std::env::consts::OS
