@@ -227,7 +227,7 @@ fn c4_home_unset_still_hides_the_passwd_homes_secrets() {
     let text = String::from_utf8_lossy(&explain.stdout);
     assert!(explain.status.success(), "explain failed: {explain:?}");
     let hidden = text
-        .split("Hidden (secrets):")
+        .split("Hidden (secrets")
         .nth(1)
         .unwrap_or_default()
         .split("\n\n")

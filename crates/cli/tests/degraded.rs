@@ -210,3 +210,26 @@ fn degraded_protected_path_blocked() {
     })
     .run();
 }
+
+/// With a procfs of its own pid namespace (as container runtimes mount) the write
+/// broker runs in degraded mode too: missing protected names and nested-repository
+/// config cannot be created, although no mount guards them.
+#[test]
+fn degraded_broker_refuses_missing_protected_names() {
+    let Some(mut prefix) = container("degraded-broker") else {
+        return;
+    };
+    // bwrap [--dev-bind / /] --proc /proc ...: insert after the bind.
+    prefix.splice(4..4, ["--proc".to_string(), "/proc".to_string()]);
+    attack(
+        "DG/broker-protected-names",
+        r#"mkdir -p .codex && echo x > .codex/config.toml; mkdir -p sub/.git/hooks; echo x > sub/.git/config; echo ../evil > .git/commondir"#,
+        &prefix,
+    )
+    .probe_exists("create .codex/config.toml", |sc| {
+        sc.ws.join(".codex/config.toml")
+    })
+    .probe_exists("create sub/.git/config", |sc| sc.ws.join("sub/.git/config"))
+    .probe_exists("create .git/commondir", |sc| sc.ws.join(".git/commondir"))
+    .run();
+}

@@ -776,15 +776,21 @@ fn command(
         "prctl(PR_SET_NO_NEW_PRIVS)",
         sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),
     );
-    // The broker: forked now, so that it shares the command's uid, Landlock domain,
-    // missing capabilities and no_new_privs, but none of its seccomp filters.
-    let broker = spawn_broker(plan, err);
-    // After the broker: the cap is for the command's tree, not for the broker's threads.
-    step(
-        err,
-        "setrlimit(RLIMIT_NPROC)",
-        sys::set_rlimit(libc::RLIMIT_NPROC, plan.nproc),
-    );
+    if plan.seccomp.brokered {
+        install_brokered_filters(plan, prep, err);
+    } else {
+        step(
+            err,
+            "setrlimit(RLIMIT_NPROC)",
+            sys::set_rlimit(libc::RLIMIT_NPROC, plan.nproc),
+        );
+        install_errno_filters(prep, err);
+    }
+    exec(prep, err)
+}
+
+/// The seccomp deny list (every program of `prep.bpf`).
+fn install_errno_filters(prep: &Prepared, err: RawFd) {
     for prog in &prep.bpf {
         if let Err(e) = seccomp_compile::install(prog) {
             die(
@@ -794,6 +800,34 @@ fn command(
             );
         }
     }
+}
+
+/// Forks the broker, lowers RLIMIT_NPROC, installs the deny list and, last, the
+/// notification filter whose listener the broker takes.
+fn install_brokered_filters(plan: &LinuxPlan, prep: &Prepared, err: RawFd) {
+    // The broker finds callers' cwd, umask and thread group under /proc/PID: that
+    // procfs must be this pid namespace's (a container may show the host's).
+    let pid = std::process::id().to_string();
+    if std::fs::read_link("/proc/self")
+        .map(|l| l.as_os_str() != pid.as_str())
+        .unwrap_or(true)
+    {
+        die(
+            err,
+            EXIT_SETUP,
+            "sandbox setup failed: /proc is not the procfs of this pid namespace (readlink /proc/self); mount one for it (a container runtime does; with bubblewrap add --proc /proc)",
+        );
+    }
+    // The broker: forked now, so that it shares the command's uid, Landlock domain,
+    // missing capabilities and no_new_privs, but none of its seccomp filters.
+    let broker = spawn_broker(plan, err);
+    // After the broker: the cap is for the command's tree, not for the broker's threads.
+    step(
+        err,
+        "setrlimit(RLIMIT_NPROC)",
+        sys::set_rlimit(libc::RLIMIT_NPROC, plan.nproc),
+    );
+    install_errno_filters(prep, err);
     // The broker copies the listener with pidfd_getfd, a ptrace-class access: undo
     // the non-dumpable flag inherited from the supervisor (execve resets it anyway).
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1);
@@ -819,7 +853,6 @@ fn command(
     }
     drop(listener);
     drop(broker);
-    exec(prep, err)
 }
 
 /// Forks the broker (double fork: it is re-parented to pid 1, or to the degraded

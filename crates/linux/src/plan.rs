@@ -41,6 +41,10 @@ pub struct HostFacts {
     pub v2_cgroup: Option<PathBuf>,
     /// Private temp dir on the host, used only in degraded mode (no mount namespace).
     pub degraded_tmp: PathBuf,
+    /// `/proc` is not the procfs of workfence's pid namespace (a container showing
+    /// the host's): the broker cannot find its callers there. Only matters in
+    /// degraded mode; with namespaces the sandbox mounts its own.
+    pub foreign_procfs: bool,
 }
 
 /// How the sandbox is isolated.
@@ -253,6 +257,9 @@ pub struct SeccompPlan {
     /// it on the caller's behalf (same uid, same Landlock domain, no capabilities)
     /// after resolving the real path, and refuses what the guard names.
     pub write_guard: crate::guard::WriteGuard,
+    /// Whether the broker runs at all (not in degraded mode without a procfs of our
+    /// own pid namespace; then `gaps` says what is lost).
+    pub brokered: bool,
 }
 
 /// Cgroup limits (applied when the host lets workfence create a cgroup).
@@ -529,6 +536,7 @@ fn seccomp_rules(policy: &Policy, isolation: Isolation) -> SeccompPlan {
         notify_unix: false,
         unix_allow: Vec::new(),
         write_guard: crate::guard::WriteGuard::default(),
+        brokered: true,
     }
 }
 
@@ -828,6 +836,14 @@ pub fn plan(
         writable_within,
         git_names: true,
     };
+    if !ns && facts.foreign_procfs {
+        seccomp.brokered = false;
+        gaps.push(gap(
+            "protected names",
+            Enforcement::None,
+            "/proc is not the procfs of this pid namespace, so the write broker cannot run: missing protected names (.codex, .git/commondir, nested .git/config, ...) can be created; mount a procfs for the container's pid namespace",
+        ));
+    }
     if ns {
         seccomp.notify_unix = true;
         seccomp.unix_allow = layout
@@ -970,15 +986,19 @@ impl fmt::Display for LinuxPlan {
             )?;
         }
         let g = &self.seccomp.write_guard;
-        writeln!(
+        if !self.seccomp.brokered {
+            writeln!(f, "  (no write broker: see the gaps below)")?;
+        } else {
+            writeln!(
             f,
             "  open/openat/creat with write intent, mkdir, mknod, symlink, link, rename, truncate -> broker (acts for the caller with its uid, Landlock domain and no capabilities); refused:"
         )?;
-        for e in &g.exact {
-            writeln!(f, "    {} and below (present or not)", e.display())?;
-        }
-        if g.git_names {
-            writeln!(f, "    in every git directory (.git, .git/worktrees/*, .git/modules/**): config, config.worktree, commondir, hooks/**; any .git that is not a directory; directory renames that would create git metadata or an ancestor of a path above")?;
+            for e in &g.exact {
+                writeln!(f, "    {} and below (present or not)", e.display())?;
+            }
+            if g.git_names {
+                writeln!(f, "    in every git directory (.git, .git/worktrees/*, .git/modules/**): config, config.worktree, commondir, hooks/**; any .git that is not a directory; directory renames that would create git metadata or an ancestor of a path above")?;
+            }
         }
         writeln!(f, "\nLimits:")?;
         writeln!(

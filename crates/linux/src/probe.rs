@@ -180,5 +180,8 @@ pub fn facts_for(
         v2_cgroup,
         degraded_tmp: std::env::temp_dir()
             .join(format!("workfence-{uid}-{}-{nanos:x}", std::process::id())),
+        foreign_procfs: std::fs::read_link("/proc/self")
+            .map(|l| l.as_os_str() != std::process::id().to_string().as_str())
+            .unwrap_or(true),
     }
 }

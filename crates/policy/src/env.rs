@@ -256,6 +256,10 @@ pub fn secret_value(value: &str) -> Option<&'static str> {
     // that words like `sk-learn` stay.
     // https://platform.openai.com/docs/api-reference/authentication
     // https://docs.anthropic.com/en/api/getting-started
+    // The `sk-ant-` prefix alone is distinctive: any 16 or more key characters after it.
+    if after_prefix(v, b"sk-ant-").any(|at| run(v, at, is_b64url) >= 16) {
+        return Some("an Anthropic API key");
+    }
     if after_prefix(v, b"sk-").any(|at| {
         let n = run(v, at, is_b64url);
         n >= 32 && has_digit_and_letter(&v[at..at + n])
