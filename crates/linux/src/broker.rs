@@ -70,10 +70,12 @@ fn ioerr(e: io::Error) -> i32 {
 }
 
 const MAX_THREADS: usize = 64;
-const START_THREADS: usize = 4;
+const START_THREADS: usize = 1;
 
 /// Serves notifications until no process uses the filter any more. Never returns.
 pub fn serve(listener: OwnedFd, rules: Rules) -> ! {
+    // Latency, not CPU, is the cost of a brokered call: switch CPUs synchronously.
+    let _ = sys::notif_sync_wakeup(listener.as_raw_fd());
     // Modes arrive already masked with the caller's umask.
     rustix::process::umask(Mode::empty());
     let root = match rustix::fs::openat(
@@ -164,7 +166,7 @@ impl Shared {
     fn handle(&self, n: &sys::Notif) -> Answer {
         let c = Caller {
             tid: n.pid as libc::pid_t,
-            tgid: tgid_of(n.pid).unwrap_or(n.pid as libc::pid_t),
+            status: std::cell::OnceCell::new(),
         };
         let nr = i64::from(n.nr);
         let a = n.args;
@@ -222,29 +224,49 @@ impl Shared {
     }
 }
 
-/// The notifying thread.
+/// The notifying thread. What only `/proc/TID/status` tells is read once, and only
+/// when an operation needs it (every brokered call is on someone's hot path).
 struct Caller {
     tid: libc::pid_t,
-    tgid: libc::pid_t,
+    status: std::cell::OnceCell<(libc::pid_t, u32)>,
 }
 
-fn tgid_of(tid: u32) -> Option<libc::pid_t> {
-    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// The caller's umask (for creations; the broker's own is 0).
-fn umask_of(tid: libc::pid_t) -> u32 {
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+impl Caller {
+    /// (thread group id, umask) from one read of `/proc/TID/status`.
+    fn status(&self) -> (libc::pid_t, u32) {
+        *self.status.get_or_init(|| {
+            let mut buf = [0u8; 4096];
+            let n = std::fs::File::open(format!("/proc/{}/status", self.tid))
+                .and_then(|mut f| std::io::Read::read(&mut f, &mut buf))
+                .unwrap_or(0);
+            let text = String::from_utf8_lossy(&buf[..n]);
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+            };
+            let tgid = field("Tgid:")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(self.tid);
+            let umask = field("Umask:")
+                .and_then(|v| u32::from_str_radix(&v, 8).ok())
+                .unwrap_or(0o022);
+            (tgid, umask)
         })
-        .unwrap_or(0o022)
+    }
+
+    fn tgid(&self) -> libc::pid_t {
+        self.status().0
+    }
+
+    fn umask(&self) -> u32 {
+        self.status().1
+    }
+
+    /// A pidfd for the calling thread (its fd table is the one its fd numbers mean).
+    fn pidfd(&self) -> io::Result<OwnedFd> {
+        sys::pidfd_open_thread(self.tid).or_else(|_| sys::pidfd_open(self.tgid()))
+    }
 }
 
 /// Reads a NUL-terminated path from the caller's memory (once: every decision is
@@ -332,7 +354,10 @@ impl Fs<'_> {
     /// Paths that name the *caller* through `/proc/self`, `/dev/fd`, `/dev/stdout` or
     /// `/dev/tty` would name the broker here: rewrite them to the caller's.
     fn translate(&self, p: Vec<u8>) -> R<Vec<u8>> {
-        let (tgid, tid) = (self.c.tgid, self.c.tid);
+        if !(p.starts_with(b"/proc/") || p.starts_with(b"/dev/")) {
+            return Ok(p);
+        }
+        let (tgid, tid) = (self.c.tgid(), self.c.tid);
         let sub = |prefix: &[u8], with: String, p: &[u8]| -> Option<Vec<u8>> {
             let rest = p.strip_prefix(prefix)?;
             if !rest.is_empty() && rest[0] != b'/' {
@@ -398,7 +423,7 @@ impl Fs<'_> {
             )
             .map_err(errno);
         }
-        let pidfd = sys::pidfd_open(self.c.tgid).map_err(ioerr)?;
+        let pidfd = self.c.pidfd().map_err(ioerr)?;
         sys::pidfd_getfd(&pidfd, dirfd).map_err(|e| match e.raw_os_error() {
             Some(libc::EBADF) => libc::EBADF,
             _ => ioerr(e),
@@ -433,7 +458,7 @@ impl Fs<'_> {
     }
 
     fn umask(&self, mode: u32) -> u32 {
-        mode & 0o7777 & !umask_of(self.c.tid)
+        mode & 0o7777 & !self.c.umask()
     }
 
     /// Opens `path` for the caller with `flags` (write intent), following a final
@@ -630,7 +655,7 @@ impl Fs<'_> {
         // The source as an O_PATH fd: a protected file must not get a second,
         // writable name.
         let src = if old.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
-            let pidfd = sys::pidfd_open(self.c.tgid).map_err(ioerr)?;
+            let pidfd = self.c.pidfd().map_err(ioerr)?;
             sys::pidfd_getfd(&pidfd, olddirfd).map_err(ioerr)?
         } else {
             let old = self.translate(old)?;
@@ -719,7 +744,7 @@ struct UnixGate<'a> {
 
 impl UnixGate<'_> {
     fn decide(&self, listener: RawFd, n: &sys::Notif, c: &Caller) -> Answer {
-        let Ok(pidfd) = sys::pidfd_open(c.tgid) else {
+        let Ok(pidfd) = c.pidfd() else {
             return Answer::Errno(libc::ESRCH);
         };
         let Ok(dup) = sys::pidfd_getfd(&pidfd, n.args[0] as i32) else {

@@ -1167,3 +1167,24 @@ pub fn pass_fds(cmd: &mut std::process::Command, moves: Vec<(RawFd, RawFd)>, inh
         cmd.pre_exec(hook);
     }
 }
+
+/// `pidfd_open(tid, PIDFD_THREAD)` (Linux 6.9): a pidfd for one thread, which need
+/// not lead its group.
+pub fn pidfd_open_thread(tid: libc::pid_t) -> io::Result<OwnedFd> {
+    const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+    // SAFETY: integer arguments.
+    let fd = cvt_long(unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) })? as RawFd;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `SECCOMP_IOCTL_NOTIF_SET_FLAGS(SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)` (Linux 6.6):
+/// the kernel hands the CPU straight from the blocked caller to the waiting broker
+/// thread and back, instead of waking it on another CPU. Best effort.
+pub fn notif_sync_wakeup(listener: RawFd) -> io::Result<()> {
+    const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+    let mut flags: u64 = SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP;
+    // SAFETY: the ioctl reads one u64 through this valid pointer.
+    cvt(unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, &mut flags) })?;
+    Ok(())
+}
