@@ -37,6 +37,39 @@ pub trait FsProbe {
     fn read_to_string(&self, p: &Path) -> Option<String>;
     /// The names in a directory (empty if it cannot be read).
     fn read_dir(&self, p: &Path) -> Vec<String>;
+    /// `$XDG_CONFIG_HOME` when set and not empty (git then reads
+    /// `$XDG_CONFIG_HOME/git/config` instead of `~/.config/git/config`).
+    fn xdg_config_home(&self) -> Option<PathBuf> {
+        None
+    }
+    /// Git's own view of the configuration it reads for the repository at (or above)
+    /// `repo`, with `home` as `$HOME`: every entry with its scope and origin file, as
+    /// `git config --show-origin --show-scope --includes --list -z` prints it.
+    /// `None` when git is not installed (the layout then rests on workfence's own
+    /// parse); `Some(Err)` when git ran and failed (the layout is refused).
+    fn git_config_origins(
+        &self,
+        repo: &Path,
+        home: &Path,
+    ) -> Option<Result<Vec<GitConfigEntry>, String>> {
+        let _ = (repo, home);
+        None
+    }
+}
+
+/// One configuration entry as git reports it (see [`FsProbe::git_config_origins`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitConfigEntry {
+    /// `system`, `global`, `local`, `worktree` or `command`.
+    pub scope: String,
+    /// The file it came from, as git opened it (relative paths are relative to the
+    /// directory git ran in); `None` for a non-file origin (command line, blob).
+    pub origin: Option<PathBuf>,
+    /// The key, as git normalizes it (`section.subsection.key`, section and key in
+    /// lower case).
+    pub key: String,
+    /// The value; `None` for a bare boolean key.
+    pub value: Option<String>,
 }
 
 /// Why a writable root is writable.
@@ -135,6 +168,23 @@ pub enum LayoutError {
     /// The working directory is not inside the sandbox view.
     #[error("working directory {0} does not exist; pass an existing --cwd")]
     MissingCwd(PathBuf),
+    /// Git reports configuration that workfence's own parse did not find, so a file
+    /// that can make host git run code might be left writable.
+    #[error("git reports {what} {file} that workfence did not find or protect; refusing to run; report a bug, or pass --mode full-access")]
+    GitDisagrees {
+        /// What git reported (for example "config file", "include of a config file").
+        what: String,
+        /// The file or path.
+        file: PathBuf,
+    },
+    /// Asking git for its configuration (`git config --list`) failed.
+    #[error("asking git for the configuration of {repo} failed ({detail}); fix what git complains about (try `git -C {repo} config --list`), or pass --mode full-access")]
+    GitFailed {
+        /// The directory git ran in.
+        repo: PathBuf,
+        /// Git's complaint.
+        detail: String,
+    },
 }
 
 fn glob_match(pat: &str, name: &str) -> bool {
@@ -161,50 +211,222 @@ fn glob_match(pat: &str, name: &str) -> bool {
     true
 }
 
-/// Parses `core.hooksPath` from git config text (last value wins, like git).
-fn hooks_path(config: &str) -> Option<String> {
-    let mut in_core = false;
-    let mut found = None;
-    for line in config.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            let sec = t
-                .trim_start_matches('[')
-                .split([']', ' ', '"'])
-                .next()
-                .unwrap_or("");
-            in_core = sec.eq_ignore_ascii_case("core");
-            // `[core] hooksPath = x` on one line
-            if let Some(rest) = t.split_once(']').map(|(_, r)| r.trim()) {
-                if in_core && !rest.is_empty() {
-                    if let Some(v) = kv(rest, "hookspath") {
-                        found = Some(v);
+/// Parses git config text into `(key, value)` pairs in file order, the way git's
+/// own parser (config.c) reads it: `[section]`, `[section "sub"]` and the old
+/// `[section.sub]` headers, keys after a header on the same line, quoted values with
+/// `\\` escapes, `\\` line continuations, `#`/`;` comments. Keys are normalized like
+/// git's (`section.sub.key`, section and key lower case, subsection verbatim); a bare
+/// key is `None`. It stops at the first malformed line (git refuses such a file, so
+/// nothing after it takes effect); git's own answer is compared with this parse.
+pub fn parse_git_config(text: &str) -> Vec<(String, Option<String>)> {
+    let c: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    let mut out = Vec::new();
+    let mut section = String::new();
+    let eol = |i: &mut usize| {
+        while *i < c.len() && c[*i] != '\n' {
+            *i += 1;
+        }
+    };
+    while i < c.len() {
+        let ch = c[i];
+        if ch == '\n' || ch.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        if ch == '#' || ch == ';' {
+            eol(&mut i);
+            continue;
+        }
+        if ch == '[' {
+            i += 1;
+            let mut name = String::new();
+            while i < c.len() && (c[i].is_ascii_alphanumeric() || c[i] == '-' || c[i] == '.') {
+                name.push(c[i].to_ascii_lowercase());
+                i += 1;
+            }
+            if i < c.len() && c[i] == ' ' {
+                // `[section "subsection"]`: subsection is case-sensitive, with escapes.
+                while i < c.len() && c[i] == ' ' {
+                    i += 1;
+                }
+                if i >= c.len() || c[i] != '"' {
+                    return out;
+                }
+                i += 1;
+                let mut sub = String::new();
+                loop {
+                    match c.get(i) {
+                        None | Some('\n') => return out,
+                        Some('"') => {
+                            i += 1;
+                            break;
+                        }
+                        Some('\\') => {
+                            match c.get(i + 1) {
+                                None | Some('\n') => return out,
+                                Some(&e) => sub.push(e),
+                            }
+                            i += 2;
+                        }
+                        Some(&e) => {
+                            sub.push(e);
+                            i += 1;
+                        }
+                    }
+                }
+                if c.get(i) != Some(&']') {
+                    return out;
+                }
+                name = format!("{name}.{sub}");
+            } else if c.get(i) != Some(&']') || name.is_empty() {
+                return out;
+            }
+            i += 1;
+            section = name;
+            continue;
+        }
+        if !ch.is_ascii_alphabetic() || section.is_empty() {
+            return out;
+        }
+        let mut key = String::new();
+        while i < c.len() && (c[i].is_ascii_alphanumeric() || c[i] == '-') {
+            key.push(c[i].to_ascii_lowercase());
+            i += 1;
+        }
+        while i < c.len() && (c[i] == ' ' || c[i] == '\t') {
+            i += 1;
+        }
+        let full = format!("{section}.{key}");
+        match c.get(i) {
+            None | Some('\n') => {
+                out.push((full, None));
+                continue;
+            }
+            Some('#') | Some(';') => {
+                out.push((full, None));
+                eol(&mut i);
+                continue;
+            }
+            Some('\r') if c.get(i + 1) == Some(&'\n') => {
+                out.push((full, None));
+                continue;
+            }
+            Some('=') => i += 1,
+            _ => return out,
+        }
+        // The value.
+        while i < c.len() && (c[i] == ' ' || c[i] == '\t') {
+            i += 1;
+        }
+        let mut value = String::new();
+        let mut quoted = false;
+        // Whitespace outside quotes is kept only when more value follows.
+        let mut pending_space = 0usize;
+        loop {
+            let Some(&v) = c.get(i) else {
+                if quoted {
+                    return out;
+                }
+                break;
+            };
+            i += 1;
+            match v {
+                '\n' => {
+                    if quoted {
+                        return out;
+                    }
+                    break;
+                }
+                '\r' if c.get(i) == Some(&'\n') && !quoted => {}
+                ' ' | '\t' if !quoted => pending_space += 1,
+                '#' | ';' if !quoted => {
+                    eol(&mut i);
+                    break;
+                }
+                _ => {
+                    for _ in 0..pending_space {
+                        value.push(' ');
+                    }
+                    pending_space = 0;
+                    match v {
+                        '"' => quoted = !quoted,
+                        '\\' => {
+                            let e = c.get(i).copied();
+                            i += 1;
+                            match e {
+                                Some('\n') => {}
+                                Some('t') => value.push('\t'),
+                                Some('n') => value.push('\n'),
+                                Some('b') => value.push('\u{8}'),
+                                Some('"') => value.push('"'),
+                                Some('\\') => value.push('\\'),
+                                _ => return out,
+                            }
+                        }
+                        other => value.push(other),
                     }
                 }
             }
-            continue;
         }
-        if in_core {
-            if let Some(v) = kv(t, "hookspath") {
-                found = Some(v);
-            }
-        }
+        out.push((full, Some(value)));
     }
-    found
+    out
 }
 
-fn kv(line: &str, key: &str) -> Option<String> {
-    let (k, v) = line.split_once('=')?;
-    if !k.trim().eq_ignore_ascii_case(key) {
-        return None;
+/// Whether a config key names an include: `include.path` or `includeIf.<cond>.path`.
+fn is_include_key(key: &str) -> bool {
+    key == "include.path" || (key.starts_with("includeif.") && key.ends_with(".path"))
+}
+
+/// Parses the `-z` output of `git config --show-scope --show-origin --list`: records
+/// of `scope NUL origin NUL key [LF value] NUL`.
+pub fn parse_git_config_z(out: &[u8]) -> Result<Vec<GitConfigEntry>, String> {
+    let text = String::from_utf8_lossy(out);
+    let mut fields = text.split('\0');
+    let mut entries = Vec::new();
+    loop {
+        let Some(scope) = fields.next() else { break };
+        if scope.is_empty() {
+            // The final NUL leaves one empty field.
+            if fields.next().is_none() {
+                break;
+            }
+            return Err("empty scope in git's answer".into());
+        }
+        let (Some(origin), Some(kv)) = (fields.next(), fields.next()) else {
+            return Err(format!(
+                "truncated record in git's answer after scope {scope:?}"
+            ));
+        };
+        let origin = origin.strip_prefix("file:").map(PathBuf::from);
+        let (key, value) = match kv.split_once('\n') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (kv.to_string(), None),
+        };
+        entries.push(GitConfigEntry {
+            scope: scope.to_string(),
+            origin,
+            key,
+            value,
+        });
     }
-    let v = v
-        .split(['#', ';'])
-        .next()
-        .unwrap_or("")
-        .trim()
-        .trim_matches('"');
-    Some(v.to_string())
+    Ok(entries)
+}
+
+/// What workfence's own parse found in the git configuration (to compare with git's).
+#[derive(Default)]
+struct GitSeen {
+    /// Config files read (canonical), so that each is read once.
+    parsed: Vec<PathBuf>,
+    /// Every include target (canonical parent, literal name).
+    includes: Vec<PathBuf>,
+    /// Every `core.hooksPath` value, verbatim.
+    hooks: Vec<String>,
+    /// The `core.hooksPath` values of the system, global and XDG configs.
+    global_hooks: Option<Vec<String>>,
+    /// Whether the "git not installed" note was added.
+    noted_absent: bool,
 }
 
 struct Builder<'a> {
@@ -212,6 +434,7 @@ struct Builder<'a> {
     home: PathBuf,
     policy: &'a Policy,
     layout: FsLayout,
+    git: GitSeen,
 }
 
 impl Builder<'_> {
@@ -269,12 +492,6 @@ impl Builder<'_> {
         }
     }
 
-    fn protect_if_exists(&mut self, path: PathBuf, reason: &str) {
-        if self.probe.kind(&path).is_some() {
-            self.protect(path, Protection::ReadOnly, false, reason);
-        }
-    }
-
     fn add_root(&mut self, path: PathBuf, kind: RootKind, source: Source) {
         if self.layout.writable.iter().any(|w| w.path == path) {
             return;
@@ -305,18 +522,32 @@ impl Builder<'_> {
             false,
             "per-worktree git config (read when extensions.worktreeConfig is set)",
         );
-        self.protect_if_exists(g.join("commondir"), "points git at another repository");
+        // Absent from an ordinary repository, and the gitdir is writable: created, it
+        // would point host git at a repository (and config) of the command's making.
+        self.protect(
+            g.join("commondir"),
+            Protection::ReadOnly,
+            false,
+            "points git at another repository (and its config)",
+        );
         for wt in self.probe.read_dir(&g.join("worktrees")) {
             let d = g.join("worktrees").join(&wt);
-            self.protect_if_exists(d.join("config"), "git config of a linked worktree");
-            self.protect(
-                d.join("config.worktree"),
-                Protection::ReadOnly,
-                false,
-                "git config of a linked worktree",
-            );
-            self.protect_if_exists(d.join("commondir"), "points git at another repository");
-            self.protect_if_exists(d.join("hooks"), "git hooks of a linked worktree");
+            if self.probe.kind(&d) != Some(FileKind::Dir) {
+                continue;
+            }
+            for (name, as_dir, why) in [
+                ("config", false, "git config of a linked worktree"),
+                ("config.worktree", false, "git config of a linked worktree"),
+                ("commondir", false, "points git at another repository"),
+                ("hooks", true, "git hooks of a linked worktree"),
+            ] {
+                self.protect(d.join(name), Protection::ReadOnly, as_dir, why);
+            }
+            // Read when host git runs in that worktree: its includes and hooksPath
+            // (a relative hooksPath is relative to that worktree, outside our view).
+            let mut hooks = Vec::new();
+            self.scan_config(&d.join("config.worktree"), 0, &mut hooks);
+            self.protect_hooks_paths(&hooks, None);
         }
         // A new submodule gitdir could carry its own config and hooks: `modules` is
         // read-only (and cannot be created); existing module gitdirs stay writable
@@ -342,23 +573,32 @@ impl Builder<'_> {
                 }
             }
         }
-        let config = self
-            .probe
-            .read_to_string(&g.join("config"))
-            .unwrap_or_default();
-        let global = [
-            self.home.join(".gitconfig"),
-            self.home.join(".config/git/config"),
-        ]
-        .iter()
-        .filter_map(|p| self.probe.read_to_string(p))
-        .collect::<Vec<_>>()
-        .join("\n");
-        if let Some(hp) = hooks_path(&config).or_else(|| hooks_path(&global)) {
-            let hp = crate::resolve::expand_home(&self.home, Path::new(&hp));
-            let base = worktree.unwrap_or(g);
-            let abs = crate::resolve::absolutize(base, &hp);
-            let abs = self.canonical_parent(&abs);
+        // Every core.hooksPath that git can read for this gitdir (the last one wins,
+        // but which is last depends on includeIf conditions the command can change,
+        // such as onbranch:): protect every candidate.
+        let mut hooks = self.global_hooks();
+        self.scan_config(&g.join("config"), 0, &mut hooks);
+        self.scan_config(&g.join("config.worktree"), 0, &mut hooks);
+        self.protect_hooks_paths(&hooks, Some(worktree.unwrap_or(g)));
+        // Not protected: info/attributes (and .gitattributes) only name filter, diff
+        // and merge drivers; git runs a driver only when config defines its command
+        // (filter.<name>.clean, diff.<name>.textconv, ...), and config is protected.
+        // Likewise .gitmodules cannot set `submodule.*.update = !cmd` (git honours
+        // that only from config).
+    }
+
+    /// Protects each `core.hooksPath` value that lies in a writable root. A relative
+    /// one is relative to the working tree (`base`); without a base only absolute
+    /// and `~/` values are resolved.
+    fn protect_hooks_paths(&mut self, hooks: &[String], base: Option<&Path>) {
+        for hp in hooks {
+            let hp = crate::resolve::expand_home(&self.home, Path::new(hp));
+            let abs = match base {
+                _ if hp.is_absolute() => hp,
+                Some(b) => crate::resolve::absolutize(b, &hp),
+                None => continue,
+            };
+            let abs = self.lexical_canon(&abs);
             if self.within_writable(&abs) {
                 self.protect(
                     abs,
@@ -370,19 +610,112 @@ impl Builder<'_> {
         }
     }
 
-    /// Canonicalizes the parent of `p` and keeps the last component literal.
-    fn canonical_parent(&self, p: &Path) -> PathBuf {
-        if let Some(c) = self.probe.canonicalize(p) {
-            return c;
+    /// The deepest existing ancestor of `p` canonicalized, the rest kept literal, so
+    /// that the protected name is where git will look even while it does not exist.
+    fn lexical_canon(&self, p: &Path) -> PathBuf {
+        let p = crate::resolve::absolutize(Path::new("/"), p);
+        let mut rest = Vec::new();
+        let mut cur = p.as_path();
+        loop {
+            // Only a missing path keeps its last component literal: an existing
+            // symlink resolves to where git will read.
+            if self.probe.kind(cur).is_some() {
+                if let Some(c) = self.probe.canonicalize(cur) {
+                    let mut out = c;
+                    for r in rest.iter().rev() {
+                        out.push(r);
+                    }
+                    return out;
+                }
+            }
+            match (cur.parent(), cur.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    cur = parent;
+                }
+                _ => return p.clone(),
+            }
         }
-        match (p.parent(), p.file_name()) {
-            (Some(parent), Some(name)) => self
-                .probe
-                .canonicalize(parent)
-                .unwrap_or_else(|| parent.to_path_buf())
-                .join(name),
-            _ => p.to_path_buf(),
+    }
+
+    /// Reads a git config file that git opens as `opened` and, recursively, every
+    /// file it includes (`include.path`, `includeIf.*.path`, whatever the condition:
+    /// conditions such as `onbranch:` change under the command's hands). Protects
+    /// each of them that lies in a writable root, existing or not, and collects the
+    /// `core.hooksPath` values into `hooks`.
+    fn scan_config(&mut self, opened: &Path, depth: u32, hooks: &mut Vec<String>) {
+        let real = self.lexical_canon(opened);
+        // A symlinked config inside a root: both the link and its target matter.
+        let literal = match (opened.parent(), opened.file_name()) {
+            (Some(parent), Some(name)) => self.lexical_canon(parent).join(name),
+            _ => real.clone(),
+        };
+        for p in [&literal, &real] {
+            if self.within_writable(p) {
+                self.protect(
+                    p.clone(),
+                    Protection::ReadOnly,
+                    false,
+                    "git config file (or one it includes): can make host git run commands",
+                );
+            }
         }
+        // Git stops at 10 levels of includes.
+        if depth > 10 || self.git.parsed.contains(&real) {
+            return;
+        }
+        self.git.parsed.push(real);
+        let Some(text) = self.probe.read_to_string(opened) else {
+            return;
+        };
+        for (key, value) in parse_git_config(&text) {
+            let Some(value) = value else { continue };
+            if key == "core.hookspath" {
+                self.git.hooks.push(value.clone());
+                hooks.push(value);
+            } else if is_include_key(&key) {
+                let target = self.include_target(opened, &value);
+                let canon = self.lexical_canon(&target);
+                if !self.git.includes.contains(&canon) {
+                    self.git.includes.push(canon);
+                }
+                self.scan_config(&target, depth + 1, hooks);
+            }
+        }
+    }
+
+    /// Where git looks for an include: `~/` is the home directory, a relative path
+    /// is relative to the directory of the including file as git opened it.
+    fn include_target(&self, including: &Path, value: &str) -> PathBuf {
+        let v = crate::resolve::expand_home(&self.home, Path::new(value));
+        let dir = including.parent().unwrap_or(Path::new("/"));
+        crate::resolve::absolutize(dir, &v)
+    }
+
+    /// The system, global and XDG config files git reads for every repository.
+    fn global_config_files(&self) -> Vec<PathBuf> {
+        let xdg = self
+            .probe
+            .xdg_config_home()
+            .unwrap_or_else(|| self.home.join(".config"));
+        vec![
+            PathBuf::from("/etc/gitconfig"),
+            xdg.join("git/config"),
+            self.home.join(".gitconfig"),
+        ]
+    }
+
+    /// Scans the system, global and XDG configs once; their hooksPath values.
+    fn global_hooks(&mut self) -> Vec<String> {
+        if let Some(h) = &self.git.global_hooks {
+            return h.clone();
+        }
+        let mut hooks = Vec::new();
+        for f in self.global_config_files() {
+            self.scan_config(&f, 0, &mut hooks);
+        }
+        self.git.global_hooks = Some(hooks.clone());
+        hooks
     }
 
     /// Reads a `.git` file (`gitdir: X`) and returns the canonical gitdir.
@@ -479,6 +812,104 @@ impl Builder<'_> {
         }
     }
 
+    /// After every root's repository is handled: the global configs' includes, then
+    /// git's own answer for each root, compared with ours (fail closed).
+    fn finish_git(&mut self, roots: &[PathBuf]) -> Result<(), LayoutError> {
+        self.global_hooks();
+        // Roots added after a file was first read (a gitdir outside the workspace).
+        let known: Vec<PathBuf> = self
+            .git
+            .parsed
+            .iter()
+            .chain(self.git.includes.iter())
+            .cloned()
+            .collect();
+        for p in known {
+            if self.within_writable(&p) {
+                self.protect(
+                    p,
+                    Protection::ReadOnly,
+                    false,
+                    "git config file (or one it includes): can make host git run commands",
+                );
+            }
+        }
+        for root in roots {
+            let Some(answer) = self.probe.git_config_origins(root, &self.home) else {
+                if !self.git.noted_absent {
+                    self.git.noted_absent = true;
+                    self.layout.notes.push("git is not installed (or not on PATH): git metadata is protected from workfence's own reading of the config files, not checked against git".into());
+                }
+                continue;
+            };
+            let entries = answer.map_err(|detail| LayoutError::GitFailed {
+                repo: root.clone(),
+                detail,
+            })?;
+            self.check_git_answer(root, &entries)?;
+        }
+        Ok(())
+    }
+
+    /// Every config file git reports inside a writable root must be protected, and
+    /// every include and hooksPath git reports must be one workfence found.
+    fn check_git_answer(
+        &mut self,
+        root: &Path,
+        entries: &[GitConfigEntry],
+    ) -> Result<(), LayoutError> {
+        // The system config's location is compiled into git ($(prefix)/etc/gitconfig):
+        // read the one git names when it is not /etc/gitconfig.
+        for e in entries.iter().filter(|e| e.scope == "system") {
+            let Some(origin) = &e.origin else { continue };
+            let abs = crate::resolve::absolutize(root, origin);
+            if !self.git.parsed.contains(&self.lexical_canon(&abs)) {
+                let mut hooks = Vec::new();
+                self.scan_config(&abs, 0, &mut hooks);
+                self.protect_hooks_paths(&hooks, Some(root));
+                self.layout.notes.push(format!(
+                    "git reads its system config from {}; read it too",
+                    abs.display()
+                ));
+            }
+        }
+        for e in entries {
+            // Only `-c safe.directory=*` of our own invocation (the environment is
+            // scrubbed, so nothing else comes from the command line).
+            let Some(origin) = &e.origin else { continue };
+            let opened = crate::resolve::absolutize(root, origin);
+            let file = self.lexical_canon(&opened);
+            let guarded = |b: &Self, p: &Path| {
+                b.layout
+                    .protected
+                    .iter()
+                    .any(|x| x.path == p && x.protection == Protection::ReadOnly)
+            };
+            if self.within_writable(&file) && !guarded(self, &file) {
+                return Err(LayoutError::GitDisagrees {
+                    what: "config file".into(),
+                    file,
+                });
+            }
+            let Some(value) = &e.value else { continue };
+            if is_include_key(&e.key) {
+                let target = self.lexical_canon(&self.include_target(&opened, value));
+                if !self.git.includes.contains(&target) {
+                    return Err(LayoutError::GitDisagrees {
+                        what: format!("an include ({} = {value} in {})", e.key, file.display()),
+                        file: target,
+                    });
+                }
+            } else if e.key == "core.hookspath" && !self.git.hooks.contains(value) {
+                return Err(LayoutError::GitDisagrees {
+                    what: format!("core.hooksPath = {value}, set in"),
+                    file,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A workspace below a repository's root: the repository's `.git` is outside.
     fn enclosing_repo(&mut self, root: &Path) {
         let mut cur = root.parent();
@@ -538,6 +969,7 @@ pub fn compute(policy: &Policy, home: &Path, probe: &dyn FsProbe) -> Result<FsLa
             cwd,
             notes: Vec::new(),
         },
+        git: GitSeen::default(),
     };
     if policy.mode == Mode::FullAccess {
         return Ok(b.layout);
@@ -605,6 +1037,9 @@ pub fn compute(policy: &Policy, home: &Path, probe: &dyn FsProbe) -> Result<FsLa
                     ),
                 }
             }
+        }
+        if policy.protected_names.iter().any(|n| n == ".git") {
+            b.finish_git(&roots)?;
         }
     }
 
@@ -698,6 +1133,127 @@ impl FsProbe for StdProbe {
             })
             .unwrap_or_default()
     }
+    fn xdg_config_home(&self) -> Option<PathBuf> {
+        std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|x| !x.is_empty())
+            .map(PathBuf::from)
+    }
+    fn git_config_origins(
+        &self,
+        repo: &Path,
+        home: &Path,
+    ) -> Option<Result<Vec<GitConfigEntry>, String>> {
+        host_git_config(repo, home, self.xdg_config_home().as_deref())
+    }
+}
+
+/// Runs the host's `git config --list` for `repo` (see [`FsProbe::git_config_origins`]).
+///
+/// `git config` reads config files and nothing else: it runs no hooks and does not
+/// touch the index, so `core.fsmonitor` (run by index refreshes) and hooks do not run.
+/// The environment is scrubbed so that the answer is about the files (no
+/// `GIT_DIR`, `GIT_CONFIG_*`, `GIT_CONFIG_NOSYSTEM` from the caller), and
+/// `safe.directory=*` makes git read the repository config of a repository owned by
+/// another user (host git run as that user would).
+fn host_git_config(
+    repo: &Path,
+    home: &Path,
+    xdg: Option<&Path>,
+) -> Option<Result<Vec<GitConfigEntry>, String>> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let mut cmd = Command::new("git");
+    cmd.env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env("HOME", home)
+        .env("LANG", "C")
+        .env("LC_ALL", "C");
+    if let Some(x) = xdg {
+        cmd.env("XDG_CONFIG_HOME", x);
+    }
+    // Git for Windows finds its home and system files through these.
+    #[cfg(windows)]
+    for v in [
+        "SystemRoot",
+        "USERPROFILE",
+        "HOMEDRIVE",
+        "HOMEPATH",
+        "ProgramData",
+    ] {
+        if let Some(val) = std::env::var_os(v) {
+            cmd.env(v, val);
+        }
+    }
+    cmd.arg("-C")
+        .arg(repo)
+        .args([
+            "-c",
+            "safe.directory=*",
+            "config",
+            "--show-origin",
+            "--show-scope",
+        ])
+        .args(["--includes", "--list", "-z"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("cannot start git: {e}"))),
+    };
+    // Read both pipes while waiting, so a large answer cannot block git.
+    let reader = |pipe: Option<Box<dyn Read + Send>>, cap: u64| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(p) = pipe {
+                let _ = p.take(cap).read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        16 << 20,
+    );
+    let err = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        64 << 10,
+    );
+    // A hung git (a config on a dead network filesystem) must not hang every run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Some(Err("git config did not answer within 10 s (killed)".into()));
+            }
+            Err(e) => return Some(Err(format!("waiting for git config: {e}"))),
+        }
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    if !status.success() {
+        return Some(Err(format!(
+            "git config --list exited with {status}: {}",
+            String::from_utf8_lossy(&err).trim()
+        )));
+    }
+    Some(parse_git_config_z(&out))
 }
 
 pub mod memfs {
@@ -711,6 +1267,11 @@ pub mod memfs {
     pub struct MemFs {
         /// The entries.
         pub entries: BTreeMap<PathBuf, (FileKind, String)>,
+        /// `$XDG_CONFIG_HOME`.
+        pub xdg: Option<PathBuf>,
+        /// Git's scripted answer for [`FsProbe::git_config_origins`], for any
+        /// repository; `None`: git is not installed.
+        pub git: Option<Result<Vec<GitConfigEntry>, String>>,
     }
 
     impl MemFs {
@@ -730,6 +1291,19 @@ pub mod memfs {
             let parent = Path::new(p).parent().unwrap().to_str().unwrap().to_string();
             self = self.dir(&parent);
             self.entries.insert(p.into(), (FileKind::File, text.into()));
+            self
+        }
+        /// Scripts git's answer: `(scope, origin file, key, value)` records.
+        pub fn git_answer(mut self, entries: &[(&str, &str, &str, Option<&str>)]) -> Self {
+            self.git = Some(Ok(entries
+                .iter()
+                .map(|(scope, origin, key, value)| GitConfigEntry {
+                    scope: scope.to_string(),
+                    origin: Some(PathBuf::from(origin)),
+                    key: key.to_string(),
+                    value: value.map(str::to_string),
+                })
+                .collect()));
             self
         }
         /// Adds a symlink.
@@ -772,6 +1346,16 @@ pub mod memfs {
                 Some((FileKind::File, t)) => Some(t.clone()),
                 _ => None,
             }
+        }
+        fn xdg_config_home(&self) -> Option<PathBuf> {
+            self.xdg.clone()
+        }
+        fn git_config_origins(
+            &self,
+            _repo: &Path,
+            _home: &Path,
+        ) -> Option<Result<Vec<GitConfigEntry>, String>> {
+            self.git.clone()
         }
         fn read_dir(&self, p: &Path) -> Vec<String> {
             let Some(c) = self.canonicalize(p) else {
