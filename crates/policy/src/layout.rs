@@ -177,6 +177,9 @@ pub enum LayoutError {
         /// The file or path.
         file: PathBuf,
     },
+    /// A git config path names a user workfence cannot find in /etc/passwd.
+    #[error("a git config path ({0}) names a user that /etc/passwd does not list, so workfence cannot tell which file git reads and protect it; refusing to run; write the path out in the git config, or pass --mode full-access")]
+    GitUnresolved(String),
     /// Asking git for its configuration (`git config --list`) failed.
     #[error("asking git for the configuration of {repo} failed ({detail}); fix what git complains about (try `git -C {repo} config --list`), or pass --mode full-access")]
     GitFailed {
@@ -245,9 +248,9 @@ pub fn parse_git_config(text: &str) -> Vec<(String, Option<String>)> {
                 name.push(c[i].to_ascii_lowercase());
                 i += 1;
             }
-            if i < c.len() && c[i] == ' ' {
+            if i < c.len() && (c[i] == ' ' || c[i] == '\t') {
                 // `[section "subsection"]`: subsection is case-sensitive, with escapes.
-                while i < c.len() && c[i] == ' ' {
+                while i < c.len() && (c[i] == ' ' || c[i] == '\t') {
                     i += 1;
                 }
                 if i >= c.len() || c[i] != '"' {
@@ -399,6 +402,11 @@ pub fn parse_git_config_z(out: &[u8]) -> Result<Vec<GitConfigEntry>, String> {
                 "truncated record in git's answer after scope {scope:?}"
             ));
         };
+        if kv.is_empty() {
+            return Err(format!(
+                "truncated record in git's answer after scope {scope:?}"
+            ));
+        }
         let origin = origin.strip_prefix("file:").map(PathBuf::from);
         let (key, value) = match kv.split_once('\n') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -425,6 +433,8 @@ struct GitSeen {
     hooks: Vec<String>,
     /// The `core.hooksPath` values of the system, global and XDG configs.
     global_hooks: Option<Vec<String>>,
+    /// `~user/` values that could not be expanded.
+    unresolved: Vec<String>,
     /// Whether the "git not installed" note was added.
     noted_absent: bool,
 }
@@ -592,7 +602,9 @@ impl Builder<'_> {
     /// and `~/` values are resolved.
     fn protect_hooks_paths(&mut self, hooks: &[String], base: Option<&Path>) {
         for hp in hooks {
-            let hp = crate::resolve::expand_home(&self.home, Path::new(hp));
+            let Some(hp) = self.expand_tilde(hp) else {
+                continue;
+            };
             let abs = match base {
                 _ if hp.is_absolute() => hp,
                 Some(b) => crate::resolve::absolutize(b, &hp),
@@ -686,10 +698,42 @@ impl Builder<'_> {
 
     /// Where git looks for an include: `~/` is the home directory, a relative path
     /// is relative to the directory of the including file as git opened it.
-    fn include_target(&self, including: &Path, value: &str) -> PathBuf {
-        let v = crate::resolve::expand_home(&self.home, Path::new(value));
+    fn include_target(&mut self, including: &Path, value: &str) -> PathBuf {
         let dir = including.parent().unwrap_or(Path::new("/"));
+        let Some(v) = self.expand_tilde(value) else {
+            // Unresolvable here; kept literal so that the error names it.
+            return crate::resolve::absolutize(dir, Path::new(value));
+        };
         crate::resolve::absolutize(dir, &v)
+    }
+
+    /// Git's expansion of a path value: `~/` is the home directory and `~user/` that
+    /// user's home (git asks getpwnam; this reads /etc/passwd). A `~user/` that
+    /// /etc/passwd does not name (a directory service) is recorded as unresolved,
+    /// which refuses the layout: where git would look is unknown.
+    fn expand_tilde(&mut self, value: &str) -> Option<PathBuf> {
+        let Some(rest) = value.strip_prefix('~') else {
+            return Some(PathBuf::from(value));
+        };
+        let (user, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        if user.is_empty() {
+            return Some(self.home.join(tail));
+        }
+        let passwd = self
+            .probe
+            .read_to_string(Path::new("/etc/passwd"))
+            .unwrap_or_default();
+        let home = passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 6 && f[0] == user).then(|| PathBuf::from(f[5]))
+        });
+        match home {
+            Some(h) => Some(h.join(tail)),
+            None => {
+                self.git.unresolved.push(value.to_string());
+                None
+            }
+        }
     }
 
     /// The system, global and XDG config files git reads for every repository.
@@ -816,6 +860,9 @@ impl Builder<'_> {
     /// git's own answer for each root, compared with ours (fail closed).
     fn finish_git(&mut self, roots: &[PathBuf]) -> Result<(), LayoutError> {
         self.global_hooks();
+        if let Some(v) = self.git.unresolved.first() {
+            return Err(LayoutError::GitUnresolved(v.clone()));
+        }
         // Roots added after a file was first read (a gitdir outside the workspace).
         let known: Vec<PathBuf> = self
             .git
@@ -847,6 +894,9 @@ impl Builder<'_> {
                 detail,
             })?;
             self.check_git_answer(root, &entries)?;
+        }
+        if let Some(v) = self.git.unresolved.first() {
+            return Err(LayoutError::GitUnresolved(v.clone()));
         }
         Ok(())
     }
@@ -893,7 +943,8 @@ impl Builder<'_> {
             }
             let Some(value) = &e.value else { continue };
             if is_include_key(&e.key) {
-                let target = self.lexical_canon(&self.include_target(&opened, value));
+                let target = self.include_target(&opened, value);
+                let target = self.lexical_canon(&target);
                 if !self.git.includes.contains(&target) {
                     return Err(LayoutError::GitDisagrees {
                         what: format!("an include ({} = {value} in {})", e.key, file.display()),
@@ -1528,6 +1579,387 @@ mod tests {
         p.mode = Mode::ReadOnly;
         let l = compute(&p, Path::new("/home/u"), &fs).unwrap();
         assert!(l.writable.is_empty() && l.protected.is_empty());
+    }
+
+    fn has(l: &FsLayout, line: &str) -> bool {
+        paths(l).iter().any(|p| p == line)
+    }
+
+    /// The issue's attack: `.git/commondir` does not exist in an ordinary repository.
+    #[test]
+    fn missing_commondir_and_configs_are_protected() {
+        let fs = FakeFs::default()
+            .dir("/home/u/p/.git/objects")
+            .file("/home/u/p/.git/config", "[core]\n\tbare = false\n");
+        let l = compute(&policy("/home/u/p"), Path::new("/home/u"), &fs).unwrap();
+        let got = paths(&l);
+        for line in [
+            "/home/u/p/.git/commondir ReadOnly missing",
+            "/home/u/p/.git/config ReadOnly present",
+            "/home/u/p/.git/config.worktree ReadOnly missing",
+            "/home/u/p/.git/hooks ReadOnly missing",
+        ] {
+            assert!(got.contains(&line.to_string()), "{line} not in {got:#?}");
+        }
+        let c = l
+            .protected
+            .iter()
+            .find(|p| p.path == Path::new("/home/u/p/.git/commondir"))
+            .unwrap();
+        assert!(!c.missing_as_dir);
+        assert!(l.notes.iter().any(|n| n.contains("git is not installed")));
+    }
+
+    #[test]
+    fn linked_worktree_protects_both_sets() {
+        let fs = FakeFs::default()
+            .file(
+                "/home/u/wt/.git",
+                "gitdir: /home/u/main/.git/worktrees/wt\n",
+            )
+            .file("/home/u/main/.git/worktrees/wt/commondir", "../..\n")
+            .file(
+                "/home/u/main/.git/worktrees/wt/config.worktree",
+                "[include]\n\tpath = ../../../wt-inc\n",
+            )
+            .dir("/home/u/main/.git/worktrees/other")
+            .file("/home/u/main/.git/config", "");
+        let l = compute(&policy("/home/u/wt"), Path::new("/home/u"), &fs).unwrap();
+        for line in [
+            // The linked worktree's gitdir.
+            "/home/u/main/.git/worktrees/wt/commondir ReadOnly present",
+            "/home/u/main/.git/worktrees/wt/config ReadOnly missing",
+            "/home/u/main/.git/worktrees/wt/config.worktree ReadOnly present",
+            "/home/u/main/.git/worktrees/wt/hooks ReadOnly missing",
+            // The commondir's own set.
+            "/home/u/main/.git/commondir ReadOnly missing",
+            "/home/u/main/.git/config ReadOnly present",
+            "/home/u/main/.git/config.worktree ReadOnly missing",
+            "/home/u/main/.git/hooks ReadOnly missing",
+            // Another linked worktree's gitdir.
+            "/home/u/main/.git/worktrees/other/commondir ReadOnly missing",
+            "/home/u/main/.git/worktrees/other/config.worktree ReadOnly missing",
+            "/home/u/main/.git/worktrees/other/hooks ReadOnly missing",
+        ] {
+            assert!(has(&l, line), "{line} not in {:#?}", paths(&l));
+        }
+        // The include lies in /home/u/main (not writable): nothing to protect.
+        assert!(!paths(&l).iter().any(|p| p.contains("wt-inc")));
+    }
+
+    #[test]
+    fn module_gitdirs_get_the_same_set() {
+        let fs = FakeFs::default()
+            .file("/home/u/p/.git/config", "")
+            .file("/home/u/p/.git/modules/sub/config", "");
+        let l = compute(&policy("/home/u/p"), Path::new("/home/u"), &fs).unwrap();
+        for line in [
+            "/home/u/p/.git/modules/sub/commondir ReadOnly missing",
+            "/home/u/p/.git/modules/sub/config ReadOnly present",
+            "/home/u/p/.git/modules/sub/config.worktree ReadOnly missing",
+            "/home/u/p/.git/modules/sub/hooks ReadOnly missing",
+        ] {
+            assert!(has(&l, line), "{line} not in {:#?}", paths(&l));
+        }
+    }
+
+    #[test]
+    fn global_includes_into_the_workspace() {
+        let fs = FakeFs::default()
+            .dir("/home/u/p/.git")
+            .file(
+                "/home/u/.gitconfig",
+                "[include]\n\tpath = /home/u/p/team.cfg\n\tpath = ~/p/missing.cfg\n\
+                 [includeIf \"gitdir:~/p/\"]\n\tpath = p/cond.cfg\n",
+            )
+            .file("/home/u/p/team.cfg", "[include]\n\tpath = sub/more.cfg\n")
+            .file(
+                "/home/u/.config/git/config",
+                "[includeIf \"onbranch:main\"]\n\tpath = ../../p/xdg.cfg\n",
+            )
+            .file("/etc/gitconfig", "[include]\n\tpath = /home/u/p/sys.cfg\n");
+        let l = compute(&policy("/home/u/p"), Path::new("/home/u"), &fs).unwrap();
+        for line in [
+            "/home/u/p/team.cfg ReadOnly present",
+            "/home/u/p/missing.cfg ReadOnly missing",
+            // includeIf, whatever the condition; relative to the including file.
+            "/home/u/p/cond.cfg ReadOnly missing",
+            // Include of an include, relative to the included file.
+            "/home/u/p/sub/more.cfg ReadOnly missing",
+            "/home/u/p/sub Pinned missing",
+            "/home/u/p/xdg.cfg ReadOnly missing",
+            "/home/u/p/sys.cfg ReadOnly missing",
+        ] {
+            assert!(has(&l, line), "{line} not in {:#?}", paths(&l));
+        }
+        let inc = l
+            .protected
+            .iter()
+            .find(|p| p.path == Path::new("/home/u/p/missing.cfg"))
+            .unwrap();
+        assert!(!inc.missing_as_dir);
+        // The global files themselves are outside every writable root.
+        assert!(!paths(&l)
+            .iter()
+            .any(|p| p.starts_with("/home/u/.gitconfig")));
+    }
+
+    #[test]
+    fn xdg_config_home_and_config_files_in_a_writable_root() {
+        let mut fs = FakeFs::default()
+            .dir("/home/u/p/.git")
+            .dir("/home/u/cfg")
+            .file(
+                "/home/u/cfg/git/config",
+                "[include]\n\tpath = ../../p/x.cfg\n",
+            );
+        fs.xdg = Some("/home/u/cfg".into());
+        let mut pol = policy("/home/u/p");
+        pol.allow_write.push(SourcedPath {
+            path: "/home/u/cfg".into(),
+            source: Source::Cli,
+        });
+        let l = compute(&pol, Path::new("/home/u"), &fs).unwrap();
+        assert!(
+            has(&l, "/home/u/p/x.cfg ReadOnly missing"),
+            "{:#?}",
+            paths(&l)
+        );
+        // The XDG config itself lies in a writable root.
+        assert!(has(&l, "/home/u/cfg/git/config ReadOnly present"));
+        assert!(!has(&l, "/home/u/.config/git/config ReadOnly missing"));
+    }
+
+    #[test]
+    fn symlinked_include_protects_link_and_target() {
+        let fs = FakeFs::default()
+            .dir("/home/u/p/.git")
+            .file(
+                "/home/u/.gitconfig",
+                "[include]\n\tpath = /home/u/p/link.cfg\n",
+            )
+            .file("/home/u/p/real.cfg", "")
+            .link("/home/u/p/link.cfg", "real.cfg");
+        let l = compute(&policy("/home/u/p"), Path::new("/home/u"), &fs).unwrap();
+        assert!(
+            has(&l, "/home/u/p/link.cfg ReadOnly present"),
+            "{:#?}",
+            paths(&l)
+        );
+        assert!(has(&l, "/home/u/p/real.cfg ReadOnly present"));
+    }
+
+    #[test]
+    fn hooks_path_relative_absolute_home_and_included() {
+        let fs = FakeFs::default()
+            .file(
+                "/home/u/p/.git/config",
+                "[core]\n\thooksPath = rel/hooks\n[include]\n\tpath = ../inc.cfg\n",
+            )
+            .file("/home/u/p/inc.cfg", "[core]\n\thooksPath = /home/u/p/abs\n")
+            .file(
+                "/home/u/.gitconfig",
+                "[core]\n\thooksPath = ~/p/home-hooks\n",
+            )
+            .file(
+                "/home/u/.config/git/config",
+                "[core]\n\thooksPath = /elsewhere\n",
+            );
+        let l = compute(&policy("/home/u/p"), Path::new("/home/u"), &fs).unwrap();
+        for line in [
+            "/home/u/p/rel/hooks ReadOnly missing",
+            "/home/u/p/abs ReadOnly missing",
+            "/home/u/p/home-hooks ReadOnly missing",
+            "/home/u/p/inc.cfg ReadOnly present",
+        ] {
+            assert!(has(&l, line), "{line} not in {:#?}", paths(&l));
+        }
+        let hooks = l
+            .protected
+            .iter()
+            .find(|p| p.path == Path::new("/home/u/p/rel/hooks"))
+            .unwrap();
+        assert!(hooks.missing_as_dir);
+        assert!(!paths(&l).iter().any(|p| p.starts_with("/elsewhere")));
+    }
+
+    fn repo_with_include() -> FakeFs {
+        FakeFs::default()
+            .file(
+                "/home/u/p/.git/config",
+                "[core]\n\thooksPath = .husky\n[include]\n\tpath = ../inc.cfg\n",
+            )
+            .file("/home/u/p/inc.cfg", "[user]\n\tname = x\n")
+    }
+
+    #[test]
+    fn git_agrees() {
+        let fs = repo_with_include().git_answer(&[
+            ("global", "/home/u/.gitconfig", "user.email", Some("a@b")),
+            ("local", ".git/config", "core.hookspath", Some(".husky")),
+            ("local", ".git/config", "include.path", Some("../inc.cfg")),
+            ("local", ".git/../inc.cfg", "user.name", Some("x")),
+            ("local", ".git/config", "core.bare", None),
+        ]);
+        let l = compute(&policy("/home/u/p"), Path::new("/home/u"), &fs).unwrap();
+        assert!(has(&l, "/home/u/p/inc.cfg ReadOnly present"));
+        assert!(!l.notes.iter().any(|n| n.contains("git is not installed")));
+    }
+
+    #[test]
+    fn git_disagrees_fails_closed() {
+        let pol = policy("/home/u/p");
+        let home = Path::new("/home/u");
+        // A config file inside the workspace that our parse never reached.
+        let fs = repo_with_include().git_answer(&[(
+            "local",
+            "/home/u/p/unknown.cfg",
+            "core.fsmonitor",
+            Some("touch /tmp/x"),
+        )]);
+        let e = compute(&pol, home, &fs).unwrap_err();
+        assert_eq!(
+            e,
+            LayoutError::GitDisagrees {
+                what: "config file".into(),
+                file: "/home/u/p/unknown.cfg".into()
+            }
+        );
+        assert!(e.to_string().contains("refusing to run"), "{e}");
+        // An include our parse did not see (target outside the workspace).
+        let fs = repo_with_include().git_answer(&[(
+            "global",
+            "/home/u/.gitconfig",
+            "include.path",
+            Some("/opt/x.cfg"),
+        )]);
+        assert!(matches!(
+            compute(&pol, home, &fs),
+            Err(LayoutError::GitDisagrees { file, .. }) if file == Path::new("/opt/x.cfg")
+        ));
+        // A hooksPath our parse did not see.
+        let fs = repo_with_include().git_answer(&[(
+            "global",
+            "/home/u/.gitconfig",
+            "core.hookspath",
+            Some("elsewhere"),
+        )]);
+        assert!(matches!(
+            compute(&pol, home, &fs),
+            Err(LayoutError::GitDisagrees { .. })
+        ));
+        // Git ran and failed.
+        let mut fs = repo_with_include();
+        fs.git = Some(Err("fatal: bad config line 1".into()));
+        let e = compute(&pol, home, &fs).unwrap_err();
+        assert!(matches!(e, LayoutError::GitFailed { .. }));
+        assert!(e.to_string().contains("bad config line 1"), "{e}");
+    }
+
+    #[test]
+    fn system_config_at_a_prefix_is_read() {
+        let fs = FakeFs::default()
+            .dir("/home/u/p/.git")
+            .file(
+                "/usr/local/etc/gitconfig",
+                "[include]\n\tpath = /home/u/p/s.cfg\n",
+            )
+            .git_answer(&[(
+                "system",
+                "/usr/local/etc/gitconfig",
+                "include.path",
+                Some("/home/u/p/s.cfg"),
+            )]);
+        let l = compute(&policy("/home/u/p"), Path::new("/home/u"), &fs).unwrap();
+        assert!(
+            has(&l, "/home/u/p/s.cfg ReadOnly missing"),
+            "{:#?}",
+            paths(&l)
+        );
+    }
+
+    #[test]
+    fn tilde_user_paths() {
+        let fs = FakeFs::default()
+            .dir("/home/u/p/.git")
+            .file(
+                "/etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\nbob:x:1:1::/home/u/p/bob:/bin/sh\n",
+            )
+            .file(
+                "/home/u/.gitconfig",
+                "[include]\n\tpath = ~bob/inc.cfg\n[core]\n\thooksPath = ~bob/hk\n",
+            );
+        let l = compute(&policy("/home/u/p"), Path::new("/home/u"), &fs).unwrap();
+        assert!(
+            has(&l, "/home/u/p/bob/inc.cfg ReadOnly missing"),
+            "{:#?}",
+            paths(&l)
+        );
+        assert!(has(&l, "/home/u/p/bob/hk ReadOnly missing"));
+        let fs = FakeFs::default()
+            .dir("/home/u/p/.git")
+            .file("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")
+            .file(
+                "/home/u/.gitconfig",
+                "[include]\n\tpath = ~ldapuser/inc.cfg\n",
+            );
+        assert_eq!(
+            compute(&policy("/home/u/p"), Path::new("/home/u"), &fs),
+            Err(LayoutError::GitUnresolved("~ldapuser/inc.cfg".into()))
+        );
+    }
+
+    #[test]
+    fn no_repository_still_follows_global_includes() {
+        let fs = FakeFs::default()
+            .dir("/home/u/p")
+            .file("/home/u/.gitconfig", "[include]\n\tpath = ~/p/g.cfg\n");
+        let l = compute(&policy("/home/u/p"), Path::new("/home/u"), &fs).unwrap();
+        assert!(
+            has(&l, "/home/u/p/g.cfg ReadOnly missing"),
+            "{:#?}",
+            paths(&l)
+        );
+    }
+
+    #[test]
+    fn config_parser() {
+        let text = "# c\n[core]\n\thooksPath = \"a b\" # x\n\tFSMonitor\n\
+                    [includeIf \"gitdir:~/W/\"] path = x\\\n y\n\
+                    [Section.Sub]\nk = v ; c\n[includeIf\t\"x\"]path=t\n[s \"q\\\"\"]\nk=\"a\\tb\\\\\" \n\
+                    bad line\n[core]\nhooksPath = never\n";
+        assert_eq!(
+            parse_git_config(text),
+            [
+                ("core.hookspath".to_string(), Some("a b".to_string())),
+                ("core.fsmonitor".to_string(), None),
+                (
+                    "includeif.gitdir:~/W/.path".to_string(),
+                    Some("x y".to_string())
+                ),
+                ("section.sub.k".to_string(), Some("v".to_string())),
+                ("includeif.x.path".to_string(), Some("t".to_string())),
+                ("s.q\".k".to_string(), Some("a\tb\\".to_string())),
+            ]
+        );
+        assert!(is_include_key("includeif.gitdir:~/W/.path"));
+        assert!(is_include_key("include.path"));
+        assert!(!is_include_key("include.other"));
+    }
+
+    #[test]
+    fn z_parser() {
+        let out = b"global\0file:/h/.gitconfig\0user.name\nA B\0local\0file:.git/config\0x.flag\0command\0command line:\0safe.directory\n*\0";
+        let e = parse_git_config_z(out).unwrap();
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0].origin.as_deref(), Some(Path::new("/h/.gitconfig")));
+        assert_eq!(e[0].value.as_deref(), Some("A B"));
+        assert_eq!(e[1].key, "x.flag");
+        assert_eq!(e[1].value, None);
+        assert_eq!(e[2].origin, None);
+        assert!(parse_git_config_z(b"global\0file:/x\0").is_err());
+        assert_eq!(parse_git_config_z(b"").unwrap(), []);
     }
 
     #[test]
