@@ -388,8 +388,7 @@ pub fn parse_git_config_z(out: &[u8]) -> Result<Vec<GitConfigEntry>, String> {
     let text = String::from_utf8_lossy(out);
     let mut fields = text.split('\0');
     let mut entries = Vec::new();
-    loop {
-        let Some(scope) = fields.next() else { break };
+    while let Some(scope) = fields.next() {
         if scope.is_empty() {
             // The final NUL leaves one empty field.
             if fields.next().is_none() {
@@ -538,7 +537,7 @@ impl Builder<'_> {
             g.join("commondir"),
             Protection::ReadOnly,
             false,
-            "points git at another repository (and its config)",
+            "points git at another repository",
         );
         for wt in self.probe.read_dir(&g.join("worktrees")) {
             let d = g.join("worktrees").join(&wt);
