@@ -1877,6 +1877,35 @@ mod tests {
         );
     }
 
+    /// A dotfiles repository as the workspace: ~/.gitconfig links into it. Git
+    /// resolves relative includes from the link's directory, not the target's.
+    #[test]
+    fn global_config_symlinked_into_the_workspace() {
+        let fs = FakeFs::default()
+            .dir("/home/u/dots/.git")
+            .file(
+                "/home/u/dots/gitconfig",
+                "[include]\n\tpath = dots/extra.cfg\n",
+            )
+            .link("/home/u/.gitconfig", "dots/gitconfig")
+            .git_answer(&[
+                (
+                    "global",
+                    "/home/u/.gitconfig",
+                    "include.path",
+                    Some("dots/extra.cfg"),
+                ),
+                ("global", "/home/u/.gitconfig", "user.name", Some("n")),
+            ]);
+        let l = compute(&policy("/home/u/dots"), Path::new("/home/u"), &fs).unwrap();
+        assert!(
+            has(&l, "/home/u/dots/gitconfig ReadOnly present"),
+            "{:#?}",
+            paths(&l)
+        );
+        assert!(has(&l, "/home/u/dots/extra.cfg ReadOnly missing"));
+    }
+
     #[test]
     fn tilde_user_paths() {
         let fs = FakeFs::default()
