@@ -68,6 +68,10 @@ enum GitState {
 
 const GIT_ROOT_NAMES: &[&[u8]] = &[b"config", b"config.worktree", b"commondir", b"hooks"];
 
+/// Directories at the top of a git directory that hold other git directories: a
+/// symlink or file in their place would redirect those.
+const GIT_CONTAINERS: &[&[u8]] = &[b"worktrees", b"modules"];
+
 fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     path.split(|b| *b == b'/')
         .filter(|c| !c.is_empty() && *c != b".")
@@ -138,6 +142,16 @@ impl WriteGuard {
         if within(&self.exact) && !within(&self.writable_within) {
             return Some("protected path: runs code on the host later");
         }
+        // A file or symlink where a protected path needs a directory (`a` for a
+        // protected `a/b/x.cfg`) would send host git to another file.
+        if kind == Kind::NonDir
+            && self
+                .exact
+                .iter()
+                .any(|e| at_or_below(e.as_os_str().as_encoded_bytes(), path))
+        {
+            return Some("a non-directory here would redirect a protected path below it");
+        }
         if !self.git_names {
             return None;
         }
@@ -149,6 +163,11 @@ impl WriteGuard {
             GitState::Hooks => Some("git hooks run on the host"),
             GitState::Root | GitState::Modules if GIT_ROOT_NAMES.contains(&name) => {
                 Some("git config, hooks and commondir make host git run code")
+            }
+            GitState::Root | GitState::Modules
+                if kind == Kind::NonDir && GIT_CONTAINERS.contains(&name) =>
+            {
+                Some("a non-directory here would redirect the git directories below it")
             }
             _ => None,
         }
@@ -203,6 +222,9 @@ mod tests {
         assert!(refused("/w/.mcp.json", Kind::NonDir));
         assert!(refused("/w/.husky/_/pre-commit", Kind::NonDir));
         assert!(!refused("/w/.husky", Kind::Dir));
+        assert!(refused("/w/.husky", Kind::NonDir));
+        assert!(refused("/w/.git/worktrees", Kind::NonDir));
+        assert!(!refused("/w/.git/worktrees", Kind::Dir));
         assert!(!refused("/w/.codexx", Kind::Dir));
         assert!(!refused("/w/src/.codex", Kind::Dir));
         assert!(refused("/w/.git/modules/new", Kind::Dir));
