@@ -997,3 +997,35 @@ fn work_env_keep_token_shaped_value() {
     );
     work_passed("env-keep-token-shaped-value");
 }
+
+/// A unix datagram socket connected to a peer inside the sandbox sends with
+/// sendmsg (the broker sends it from a copy, to the connected peer only), and one
+/// carrying fds in control data is refused.
+#[test]
+fn work_connected_unix_datagram_sendmsg() {
+    let mut sc = Scenario::new("work-dgram");
+    let o = sandboxed(
+        &mut sc,
+        r#"set -e
+cat > d.py <<'EOF'
+import os, socket, array
+a, b = "/tmp/wf-dgram-a", "/tmp/wf-dgram-b"
+r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); r.bind(a)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(b); s.connect(a)
+n = s.sendmsg([b"hello ", b"dgram"])
+print("SENT", n, r.recv(64).decode())
+try:
+    s.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0]))])
+    print("FDS sent")
+except OSError as e:
+    print("FDS refused", e.errno)
+EOF
+"$PY" d.py
+"#,
+        &[],
+    );
+    assert_ok(&o, "connected datagram sendmsg");
+    assert!(o.stdout.contains("SENT 11 hello dgram"), "{}", o.show());
+    assert!(o.stdout.contains("FDS refused"), "{}", o.show());
+    work_passed("connected-unix-datagram-sendmsg");
+}
