@@ -1257,15 +1257,18 @@ fn host_git_config(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => return Some(Err(format!("cannot start git: {e}"))),
     };
-    // Read both pipes while waiting, so a large answer cannot block git.
+    // Read both pipes while waiting, so a large answer cannot block git. Each reader
+    // reports at EOF (git exited or closed them): no polling delay on the hot path.
     let reader = |pipe: Option<Box<dyn Read + Send>>, cap: u64| {
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             if let Some(p) = pipe {
                 let _ = p.take(cap).read_to_end(&mut buf);
             }
-            buf
-        })
+            let _ = tx.send(buf);
+        });
+        rx
     };
     let out = reader(
         child
@@ -1283,20 +1286,16 @@ fn host_git_config(
     );
     // A hung git (a config on a dead network filesystem) must not hang every run.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Some(Err("git config did not answer within 10 s (killed)".into()));
-            }
-            Err(e) => return Some(Err(format!("waiting for git config: {e}"))),
-        }
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let (Ok(out), Ok(err)) = (out.recv_timeout(left()), err.recv_timeout(left())) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Some(Err("git config did not answer within 10 s (killed)".into()));
     };
-    let out = out.join().unwrap_or_default();
-    let err = err.join().unwrap_or_default();
+    let status = match child.wait() {
+        Ok(st) => st,
+        Err(e) => return Some(Err(format!("waiting for git config: {e}"))),
+    };
     if !status.success() {
         return Some(Err(format!(
             "git config --list exited with {status}: {}",
