@@ -190,30 +190,6 @@ pub enum LayoutError {
     },
 }
 
-fn glob_match(pat: &str, name: &str) -> bool {
-    // `*` matches any run of characters; nothing else is special.
-    let parts: Vec<&str> = pat.split('*').collect();
-    if parts.len() == 1 {
-        return pat == name;
-    }
-    let mut rest = name;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.len() >= part.len() && rest.ends_with(part);
-        } else if let Some(pos) = rest.find(part) {
-            rest = &rest[pos + part.len()..];
-        } else {
-            return false;
-        }
-    }
-    true
-}
-
 /// Parses git config text into `(key, value)` pairs in file order, the way git's
 /// own parser (config.c) reads it: `[section]`, `[section "sub"]` and the old
 /// `[section.sub]` headers, keys after a header on the same line, quoted values with
@@ -1103,7 +1079,7 @@ pub fn compute(policy: &Policy, home: &Path, probe: &dyn FsProbe) -> Result<FsLa
                     probe
                         .read_dir(parent)
                         .into_iter()
-                        .filter(|n| glob_match(&name, n))
+                        .filter(|n| crate::secrets::glob_match(&name, n))
                         .map(|n| parent.join(n))
                         .collect()
                 }
@@ -1991,10 +1967,13 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match("credentials*", "credentials.toml"));
-        assert!(glob_match("*.pem", "a.pem"));
-        assert!(glob_match("a*b*c", "aXXbYYc"));
-        assert!(!glob_match("a*b", "ac"));
-        assert!(!glob_match("x", "y"));
+        assert!(crate::secrets::glob_match(
+            "credentials*",
+            "credentials.toml"
+        ));
+        assert!(crate::secrets::glob_match("*.pem", "a.pem"));
+        assert!(crate::secrets::glob_match("a*b*c", "aXXbYYc"));
+        assert!(!crate::secrets::glob_match("a*b", "ac"));
+        assert!(!crate::secrets::glob_match("x", "y"));
     }
 }
