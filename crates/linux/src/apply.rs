@@ -807,11 +807,7 @@ fn install_errno_filters(prep: &Prepared, err: RawFd) {
 fn install_brokered_filters(plan: &LinuxPlan, prep: &Prepared, err: RawFd) {
     // The broker finds callers' cwd, umask and thread group under /proc/PID: that
     // procfs must be this pid namespace's (a container may show the host's).
-    let pid = std::process::id().to_string();
-    if std::fs::read_link("/proc/self")
-        .map(|l| l.as_os_str() != pid.as_str())
-        .unwrap_or(true)
-    {
+    if !crate::probe::procfs_is_ours() {
         die(
             err,
             EXIT_SETUP,

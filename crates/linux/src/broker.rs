@@ -22,9 +22,9 @@
 //! holds one thread, never the others); the pool grows when every thread is busy.
 //! Signals and reaping are not here at all: they stay with the supervisor.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -205,7 +205,7 @@ impl Shared {
                         allow,
                         private_net: self.rules.private_net,
                     }
-                    .decide(self.listener.as_raw_fd(), n, &c),
+                    .decide(self.listener.as_raw_fd(), n, &fs),
                     None => Answer::Continue,
                 }
             }
@@ -743,7 +743,8 @@ struct UnixGate<'a> {
 }
 
 impl UnixGate<'_> {
-    fn decide(&self, listener: RawFd, n: &sys::Notif, c: &Caller) -> Answer {
+    fn decide(&self, listener: RawFd, n: &sys::Notif, fs: &Fs<'_>) -> Answer {
+        let c = fs.c;
         let Ok(pidfd) = c.pidfd() else {
             return Answer::Errno(libc::ESRCH);
         };
@@ -798,7 +799,7 @@ impl UnixGate<'_> {
             name.to_vec()
         } else {
             let path: Vec<u8> = name.iter().take_while(|b| **b != 0).copied().collect();
-            match self.resolve(c.tid, &path) {
+            match self.resolve(fs, &path) {
                 Ok(fd) => {
                     let via = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
                     _pinned = Some(fd);
@@ -855,24 +856,16 @@ impl UnixGate<'_> {
 
     /// Opens the socket a path names, as the caller would (relative to its cwd,
     /// following symlinks), and checks where it really lives.
-    fn resolve(&self, tid: libc::pid_t, path: &[u8]) -> Result<OwnedFd, i32> {
-        let c_path = CString::new(path.to_vec()).map_err(|_| libc::EINVAL)?;
-        let fd = if path.first() == Some(&b'/') {
-            sys::open_path_at(libc::AT_FDCWD, &c_path).map_err(ioerr)?
-        } else {
-            let cwd = CString::new(format!("/proc/{tid}/cwd")).map_err(|_| libc::EINVAL)?;
-            let cwd = sys::open_path_at(libc::AT_FDCWD, &cwd).map_err(ioerr)?;
-            sys::open_path_at(cwd.as_raw_fd(), &c_path).map_err(ioerr)?
-        };
-        let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        use std::os::unix::fs::FileTypeExt;
-        if !std::fs::metadata(&link)
-            .map(|m| m.file_type().is_socket())
-            .unwrap_or(false)
-        {
+    fn resolve(&self, fs: &Fs<'_>, path: &[u8]) -> Result<OwnedFd, i32> {
+        let base = fs.base(libc::AT_FDCWD, path)?;
+        let fd = rustix::fs::openat(&base, path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map_err(errno)?;
+        let is_socket = rustix::fs::fstat(&fd)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Socket);
+        if !is_socket {
             return Err(libc::ECONNREFUSED);
         }
-        let real = std::fs::read_link(&link).map_err(ioerr)?;
+        let real = PathBuf::from(std::ffi::OsString::from_vec(fd_path(fd.as_fd())?));
         if self.allow.iter().any(|a| real.starts_with(a)) {
             Ok(fd)
         } else {

@@ -86,6 +86,13 @@ fn cgroups() -> (Option<PathBuf>, Option<PathBuf>) {
     (None, None)
 }
 
+/// Whether `/proc` is the procfs of this process's pid namespace (a container may
+/// show the host's): the broker finds its callers there.
+pub fn procfs_is_ours() -> bool {
+    std::fs::read_link("/proc/self")
+        .is_ok_and(|l| l.as_os_str() == std::process::id().to_string().as_str())
+}
+
 fn list(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -180,8 +187,6 @@ pub fn facts_for(
         v2_cgroup,
         degraded_tmp: std::env::temp_dir()
             .join(format!("workfence-{uid}-{}-{nanos:x}", std::process::id())),
-        foreign_procfs: std::fs::read_link("/proc/self")
-            .map(|l| l.as_os_str() != std::process::id().to_string().as_str())
-            .unwrap_or(true),
+        foreign_procfs: !procfs_is_ours(),
     }
 }

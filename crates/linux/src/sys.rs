@@ -1037,14 +1037,6 @@ pub fn sendto_unix(fd: RawFd, buf: &[u8], flags: libc::c_int, path: &[u8]) -> Re
     }
 }
 
-/// `openat(dirfd, path, O_PATH | O_CLOEXEC)`, following symlinks like a socket connect does.
-pub fn open_path_at(dir: RawFd, path: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: path is a valid C string.
-    let fd = cvt(unsafe { libc::openat(dir, path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) })?;
-    // SAFETY: fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// `SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SEND`: installs a copy of
 /// `fd` in the notifying process (lowest free number, like open) and, atomically,
 /// answers the notification with that number as the syscall's return value.
