@@ -1122,6 +1122,15 @@ fn build_root(plan: &LinuxPlan, cwd: &CString) -> io::Result<()> {
                 )?;
                 // No nested user namespaces (a second layer besides seccomp).
                 let _ = std::fs::write(p.join("sys/user/max_user_namespaces"), "0");
+                if let Some(m) = plan.pid_max {
+                    // The task cap of the plan (fail closed): only this pid namespace's
+                    // init, which holds CAP_SYS_ADMIN over it, may set it, and nothing
+                    // else runs in the namespace yet. `/proc/sys` is made read-only next.
+                    ctx(
+                        || format!("setting kernel.pid_max {m} of the sandbox's pid namespace"),
+                        std::fs::write(p.join("sys/kernel/pid_max"), m.to_string()),
+                    )?;
+                }
                 for sub in ["sys", "sysrq-trigger", "irq", "bus"] {
                     let t = p.join(sub);
                     if std::fs::symlink_metadata(&t).is_ok() {

@@ -408,19 +408,10 @@ fn run_backend(
     req: &RunRequest,
     warn: &mut dyn FnMut(Warning),
 ) -> Result<RunOutcome, Error> {
-    use workfence_linux::{host_facts, Isolation, LinuxError};
-    let want_cgroup =
-        is_root() || policy.limits.memory_bytes.is_some() || policy.limits.cpu_percent.is_some();
-    let facts = host_facts(policy, layout, false, want_cgroup);
-    let mut plan = workfence_linux::plan(policy, layout, &facts, Isolation::Namespaces)
+    use workfence_linux::{Isolation, LinuxError};
+    let facts = linux_facts(policy, layout, false);
+    let plan = workfence_linux::plan(policy, layout, &facts, Isolation::Namespaces)
         .map_err(LinuxError::from)?;
-    if is_root() && plan.cgroup.is_none() {
-        plan.gaps.push(LayerStatus {
-            layer: "process limit".into(),
-            state: Enforcement::None,
-            detail: "running as root, RLIMIT_NPROC does not apply to uid 0, and no writable pids cgroup exists".into(),
-        });
-    }
     if !plan.gaps.is_empty() {
         if !policy.allow_degraded {
             return Err(Error::NotEnforceable(gaps_text(&plan.gaps)));
@@ -431,7 +422,7 @@ fn run_backend(
         // Only "user namespaces are unavailable" may degrade; EAGAIN, ENOMEM and other
         // clone failures are LinuxError::Clone, a hard error.
         Err(e @ LinuxError::UserNamespace { .. }) if policy.allow_degraded => {
-            let facts = host_facts(policy, layout, true, want_cgroup);
+            let facts = linux_facts(policy, layout, true);
             let plan = workfence_linux::plan(policy, layout, &facts, Isolation::Degraded)
                 .map_err(LinuxError::from)?;
             let why = match &e {
@@ -529,11 +520,23 @@ impl Target {
     }
 }
 
+/// The host facts of a Linux plan, the same for `run` and `explain`. A cgroup is
+/// looked for only when the plan may need one: for memory or CPU limits, or as
+/// root's task cap on kernels without a per-namespace pid_max.
+fn linux_facts(p: &Policy, layout: &FsLayout, degraded: bool) -> workfence_linux::HostFacts {
+    let want_cgroup =
+        is_root() || p.limits.memory_bytes.is_some() || p.limits.cpu_percent.is_some();
+    workfence_linux::host_facts(
+        p,
+        layout,
+        degraded,
+        want_cgroup && cfg!(target_os = "linux"),
+    )
+}
+
 /// The Linux plan `explain` shows: the namespace plan for this host's facts.
 fn linux_plan(p: &Policy, layout: &FsLayout) -> Result<workfence_linux::LinuxPlan, Error> {
-    let want_cgroup = is_root() || p.limits.memory_bytes.is_some();
-    let facts =
-        workfence_linux::host_facts(p, layout, false, want_cgroup && cfg!(target_os = "linux"));
+    let facts = linux_facts(p, layout, false);
     Ok(
         workfence_linux::plan(p, layout, &facts, workfence_linux::Isolation::Namespaces)
             .map_err(workfence_linux::LinuxError::from)?,
