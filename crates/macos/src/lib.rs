@@ -100,8 +100,12 @@ impl MacContext {
     }
 }
 
-/// The parts of `policy` this backend cannot enforce on any Mac, for the caller to
-/// refuse (unless `allow_degraded`) or report: macOS has no cgroups.
+/// The limits the user asked for that this backend cannot enforce on any Mac, for
+/// the caller to refuse (unless `allow_degraded`) or report: macOS has no cgroups.
+///
+/// Only limits the user set (config file, profile or flag) are listed. The
+/// built-in process cap is a default, not a request, and would otherwise make
+/// every run refuse: [`not_enforced_defaults`] reports it for `explain`/`doctor`.
 pub fn unenforced(policy: &Policy) -> Vec<workfence_policy::LayerStatus> {
     let mut out = Vec::new();
     let mut limit = |layer: &str, detail: String| {
@@ -123,14 +127,31 @@ pub fn unenforced(policy: &Policy) -> Vec<workfence_policy::LayerStatus> {
             format!("{c}% requested; macOS has no per-tree CPU limit (no cgroups)"),
         );
     }
-    limit(
-        "process limit",
-        format!(
-            "{} processes requested; RLIMIT_NPROC is per user on macOS and would hit the host, so it is not set",
-            policy.limits.max_processes
-        ),
-    );
+    if policy.source_of("max_processes") != workfence_policy::Source::Default {
+        limit("process limit", process_limit_detail(policy, "requested"));
+    }
     out
+}
+
+/// Built-in defaults this backend does not enforce: informational, never a reason
+/// to refuse (the user did not ask for them). Empty once the user set them, since
+/// [`unenforced`] then lists them as refusals.
+pub fn not_enforced_defaults(policy: &Policy) -> Vec<workfence_policy::LayerStatus> {
+    if policy.source_of("max_processes") != workfence_policy::Source::Default {
+        return Vec::new();
+    }
+    vec![workfence_policy::LayerStatus {
+        layer: "process limit".into(),
+        state: workfence_policy::Enforcement::None,
+        detail: process_limit_detail(policy, "by default"),
+    }]
+}
+
+fn process_limit_detail(policy: &Policy, how: &str) -> String {
+    format!(
+        "{} processes {how}; RLIMIT_NPROC is per user on macOS and would hit the host, so it is not set (only the timeout bounds a fork bomb)",
+        policy.limits.max_processes
+    )
 }
 
 #[cfg(target_os = "macos")]

@@ -429,15 +429,24 @@ fn example_context_is_deterministic() {
 
 #[test]
 fn unenforced_limits_are_reported() {
+    // The default policy must run: the built-in process cap is not a request, so it
+    // is reported as a default and never refused (issue: every run exited 125).
     let mut p = Policy::new(WS);
-    assert_eq!(workfence_macos::unenforced(&p).len(), 1);
+    assert!(workfence_macos::unenforced(&p).is_empty());
+    let d = workfence_macos::not_enforced_defaults(&p);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].layer, "process limit");
+    // Asked for: each limit is a refusal.
     p.limits.memory_bytes = Some(1 << 30);
     p.limits.cpu_percent = Some(50);
+    p.limits.max_processes = 64;
+    p.provenance.insert("max_processes".into(), Source::Cli);
     let u = workfence_macos::unenforced(&p);
     assert_eq!(u.len(), 3);
     assert!(u
         .iter()
         .all(|l| l.state == workfence_policy::Enforcement::None));
+    assert!(workfence_macos::not_enforced_defaults(&p).is_empty());
 }
 
 #[test]

@@ -456,6 +456,8 @@ fn run_backend(
     req: &RunRequest,
     warn: &mut dyn FnMut(Warning),
 ) -> Result<RunOutcome, Error> {
+    // Only limits the user asked for refuse the run; the built-in process cap is
+    // not one of them (workfence_macos::not_enforced_defaults, shown by explain).
     let gaps = workfence_macos::unenforced(policy);
     if !gaps.is_empty() {
         if !policy.allow_degraded {
@@ -688,7 +690,18 @@ pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
             let ctx = workfence_macos::MacContext::example(p);
             let profile = workfence_macos::profile(p, &layout, &ctx)?;
             for g in workfence_macos::unenforced(p) {
-                let _ = writeln!(s, "NOT enforced on macOS: {}: {}", g.layer, g.detail);
+                let _ = writeln!(
+                    s,
+                    "NOT enforced on macOS (refused without --allow-degraded): {}: {}",
+                    g.layer, g.detail
+                );
+            }
+            for g in workfence_macos::not_enforced_defaults(p) {
+                let _ = writeln!(
+                    s,
+                    "Not enforced on macOS (a default, not a request): {}: {}",
+                    g.layer, g.detail
+                );
             }
             let _ = write!(s, "{profile}");
         }
@@ -721,7 +734,12 @@ pub fn explain_json(resolved: &Resolved, target: Target) -> Result<serde_json::V
         Target::Macos => {
             let ctx = workfence_macos::MacContext::example(p);
             let profile = workfence_macos::profile(p, &layout, &ctx)?;
-            serde_json::json!({ "target": "macos", "profile": profile.to_string(), "not_enforced": workfence_macos::unenforced(p) })
+            serde_json::json!({
+                "target": "macos",
+                "profile": profile.to_string(),
+                "not_enforced": workfence_macos::unenforced(p),
+                "defaults_not_enforced": workfence_macos::not_enforced_defaults(p),
+            })
         }
         Target::Windows => {
             let ctx = workfence_windows::WindowsContext::example(p);
