@@ -67,6 +67,13 @@ pub struct MacContext {
     pub proxy_port: Option<u16>,
     /// Delete `tmp_dir` after the command (true when workfence created it).
     pub remove_tmp_after_run: bool,
+    /// The terminals workfence hands to the command (its own stdin, stdout and
+    /// stderr when they are terminals): the only existing terminals the command
+    /// may open by name. `run` replaces them with its pty slave for `--pty`.
+    pub ttys: Vec<PathBuf>,
+    /// Random per run (16 to 64 hex digits): names the owner probe that only this
+    /// run's profile denies (see [`SeatbeltProfile::owner_probes`]).
+    pub probe_token: String,
 }
 
 impl MacContext {
@@ -75,13 +82,15 @@ impl MacContext {
         MacContext {
             home: PathBuf::from("/Users/dev"),
             tmp_dir: PathBuf::from(
-                "/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/workfence-example",
+                "/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/wf-00example",
             ),
             proxy_port: match policy.network {
                 Network::Proxy(_) => Some(3128),
                 _ => None,
             },
             remove_tmp_after_run: false,
+            ttys: vec![],
+            probe_token: "0123456789abcdef0123456789abcdef".into(),
         }
     }
 
