@@ -51,6 +51,7 @@ mod profile;
 mod run;
 #[cfg(target_os = "macos")]
 mod sys;
+mod track;
 
 pub use profile::{profile, SeatbeltProfile, BASE_PROFILE, SANDBOX_EXEC};
 pub use workfence_policy::layout::FsLayout;
@@ -258,11 +259,28 @@ pub fn run(profile: &SeatbeltProfile, req: &RunRequest) -> Result<i32, MacError>
     }
 }
 
-/// What this host enforces, layer by layer, for `workfence doctor`.
+/// [`doctor`] for `policy` on this host: Seatbelt must compile the profile that
+/// `run` would apply (this home, temp dir, terminals and the policy's paths), so
+/// that a path or rule this macOS rejects shows here, not as a failed run.
+pub fn doctor_for(policy: &Policy, layout: &FsLayout) -> Vec<workfence_policy::LayerStatus> {
+    #[cfg(target_os = "macos")]
+    {
+        run::doctor(Some((policy, layout)))
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        let _ = (policy, layout);
+        doctor()
+    }
+}
+
+/// What this host enforces, layer by layer, for `workfence doctor`, checking
+/// that Seatbelt compiles an example profile with every kind of rule. Prefer
+/// [`doctor_for`], which compiles the profile that would really run.
 pub fn doctor() -> Vec<workfence_policy::LayerStatus> {
     #[cfg(target_os = "macos")]
     {
-        run::doctor()
+        run::doctor(None)
     }
     #[cfg(not(target_os = "macos"))]
     {

@@ -25,6 +25,9 @@ pub struct SeatbeltProfile {
     remove_tmp_after_run: bool,
     /// (allowed, denied) paths of this run's owner probe, see [`Self::owner_probes`].
     owner_probes: (PathBuf, PathBuf),
+    /// The user's home directory (for the read-only toolchain caches in the
+    /// command's environment).
+    home: PathBuf,
 }
 
 impl SeatbeltProfile {
@@ -49,6 +52,11 @@ impl SeatbeltProfile {
     /// The private temp dir (canonical), which the command gets as `TMPDIR`.
     pub fn tmp_dir(&self) -> &Path {
         &self.tmp_dir
+    }
+
+    /// The user's home directory the profile was made for.
+    pub fn home(&self) -> &Path {
+        &self.home
     }
 
     /// Whether `run` deletes the private temp dir after the command.
@@ -472,6 +480,7 @@ pub fn profile(
         tmp_dir: PathBuf::from(tmp),
         remove_tmp_after_run: ctx.remove_tmp_after_run,
         owner_probes: (PathBuf::from(probe_allowed), PathBuf::from(probe_denied)),
+        home: ctx.home.clone(),
     })
 }
 
