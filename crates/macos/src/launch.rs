@@ -55,6 +55,25 @@ pub(crate) fn polite_signal(received: Option<c_int>, sigint: c_int, sigterm: c_i
     }
 }
 
+/// The name of a run's private temp dir, from 8 random hex digits. Short on
+/// purpose: the per-user temp dir is already about 50 bytes, and python's
+/// multiprocessing puts `pymp-XXXXXXXX/listener-XXXXXXXX` (32 bytes) below TMPDIR
+/// for a unix socket, whose path may not exceed 103 bytes (`sun_path`).
+pub(crate) fn tmp_dir_name(hex: &str) -> String {
+    format!("wf-{hex}")
+}
+
+/// What the pty relay writes when workfence's stdin ends: the pty's end-of-file
+/// character, twice when the last line was not ended (the first one only hands
+/// the partial line over, as at a terminal).
+pub(crate) fn eof_bytes(eof: u8, at_line_start: bool) -> Vec<u8> {
+    if at_line_start {
+        vec![eof]
+    } else {
+        vec![eof, eof]
+    }
+}
+
 /// The shim `sandbox-exec` runs: it reports on fd `marker` that the sandbox is
 /// applied (sandbox-exec only execs after sandbox_init succeeded), closes the
 /// marker and becomes the command. sh maps "not found" to 127 and "cannot
@@ -200,6 +219,21 @@ mod tests {
         for bad in [&b""[..], b"y", b"xx", b"x\n", b"\0"] {
             assert!(!marker_says_started(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn private_tmp_leaves_room_for_python_sockets() {
+        // The longest per-user temp dir seen (/var/folders/xx/<28>/T, canonical).
+        let base = "/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T";
+        let dir = format!("{base}/{}", tmp_dir_name("0123abcd"));
+        let socket = format!("{dir}/pymp-abcdefgh/listener-abcdefgh");
+        assert!(socket.len() < 104, "{} bytes: {socket}", socket.len());
+    }
+
+    #[test]
+    fn stdin_eof_is_forwarded() {
+        assert_eq!(eof_bytes(4, true), vec![4]);
+        assert_eq!(eof_bytes(4, false), vec![4, 4]);
     }
 
     #[test]

@@ -378,6 +378,10 @@ pub fn profile(
             }
         }
         except.push(Filter {
+            comment: "the owner probe, should a root contain the private temp dir".into(),
+            exprs: vec![format!("(literal (param \"{probe_param}\"))")],
+        });
+        except.push(Filter {
             comment: "nested repositories anywhere in the roots: host git reads their config and runs their hooks when it later runs there. A `.git` entry itself cannot be created, renamed or removed (else a prepared directory could be renamed into place), nor anything written to a `.git/config` or into `.git/hooks`".into(),
             exprs: nested_git_filters(),
         });

@@ -54,12 +54,10 @@ pub(crate) fn detect(_policy: &Policy) -> Result<MacContext, MacError> {
             }
         }
     }
-    // A short name: the per-user temp dir is already about 50 bytes, and python's
-    // multiprocessing puts `pymp-XXXXXXXX/listener-XXXXXXXX` (32 bytes) below
-    // TMPDIR for a unix socket, whose path may not exceed 103 bytes (sun_path).
+    // A short name (launch::tmp_dir_name says why), fresh and 0700 every run.
     let mut last = None;
     for _ in 0..16 {
-        let dir = base.join(format!("wf-{}", random_hex(4)?));
+        let dir = base.join(launch::tmp_dir_name(&random_hex(4)?));
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {
                 return Ok(MacContext {
@@ -411,16 +409,18 @@ impl Relay {
                 .spawn(move || {
                     let m = master.as_raw_fd();
                     let mut buf = [0u8; 8192];
+                    let mut at_line_start = true;
                     while !stop.load(Ordering::SeqCst) {
                         match sys::poll_readable(&[0], RELAY_POLL_MS) {
                             Ok(r) if r.first() == Some(&true) => match sys::read(0, &mut buf) {
                                 Ok(0) => {
-                                    let eof = sys::eof_char(m);
-                                    let _ = sys::write_all(m, &[eof]);
+                                    let eof = launch::eof_bytes(sys::eof_char(m), at_line_start);
+                                    let _ = sys::write_all(m, &eof);
                                     break;
                                 }
                                 Err(_) => break,
                                 Ok(n) => {
+                                    at_line_start = buf[n - 1] == b'\n';
                                     if sys::write_all(m, &buf[..n]).is_err() {
                                         break;
                                     }

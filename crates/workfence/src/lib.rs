@@ -758,7 +758,18 @@ pub fn explain_json(resolved: &Resolved, target: Target) -> Result<serde_json::V
 /// required entry is [`Enforcement::Full`](workfence_policy::Enforcement::Full).
 pub fn doctor() -> Vec<LayerStatus> {
     if cfg!(target_os = "macos") {
-        workfence_macos::doctor()
+        // Seatbelt must compile the profile a run here would use (this policy's
+        // paths and this host's home and terminals), not only an example.
+        let current = load_policy(CliOverrides::default()).and_then(|r| {
+            let layout = compute_layout(&r.policy)?;
+            Ok((r.policy, layout))
+        });
+        match current {
+            Ok((p, layout)) if p.mode != Mode::FullAccess => {
+                workfence_macos::doctor_for(&p, &layout)
+            }
+            _ => workfence_macos::doctor(),
+        }
     } else if cfg!(windows) {
         workfence_windows::doctor()
     } else {
