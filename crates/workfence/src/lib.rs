@@ -806,3 +806,42 @@ pub fn windows_runner_if_requested() -> Option<i32> {
         None
     }
 }
+
+#[cfg(test)]
+mod macos_refusal_tests {
+    use super::*;
+
+    /// Issue 9: on macOS the default policy must run. Only limits the user asked
+    /// for are refusals; the built-in process cap is reported as a default.
+    #[test]
+    fn macos_refuses_only_requested_limits() {
+        let ws = std::env::temp_dir().join(format!("wf-facade-mac-{}", std::process::id()));
+        std::fs::create_dir_all(&ws).unwrap();
+        let ws = std::fs::canonicalize(&ws).unwrap();
+        let explain_with = |max_processes: Option<u32>| {
+            let r = resolve(&Layers {
+                home: ws.clone(),
+                cwd: ws.clone(),
+                user: None,
+                workspace_config: None,
+                cli: CliOverrides {
+                    workspace: Some(ws.clone()),
+                    max_processes,
+                    ..Default::default()
+                },
+            })
+            .unwrap();
+            assert_eq!(
+                workfence_macos::unenforced(&r.policy).is_empty(),
+                max_processes.is_none()
+            );
+            explain(&r, Target::Macos).unwrap()
+        };
+        let text = explain_with(None);
+        assert!(text.contains("a default, not a request"), "{text}");
+        assert!(!text.contains("refused without --allow-degraded"), "{text}");
+        let text = explain_with(Some(64));
+        assert!(text.contains("refused without --allow-degraded"), "{text}");
+        let _ = std::fs::remove_dir_all(&ws);
+    }
+}
