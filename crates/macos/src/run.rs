@@ -502,16 +502,18 @@ fn run_inner(
     profile: &SeatbeltProfile,
     req: &workfence_policy::run::RunRequest,
 ) -> Result<i32, MacError> {
-    let (marker_r, marker_w) = sys::pipe().map_err(syscall(
+    let (marker_r, marker_w_high) = sys::pipe().map_err(syscall(
         "pipe",
         "the process may be out of file descriptors; raise `ulimit -n`",
     ))?;
     // The marker's write end at a free number from 3 to 9, held open in workfence
     // during the spawn, so that std's own error pipe cannot get that number.
-    let marker_w = sys::low_marker_fd(&marker_w, &req.keep_fds).map_err(syscall(
+    let marker_w = sys::low_marker_fd(&marker_w_high, &req.keep_fds).map_err(syscall(
         "fcntl(F_DUPFD_CLOEXEC)",
         "the process may be out of file descriptors; raise `ulimit -n`",
     ))?;
+    // Every other write end must be gone, or the marker's EOF never comes.
+    drop(marker_w_high);
     let marker_target = launch::marker_fd(marker_w.as_ref().map(|f| f.as_raw_fd()), &req.keep_fds)?;
     let Some(marker_w) = marker_w else {
         return Err(MacError::Request("no marker fd".into()));
