@@ -272,11 +272,17 @@ pub fn profile(
 
     b.section("reads");
     b.line(";; Reads everywhere (the sandbox confines changes, not inspection), except the");
-    b.line(";; hidden paths. Mapping code (dylibs) and existence tests follow reads.");
+    b.line(";; hidden paths and the terminals. Mapping code (dylibs) and existence tests");
+    b.line(";; follow reads.");
+    let mut read_except = hidden_filters.clone();
+    read_except.push(Filter {
+        comment: "terminals: opening another tab's /dev/ttysNNN for reading would show what is typed there; the terminals section allows the command's own".into(),
+        exprs: vec![format!("(regex {})", sbpl_string(TERMINALS))],
+    });
     b.allow_except(
         "file-read* file-test-existence file-map-executable",
         None,
-        &hidden_filters,
+        &read_except,
     );
 
     b.section("terminals");
@@ -304,6 +310,13 @@ pub fn profile(
         });
     }
     b.allow_any("file-read* file-write-data file-ioctl", &tty_filters);
+    b.line(";; Every terminal's metadata (stat, as ls and ttyname-style lookups do), not");
+    b.line(";; its data.");
+    let _ = writeln!(
+        b.text,
+        "(allow file-read-metadata file-test-existence (regex {}))",
+        sbpl_string(TERMINALS)
+    );
 
     b.section("writes");
     b.line(";; The private temp dir (TMPDIR): per-run scratch space that no host process");
@@ -488,6 +501,12 @@ pub fn profile(
     })
 }
 
+/// Terminal device nodes (`/dev/ttys001`, `/dev/tty.usbserial`, the old BSD
+/// `/dev/ptyp0`): excepted from the global read rule; `/dev/tty` itself, the
+/// ptys the command opens and the handed-over terminals are allowed by their own
+/// rules.
+const TERMINALS: &str = "^/dev/(tty|pty)";
+
 /// The prefix of the parameters that name handed-over terminals.
 pub(crate) const HANDED_TTY: &str = "HANDED_TTY_";
 
@@ -544,6 +563,7 @@ struct Hidden {
 }
 
 /// One commented group of SBPL filters.
+#[derive(Clone)]
 struct Filter {
     comment: String,
     exprs: Vec<String>,
