@@ -907,18 +907,33 @@ fn foreign_tty() -> (std::process::Child, String) {
 fn t2_other_terminals_are_closed() {
     let (mut helper, tty) = foreign_tty();
     assert!(tty.starts_with("/dev/ttys"), "{tty}");
-    let script = format!(r#"exec 3<>"{tty}" && echo typed >&3 && echo ok > "$WS/tty""#);
+    // Reading alone is the snooping attack (what is typed there); writing injects
+    // output into it.
+    let script = format!(
+        r#"(exec 3<"{tty}") && echo ok > "$WS/tty-r"; (exec 4>"{tty}" && echo typed >&4) && echo ok > "$WS/tty-w""#
+    );
     let sc = scene(false);
     sc.control(&script);
-    assert!(sc.ws.join("tty").exists(), "control: another pty opens");
+    assert!(
+        sc.ws.join("tty-r").exists(),
+        "control: another pty opens for reading"
+    );
+    assert!(
+        sc.ws.join("tty-w").exists(),
+        "control: another pty opens for writing"
+    );
     let sc = scene(false);
     let p = sc.policy();
     sc.sandboxed(&p, &script, Some(Duration::from_secs(20)));
     let _ = helper.kill();
     let _ = helper.wait();
     assert!(
-        !sc.ws.join("tty").exists(),
-        "another terminal of the user opened"
+        !sc.ws.join("tty-r").exists(),
+        "another terminal of the user opened for reading"
+    );
+    assert!(
+        !sc.ws.join("tty-w").exists(),
+        "another terminal of the user opened for writing"
     );
 }
 
