@@ -780,6 +780,11 @@ fn doctor_reports_seatbelt_and_the_profile_compiles() {
         "{}",
         seatbelt.detail
     );
+    assert!(
+        seatbelt.detail.contains("current policy"),
+        "{}",
+        seatbelt.detail
+    );
     for l in &layers {
         eprintln!("{:?} {}: {}", l.state, l.layer, l.detail);
     }
