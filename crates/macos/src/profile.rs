@@ -530,18 +530,26 @@ fn owner_probes(tmp: &str, token: &str) -> (String, String) {
 }
 
 /// `.git` entries anywhere, `.git/config` and everything in `.git/hooks`, in any
-/// letter case (srt's `**/.git/config`, `**/.git/hooks/**`).
+/// letter case (srt's `**/.git/config`, `**/.git/hooks/**`), and the same for the
+/// submodule repositories under `.git/modules/NAME/` (NAME may hold slashes).
 fn nested_git_filters() -> Vec<String> {
     let git = case_insensitive_regex("/.git");
+    let modules = format!("({}/.+/)?", case_insensitive_regex("modules"));
     vec![
         format!("(regex {})", sbpl_string(&format!("{git}$"))),
         format!(
             "(regex {})",
-            sbpl_string(&format!("{git}/{}$", case_insensitive_regex("config")))
+            sbpl_string(&format!(
+                "{git}/{modules}{}$",
+                case_insensitive_regex("config")
+            ))
         ),
         format!(
             "(regex {})",
-            sbpl_string(&format!("{git}/{}(/.*)?$", case_insensitive_regex("hooks")))
+            sbpl_string(&format!(
+                "{git}/{modules}{}(/.*)?$",
+                case_insensitive_regex("hooks")
+            ))
         ),
     ]
 }

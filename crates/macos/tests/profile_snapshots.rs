@@ -547,8 +547,8 @@ fn nested_repositories_and_data_volume_are_denied() {
         .unwrap()..];
     for re in [
         r#"(regex "/\\.[Gg][Ii][Tt]$")"#,
-        r#"(regex "/\\.[Gg][Ii][Tt]/[Cc][Oo][Nn][Ff][Ii][Gg]$")"#,
-        r#"(regex "/\\.[Gg][Ii][Tt]/[Hh][Oo][Oo][Kk][Ss](/.*)?$")"#,
+        r#"(regex "/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee][Ss]/.+/)?[Cc][Oo][Nn][Ff][Ii][Gg]$")"#,
+        r#"(regex "/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee][Ss]/.+/)?[Hh][Oo][Oo][Kk][Ss](/.*)?$")"#,
     ] {
         assert!(writes.contains(re), "missing {re}");
     }
