@@ -53,7 +53,7 @@ mod run;
 mod sys;
 mod track;
 
-pub use profile::{profile, SeatbeltProfile, BASE_PROFILE, SANDBOX_EXEC};
+pub use profile::{profile, SeatbeltProfile, BASE_PROFILE, MACOS_SECRETS, SANDBOX_EXEC};
 pub use workfence_policy::layout::FsLayout;
 pub use workfence_policy::run::RunRequest;
 
