@@ -739,6 +739,8 @@ if command -v node >/dev/null; then
   node -e 'const os = require("os"); os.networkInterfaces(); os.cpus(); require("fs").writeFileSync("node.txt", "ok")'
   test -f node.txt
 fi
+case "$GOCACHE" in "$TMPDIR"*) ;; *) echo "GOCACHE=$GOCACHE outside TMPDIR" >&2; exit 9 ;; esac
+case "$npm_config_cache" in "$TMPDIR"*) ;; *) echo "npm cache outside TMPDIR" >&2; exit 9 ;; esac
 cp "$H/.bashrc" copied
 cp -c "$H/.bashrc" cloned
 mkdir -p sub && ln a.txt sub/hard && mv sub sub2
@@ -1068,4 +1070,19 @@ fn pty_forwards_stdin_eof() {
     let code = run(&prof, &req).unwrap();
     assert_ne!(code, 124, "cat never saw EOF");
     assert!(start.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn rs_process_table_is_closed() {
+    // kern.proc.* lists every host process and its owner; ps needs it.
+    attack(
+        false,
+        r#"ps -axo pid=,comm= > "$WS/ps.txt" 2>/dev/null"#,
+        |sc| {
+            vec![(
+                "ps lists launchd",
+                read(&sc.ws.join("ps.txt")).contains("launchd"),
+            )]
+        },
+    );
 }
