@@ -1077,7 +1077,8 @@ fn rs_process_table_is_closed() {
     // kern.proc.* lists every host process and its owner; ps needs it.
     attack(
         false,
-        r#"ps -axo pid=,comm= > "$WS/ps.txt" 2>/dev/null"#,
+        // `ps -p 1` reads kern.proc.pid.1, which the old profile allowed.
+        r#"ps -axo pid=,comm= > "$WS/ps.txt" 2>/dev/null; ps -o pid=,comm= -p 1 >> "$WS/ps.txt" 2>/dev/null"#,
         |sc| {
             vec![(
                 "ps lists launchd",
