@@ -447,6 +447,8 @@ fn run_backend(
     req: &RunRequest,
     warn: &mut dyn FnMut(Warning),
 ) -> Result<RunOutcome, Error> {
+    // Only limits the user asked for refuse the run; the built-in process cap is
+    // not one of them (workfence_macos::not_enforced_defaults, shown by explain).
     let gaps = workfence_macos::unenforced(policy);
     if !gaps.is_empty() {
         if !policy.allow_degraded {
@@ -691,7 +693,18 @@ pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
             let ctx = workfence_macos::MacContext::example(p);
             let profile = workfence_macos::profile(p, &layout, &ctx)?;
             for g in workfence_macos::unenforced(p) {
-                let _ = writeln!(s, "NOT enforced on macOS: {}: {}", g.layer, g.detail);
+                let _ = writeln!(
+                    s,
+                    "NOT enforced on macOS (refused without --allow-degraded): {}: {}",
+                    g.layer, g.detail
+                );
+            }
+            for g in workfence_macos::not_enforced_defaults(p) {
+                let _ = writeln!(
+                    s,
+                    "Not enforced on macOS (a default, not a request): {}: {}",
+                    g.layer, g.detail
+                );
             }
             let _ = write!(s, "{profile}");
         }
@@ -724,7 +737,12 @@ pub fn explain_json(resolved: &Resolved, target: Target) -> Result<serde_json::V
         Target::Macos => {
             let ctx = workfence_macos::MacContext::example(p);
             let profile = workfence_macos::profile(p, &layout, &ctx)?;
-            serde_json::json!({ "target": "macos", "profile": profile.to_string(), "not_enforced": workfence_macos::unenforced(p) })
+            serde_json::json!({
+                "target": "macos",
+                "profile": profile.to_string(),
+                "not_enforced": workfence_macos::unenforced(p),
+                "defaults_not_enforced": workfence_macos::not_enforced_defaults(p),
+            })
         }
         Target::Windows => {
             let ctx = workfence_windows::WindowsContext::example(p);
@@ -743,7 +761,18 @@ pub fn explain_json(resolved: &Resolved, target: Target) -> Result<serde_json::V
 /// required entry is [`Enforcement::Full`](workfence_policy::Enforcement::Full).
 pub fn doctor() -> Vec<LayerStatus> {
     if cfg!(target_os = "macos") {
-        workfence_macos::doctor()
+        // Seatbelt must compile the profile a run here would use (this policy's
+        // paths and this host's home and terminals), not only an example.
+        let current = load_policy(CliOverrides::default()).and_then(|r| {
+            let layout = compute_layout(&r.policy)?;
+            Ok((r.policy, layout))
+        });
+        match current {
+            Ok((p, layout)) if p.mode != Mode::FullAccess => {
+                workfence_macos::doctor_for(&p, &layout)
+            }
+            _ => workfence_macos::doctor(),
+        }
     } else if cfg!(windows) {
         workfence_windows::doctor()
     } else {
@@ -778,5 +807,44 @@ pub fn windows_runner_if_requested() -> Option<i32> {
         workfence_windows::runner_main_if_requested()
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod macos_refusal_tests {
+    use super::*;
+
+    /// Issue 9: on macOS the default policy must run. Only limits the user asked
+    /// for are refusals; the built-in process cap is reported as a default.
+    #[test]
+    fn macos_refuses_only_requested_limits() {
+        let ws = std::env::temp_dir().join(format!("wf-facade-mac-{}", std::process::id()));
+        std::fs::create_dir_all(&ws).unwrap();
+        let ws = std::fs::canonicalize(&ws).unwrap();
+        let explain_with = |max_processes: Option<u32>| {
+            let r = resolve(&Layers {
+                home: ws.clone(),
+                cwd: ws.clone(),
+                user: None,
+                workspace_config: None,
+                cli: CliOverrides {
+                    workspace: Some(ws.clone()),
+                    max_processes,
+                    ..Default::default()
+                },
+            })
+            .unwrap();
+            assert_eq!(
+                workfence_macos::unenforced(&r.policy).is_empty(),
+                max_processes.is_none()
+            );
+            explain(&r, Target::Macos).unwrap()
+        };
+        let text = explain_with(None);
+        assert!(text.contains("a default, not a request"), "{text}");
+        assert!(!text.contains("refused without --allow-degraded"), "{text}");
+        let text = explain_with(Some(64));
+        assert!(text.contains("refused without --allow-degraded"), "{text}");
+        let _ = std::fs::remove_dir_all(&ws);
     }
 }
