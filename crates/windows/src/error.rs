@@ -42,6 +42,10 @@ pub enum WindowsError {
         missing: String,
     },
 
+    /// `network = "proxy"` needs workfence's proxy, which does not exist yet.
+    #[error("network allowlists (network = \"proxy\") are not enforced by this version on Windows; use --network off or on")]
+    ProxyUnsupported,
+
     /// A command line cannot be represented.
     #[error("cannot build the command line: {0}")]
     CommandLine(#[from] CmdLineError),

@@ -55,11 +55,12 @@ mod win;
 
 pub use error::WindowsError;
 pub use plan::{
-    capability_sid_from_bytes, default_shared_roots, plan, sids, to_win, wfp_filters, workspace_id,
-    AcePlan, AcePurpose, EnvPlan, JobSpec, NamedSid, NetworkPlan, Placeholder, RunAs, SandboxUsers,
-    TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer, WindowsContext, WindowsPlan,
-    DEFAULT_PROXY_PORT, GROUP_NAME, JOURNAL_FILE, OFFLINE_USER, ONLINE_USER, REQUIRED_ENV,
-    WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
+    all_filter_keys, capability_sid_from_bytes, default_shared_roots, git_safe_directory_env, plan,
+    restricting_sids, sids, to_win, wfp_filters, workspace_id, AcePlan, AcePurpose, EnvPlan,
+    JobSpec, NamedSid, NetworkPlan, Placeholder, RestrictingSet, RunAs, SandboxUsers, TokenSpec,
+    WfpAction, WfpCondition, WfpFilter, WfpLayer, WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT,
+    DISABLED_SIDS, GROUP_NAME, JOB_NESTING, JOURNAL_FILE, LOGON_SID, OFFLINE_USER, ONLINE_USER,
+    REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
 };
 
 use workfence_policy::run::RunRequest;
