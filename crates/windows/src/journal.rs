@@ -170,6 +170,34 @@ impl Outstanding {
     }
 }
 
+/// Whether the journal shows every ACE of `aces` applied on `path` (in the form
+/// planned, or with inheritance dropped, as it is applied to a file), so that a run
+/// need not open the object at all. Only grants are trusted this way: a grant removed
+/// behind workfence's back makes the command fail, never the sandbox leak. Deny ACEs
+/// are always checked on the object (see [`must_visit`]).
+pub fn covered(o: &Outstanding, path: &str, aces: &[crate::sddl::Ace]) -> bool {
+    let key = crate::path::fold_case(path);
+    let have: std::collections::BTreeSet<&str> = o
+        .changes
+        .iter()
+        .filter(|c| c.applied && crate::path::fold_case(&c.path) == key)
+        .flat_map(|c| c.aces.iter().map(String::as_str))
+        .collect();
+    aces.iter().all(|a| {
+        let mut flat = a.clone();
+        flat.inherit = crate::sddl::Inherit::None;
+        have.contains(a.sddl().as_str()) || have.contains(flat.sddl().as_str())
+    })
+}
+
+/// Whether a run must open the object at `path` to apply `aces`: always for deny ACEs
+/// (they are what keeps the command in, and are few: protected and hidden paths), and
+/// for grants the journal does not show applied. This is what keeps a run on a large
+/// workspace from touching more than a handful of objects after the first.
+pub fn must_visit(o: &Outstanding, path: &str, aces: &[crate::sddl::Ace]) -> bool {
+    aces.iter().any(|a| a.kind == crate::sddl::AceKind::Deny) || !covered(o, path, aces)
+}
+
 /// Folds the entries into what is still in place.
 pub fn outstanding(entries: &[Entry]) -> Outstanding {
     let mut changes: BTreeMap<u64, Change> = BTreeMap::new();
@@ -258,6 +286,75 @@ mod tests {
         assert_eq!(parse(&bad).unwrap_err().0, 1);
         assert_eq!(next_id(&entries), 3);
         assert_eq!(next_id(&[]), 1);
+    }
+
+    #[test]
+    fn journaled_grants_are_recognised_denies_are_checked() {
+        use crate::sddl::{Ace, AceKind, Inherit};
+        let grant = Ace {
+            kind: AceKind::Allow,
+            sid: "S-1-5-21-1-2-3-1".into(),
+            mask: 0x1301bf,
+            inherit: Inherit::Tree,
+        };
+        let entries = vec![
+            Entry::Intent {
+                id: 1,
+                time: 0,
+                path: "C:\\w".into(),
+                before: "D:".into(),
+                aces: vec![grant.sddl()],
+            },
+            Entry::Applied { id: 1, time: 0 },
+        ];
+        let o = outstanding(&entries);
+        assert!(covered(&o, "c:\\W", std::slice::from_ref(&grant)));
+        assert!(!must_visit(&o, "C:\\w", std::slice::from_ref(&grant)));
+        // Not applied yet (intent only): visit.
+        let o2 = outstanding(&entries[..1]);
+        assert!(must_visit(&o2, "C:\\w", std::slice::from_ref(&grant)));
+        // Another path, or another ACE: visit.
+        assert!(must_visit(&o, "C:\\w\\x", std::slice::from_ref(&grant)));
+        let mut other = grant.clone();
+        other.sid = "S-1-5-21-1-2-3-2".into();
+        assert!(must_visit(&o, "C:\\w", &[grant.clone(), other]));
+        // A file got the grant without inheritance flags: still recognised.
+        let mut flat = grant.clone();
+        flat.inherit = Inherit::None;
+        let file = vec![
+            Entry::Intent {
+                id: 1,
+                time: 0,
+                path: "C:\\w\\f.txt".into(),
+                before: "D:".into(),
+                aces: vec![flat.sddl()],
+            },
+            Entry::Applied { id: 1, time: 0 },
+        ];
+        assert!(covered(
+            &outstanding(&file),
+            "C:\\w\\f.txt",
+            &[grant.clone()]
+        ));
+        // Denies are always checked on the object.
+        let mut deny = grant;
+        deny.kind = AceKind::Deny;
+        let d = vec![
+            Entry::Intent {
+                id: 1,
+                time: 0,
+                path: "C:\\w\\.git".into(),
+                before: "D:".into(),
+                aces: vec![deny.sddl()],
+            },
+            Entry::Applied { id: 1, time: 0 },
+        ];
+        assert!(covered(
+            &outstanding(&d),
+            "C:\\w\\.git",
+            std::slice::from_ref(&deny)
+        ));
+        assert!(must_visit(&outstanding(&d), "C:\\w\\.git", &[deny]));
     }
 
     #[test]

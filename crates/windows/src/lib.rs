@@ -46,6 +46,7 @@ pub mod cmdline;
 mod display;
 mod error;
 pub mod journal;
+pub mod lookup;
 pub mod path;
 mod plan;
 pub mod sddl;
@@ -55,10 +56,11 @@ mod win;
 
 pub use error::WindowsError;
 pub use plan::{
-    all_filter_keys, capability_sid_from_bytes, default_shared_roots, git_safe_directory_env, plan,
-    restricting_sids, sids, to_win, wfp_filters, workspace_id, AcePlan, AcePurpose, EnvPlan,
-    JobSpec, NamedSid, NetworkPlan, Placeholder, RestrictingSet, RunAs, SandboxUsers, TokenSpec,
-    WfpAction, WfpCondition, WfpFilter, WfpLayer, WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT,
+    all_filter_keys, capability_sid_from_bytes, control_pipe_sddl, default_shared_roots,
+    desktop_sddl, git_safe_directory_env, null_device_ace, plan, restricting_sids, sids, to_win,
+    wfp_filters, workspace_id, AcePlan, AcePurpose, EnvPlan, JobSpec, NamedSid, NetworkPlan,
+    Placeholder, RestrictingSet, RunAs, SandboxUsers, TokenSpec, WfpAction, WfpCondition,
+    WfpFilter, WfpLayer, WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS,
     DISABLED_SIDS, GROUP_NAME, JOB_NESTING, JOURNAL_FILE, LOGON_SID, OFFLINE_USER, ONLINE_USER,
     REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
 };

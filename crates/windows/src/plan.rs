@@ -126,6 +126,51 @@ pub const DISABLED_SIDS: &[(&str, &str)] = &[
     ("S-1-5-32-551", "BUILTIN\\Backup Operators"),
 ];
 
+/// Account rights `workfence setup` gives both sandbox users: they must never log on
+/// over the network, by Remote Desktop, as a batch job or as a service. Interactive
+/// logon stays allowed: `CreateProcessWithLogonW` needs it.
+pub const DENY_LOGON_RIGHTS: &[&str] = &[
+    "SeDenyNetworkLogonRight",
+    "SeDenyRemoteInteractiveLogonRight",
+    "SeDenyBatchLogonRight",
+    "SeDenyServiceLogonRight",
+];
+
+/// The DACL of a run's private desktop: SYSTEM, the invoking user (who may need to
+/// close it), the account the command runs as and the capability SID (the restricted
+/// check of a desktop open). Nobody else, so no other process can hook or inject input
+/// into it, and the command cannot reach the user's desktop.
+pub fn desktop_sddl(invoking_user: &str, token_user: &str, cap: &str) -> String {
+    let mut sids = vec![sids::SYSTEM, invoking_user, token_user, cap];
+    sids.dedup();
+    let mut out = String::from("D:P");
+    for s in sids {
+        out.push_str(&format!("(A;;GA;;;{s})"));
+    }
+    out
+}
+
+/// The DACL of the runner's control pipe: SYSTEM and the invoking user get all access,
+/// the sandbox user read/write (`0x12019f`). The command's restricted token passes the
+/// normal check as the sandbox user, so the DACL alone does not keep another run's
+/// command out: the server also checks the client's process id.
+pub fn control_pipe_sddl(invoking_user: &str, sandbox_user: &str) -> String {
+    format!("D:P(A;;GA;;;SY)(A;;GA;;;{invoking_user})(A;;0x12019f;;;{sandbox_user})")
+}
+
+/// The ACE `workfence setup` adds to the null device (`\\.\NUL`) for a sandbox user,
+/// whose SID is a restricting SID: file read, write and execute (`0x1201bf`, what
+/// `GRGWGX` maps to for files), as the device grants Everyone. The device's security descriptor is not persistent: it is back to
+/// the default after every boot, so setup re-applies it and `doctor` reports it.
+pub fn null_device_ace(sandbox_user: &str) -> crate::sddl::Ace {
+    crate::sddl::Ace {
+        kind: AceKind::Allow,
+        sid: sandbox_user.to_string(),
+        mask: 0x1201bf,
+        inherit: Inherit::None,
+    }
+}
+
 /// The environment that makes git accept a workspace owned by another account (the
 /// command runs as the sandbox user, the workspace belongs to the invoking user):
 /// `safe.directory` through `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_n`/`GIT_CONFIG_VALUE_n`,
@@ -423,6 +468,19 @@ pub enum AcePurpose {
     ProtectChild,
     /// A hidden path.
     Hide,
+}
+
+impl AcePurpose {
+    /// Whether a failure to apply an ACE of this purpose must stop the run. Denies
+    /// (protected and hidden paths) fail closed; a grant that cannot be applied to one
+    /// object (a file without `WRITE_DAC` for the user, say) only makes that object
+    /// unwritable or unreadable for the command, so it is reported and the run goes on.
+    pub fn fails_closed(self) -> bool {
+        matches!(
+            self,
+            AcePurpose::Protect | AcePurpose::ProtectChild | AcePurpose::Hide
+        )
+    }
 }
 
 /// One ACE on one object.

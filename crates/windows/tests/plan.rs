@@ -698,3 +698,27 @@ fn git_safe_directory_appends_to_the_callers_entries() {
     assert_eq!(out[1].0, "GIT_CONFIG_KEY_2");
     assert_eq!(out[2].1, "D:/w");
 }
+
+#[test]
+fn desktop_pipe_and_null_device_descriptors() {
+    use workfence_windows::{control_pipe_sddl, desktop_sddl, null_device_ace, DENY_LOGON_RIGHTS};
+    assert_eq!(
+        desktop_sddl("S-1-5-21-1-1001", "S-1-5-21-1-1011", "S-1-5-21-9-9-9-9"),
+        "D:P(A;;GA;;;S-1-5-18)(A;;GA;;;S-1-5-21-1-1001)(A;;GA;;;S-1-5-21-1-1011)(A;;GA;;;S-1-5-21-9-9-9-9)"
+    );
+    // Without setup the token user is the invoking user: named once.
+    assert_eq!(
+        desktop_sddl("S-1-5-21-1-1001", "S-1-5-21-1-1001", "S-1-5-21-9"),
+        "D:P(A;;GA;;;S-1-5-18)(A;;GA;;;S-1-5-21-1-1001)(A;;GA;;;S-1-5-21-9)"
+    );
+    let pipe = control_pipe_sddl("S-1-5-21-1-1001", "S-1-5-21-1-1011");
+    assert!(pipe.starts_with("D:P(A;;GA;;;SY)"), "{pipe}");
+    assert!(!pipe.contains("WD") && !pipe.contains("S-1-1-0"), "{pipe}");
+    assert_eq!(
+        null_device_ace("S-1-5-21-1-1011").sddl(),
+        "(A;;0x1201bf;;;S-1-5-21-1-1011)"
+    );
+    assert!(!DENY_LOGON_RIGHTS.contains(&"SeDenyInteractiveLogonRight"));
+    assert!(AcePurpose::Protect.fails_closed() && AcePurpose::Hide.fails_closed());
+    assert!(!AcePurpose::Write.fails_closed() && !AcePurpose::Read.fails_closed());
+}
