@@ -384,7 +384,7 @@ mod tests {
         assert!(covered(
             &outstanding(&file),
             "C:\\w\\f.txt",
-            &[grant.clone()],
+            std::slice::from_ref(&grant),
             Some(7)
         ));
         // The path was deleted and re-created (another creation time), or the time is

@@ -150,6 +150,63 @@ pub fn cleanup() -> Result<String, WindowsError> {
     }
 }
 
+/// Whether `workfence setup` has installed the sandbox users (for `selftest`, which
+/// runs its cases before and after setup). Always false off Windows.
+pub fn setup_done() -> bool {
+    #[cfg(windows)]
+    {
+        win::state::setup_info().is_some()
+    }
+    #[cfg(not(windows))]
+    {
+        false
+    }
+}
+
+/// The restricting set runs use: the one `selftest` recorded with
+/// [`record_restricting_set`], else [`RestrictingSet::Narrow`]. A `selftest` that
+/// measures a set plans with `WindowsContext { restricting: set, .. }` directly.
+pub fn restricting_set() -> RestrictingSet {
+    #[cfg(windows)]
+    {
+        win::state::facts().restricting.unwrap_or_default()
+    }
+    #[cfg(not(windows))]
+    {
+        RestrictingSet::Narrow
+    }
+}
+
+/// Records the narrowest restricting set with which the compatibility cases passed on
+/// this machine, so that later runs use it (`%LOCALAPPDATA%\workfence\state\os-facts.json`).
+pub fn record_restricting_set(set: RestrictingSet) -> Result<(), WindowsError> {
+    #[cfg(windows)]
+    {
+        let mut f = win::state::facts();
+        f.restricting = Some(set);
+        win::state::write_facts(&f)
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = set;
+        Err(WindowsError::Unsupported)
+    }
+}
+
+/// Whether the null device currently grants the sandbox users (setup's grant is gone
+/// after a reboot until setup runs again); `None` without setup or off Windows.
+pub fn null_device_granted() -> Option<bool> {
+    #[cfg(windows)]
+    {
+        let users = win::state::setup_info()?;
+        win::detect::null_device_granted(&users)
+    }
+    #[cfg(not(windows))]
+    {
+        None
+    }
+}
+
 /// The runner's entry point (the `workfence-windows-runner` binary calls it). It runs
 /// as the sandbox user, reads its request from the pipe named on its command line,
 /// builds the restricted token and starts the command.
