@@ -35,6 +35,8 @@ pub mod sids {
     pub const SYSTEM: &str = "S-1-5-18";
     /// NT AUTHORITY\RESTRICTED.
     pub const RESTRICTED: &str = "S-1-5-12";
+    /// OWNER RIGHTS: an ACE for it replaces the owner's implicit rights.
+    pub const OWNER_RIGHTS: &str = "S-1-3-4";
 }
 
 /// Stands for the logon SID of the command's token in [`restricting_sids`]: it is only
@@ -125,6 +127,51 @@ pub const DISABLED_SIDS: &[(&str, &str)] = &[
     ),
     ("S-1-5-32-551", "BUILTIN\\Backup Operators"),
 ];
+
+/// The entries of a command's default DACL (the DACL of every object it creates without
+/// an explicit one: processes, threads, events, sections), as (SID, SDDL rights).
+///
+/// - Without setup (`token_user == invoking_user`): the token user, the capability SID,
+///   SYSTEM. Not the logon SID: it is the interactive session's, shared by every
+///   sandboxed command of the user, so another workspace's command would pass both
+///   checks on these objects.
+/// - With setup: the run's own logon SID (every `CreateProcessWithLogonW` makes a new
+///   logon session), the capability SID, SYSTEM and the invoking user. Not the sandbox
+///   user: its SID is a restricting SID of *every* run as that user, so a command of
+///   another workspace would pass both checks on this command's processes.
+/// - Always `OWNER RIGHTS` with `READ_CONTROL` only, so that the owner (the token user)
+///   gets no implicit `WRITE_DAC` it could use to re-open the objects.
+///
+/// `logon` is the logon SID, or [`LOGON_SID`] in a plan.
+pub fn default_dacl_entries(
+    token_user: &str,
+    cap: &str,
+    invoking_user: &str,
+    logon: &str,
+) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    if token_user == invoking_user {
+        out.push((token_user.to_string(), "GA"));
+    } else {
+        out.push((logon.to_string(), "GA"));
+    }
+    out.push((cap.to_string(), "GA"));
+    out.push((sids::SYSTEM.to_string(), "GA"));
+    if token_user != invoking_user {
+        out.push((invoking_user.to_string(), "GA"));
+    }
+    out.push((sids::OWNER_RIGHTS.to_string(), "RC"));
+    out
+}
+
+/// [`default_dacl_entries`] as SDDL (`D:...`).
+pub fn default_dacl_sddl(token_user: &str, cap: &str, invoking_user: &str, logon: &str) -> String {
+    let mut s = String::from("D:");
+    for (sid, mask) in default_dacl_entries(token_user, cap, invoking_user, logon) {
+        s.push_str(&format!("(A;;{mask};;;{sid})"));
+    }
+    s
+}
 
 /// Account rights `workfence setup` gives both sandbox users: they must never log on
 /// over the network, by Remote Desktop, as a batch job or as a service. Interactive
@@ -1269,33 +1316,33 @@ fn token_spec(ctx: &WindowsContext, run_as: &RunAs, cap: &str) -> TokenSpec {
             why: "kept out: the invoking user is granted on its whole profile, so the write restriction would be void".into(),
         });
     }
-    // The logon SID is left out of the default DACL: without setup it is the
-    // interactive session's, shared by every sandboxed command of the user, so objects
-    // one command creates would be writable by the commands of other workspaces.
-    let mut default_dacl = vec![
-        NamedSid {
-            sid: run_as.sid().to_string(),
-            name: "token user".into(),
-            why: "GENERIC_ALL on objects the command creates".into(),
-        },
-        NamedSid {
-            sid: cap.into(),
-            name: "capability SID".into(),
-            why: "so the restricted check passes on the command's own objects".into(),
-        },
-        NamedSid {
-            sid: sids::SYSTEM.into(),
-            name: "SYSTEM".into(),
-            why: "GENERIC_ALL".into(),
-        },
-    ];
-    if sandbox_user.is_some() {
-        default_dacl.push(NamedSid {
-            sid: ctx.user_sid.clone(),
-            name: ctx.user_name.clone(),
-            why: "the invoking user can always manage what the sandbox creates".into(),
-        });
-    }
+    let default_dacl = default_dacl_entries(run_as.sid(), cap, &ctx.user_sid, LOGON_SID)
+        .into_iter()
+        .map(|(sid, mask)| {
+            let (name, why) = if sid == LOGON_SID {
+                ("logon SID of this run", "with setup every run has its own logon session: the command's own objects, not those of another run of the same sandbox user")
+            } else if sid == cap {
+                ("capability SID", "so the restricted check passes on the command's own objects")
+            } else if sid == sids::SYSTEM {
+                ("SYSTEM", "GENERIC_ALL")
+            } else if sid == sids::OWNER_RIGHTS {
+                ("OWNER RIGHTS", "READ_CONTROL only: the owner (the token user, shared by every run as that user) gets no implicit WRITE_DAC")
+            } else if sid == ctx.user_sid && sandbox_user.is_some() {
+                ("the invoking user", "can always manage and kill what the sandbox creates")
+            } else {
+                ("token user (the invoking user)", "GENERIC_ALL on objects the command creates; other workspaces' commands fail the restricted check")
+            };
+            NamedSid {
+                sid: if sid == LOGON_SID {
+                    "logon SID (read from the token at run time)".into()
+                } else {
+                    format!("{sid}{}", if mask == "RC" { " (READ_CONTROL)" } else { "" })
+                },
+                name: name.into(),
+                why: why.into(),
+            }
+        })
+        .collect();
     TokenSpec {
         flags: vec!["WRITE_RESTRICTED", "DISABLE_MAX_PRIVILEGE", "LUA_TOKEN"],
         restricting_sids: restricting.iter().map(|s| named(s)).collect(),

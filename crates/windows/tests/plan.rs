@@ -603,8 +603,14 @@ fn restricting_set_with_setup_includes_the_sandbox_user() {
         vec![ctx.capability_sid.clone(), LOGON_SID.to_string(), offline]
     );
     assert_eq!(t.restricting_set, RestrictingSet::Narrow);
-    // The logon SID is shared by the user's sandboxes: not in the default DACL.
-    assert!(t.default_dacl.iter().all(|s| !s.sid.contains("logon")));
+    // With setup: this run's logon SID, not the sandbox user (a restricting SID of
+    // every run as that user), and OWNER RIGHTS limits the owner to READ_CONTROL.
+    assert!(t.default_dacl.iter().any(|s| s.sid.contains("logon")));
+    assert!(t.default_dacl.iter().all(|s| s.sid != offline_sid(&ctx)));
+    assert!(t
+        .default_dacl
+        .iter()
+        .any(|s| s.sid.starts_with(sids::OWNER_RIGHTS)));
     assert!(t.disabled_sids.iter().any(|s| s.sid == "S-1-5-32-544"));
     for s in [sids::EVERYONE, sids::USERS, sids::RESTRICTED] {
         assert!(!t.restricting.iter().any(|r| r == s), "{s}");
@@ -619,6 +625,8 @@ fn restricting_set_without_setup_never_holds_the_invoking_user() {
     let t = plan.token.as_ref().unwrap();
     assert_eq!(t.restricting.len(), 2);
     assert!(!t.restricting.contains(&ctx.user_sid));
+    // Without setup the logon SID is the interactive session's: not in the default DACL.
+    assert!(t.default_dacl.iter().all(|s| !s.sid.contains("logon")));
     assert!(t.excluded_sids.iter().any(|s| s.sid == ctx.user_sid));
     // Without setup, deletes through FILE_DELETE_CHILD are not covered: reported.
     let w = plan
@@ -721,4 +729,35 @@ fn desktop_pipe_and_null_device_descriptors() {
     assert!(!DENY_LOGON_RIGHTS.contains(&"SeDenyInteractiveLogonRight"));
     assert!(AcePurpose::Protect.fails_closed() && AcePurpose::Hide.fails_closed());
     assert!(!AcePurpose::Write.fails_closed() && !AcePurpose::Read.fails_closed());
+}
+
+fn offline_sid(ctx: &WindowsContext) -> String {
+    ctx.users.as_ref().unwrap().offline_sid.clone()
+}
+
+#[test]
+fn default_dacl_keeps_other_runs_out() {
+    use workfence_windows::default_dacl_sddl;
+    // Without setup: the token user is the invoking user.
+    assert_eq!(
+        default_dacl_sddl(
+            "S-1-5-21-1-1001",
+            "S-1-5-21-9",
+            "S-1-5-21-1-1001",
+            "S-1-5-5-0-1"
+        ),
+        "D:(A;;GA;;;S-1-5-21-1-1001)(A;;GA;;;S-1-5-21-9)(A;;GA;;;S-1-5-18)(A;;RC;;;S-1-3-4)"
+    );
+    // With setup: the run's logon SID and the invoking user, never the sandbox user.
+    let d = default_dacl_sddl(
+        "S-1-5-21-1-1011",
+        "S-1-5-21-9",
+        "S-1-5-21-1-1001",
+        "S-1-5-5-0-1",
+    );
+    assert_eq!(
+        d,
+        "D:(A;;GA;;;S-1-5-5-0-1)(A;;GA;;;S-1-5-21-9)(A;;GA;;;S-1-5-18)(A;;GA;;;S-1-5-21-1-1001)(A;;RC;;;S-1-3-4)"
+    );
+    assert!(!d.contains("S-1-5-21-1-1011"));
 }

@@ -238,17 +238,6 @@ pub fn spawn_failure(app: &str, code: u32) -> (i32, String) {
     )
 }
 
-/// The default DACL of the command's token: the token user, the capability SID,
-/// SYSTEM and the invoking user. Not the logon SID: without setup it is the user's
-/// interactive session's, shared by every sandboxed command of the user.
-pub fn default_dacl(token_user: &str, cap: &str, owner: &str) -> String {
-    let mut dacl = format!("D:(A;;GA;;;{token_user})(A;;GA;;;{cap})(A;;GA;;;SY)");
-    if owner != token_user {
-        dacl.push_str(&format!("(A;;GA;;;{owner})"));
-    }
-    dacl
-}
-
 /// Creates the command suspended (in `job` when given); the caller resumes it once it
 /// holds its handles. `Err` for setup failures, `Ok(Err)` for a command that cannot run
 /// (126/127 with a message).
@@ -262,7 +251,8 @@ pub fn launch(
         let base = sys::process_token()?;
         let logon = sys::token_logon_sid(&base)?;
         let user = sys::token_user_sid(&base)?;
-        let dacl = default_dacl(&user, &req.capability_sid, &req.owner_sid);
+        let dacl =
+            crate::plan::default_dacl_sddl(&user, &req.capability_sid, &req.owner_sid, &logon);
         let restricting: Vec<&str> = req
             .restricting
             .iter()
