@@ -301,6 +301,10 @@ pub struct WindowsContext {
     /// The restricting set to use (measured by `workfence selftest` and recorded in the
     /// state directory; [`RestrictingSet::Narrow`] until then).
     pub restricting: RestrictingSet,
+    /// Whether the WebClient service can start (installed and not disabled): WebDAV
+    /// paths (`\\host@80\x`) are then opened by that service, as LOCAL SERVICE,
+    /// outside the offline user's filters. `None` when unknown.
+    pub webdav_client: Option<bool>,
 }
 
 /// FNV-1a, for stable ids (not a security boundary: the capability SID is random).
@@ -409,6 +413,7 @@ impl WindowsContext {
             cmd_exe: "C:\\Windows\\System32\\cmd.exe".into(),
             mapped_from_unix: !cfg!(windows) && policy.workspace.to_string_lossy().starts_with('/'),
             restricting: RestrictingSet::Narrow,
+            webdav_client: Some(false),
         }
     }
 
@@ -1412,6 +1417,7 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
     let setup = ctx.users.is_some();
     let net = match (&policy.network, setup) {
         (Network::On, _) => l("network", Enforcement::Full, "on: nothing to restrict"),
+        (_, true) if ctx.webdav_client == Some(true) => l("network", Enforcement::Partial, "offline user + WFP filters on its SID; NOT covered: WebDAV paths (\\\\host@80\\x) go through the WebClient service, outside the filters. Disable it to close this: `sc config WebClient start= disabled` (elevated)"),
         (_, true) => l("network", Enforcement::Full, "offline user + WFP filters on its SID"),
         (_, false) => l("network", Enforcement::None, "not enforced: run `workfence setup` (elevated) to install the offline user and its WFP filters"),
     };

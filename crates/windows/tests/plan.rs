@@ -761,3 +761,20 @@ fn default_dacl_keeps_other_runs_out() {
     );
     assert!(!d.contains("S-1-5-21-1-1011"));
 }
+
+#[test]
+fn webdav_client_makes_the_network_partial() {
+    let p = policy(WS);
+    let mut ctx = WindowsContext::example(&p);
+    ctx.webdav_client = Some(true);
+    let off = plan(&p, &repo_layout(WS), &ctx).unwrap();
+    let net = off.layers.iter().find(|l| l.layer == "network").unwrap();
+    assert_eq!(net.state, Enforcement::Partial);
+    assert!(net.detail.contains("WebClient"), "{}", net.detail);
+    // Network on: nothing to restrict.
+    let mut p_on = p.clone();
+    p_on.network = Network::On;
+    let on = plan(&p_on, &repo_layout(WS), &ctx).unwrap();
+    let net = on.layers.iter().find(|l| l.layer == "network").unwrap();
+    assert_eq!(net.state, Enforcement::Full);
+}

@@ -120,6 +120,7 @@ pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
         cmd_exe,
         mapped_from_unix: false,
         restricting: state::facts().restricting.unwrap_or_default(),
+        webdav_client: sys::service_can_start("WebClient"),
     })
 }
 
@@ -212,6 +213,11 @@ pub fn doctor() -> Vec<LayerStatus> {
             "job objects with kill-on-close work".into(),
         ),
         Err(e) => l("processes", Enforcement::None, format!("{e}")),
+    });
+    out.push(match sys::service_can_start("WebClient") {
+        Some(true) => l("WebDAV", Enforcement::Partial, "the WebClient service can start: WebDAV paths reach the network outside the offline user's filters; `sc config WebClient start= disabled` (elevated) closes this".into()),
+        Some(false) => l("WebDAV", Enforcement::Full, "the WebClient service is disabled".into()),
+        None => l("WebDAV", Enforcement::Full, "the WebClient service is not installed".into()),
     });
     out.push(l(
         "restricting set",

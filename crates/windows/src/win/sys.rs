@@ -20,6 +20,7 @@ use windows_sys::Win32::System::Diagnostics::Debug as DBG;
 use windows_sys::Win32::System::JobObjects as J;
 use windows_sys::Win32::System::Pipes as P;
 use windows_sys::Win32::System::Registry as R;
+use windows_sys::Win32::System::Services as SV;
 use windows_sys::Win32::System::StationsAndDesktops as SD;
 use windows_sys::Win32::System::Threading as T;
 use windows_sys::Win32::UI::Shell as UISH;
@@ -2201,4 +2202,55 @@ pub fn remove_account_rights(sid: &str) {
     let Ok(sid_b) = Sid::parse(sid) else { return };
     // SAFETY: the SID lives for the call; AllRights needs no list.
     unsafe { ID::LsaRemoveAccountRights(lsa.0, sid_b.ptr(), true, null(), 0) };
+}
+
+// ---------------------------------------------------------------- services
+
+/// A service control manager or service handle, closed on drop.
+struct ScHandle(SV::SC_HANDLE);
+
+impl Drop for ScHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from OpenSCManagerW/OpenServiceW and is closed once.
+        unsafe { SV::CloseServiceHandle(self.0) };
+    }
+}
+
+/// Whether a service is installed with a start type other than disabled (a manual or
+/// trigger-start service can be started on demand). `None`: not installed or
+/// unreadable.
+pub fn service_can_start(name: &str) -> Option<bool> {
+    // SAFETY: local machine, default database; returns a handle or null.
+    let scm = unsafe { SV::OpenSCManagerW(null(), null(), SV::SC_MANAGER_CONNECT) };
+    if scm.is_null() {
+        return None;
+    }
+    let scm = ScHandle(scm);
+    let n = wide(name);
+    // SAFETY: scm is open; n is NUL-terminated.
+    let svc = unsafe { SV::OpenServiceW(scm.0, n.as_ptr(), SV::SERVICE_QUERY_CONFIG) };
+    if svc.is_null() {
+        return None;
+    }
+    let svc = ScHandle(svc);
+    let mut need = 0u32;
+    // SAFETY: a size query with a null buffer.
+    unsafe { SV::QueryServiceConfigW(svc.0, null_mut(), 0, &mut need) };
+    // u64 elements keep the structure aligned.
+    let mut buf = vec![0u64; (need as usize).div_ceil(8) + 1];
+    // SAFETY: buf holds at least `need` bytes; need is a valid output.
+    let ok = unsafe {
+        SV::QueryServiceConfigW(
+            svc.0,
+            buf.as_mut_ptr() as *mut SV::QUERY_SERVICE_CONFIGW,
+            (buf.len() * 8) as u32,
+            &mut need,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    // SAFETY: QueryServiceConfigW filled buf with a QUERY_SERVICE_CONFIGW.
+    let cfg = unsafe { &*(buf.as_ptr() as *const SV::QUERY_SERVICE_CONFIGW) };
+    Some(cfg.dwStartType != SV::SERVICE_DISABLED)
 }
