@@ -1453,6 +1453,45 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
 }
 
 impl WindowsPlan {
+    /// Why `run` must refuse this plan (fail closed): a layer is not fully enforced
+    /// and --allow-degraded was not given. `None` when it may run.
+    pub fn refusal(&self) -> Option<WindowsError> {
+        let gaps = self.degraded();
+        if gaps.is_empty() || self.allow_degraded {
+            return None;
+        }
+        if self.needs_setup {
+            let missing: Vec<&str> = gaps.iter().map(|l| l.layer.as_str()).collect();
+            return Some(WindowsError::SetupMissing {
+                missing: missing.join(" and "),
+            });
+        }
+        Some(WindowsError::NotEnforced {
+            gaps: gaps
+                .iter()
+                .map(|l| format!("{}: {}", l.layer, l.detail))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
+    /// The warning `run` prints when it runs with gaps (--allow-degraded).
+    pub fn degraded_warning(&self) -> Option<String> {
+        let gaps = self.degraded();
+        if gaps.is_empty() {
+            return None;
+        }
+        let layers: Vec<&str> = gaps.iter().map(|l| l.layer.as_str()).collect();
+        Some(if self.needs_setup {
+            format!(
+                "`workfence setup` has not been run: not enforced: {} (--allow-degraded)",
+                layers.join(", ")
+            )
+        } else {
+            format!("not fully enforced on this machine: {} (--allow-degraded; `workfence doctor` says how to fix each)", layers.join(", "))
+        })
+    }
+
     /// What is not enforced (empty when every layer is).
     pub fn degraded(&self) -> Vec<&LayerStatus> {
         if self.unsandboxed {

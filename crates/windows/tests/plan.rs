@@ -125,6 +125,7 @@ fn workspace_write_repo_network_off() {
     let plan = build(&p, &l);
     assert!(matches!(plan.run_as, RunAs::OfflineUser { .. }));
     assert!(plan.degraded().is_empty());
+    assert!(plan.refusal().is_none() && plan.degraded_warning().is_none());
     snap("workspace-write", &plan);
 }
 
@@ -771,6 +772,15 @@ fn webdav_client_makes_the_network_partial() {
     let net = off.layers.iter().find(|l| l.layer == "network").unwrap();
     assert_eq!(net.state, Enforcement::Partial);
     assert!(net.detail.contains("WebClient"), "{}", net.detail);
+    // Fail closed: refused without --allow-degraded, with the fix in the message.
+    let err = off.refusal().unwrap();
+    assert!(matches!(err, WindowsError::NotEnforced { .. }), "{err}");
+    assert!(err.to_string().contains("sc config WebClient"), "{err}");
+    let mut allowed = p.clone();
+    allowed.allow_degraded = true;
+    let ok = plan(&allowed, &repo_layout(WS), &ctx).unwrap();
+    assert!(ok.refusal().is_none());
+    assert!(ok.degraded_warning().unwrap().contains("network"));
     // Network on: nothing to restrict.
     let mut p_on = p.clone();
     p_on.network = Network::On;

@@ -123,14 +123,11 @@ fn wait_deadline(
 }
 
 pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
-    if plan.needs_setup {
-        let missing: Vec<String> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
-        if !plan.allow_degraded {
-            return Err(WindowsError::SetupMissing {
-                missing: missing.join(" and "),
-            });
-        }
-        eprintln!("workfence: WARNING: `workfence setup` has not been run: the network is not enforced, and neither is: {} (--allow-degraded)", missing.join(", "));
+    if let Some(e) = plan.refusal() {
+        return Err(e);
+    }
+    if let Some(w) = plan.degraded_warning() {
+        eprintln!("workfence: WARNING: {w}");
     }
     let argv = strings(req)?;
     let Some(argv0) = argv.first() else {
