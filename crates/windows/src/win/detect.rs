@@ -46,6 +46,20 @@ pub fn toolchain_roots(profile: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The runner executable, which the sandbox users must be able to read and run: the
+/// grant is on the file itself (traversal to it needs no grant), unless it lies in the
+/// Windows directory.
+pub fn runner_read_root(windows_dir: &str) -> Option<String> {
+    let exe = crate::win::run::runner_exe().ok()?;
+    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+    let shown = display(&exe);
+    let in_windows = WinPath::parse(&shown)
+        .ok()
+        .zip(WinPath::parse(windows_dir).ok())
+        .is_some_and(|(e, w)| e.starts_with(&w));
+    (!in_windows).then_some(shown)
+}
+
 pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
     let token = sys::process_token()?;
     let user_sid = sys::token_user_sid(&token)?;
@@ -89,19 +103,7 @@ pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
     let id = workspace_id(&ws);
     let capability_sid = state::capability_sid(&ws.key())?;
     let mut read_roots = toolchain_roots(&profile);
-    // The sandbox users must be able to read and run the runner: grant it on the file
-    // itself (traversal to it needs no grant), unless it lies in the Windows directory.
-    if let Ok(exe) = crate::win::run::runner_exe() {
-        let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
-        let shown = display(&exe);
-        let in_windows = WinPath::parse(&shown)
-            .ok()
-            .zip(WinPath::parse(&windows_dir).ok())
-            .is_some_and(|(e, w)| e.starts_with(&w));
-        if !in_windows {
-            read_roots.push(shown);
-        }
-    }
+    read_roots.extend(runner_read_root(&windows_dir));
     let cmd_exe = format!("{windows_dir}\\System32\\cmd.exe");
     let users = state::setup_info();
     Ok(WindowsContext {

@@ -28,13 +28,16 @@ fn grant_null_device(info: &SandboxUsers) -> Result<String, WindowsError> {
     Ok("granted the sandbox users the null device (until the next boot: run setup again after a reboot, `workfence doctor` tells)".into())
 }
 
-/// The read grants on the profile's toolchains, applied at setup so that the first run
-/// does not pay for their propagation (runs recognise them from the journal).
+/// The read grants on the profile's toolchains and on the runner, applied at setup so
+/// that the first run does not pay for their propagation (runs recognise them from the
+/// journal). The same ACEs `plan` lists, so they match.
 fn toolchain_grants(info: &SandboxUsers) -> Vec<AcePlan> {
     let Some(profile) = std::env::var_os("USERPROFILE") else {
         return Vec::new();
     };
-    crate::win::detect::toolchain_roots(std::path::Path::new(&profile))
+    let mut roots = crate::win::detect::toolchain_roots(std::path::Path::new(&profile));
+    roots.extend(crate::win::detect::runner_read_root(&sys::windows_dir()));
+    roots
         .into_iter()
         .map(|path| AcePlan {
             path,
@@ -46,7 +49,7 @@ fn toolchain_grants(info: &SandboxUsers) -> Vec<AcePlan> {
             },
             trustee: info.group_name.clone(),
             purpose: AcePurpose::Read,
-            why: "readable by the sandbox users (a toolchain in the profile)".into(),
+            why: "readable by the sandbox users (a toolchain in the profile, or the runner)".into(),
             per_run: false,
         })
         .collect()
