@@ -18,6 +18,7 @@ impl fmt::Display for WfpCondition {
                 write!(f, "remote address = {}", std::net::Ipv6Addr::from(*a))
             }
             WfpCondition::RemotePort(p) => write!(f, "remote port = {p}"),
+            WfpCondition::LocalPort(p) => write!(f, "local port = {p}"),
             WfpCondition::Protocol(p) => write!(f, "protocol = {p}"),
         }
     }
@@ -175,7 +176,7 @@ impl fmt::Display for WindowsPlan {
         if !self.network.filters.is_empty() {
             writeln!(
                 f,
-                "  WFP filters of the offline user (installed by `workfence setup`, persistent):"
+                "  WFP filters of the sandbox users (installed by `workfence setup`, persistent):"
             )?;
             for flt in &self.network.filters {
                 let conds: Vec<String> = flt.conditions.iter().map(|c| c.to_string()).collect();

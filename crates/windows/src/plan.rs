@@ -590,6 +590,8 @@ pub enum WfpCondition {
     RemoteV6([u8; 16]),
     /// `FWPM_CONDITION_IP_REMOTE_PORT` is this port.
     RemotePort(u16),
+    /// `FWPM_CONDITION_IP_LOCAL_PORT` is this port.
+    LocalPort(u16),
     /// `FWPM_CONDITION_IP_PROTOCOL` is this protocol number.
     Protocol(u8),
 }
@@ -626,15 +628,19 @@ pub const WFP_PROVIDER_KEY: &str = "6b2f3a10-77c4-4e4f-9a61-776f726b6600";
 /// workfence's WFP sublayer key.
 pub const WFP_SUBLAYER_KEY: &str = "6b2f3a10-77c4-4e4f-9a61-776f726b6601";
 
-/// The filters that confine the offline user (pure, so setup and explain agree).
-pub fn wfp_filters(offline_sid: &str) -> Vec<WfpFilter> {
+/// The filters that confine the sandbox users (pure, so setup and explain agree):
+/// everything for the offline user, and for the online user only that it may not
+/// listen on the proxy port (so that no command can stand in for workfence's proxy).
+/// Each filter's first condition is the user it applies to.
+pub fn wfp_filters(offline_sid: &str, online_sid: &str, proxy_port: u16) -> Vec<WfpFilter> {
     use WfpCondition::*;
-    let user = || User(offline_sid.to_string());
     let mut out = Vec::new();
     let mut n = 0u8;
     let mut add = |name: &str, layer, action, weight, mut conds: Vec<WfpCondition>| {
         n += 1;
-        conds.insert(0, user());
+        if !matches!(conds.first(), Some(User(_))) {
+            conds.insert(0, User(offline_sid.to_string()));
+        }
         out.push(WfpFilter {
             key: format!("6b2f3a10-77c4-4e4f-9a61-776f726b66{n:02x}"),
             name: format!("workfence: {name}"),
@@ -701,6 +707,18 @@ pub fn wfp_filters(offline_sid: &str) -> Vec<WfpFilter> {
             WfpAction::Block,
             1,
             vec![],
+        );
+    }
+    for (layer, v) in [
+        (WfpLayer::AleAuthListenV4, "IPv4"),
+        (WfpLayer::AleAuthListenV6, "IPv6"),
+    ] {
+        add(
+            &format!("online user may not listen on the proxy port ({v})"),
+            layer,
+            WfpAction::Block,
+            15,
+            vec![User(online_sid.to_string()), LocalPort(proxy_port)],
         );
     }
     // No listener of the offline user on any port, the proxy port included: a command
@@ -1371,7 +1389,7 @@ fn network_plan(policy: &Policy, ctx: &WindowsContext, full: bool) -> NetworkPla
     let filters = ctx
         .users
         .as_ref()
-        .map(|u| wfp_filters(&u.offline_sid))
+        .map(|u| wfp_filters(&u.offline_sid, &u.online_sid, u.proxy_port))
         .unwrap_or_default();
     let (enforced, mechanism) = match (&policy.network, &ctx.users) {
         (_, _) if full => (true, "full access: the host network".to_string()),

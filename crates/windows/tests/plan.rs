@@ -414,6 +414,7 @@ fn wfp_filters_cover_the_issue_list() {
     for want in [
         "listening (IPv4)",
         "listening (IPv6)",
+        "online user may not listen on the proxy port (IPv4)",
         "DNS",
         "SMB",
         "ICMP",

@@ -127,10 +127,10 @@ pub fn install() -> Result<String, WindowsError> {
     ));
     // Filters of earlier versions (other keys, the old loopback permit) go first.
     sys::wfp_uninstall(&all_filter_keys())?;
-    let filters = wfp_filters(&info.offline_sid);
+    let filters = wfp_filters(&info.offline_sid, &info.online_sid, info.proxy_port);
     sys::wfp_install(&filters)?;
     notes.push(format!(
-        "installed {} WFP filters for {} ({}): all its traffic and listens are blocked, loopback included",
+        "installed {} WFP filters for {} ({}): all its traffic and listens are blocked, loopback included; the online user may not listen on the proxy port",
         filters.len(),
         info.offline_user,
         info.offline_sid,

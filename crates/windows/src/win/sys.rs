@@ -1708,6 +1708,11 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
                 cond.conditionValue.r#type = WFP::FWP_UINT16;
                 cond.conditionValue.Anonymous.uint16 = *p;
             }
+            WfpCondition::LocalPort(p) => {
+                cond.fieldKey = WFP::FWPM_CONDITION_IP_LOCAL_PORT;
+                cond.conditionValue.r#type = WFP::FWP_UINT16;
+                cond.conditionValue.Anonymous.uint16 = *p;
+            }
             WfpCondition::Protocol(p) => {
                 cond.fieldKey = WFP::FWPM_CONDITION_IP_PROTOCOL;
                 cond.conditionValue.r#type = WFP::FWP_UINT8;
