@@ -183,10 +183,12 @@ pub const DENY_LOGON_RIGHTS: &[&str] = &[
     "SeDenyServiceLogonRight",
 ];
 
-/// The DACL of a run's private desktop: SYSTEM, the invoking user (who may need to
-/// close it), the account the command runs as and the capability SID (the restricted
-/// check of a desktop open). Nobody else, so no other process can hook or inject input
-/// into it, and the command cannot reach the user's desktop.
+/// The DACL of a run's private window station and desktop: SYSTEM, the invoking user
+/// (who creates and closes them), the account the command runs as (with
+/// `CreateProcessWithLogonW` and an explicit desktop, granting the account is the
+/// caller's job) and the capability SID (the restricted check of an open). Nobody
+/// else, so no other process can hook or inject input there, and the command shares no
+/// clipboard, atoms or hooks with the user's desktop.
 pub fn desktop_sddl(invoking_user: &str, token_user: &str, cap: &str) -> String {
     let mut sids = vec![sids::SYSTEM, invoking_user, token_user, cap];
     sids.dedup();
@@ -1249,7 +1251,7 @@ pub fn plan(
         }
     }
     if !full {
-        launch.push("on a private desktop of workfence's window station (CreateDesktopW), whose DACL grants only SYSTEM, the invoking user, the token user and the capability SID: no hooks, SendInput or window messages into the user's desktop".into());
+        launch.push("on a private window station and desktop (CreateWindowStationW, CreateDesktopW), whose DACLs grant only SYSTEM, the invoking user, the token user and the capability SID: no hooks, SendInput, window messages, clipboard or global atoms shared with the user's desktop".into());
     }
     launch.push("STARTUPINFOEX with PROC_THREAD_ATTRIBUTE_HANDLE_LIST: only the three stdio handles are inherited".into());
     if policy.pty {

@@ -183,15 +183,17 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
         (program.clone(), cmdline::command_line(&full)?)
     };
     let owner_sid = sys::token_user_sid(&sys::process_token()?)?;
-    // The private desktop lives until run returns (after the job is terminated).
+    // The private window station and desktop live until run returns (after the job
+    // is terminated).
     let desktop = if plan.private_desktop {
         let mut nonce = [0u8; 8];
         sys::random_bytes(&mut nonce)?;
         let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-        let name = format!("workfence-{hex}");
         let sddl = crate::plan::desktop_sddl(&owner_sid, plan.run_as.sid(), &plan.capability_sid);
-        let d = sys::Desktop::create(&name, &sddl)?;
-        Some((d, format!("{}\\{name}", sys::window_station_name()?)))
+        Some(sys::PrivateDesktop::create(
+            &format!("workfence-{hex}"),
+            &sddl,
+        )?)
     } else {
         None
     };
@@ -209,7 +211,7 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
         owner_sid,
         pty: req.pty.then(|| sys::console_size().unwrap_or((120, 30))),
         unrestricted: plan.unsandboxed,
-        desktop: desktop.as_ref().map(|(_, n)| n.clone()),
+        desktop: desktop.as_ref().map(|d| d.name.clone()),
         own_job: None,
     };
     let job = sys::Job::new(&plan.job)?;

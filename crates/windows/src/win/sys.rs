@@ -1887,73 +1887,89 @@ pub fn pipe_client_pid(server: &OwnedHandle) -> Result<u32> {
 
 // ---------------------------------------------------------------- private desktop
 
-/// A desktop created for one run, closed on drop (Windows destroys it when the last
-/// handle and the last thread on it are gone).
-pub struct Desktop(SD::HDESK);
+/// A window station and a desktop in it, created for one run and closed on drop
+/// (Windows destroys them when the last handle and the last process on them are gone).
+/// A window station of its own, not only a desktop, because the clipboard, global atoms
+/// and hooks belong to the window station: on a desktop of the user's `WinSta0`, the
+/// command could still read the user's clipboard.
+pub struct PrivateDesktop {
+    winsta: SD::HWINSTA,
+    desktop: SD::HDESK,
+    /// `winsta\desktop`, for `STARTUPINFO.lpDesktop`.
+    pub name: String,
+}
 
-impl Desktop {
-    /// `CreateDesktopW` in our window station, with the DACL `sddl`.
-    pub fn create(name: &str, sddl: &str) -> Result<Desktop> {
+impl PrivateDesktop {
+    /// `CreateWindowStationW` and `CreateDesktopW`, both with the DACL `sddl`. The
+    /// desktop is created while our process is switched to the new window station
+    /// (`CreateDesktopW` has no window station argument), then switched back.
+    pub fn create(winsta_name: &str, sddl: &str) -> Result<PrivateDesktop> {
         let sd = SecurityDescriptor::from_sddl(sddl)?;
         let sa = S::SECURITY_ATTRIBUTES {
             nLength: std::mem::size_of::<S::SECURITY_ATTRIBUTES>() as u32,
             lpSecurityDescriptor: sd.ptr(),
             bInheritHandle: 0,
         };
-        let w = wide(name);
-        // SAFETY: w is NUL-terminated; sa points into sd, alive for the call; no device
+        let hint = "run workfence from a normal user session";
+        let w = wide(winsta_name);
+        // SAFETY: w is NUL-terminated; sa points into sd, alive for the call.
+        let ws = unsafe { SD::CreateWindowStationW(w.as_ptr(), 0, F::GENERIC_ALL, &sa) };
+        if ws.is_null() {
+            return Err(api(
+                "creating the run's window station",
+                "CreateWindowStationW",
+                last_error(),
+                hint,
+            ));
+        }
+        // SAFETY: returns the current window station (not to be closed).
+        let old = unsafe { SD::GetProcessWindowStation() };
+        // SAFETY: ws is a window station handle just created.
+        if unsafe { SD::SetProcessWindowStation(ws) } == 0 {
+            let code = last_error();
+            // SAFETY: ws is open and closed once here.
+            unsafe { SD::CloseWindowStation(ws) };
+            return Err(api(
+                "switching to the run's window station",
+                "SetProcessWindowStation",
+                code,
+                hint,
+            ));
+        }
+        let d = wide("default");
+        // SAFETY: d is NUL-terminated; sa points into sd, alive for the call; no device
         // or mode is passed.
-        let h = unsafe { SD::CreateDesktopW(w.as_ptr(), null(), null(), 0, F::GENERIC_ALL, &sa) };
-        if h.is_null() {
+        let desktop =
+            unsafe { SD::CreateDesktopW(d.as_ptr(), null(), null(), 0, F::GENERIC_ALL, &sa) };
+        let code = last_error();
+        // SAFETY: old is the window station we were on; switching back cannot leave us
+        // without one.
+        unsafe { SD::SetProcessWindowStation(old) };
+        if desktop.is_null() {
+            // SAFETY: ws is open and closed once here.
+            unsafe { SD::CloseWindowStation(ws) };
             return Err(api(
                 "creating the run's private desktop",
                 "CreateDesktopW",
-                last_error(),
-                "run workfence from a normal interactive session",
+                code,
+                hint,
             ));
         }
-        Ok(Desktop(h))
+        Ok(PrivateDesktop {
+            winsta: ws,
+            desktop,
+            name: format!("{winsta_name}\\default"),
+        })
     }
 }
 
-impl Drop for Desktop {
+impl Drop for PrivateDesktop {
     fn drop(&mut self) {
-        // SAFETY: the desktop handle came from CreateDesktopW and is closed once.
-        unsafe { SD::CloseDesktop(self.0) };
+        // SAFETY: both handles came from the Create calls above and are closed once.
+        unsafe { SD::CloseDesktop(self.desktop) };
+        // SAFETY: as above.
+        unsafe { SD::CloseWindowStation(self.winsta) };
     }
-}
-
-/// The name of our window station (`WinSta0` in an interactive session).
-pub fn window_station_name() -> Result<String> {
-    // SAFETY: returns a handle owned by the system; it is not closed.
-    let ws = unsafe { SD::GetProcessWindowStation() };
-    if ws.is_null() {
-        return Err(api(
-            "reading our window station",
-            "GetProcessWindowStation",
-            last_error(),
-            "",
-        ));
-    }
-    let mut buf = [0u16; 256];
-    let mut need = 0u32;
-    // SAFETY: buf and its byte length match; need is a valid output.
-    let ok = unsafe {
-        SD::GetUserObjectInformationW(
-            ws,
-            SD::UOI_NAME,
-            buf.as_mut_ptr() as *mut c_void,
-            (buf.len() * 2) as u32,
-            &mut need,
-        )
-    };
-    check(
-        ok,
-        "reading our window station's name",
-        "GetUserObjectInformationW",
-        "",
-    )?;
-    Ok(from_wide(&buf))
 }
 
 // ---------------------------------------------------------------- program lookup
