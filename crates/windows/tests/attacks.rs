@@ -445,12 +445,21 @@ fn nul_redirects_work() {
     // sandbox users the null device; the grant resets at boot until setup runs again).
     let sb = default_sandbox();
     let script = cmd("echo workfence> NUL");
-    if sb.setup && workfence_windows::null_device_granted() == Some(false) {
+    assert_eq!(control(&script, &sb.ws), 0);
+    if !sb.setup {
+        // Nothing in the no-setup restricting set is granted on the device unless the
+        // machine's restricting set is wider: a measured fact (docs/windows.md, Q3).
+        eprintln!(
+            "without setup, `> NUL` in the sandbox exited {}",
+            sb.run(&script)
+        );
+        return;
+    }
+    if workfence_windows::null_device_granted() == Some(false) {
         eprintln!("the null device grant is gone (reboot since setup): skipped");
         return;
     }
     assert_eq!(sb.run(&script), 0);
-    assert_eq!(control(&script, &sb.ws), 0);
 }
 
 #[test]
