@@ -18,6 +18,7 @@ impl fmt::Display for WfpCondition {
                 write!(f, "remote address = {}", std::net::Ipv6Addr::from(*a))
             }
             WfpCondition::RemotePort(p) => write!(f, "remote port = {p}"),
+            WfpCondition::LocalPort(p) => write!(f, "local port = {p}"),
             WfpCondition::Protocol(p) => write!(f, "protocol = {p}"),
         }
     }
@@ -30,6 +31,8 @@ impl fmt::Display for WfpLayer {
             WfpLayer::AleAuthConnectV6 => "ALE_AUTH_CONNECT_V6",
             WfpLayer::AleAuthRecvAcceptV4 => "ALE_AUTH_RECV_ACCEPT_V4",
             WfpLayer::AleAuthRecvAcceptV6 => "ALE_AUTH_RECV_ACCEPT_V6",
+            WfpLayer::AleAuthListenV4 => "ALE_AUTH_LISTEN_V4",
+            WfpLayer::AleAuthListenV6 => "ALE_AUTH_LISTEN_V6",
         })
     }
 }
@@ -88,6 +91,11 @@ impl fmt::Display for WindowsPlan {
             )?;
             for s in &t.restricting_sids {
                 writeln!(f, "    {}  {}: {}", s.sid, s.name, s.why)?;
+            }
+            writeln!(f, "  restricting set: {}", t.restricting_set.name())?;
+            writeln!(f, "  deny-only SIDs (SidsToDisable):")?;
+            for s in &t.disabled_sids {
+                writeln!(f, "    {}  {}", s.sid, s.name)?;
             }
             writeln!(f, "  not restricting SIDs:")?;
             for s in &t.excluded_sids {
@@ -168,7 +176,7 @@ impl fmt::Display for WindowsPlan {
         if !self.network.filters.is_empty() {
             writeln!(
                 f,
-                "  WFP filters of the offline user (installed by `workfence setup`, persistent):"
+                "  WFP filters of the sandbox users (installed by `workfence setup`, persistent):"
             )?;
             for flt in &self.network.filters {
                 let conds: Vec<String> = flt.conditions.iter().map(|c| c.to_string()).collect();
@@ -204,12 +212,8 @@ impl fmt::Display for WindowsPlan {
         if let Some(c) = self.job.cpu_percent {
             writeln!(f, "  CPU: hard cap at {c}% of one core")?;
         }
-        if !self.job.ui_restrictions.is_empty() {
-            writeln!(
-                f,
-                "  UI restrictions: {}",
-                self.job.ui_restrictions.join(", ")
-            )?;
+        for n in &self.job.nesting {
+            writeln!(f, "  {n}")?;
         }
         writeln!(f, "  no JOB_OBJECT_LIMIT_BREAKAWAY_OK / SILENT_BREAKAWAY_OK: children cannot leave the job")?;
         match self.job.timeout_ms {
@@ -233,6 +237,12 @@ impl fmt::Display for WindowsPlan {
         )?;
         for (k, v) in &self.env.set {
             writeln!(f, "  set {k}={v}")?;
+        }
+        if let Some(h) = &self.home {
+            writeln!(f, "  home of the sandbox user for this workspace: {h} (created before the run, kept between runs)")?;
+        }
+        if let Some(g) = &self.env.git_safe_directory {
+            writeln!(f, "  git: safe.directory={g} through GIT_CONFIG_COUNT/GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n (appended to the caller's; no config file is written)")?;
         }
         for r in &self.env.removed {
             writeln!(f, "  removed: {r}")?;

@@ -42,6 +42,17 @@ pub enum WindowsError {
         missing: String,
     },
 
+    /// A layer is only partly enforced on this machine (after setup).
+    #[error("not fully enforced on this machine: {gaps}. Fix what each says, or pass --allow-degraded to run with these gaps reported")]
+    NotEnforced {
+        /// Each layer and why.
+        gaps: String,
+    },
+
+    /// `network = "proxy"` needs workfence's proxy, which does not exist yet.
+    #[error("network allowlists (network = \"proxy\") are not enforced by this version on Windows; use --network off or on")]
+    ProxyUnsupported,
+
     /// A command line cannot be represented.
     #[error("cannot build the command line: {0}")]
     CommandLine(#[from] CmdLineError),

@@ -32,6 +32,11 @@ pub enum Entry {
         id: u64,
         /// Unix time.
         time: u64,
+        /// The object's creation time (Windows file time) when the change was made, so
+        /// that a later run recognises a workspace deleted and re-created at the same
+        /// path as a new object. Absent in journals of earlier versions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created: Option<u64>,
     },
     /// The change with this id was undone (or found never to have happened).
     Restored {
@@ -111,6 +116,8 @@ pub struct Change {
     pub aces: Vec<String>,
     /// Whether the `Applied` line was written.
     pub applied: bool,
+    /// The object's creation time recorded with `Applied`.
+    pub created: Option<u64>,
 }
 
 /// What the journal says is still in place.
@@ -170,6 +177,48 @@ impl Outstanding {
     }
 }
 
+/// Whether the journal shows every ACE of `aces` applied on `path` (in the form
+/// planned, or with inheritance dropped, as it is applied to a file) to the object
+/// created at `created` (its creation time now), so that a run need not open the
+/// object at all. An unknown creation time is never covered. Only grants are trusted this way: a grant removed
+/// behind workfence's back makes the command fail, never the sandbox leak. Deny ACEs
+/// are always checked on the object (see [`must_visit`]).
+pub fn covered(
+    o: &Outstanding,
+    path: &str,
+    aces: &[crate::sddl::Ace],
+    created: Option<u64>,
+) -> bool {
+    if created.is_none() {
+        return false;
+    }
+    let key = crate::path::fold_case(path);
+    let have: std::collections::BTreeSet<&str> = o
+        .changes
+        .iter()
+        .filter(|c| c.applied && c.created == created && crate::path::fold_case(&c.path) == key)
+        .flat_map(|c| c.aces.iter().map(String::as_str))
+        .collect();
+    aces.iter().all(|a| {
+        let mut flat = a.clone();
+        flat.inherit = crate::sddl::Inherit::None;
+        have.contains(a.sddl().as_str()) || have.contains(flat.sddl().as_str())
+    })
+}
+
+/// Whether a run must open the object at `path` to apply `aces`: always for deny ACEs
+/// (they are what keeps the command in, and are few: protected and hidden paths), and
+/// for grants the journal does not show applied. This is what keeps a run on a large
+/// workspace from touching more than a handful of objects after the first.
+pub fn must_visit(
+    o: &Outstanding,
+    path: &str,
+    aces: &[crate::sddl::Ace],
+    created: Option<u64>,
+) -> bool {
+    aces.iter().any(|a| a.kind == crate::sddl::AceKind::Deny) || !covered(o, path, aces, created)
+}
+
 /// Folds the entries into what is still in place.
 pub fn outstanding(entries: &[Entry]) -> Outstanding {
     let mut changes: BTreeMap<u64, Change> = BTreeMap::new();
@@ -191,12 +240,14 @@ pub fn outstanding(entries: &[Entry]) -> Outstanding {
                         before: before.clone(),
                         aces: aces.clone(),
                         applied: false,
+                        created: None,
                     },
                 );
             }
-            Entry::Applied { id, .. } => {
+            Entry::Applied { id, created, .. } => {
                 if let Some(c) = changes.get_mut(id) {
                     c.applied = true;
+                    c.created = *created;
                 }
             }
             Entry::Restored { id, .. } => {
@@ -242,7 +293,11 @@ mod tests {
     fn round_trip_and_torn_tail() {
         let entries = vec![
             intent(1, "C:\\w", "D:(A;;FA;;;SY)"),
-            Entry::Applied { id: 1, time: 5 },
+            Entry::Applied {
+                id: 1,
+                time: 5,
+                created: Some(7),
+            },
             Entry::Created {
                 id: 2,
                 time: 6,
@@ -261,12 +316,132 @@ mod tests {
     }
 
     #[test]
+    fn journaled_grants_are_recognised_denies_are_checked() {
+        use crate::sddl::{Ace, AceKind, Inherit};
+        let grant = Ace {
+            kind: AceKind::Allow,
+            sid: "S-1-5-21-1-2-3-1".into(),
+            mask: 0x1301bf,
+            inherit: Inherit::Tree,
+        };
+        let entries = vec![
+            Entry::Intent {
+                id: 1,
+                time: 0,
+                path: "C:\\w".into(),
+                before: "D:".into(),
+                aces: vec![grant.sddl()],
+            },
+            Entry::Applied {
+                id: 1,
+                time: 0,
+                created: Some(7),
+            },
+        ];
+        let o = outstanding(&entries);
+        assert!(covered(&o, "c:\\W", std::slice::from_ref(&grant), Some(7)));
+        assert!(!must_visit(
+            &o,
+            "C:\\w",
+            std::slice::from_ref(&grant),
+            Some(7)
+        ));
+        // Not applied yet (intent only): visit.
+        let o2 = outstanding(&entries[..1]);
+        assert!(must_visit(
+            &o2,
+            "C:\\w",
+            std::slice::from_ref(&grant),
+            Some(7)
+        ));
+        // Another path, or another ACE: visit.
+        assert!(must_visit(
+            &o,
+            "C:\\w\\x",
+            std::slice::from_ref(&grant),
+            Some(7)
+        ));
+        let mut other = grant.clone();
+        other.sid = "S-1-5-21-1-2-3-2".into();
+        assert!(must_visit(&o, "C:\\w", &[grant.clone(), other], Some(7)));
+        // A file got the grant without inheritance flags: still recognised.
+        let mut flat = grant.clone();
+        flat.inherit = Inherit::None;
+        let file = vec![
+            Entry::Intent {
+                id: 1,
+                time: 0,
+                path: "C:\\w\\f.txt".into(),
+                before: "D:".into(),
+                aces: vec![flat.sddl()],
+            },
+            Entry::Applied {
+                id: 1,
+                time: 0,
+                created: Some(7),
+            },
+        ];
+        assert!(covered(
+            &outstanding(&file),
+            "C:\\w\\f.txt",
+            std::slice::from_ref(&grant),
+            Some(7)
+        ));
+        // The path was deleted and re-created (another creation time), or the time is
+        // unknown: visit.
+        assert!(must_visit(
+            &o,
+            "C:\\w",
+            std::slice::from_ref(&grant),
+            Some(8)
+        ));
+        assert!(must_visit(&o, "C:\\w", std::slice::from_ref(&grant), None));
+        // Denies are always checked on the object.
+        let mut deny = grant;
+        deny.kind = AceKind::Deny;
+        let d = vec![
+            Entry::Intent {
+                id: 1,
+                time: 0,
+                path: "C:\\w\\.git".into(),
+                before: "D:".into(),
+                aces: vec![deny.sddl()],
+            },
+            Entry::Applied {
+                id: 1,
+                time: 0,
+                created: Some(7),
+            },
+        ];
+        assert!(covered(
+            &outstanding(&d),
+            "C:\\w\\.git",
+            std::slice::from_ref(&deny),
+            Some(7)
+        ));
+        assert!(must_visit(
+            &outstanding(&d),
+            "C:\\w\\.git",
+            &[deny],
+            Some(7)
+        ));
+    }
+
+    #[test]
     fn restore_uses_the_first_before() {
         let entries = vec![
             intent(1, "C:\\w", "D:ORIGINAL"),
-            Entry::Applied { id: 1, time: 0 },
+            Entry::Applied {
+                id: 1,
+                time: 0,
+                created: Some(7),
+            },
             intent(2, "c:\\W", "D:ORIGINAL+1"),
-            Entry::Applied { id: 2, time: 0 },
+            Entry::Applied {
+                id: 2,
+                time: 0,
+                created: Some(7),
+            },
             intent(3, "C:\\w\\.git", "D:GIT"),
             intent(4, "C:\\gone", "D:X"),
             Entry::Restored { id: 4, time: 0 },

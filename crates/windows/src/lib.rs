@@ -46,6 +46,7 @@ pub mod cmdline;
 mod display;
 mod error;
 pub mod journal;
+pub mod lookup;
 pub mod path;
 mod plan;
 pub mod sddl;
@@ -55,11 +56,13 @@ mod win;
 
 pub use error::WindowsError;
 pub use plan::{
-    capability_sid_from_bytes, default_shared_roots, plan, sids, to_win, wfp_filters, workspace_id,
-    AcePlan, AcePurpose, EnvPlan, JobSpec, NamedSid, NetworkPlan, Placeholder, RunAs, SandboxUsers,
-    TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer, WindowsContext, WindowsPlan,
-    DEFAULT_PROXY_PORT, GROUP_NAME, JOURNAL_FILE, OFFLINE_USER, ONLINE_USER, REQUIRED_ENV,
-    WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
+    all_filter_keys, capability_sid_from_bytes, control_pipe_sddl, default_dacl_entries,
+    default_dacl_sddl, default_shared_roots, desktop_sddl, git_safe_directory_env, null_device_ace,
+    plan, restricting_sids, sids, to_win, wfp_filters, workspace_id, AcePlan, AcePurpose, EnvPlan,
+    JobSpec, NamedSid, NetworkPlan, Placeholder, RestrictingSet, RunAs, SandboxUsers, TokenSpec,
+    WfpAction, WfpCondition, WfpFilter, WfpLayer, WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT,
+    DENY_LOGON_RIGHTS, DISABLED_SIDS, GROUP_NAME, JOB_NESTING, JOURNAL_FILE, LOGON_SID,
+    OFFLINE_USER, ONLINE_USER, REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
 };
 
 use workfence_policy::run::RunRequest;
@@ -144,6 +147,63 @@ pub fn cleanup() -> Result<String, WindowsError> {
     #[cfg(not(windows))]
     {
         Err(WindowsError::Unsupported)
+    }
+}
+
+/// Whether `workfence setup` has installed the sandbox users (for `selftest`, which
+/// runs its cases before and after setup). Always false off Windows.
+pub fn setup_done() -> bool {
+    #[cfg(windows)]
+    {
+        win::state::setup_info().is_some()
+    }
+    #[cfg(not(windows))]
+    {
+        false
+    }
+}
+
+/// The restricting set runs use: the one `selftest` recorded with
+/// [`record_restricting_set`], else [`RestrictingSet::Narrow`]. A `selftest` that
+/// measures a set plans with `WindowsContext { restricting: set, .. }` directly.
+pub fn restricting_set() -> RestrictingSet {
+    #[cfg(windows)]
+    {
+        win::state::facts().restricting.unwrap_or_default()
+    }
+    #[cfg(not(windows))]
+    {
+        RestrictingSet::Narrow
+    }
+}
+
+/// Records the narrowest restricting set with which the compatibility cases passed on
+/// this machine, so that later runs use it (`%LOCALAPPDATA%\workfence\state\os-facts.json`).
+pub fn record_restricting_set(set: RestrictingSet) -> Result<(), WindowsError> {
+    #[cfg(windows)]
+    {
+        let mut f = win::state::facts();
+        f.restricting = Some(set);
+        win::state::write_facts(&f)
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = set;
+        Err(WindowsError::Unsupported)
+    }
+}
+
+/// Whether the null device currently grants the sandbox users (setup's grant is gone
+/// after a reboot until setup runs again); `None` without setup or off Windows.
+pub fn null_device_granted() -> Option<bool> {
+    #[cfg(windows)]
+    {
+        let users = win::state::setup_info()?;
+        win::detect::null_device_granted(&users)
+    }
+    #[cfg(not(windows))]
+    {
+        None
     }
 }
 

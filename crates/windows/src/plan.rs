@@ -35,6 +35,216 @@ pub mod sids {
     pub const SYSTEM: &str = "S-1-5-18";
     /// NT AUTHORITY\RESTRICTED.
     pub const RESTRICTED: &str = "S-1-5-12";
+    /// OWNER RIGHTS: an ACE for it replaces the owner's implicit rights.
+    pub const OWNER_RIGHTS: &str = "S-1-3-4";
+}
+
+/// Stands for the logon SID of the command's token in [`restricting_sids`]: it is only
+/// known at run time (the runner reads it from its own token).
+pub const LOGON_SID: &str = "logon";
+
+/// How the job object holds the command. Windows refuses to nest a job that has UI
+/// limits (`JOBOBJECT_BASIC_UI_RESTRICTIONS`), and a process started through
+/// `CreateProcessWithLogonW` is always already in the Secondary Logon service's job, as
+/// is workfence itself under `cargo test` or a CI runner: so the job has no UI limits
+/// (the private desktop does that job) and relies on nested jobs (Windows 8 and later).
+pub const JOB_NESTING: &[&str] = &[
+    "no JOBOBJECT_BASIC_UI_RESTRICTIONS: a job with UI limits cannot be nested, and the runner is always in seclogon's job (the private desktop confines windows instead)",
+    "without setup: the command is created in the job (PROC_THREAD_ATTRIBUTE_JOB_LIST), so it runs no instruction outside it, even when workfence itself runs in a job",
+    "with setup: the suspended runner is assigned to the job (nested under seclogon's); if Windows refuses, the runner creates the kill-on-close job itself, creates the command in it with PROC_THREAD_ATTRIBUTE_JOB_LIST and hands workfence a handle to it",
+];
+
+/// Which SIDs the restricted token's restricting list holds beyond the minimum.
+///
+/// The minimum (`Narrow`) is the workspace's capability SID, the logon SID and, with
+/// setup, the sandbox user's own SID. Wider sets exist because whether real tools run
+/// with the minimum can only be measured on a real Windows machine (`workfence
+/// selftest` records the set that worked, see [`WindowsContext::restricting`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestrictingSet {
+    /// Capability SID, logon SID, and with setup the sandbox user's SID.
+    #[default]
+    Narrow,
+    /// Narrow plus `RESTRICTED` (`S-1-5-12`), which many system objects grant to
+    /// restricted code (named objects, devices); few directories grant it writes.
+    Restricted,
+    /// Restricted plus `Everyone`: every world-writable directory becomes writable from
+    /// the sandbox (reported as a partly enforced filesystem layer).
+    Everyone,
+}
+
+impl RestrictingSet {
+    /// Every set, narrowest first (the order `selftest` tries them in).
+    pub const ALL: [RestrictingSet; 3] = [
+        RestrictingSet::Narrow,
+        RestrictingSet::Restricted,
+        RestrictingSet::Everyone,
+    ];
+
+    /// The name used in state files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            RestrictingSet::Narrow => "narrow",
+            RestrictingSet::Restricted => "restricted",
+            RestrictingSet::Everyone => "everyone",
+        }
+    }
+}
+
+/// The restricting SIDs of a command's token, in order: the capability SID, the logon
+/// SID ([`LOGON_SID`], filled in at run time), the sandbox user's SID when the command
+/// runs as one, then what `set` adds.
+///
+/// The sandbox user's SID is there because a named pipe created with the default
+/// security descriptor grants its *owner* (the token user), not the token's default
+/// DACL: without the user's SID the restricted check fails and a process cannot open
+/// its own pipe for writing (libuv's piped stdio in Node, Python's multiprocessing,
+/// Ninja, MSBuild). The invoking user's SID is never added: it is granted on the whole
+/// profile, which would make the write restriction void.
+pub fn restricting_sids(cap: &str, sandbox_user: Option<&str>, set: RestrictingSet) -> Vec<String> {
+    let mut out = vec![cap.to_string(), LOGON_SID.to_string()];
+    if let Some(u) = sandbox_user {
+        out.push(u.to_string());
+    }
+    if set != RestrictingSet::Narrow {
+        out.push(sids::RESTRICTED.to_string());
+    }
+    if set == RestrictingSet::Everyone {
+        out.push(sids::EVERYONE.to_string());
+    }
+    out
+}
+
+/// SIDs made deny-only in every command's token (`SidsToDisable`): an elevated
+/// invoking user without setup would otherwise pass write checks as Administrators
+/// (`LUA_TOKEN` filters privileges, not every group). Absent SIDs are ignored.
+pub const DISABLED_SIDS: &[(&str, &str)] = &[
+    ("S-1-5-32-544", "BUILTIN\\Administrators"),
+    (
+        "S-1-5-114",
+        "Local account and member of Administrators group",
+    ),
+    ("S-1-5-32-551", "BUILTIN\\Backup Operators"),
+];
+
+/// The entries of a command's default DACL (the DACL of every object it creates without
+/// an explicit one: processes, threads, events, sections), as (SID, SDDL rights).
+///
+/// - Without setup (`token_user == invoking_user`): the token user, the capability SID,
+///   SYSTEM. Not the logon SID: it is the interactive session's, shared by every
+///   sandboxed command of the user, so another workspace's command would pass both
+///   checks on these objects.
+/// - With setup: the run's own logon SID (every `CreateProcessWithLogonW` makes a new
+///   logon session), the capability SID, SYSTEM and the invoking user. Not the sandbox
+///   user: its SID is a restricting SID of *every* run as that user, so a command of
+///   another workspace would pass both checks on this command's processes.
+/// - Always `OWNER RIGHTS` with `READ_CONTROL` only, so that the owner (the token user)
+///   gets no implicit `WRITE_DAC` it could use to re-open the objects.
+///
+/// `logon` is the logon SID, or [`LOGON_SID`] in a plan.
+pub fn default_dacl_entries(
+    token_user: &str,
+    cap: &str,
+    invoking_user: &str,
+    logon: &str,
+) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    if token_user == invoking_user {
+        out.push((token_user.to_string(), "GA"));
+    } else {
+        out.push((logon.to_string(), "GA"));
+    }
+    out.push((cap.to_string(), "GA"));
+    out.push((sids::SYSTEM.to_string(), "GA"));
+    if token_user != invoking_user {
+        out.push((invoking_user.to_string(), "GA"));
+    }
+    out.push((sids::OWNER_RIGHTS.to_string(), "RC"));
+    out
+}
+
+/// [`default_dacl_entries`] as SDDL (`D:...`).
+pub fn default_dacl_sddl(token_user: &str, cap: &str, invoking_user: &str, logon: &str) -> String {
+    let mut s = String::from("D:");
+    for (sid, mask) in default_dacl_entries(token_user, cap, invoking_user, logon) {
+        s.push_str(&format!("(A;;{mask};;;{sid})"));
+    }
+    s
+}
+
+/// Account rights `workfence setup` gives both sandbox users: they must never log on
+/// over the network, by Remote Desktop, as a batch job or as a service. Interactive
+/// logon stays allowed: `CreateProcessWithLogonW` needs it.
+pub const DENY_LOGON_RIGHTS: &[&str] = &[
+    "SeDenyNetworkLogonRight",
+    "SeDenyRemoteInteractiveLogonRight",
+    "SeDenyBatchLogonRight",
+    "SeDenyServiceLogonRight",
+];
+
+/// The DACL of a run's private window station and desktop: SYSTEM, the invoking user
+/// (who creates and closes them), the account the command runs as (with
+/// `CreateProcessWithLogonW` and an explicit desktop, granting the account is the
+/// caller's job) and the capability SID (the restricted check of an open). Nobody
+/// else, so no other process can hook or inject input there, and the command shares no
+/// clipboard, atoms or hooks with the user's desktop.
+pub fn desktop_sddl(invoking_user: &str, token_user: &str, cap: &str) -> String {
+    let mut sids = vec![sids::SYSTEM, invoking_user, token_user, cap];
+    sids.dedup();
+    let mut out = String::from("D:P");
+    for s in sids {
+        out.push_str(&format!("(A;;GA;;;{s})"));
+    }
+    out
+}
+
+/// The DACL of the runner's control pipe: SYSTEM and the invoking user get all access,
+/// the sandbox user read/write (`0x12019f`). The command's restricted token passes the
+/// normal check as the sandbox user, so the DACL alone does not keep another run's
+/// command out: the server also checks the client's process id.
+pub fn control_pipe_sddl(invoking_user: &str, sandbox_user: &str) -> String {
+    format!("D:P(A;;GA;;;SY)(A;;GA;;;{invoking_user})(A;;0x12019f;;;{sandbox_user})")
+}
+
+/// The ACE `workfence setup` adds to the null device (`\\.\NUL`) for a sandbox user,
+/// whose SID is a restricting SID: file read, write and execute (`0x1201bf`, what
+/// `GRGWGX` maps to for files), as the device grants Everyone. The device's security descriptor is not persistent: it is back to
+/// the default after every boot, so setup re-applies it and `doctor` reports it.
+pub fn null_device_ace(sandbox_user: &str) -> crate::sddl::Ace {
+    crate::sddl::Ace {
+        kind: AceKind::Allow,
+        sid: sandbox_user.to_string(),
+        mask: 0x1201bf,
+        inherit: Inherit::None,
+    }
+}
+
+/// The environment that makes git accept a workspace owned by another account (the
+/// command runs as the sandbox user, the workspace belongs to the invoking user):
+/// `safe.directory` through `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_n`/`GIT_CONFIG_VALUE_n`,
+/// appended after the entries the caller already passes, never by writing a config
+/// file. `existing` is the command's environment (names compared case-insensitively).
+pub fn git_safe_directory_env(
+    existing: &[(String, String)],
+    workspace: &str,
+) -> Vec<(String, String)> {
+    let get = |n: &str| {
+        existing
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    };
+    let n: usize = get("GIT_CONFIG_COUNT")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    // git compares safe.directory with forward slashes on Windows.
+    let value = workspace.replace('\\', "/");
+    vec![
+        ("GIT_CONFIG_COUNT".to_string(), (n + 1).to_string()),
+        (format!("GIT_CONFIG_KEY_{n}"), "safe.directory".to_string()),
+        (format!("GIT_CONFIG_VALUE_{n}"), value),
+    ]
 }
 
 /// What `workfence setup` installed (read from the state directory).
@@ -90,6 +300,13 @@ pub struct WindowsContext {
     pub cmd_exe: String,
     /// Unix paths in the policy were mapped to this form (explain on a non-Windows host).
     pub mapped_from_unix: bool,
+    /// The restricting set to use (measured by `workfence selftest` and recorded in the
+    /// state directory; [`RestrictingSet::Narrow`] until then).
+    pub restricting: RestrictingSet,
+    /// Whether the WebClient service can start (installed and not disabled): WebDAV
+    /// paths (`\\host@80\x`) are then opened by that service, as LOCAL SERVICE,
+    /// outside the offline user's filters. `None` when unknown.
+    pub webdav_client: Option<bool>,
 }
 
 /// FNV-1a, for stable ids (not a security boundary: the capability SID is random).
@@ -197,6 +414,8 @@ impl WindowsContext {
             }),
             cmd_exe: "C:\\Windows\\System32\\cmd.exe".into(),
             mapped_from_unix: !cfg!(windows) && policy.workspace.to_string_lossy().starts_with('/'),
+            restricting: RestrictingSet::Narrow,
+            webdav_client: Some(false),
         }
     }
 
@@ -276,6 +495,13 @@ pub struct TokenSpec {
     pub flags: Vec<&'static str>,
     /// Restricting SIDs: a write must pass the ACL check for these too.
     pub restricting_sids: Vec<NamedSid>,
+    /// The restricting set chosen (see [`RestrictingSet`]).
+    pub restricting_set: RestrictingSet,
+    /// The restricting SIDs as the launcher passes them ([`LOGON_SID`] stands for the
+    /// token's logon SID).
+    pub restricting: Vec<String>,
+    /// SIDs made deny-only (`SidsToDisable`).
+    pub disabled_sids: Vec<NamedSid>,
     /// SIDs deliberately kept out of the restricting list.
     pub excluded_sids: Vec<NamedSid>,
     /// The token's default DACL (for objects the command creates without an explicit one).
@@ -296,6 +522,19 @@ pub enum AcePurpose {
     ProtectChild,
     /// A hidden path.
     Hide,
+}
+
+impl AcePurpose {
+    /// Whether a failure to apply an ACE of this purpose must stop the run. Denies
+    /// (protected and hidden paths) fail closed; a grant that cannot be applied to one
+    /// object (a file without `WRITE_DAC` for the user, say) only makes that object
+    /// unwritable or unreadable for the command, so it is reported and the run goes on.
+    pub fn fails_closed(self) -> bool {
+        matches!(
+            self,
+            AcePurpose::Protect | AcePurpose::ProtectChild | AcePurpose::Hide
+        )
+    }
 }
 
 /// One ACE on one object.
@@ -335,6 +574,10 @@ pub enum WfpLayer {
     AleAuthRecvAcceptV4,
     /// `FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V6`.
     AleAuthRecvAcceptV6,
+    /// `FWPM_LAYER_ALE_AUTH_LISTEN_V4`: `listen()` on a TCP socket.
+    AleAuthListenV4,
+    /// `FWPM_LAYER_ALE_AUTH_LISTEN_V6`.
+    AleAuthListenV6,
 }
 
 /// A filter condition (same-field conditions are OR'ed by WFP, different fields AND'ed).
@@ -349,6 +592,8 @@ pub enum WfpCondition {
     RemoteV6([u8; 16]),
     /// `FWPM_CONDITION_IP_REMOTE_PORT` is this port.
     RemotePort(u16),
+    /// `FWPM_CONDITION_IP_LOCAL_PORT` is this port.
+    LocalPort(u16),
     /// `FWPM_CONDITION_IP_PROTOCOL` is this protocol number.
     Protocol(u8),
 }
@@ -385,15 +630,19 @@ pub const WFP_PROVIDER_KEY: &str = "6b2f3a10-77c4-4e4f-9a61-776f726b6600";
 /// workfence's WFP sublayer key.
 pub const WFP_SUBLAYER_KEY: &str = "6b2f3a10-77c4-4e4f-9a61-776f726b6601";
 
-/// The filters that confine the offline user (pure, so setup and explain agree).
-pub fn wfp_filters(offline_sid: &str, proxy_port: u16) -> Vec<WfpFilter> {
+/// The filters that confine the sandbox users (pure, so setup and explain agree):
+/// everything for the offline user, and for the online user only that it may not
+/// listen on the proxy port (so that no command can stand in for workfence's proxy).
+/// Each filter's first condition is the user it applies to.
+pub fn wfp_filters(offline_sid: &str, online_sid: &str, proxy_port: u16) -> Vec<WfpFilter> {
     use WfpCondition::*;
-    let user = || User(offline_sid.to_string());
     let mut out = Vec::new();
     let mut n = 0u8;
     let mut add = |name: &str, layer, action, weight, mut conds: Vec<WfpCondition>| {
         n += 1;
-        conds.insert(0, user());
+        if !matches!(conds.first(), Some(User(_))) {
+            conds.insert(0, User(offline_sid.to_string()));
+        }
         out.push(WfpFilter {
             key: format!("6b2f3a10-77c4-4e4f-9a61-776f726b66{n:02x}"),
             name: format!("workfence: {name}"),
@@ -404,26 +653,11 @@ pub fn wfp_filters(offline_sid: &str, proxy_port: u16) -> Vec<WfpFilter> {
         });
     };
     let (c4, c6) = (WfpLayer::AleAuthConnectV4, WfpLayer::AleAuthConnectV6);
-    let mut lo6 = [0u8; 16];
-    lo6[15] = 1;
-    add(
-        "offline user may reach the proxy on 127.0.0.1",
-        c4,
-        WfpAction::Permit,
-        15,
-        vec![
-            RemoteV4([127, 0, 0, 1]),
-            RemotePort(proxy_port),
-            Protocol(6),
-        ],
-    );
-    add(
-        "offline user may reach the proxy on ::1",
-        c6,
-        WfpAction::Permit,
-        15,
-        vec![RemoteV6(lo6), RemotePort(proxy_port), Protocol(6)],
-    );
+    // No permit at all: the loopback permit of earlier versions (TCP to 127.0.0.1 and
+    // ::1 on the proxy port) let every offline run reach whatever listened on that
+    // port. Proxy runs are refused until the proxy exists; when it does, its permit
+    // belongs in a dynamic WFP session that lives as long as the proxy run, with a
+    // per-run secret the proxy checks.
     for (layer, v) in [(c4, "IPv4"), (c6, "IPv6")] {
         add(
             &format!("block DNS ({v})"),
@@ -470,7 +704,33 @@ pub fn wfp_filters(offline_sid: &str, proxy_port: u16) -> Vec<WfpFilter> {
         (WfpLayer::AleAuthRecvAcceptV6, "IPv6"),
     ] {
         add(
-            &format!("block inbound connections ({v})"),
+            &format!("block inbound connections and datagrams ({v})"),
+            layer,
+            WfpAction::Block,
+            1,
+            vec![],
+        );
+    }
+    for (layer, v) in [
+        (WfpLayer::AleAuthListenV4, "IPv4"),
+        (WfpLayer::AleAuthListenV6, "IPv6"),
+    ] {
+        add(
+            &format!("online user may not listen on the proxy port ({v})"),
+            layer,
+            WfpAction::Block,
+            15,
+            vec![User(online_sid.to_string()), LocalPort(proxy_port)],
+        );
+    }
+    // No listener of the offline user on any port, the proxy port included: a command
+    // must not stand in for workfence's proxy or for a host service.
+    for (layer, v) in [
+        (WfpLayer::AleAuthListenV4, "IPv4"),
+        (WfpLayer::AleAuthListenV6, "IPv6"),
+    ] {
+        add(
+            &format!("block listening ({v})"),
             layer,
             WfpAction::Block,
             1,
@@ -478,6 +738,14 @@ pub fn wfp_filters(offline_sid: &str, proxy_port: u16) -> Vec<WfpFilter> {
         );
     }
     out
+}
+
+/// Every filter key workfence has used or may use (`...66 01` to `...66 ff`): uninstall
+/// deletes them all, so filters of earlier versions (with other numbering) go too.
+pub fn all_filter_keys() -> Vec<String> {
+    (1u8..=0xff)
+        .map(|n| format!("6b2f3a10-77c4-4e4f-9a61-776f726b66{n:02x}"))
+        .collect()
 }
 
 /// The network part of the plan.
@@ -504,8 +772,8 @@ pub struct JobSpec {
     pub job_memory_limit: Option<u64>,
     /// Hard CPU cap in percent of one core (converted to the job's rate at run time).
     pub cpu_percent: Option<u32>,
-    /// `JOBOBJECT_BASIC_UI_RESTRICTIONS`.
-    pub ui_restrictions: Vec<&'static str>,
+    /// How the job is attached to the command (nesting, see [`JOB_NESTING`]).
+    pub nesting: Vec<&'static str>,
     /// Wall-clock limit in milliseconds (the whole job is terminated, exit 124).
     pub timeout_ms: Option<u64>,
 }
@@ -518,6 +786,9 @@ pub struct EnvPlan {
     pub required: Vec<&'static str>,
     /// Set by workfence (TEMP and TMP point at the private temp dir of the run).
     pub set: BTreeMap<String, String>,
+    /// `safe.directory` passed to git through `GIT_CONFIG_COUNT` (see
+    /// [`git_safe_directory_env`]), when the command runs as a sandbox user.
+    pub git_safe_directory: Option<String>,
     /// Names removed (rules, not names: `*^` would defeat cmd.exe escaping).
     pub removed: Vec<String>,
 }
@@ -555,6 +826,11 @@ pub struct WindowsPlan {
     pub env: EnvPlan,
     /// `pipes` or `conpty`.
     pub stdio: &'static str,
+    /// The sandbox user's home for this workspace (`USERPROFILE`, `APPDATA`, ...), when
+    /// the command runs as a sandbox user.
+    pub home: Option<String>,
+    /// The command runs on a private desktop.
+    pub private_desktop: bool,
     /// `cmd.exe` used for batch files.
     pub cmd_exe: String,
     /// The capability SID of this workspace.
@@ -703,6 +979,9 @@ pub fn plan(
             .collect::<Result<_, _>>()?,
         state: win_str(&ctx.state_dir, "the state directory")?,
     };
+    if matches!(policy.network, Network::Proxy(_)) {
+        return Err(WindowsError::ProxyUnsupported);
+    }
     let workspace = win(&policy.workspace, "workspace")?;
     let cwd = win(&layout.cwd, "working directory")?;
     let temp_dir = win_str(&ctx.temp_root, "the temp root")?
@@ -919,20 +1198,7 @@ pub fn plan(
         active_process_limit: policy.limits.max_processes.max(1),
         job_memory_limit: policy.limits.memory_bytes,
         cpu_percent: policy.limits.cpu_percent,
-        ui_restrictions: if full {
-            vec![]
-        } else {
-            vec![
-                "JOB_OBJECT_UILIMIT_DESKTOP",
-                "JOB_OBJECT_UILIMIT_DISPLAYSETTINGS",
-                "JOB_OBJECT_UILIMIT_EXITWINDOWS",
-                "JOB_OBJECT_UILIMIT_GLOBALATOMS",
-                "JOB_OBJECT_UILIMIT_HANDLES",
-                "JOB_OBJECT_UILIMIT_READCLIPBOARD",
-                "JOB_OBJECT_UILIMIT_SYSTEMPARAMETERS",
-                "JOB_OBJECT_UILIMIT_WRITECLIPBOARD",
-            ]
-        },
+        nesting: JOB_NESTING.to_vec(),
         timeout_ms: policy
             .limits
             .timeout
@@ -944,23 +1210,25 @@ pub fn plan(
         set.insert("TEMP".to_string(), run_temp.clone());
         set.insert("TMP".to_string(), run_temp);
     }
-    if let Network::Proxy(_) = policy.network {
-        let url = format!("http://127.0.0.1:{}", ctx.proxy_port);
-        for k in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        ] {
-            set.insert(k.to_string(), url.clone());
+    let sandbox_user = matches!(run_as, RunAs::OfflineUser { .. } | RunAs::OnlineUser { .. });
+    // The sandbox user's own profile is shared by every workspace: a usable home per
+    // workspace instead, in the private temp dir (so it carries the same grants).
+    let home = sandbox_user.then(|| format!("{}\\home", temp_dir.display_string()));
+    if let Some(h) = &home {
+        set.insert("USERPROFILE".into(), h.clone());
+        set.insert("HOME".into(), h.clone());
+        set.insert("APPDATA".into(), format!("{h}\\AppData\\Roaming"));
+        set.insert("LOCALAPPDATA".into(), format!("{h}\\AppData\\Local"));
+        if let Some((drive, rest)) = h.split_once(':') {
+            set.insert("HOMEDRIVE".into(), format!("{drive}:"));
+            set.insert("HOMEPATH".into(), rest.to_string());
         }
-        set.insert("NO_PROXY".into(), String::new());
     }
+    let git_safe_directory = sandbox_user.then(|| workspace.display_string().replace('\\', "/"));
     let env = EnvPlan {
         required: REQUIRED_ENV.to_vec(),
         set,
+        git_safe_directory,
         removed: vec!["names ending in ^ (they would defeat cmd.exe escaping of %VAR%)".into()],
     };
 
@@ -968,21 +1236,26 @@ pub fn plan(
     let mut launch = Vec::new();
     match &run_as {
         RunAs::OfflineUser { name, .. } | RunAs::OnlineUser { name, .. } => {
-            launch.push(format!("CreateProcessWithLogonW as .\\{name} (LOGON_WITH_PROFILE, CREATE_SUSPENDED) starts workfence-windows-runner; it is put in the job before it runs"));
-            launch.push("the runner reads the request from a single-instance named pipe that only SYSTEM, the invoking user and the sandbox user may open, builds the restricted token from its own token, starts the command with CreateProcessAsUserW, hands over its handle and exits".into());
+            launch.push(format!("CreateProcessWithLogonW as .\\{name} (LOGON_WITH_PROFILE, CREATE_SUSPENDED, window hidden) starts workfence-windows-runner; it is put in the job before it runs"));
+            launch.push("the runner reads the request from a single-instance named pipe that only SYSTEM, the invoking user and the sandbox user may open, and whose client must be the runner's process id (GetNamedPipeClientProcessId); it builds the restricted token from its own token and creates the command suspended".into());
+            launch.push("the runner hands workfence the command's process and thread handles; workfence resumes the command itself once it holds them, and the runner exits".into());
         }
         RunAs::CurrentUser { .. } if full => {
             launch.push(
-                "CreateProcessW with the invoking user's token (no sandbox), in the job".into(),
+                "CreateProcessW with the invoking user's token (no sandbox), created in the job"
+                    .into(),
             );
         }
         RunAs::CurrentUser { .. } => {
-            launch.push("workfence builds the restricted token from its own token and starts the command with CreateProcessAsUserW, suspended, in the job".into());
+            launch.push("workfence builds the restricted token from its own token and starts the command with CreateProcessAsUserW, suspended, created in the job".into());
         }
+    }
+    if !full {
+        launch.push("on a private window station and desktop (CreateWindowStationW, CreateDesktopW), whose DACLs grant only SYSTEM, the invoking user, the token user and the capability SID: no hooks, SendInput, window messages, clipboard or global atoms shared with the user's desktop".into());
     }
     launch.push("STARTUPINFOEX with PROC_THREAD_ATTRIBUTE_HANDLE_LIST: only the three stdio handles are inherited".into());
     if policy.pty {
-        launch.push("--pty: a ConPTY (CreatePseudoConsole) instead of pipes, PROC_THREAD_ATTRIBUTE_PSEUDOCONSOLE".into());
+        launch.push("--pty: a ConPTY (CreatePseudoConsole) instead of pipes, PROC_THREAD_ATTRIBUTE_PSEUDOCONSOLE, STARTF_USESTDHANDLES with null handles so the command attaches to the pseudo console".into());
     }
 
     let layers = layers(policy, ctx, full);
@@ -1002,6 +1275,8 @@ pub fn plan(
         job,
         env,
         stdio: if policy.pty { "conpty" } else { "pipes" },
+        home,
+        private_desktop: !full,
         cmd_exe: ctx.cmd_exe.clone(),
         capability_sid: cap.to_string(),
         layers,
@@ -1019,10 +1294,29 @@ fn current(ctx: &WindowsContext) -> RunAs {
 }
 
 fn token_spec(ctx: &WindowsContext, run_as: &RunAs, cap: &str) -> TokenSpec {
-    let logon = NamedSid {
-        sid: "logon SID (read from the token at run time)".into(),
-        name: "logon session".into(),
-        why: "lets the command use its own window station, desktop and console".into(),
+    let sandbox_user = match run_as {
+        RunAs::OfflineUser { sid, .. } | RunAs::OnlineUser { sid, .. } => Some(sid.as_str()),
+        RunAs::CurrentUser { .. } => None,
+    };
+    let set = ctx.restricting;
+    let restricting = restricting_sids(cap, sandbox_user, set);
+    let named = |sid: &str| -> NamedSid {
+        let (name, why) = match sid {
+            LOGON_SID => ("logon session", "lets the command use its window station, its private desktop and its console (read from the token at run time)"),
+            sids::RESTRICTED => ("RESTRICTED", "restricting set 'restricted': system objects that grant restricted code (named objects, devices)"),
+            sids::EVERYONE => ("Everyone", "restricting set 'everyone': world-writable places become writable from the sandbox"),
+            s if s == cap => ("capability SID of this workspace", "random, stored in the state dir; only the writable roots and the temp dir grant it"),
+            _ => ("the sandbox user", "named pipes with the default security descriptor grant their owner only: without it a process cannot write to its own pipes (Node's piped child_process, Python multiprocessing, Ninja, MSBuild). Its profile is not used: USERPROFILE and APPDATA point at a per-workspace home"),
+        };
+        NamedSid {
+            sid: if sid == LOGON_SID {
+                "logon SID (read from the token at run time)".into()
+            } else {
+                sid.into()
+            },
+            name: name.into(),
+            why: why.into(),
+        }
     };
     let excluded = |sid: &str, name: &str| {
         NamedSid {
@@ -1031,53 +1325,64 @@ fn token_spec(ctx: &WindowsContext, run_as: &RunAs, cap: &str) -> TokenSpec {
         why: "kept out: directories writable by it (C:\\ProgramData, C:\\Users\\Public, pipes) would become writable from the sandbox".into(),
     }
     };
-    let mut default_dacl = vec![
-        NamedSid {
-            sid: run_as.sid().to_string(),
-            name: "token user".into(),
-            why: "GENERIC_ALL on objects the command creates".into(),
-        },
-        NamedSid {
-            sid: cap.into(),
-            name: "capability SID".into(),
-            why: "so the restricted check passes on the command's own objects".into(),
-        },
-        NamedSid {
-            sid: "logon SID".into(),
-            name: "logon session".into(),
-            why: "GENERIC_ALL".into(),
-        },
-        NamedSid {
-            sid: sids::SYSTEM.into(),
-            name: "SYSTEM".into(),
-            why: "GENERIC_ALL".into(),
-        },
-    ];
-    if let RunAs::CurrentUser { .. } = run_as {
-        // Nothing else to add; the invoking user is the token user.
-    } else {
-        default_dacl.push(NamedSid {
+    let mut excluded_sids = Vec::new();
+    if set != RestrictingSet::Everyone {
+        excluded_sids.push(excluded(sids::EVERYONE, "Everyone"));
+    }
+    excluded_sids.push(excluded(sids::USERS, "BUILTIN\\Users"));
+    excluded_sids.push(excluded(sids::AUTHENTICATED_USERS, "Authenticated Users"));
+    if set == RestrictingSet::Narrow {
+        excluded_sids.push(excluded(sids::RESTRICTED, "RESTRICTED"));
+    }
+    if sandbox_user.is_none() {
+        excluded_sids.push(NamedSid {
             sid: ctx.user_sid.clone(),
             name: ctx.user_name.clone(),
-            why: "the invoking user can always manage what the sandbox creates".into(),
+            why: "kept out: the invoking user is granted on its whole profile, so the write restriction would be void".into(),
         });
     }
+    let default_dacl = default_dacl_entries(run_as.sid(), cap, &ctx.user_sid, LOGON_SID)
+        .into_iter()
+        .map(|(sid, mask)| {
+            let (name, why) = if sid == LOGON_SID {
+                ("logon SID of this run", "with setup every run has its own logon session: the command's own objects, not those of another run of the same sandbox user")
+            } else if sid == cap {
+                ("capability SID", "so the restricted check passes on the command's own objects")
+            } else if sid == sids::SYSTEM {
+                ("SYSTEM", "GENERIC_ALL")
+            } else if sid == sids::OWNER_RIGHTS {
+                ("OWNER RIGHTS", "READ_CONTROL only: the owner (the token user, shared by every run as that user) gets no implicit WRITE_DAC")
+            } else if sid == ctx.user_sid && sandbox_user.is_some() {
+                ("the invoking user", "can always manage and kill what the sandbox creates")
+            } else {
+                ("token user (the invoking user)", "GENERIC_ALL on objects the command creates; other workspaces' commands fail the restricted check")
+            };
+            NamedSid {
+                sid: if sid == LOGON_SID {
+                    "logon SID (read from the token at run time)".into()
+                } else {
+                    format!("{sid}{}", if mask == "RC" { " (READ_CONTROL)" } else { "" })
+                },
+                name: name.into(),
+                why: why.into(),
+            }
+        })
+        .collect();
     TokenSpec {
         flags: vec!["WRITE_RESTRICTED", "DISABLE_MAX_PRIVILEGE", "LUA_TOKEN"],
-        restricting_sids: vec![
-            NamedSid {
-                sid: cap.into(),
-                name: "capability SID of this workspace".into(),
-                why: "random, stored in the state dir; only the writable roots and the temp dir grant it".into(),
-            },
-            logon,
-        ],
-        excluded_sids: vec![
-            excluded(sids::EVERYONE, "Everyone"),
-            excluded(sids::USERS, "BUILTIN\\Users"),
-            excluded(sids::AUTHENTICATED_USERS, "Authenticated Users"),
-            excluded(sids::RESTRICTED, "RESTRICTED"),
-        ],
+        restricting_sids: restricting.iter().map(|s| named(s)).collect(),
+        restricting_set: set,
+        restricting,
+        disabled_sids: DISABLED_SIDS
+            .iter()
+            .map(|(sid, name)| NamedSid {
+                sid: (*sid).into(),
+                name: (*name).into(),
+                why: "deny-only: an elevated invoking user must not pass write checks through it"
+                    .into(),
+            })
+            .collect(),
+        excluded_sids,
         default_dacl,
     }
 }
@@ -1086,13 +1391,13 @@ fn network_plan(policy: &Policy, ctx: &WindowsContext, full: bool) -> NetworkPla
     let filters = ctx
         .users
         .as_ref()
-        .map(|u| wfp_filters(&u.offline_sid, u.proxy_port))
+        .map(|u| wfp_filters(&u.offline_sid, &u.online_sid, u.proxy_port))
         .unwrap_or_default();
     let (enforced, mechanism) = match (&policy.network, &ctx.users) {
         (_, _) if full => (true, "full access: the host network".to_string()),
         (Network::On, _) => (true, "the host network, unfiltered".to_string()),
-        (Network::Off, Some(u)) => (true, format!("runs as {}; its WFP filters block all traffic (workfence's proxy is not started, so even 127.0.0.1:{} is closed)", u.offline_user, u.proxy_port)),
-        (Network::Proxy(_), Some(u)) => (true, format!("runs as {}; its WFP filters let through only 127.0.0.1:{} and [::1]:{} (workfence's proxy)", u.offline_user, u.proxy_port, u.proxy_port)),
+        (Network::Off, Some(u)) => (true, format!("runs as {}; its WFP filters block all its traffic, loopback included, and every listen; no port is permitted", u.offline_user)),
+        (Network::Proxy(_), Some(_)) => (false, "refused: the proxy does not exist yet".to_string()),
         (_, None) => (false, "NOT ENFORCED: `workfence setup` has not installed the offline user and its filters".to_string()),
     };
     NetworkPlan {
@@ -1132,15 +1437,23 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
     let setup = ctx.users.is_some();
     let net = match (&policy.network, setup) {
         (Network::On, _) => l("network", Enforcement::Full, "on: nothing to restrict"),
+        (_, true) if ctx.webdav_client == Some(true) => l("network", Enforcement::Partial, "offline user + WFP filters on its SID; NOT covered: WebDAV paths (\\\\host@80\\x) go through the WebClient service, outside the filters. Disable it to close this: `sc config WebClient start= disabled` (elevated)"),
         (_, true) => l("network", Enforcement::Full, "offline user + WFP filters on its SID"),
         (_, false) => l("network", Enforcement::None, "not enforced: run `workfence setup` (elevated) to install the offline user and its WFP filters"),
     };
-    vec![
+    let writes = if !setup {
+        l("filesystem writes", Enforcement::Partial, "write-restricted token + capability SID ACEs; NOT covered without setup: deletes and renames outside the workspace through a parent directory's FILE_DELETE_CHILD, which the invoking user holds on its profile; run `workfence setup`")
+    } else if ctx.restricting == RestrictingSet::Everyone {
+        l("filesystem writes", Enforcement::Partial, "write-restricted token + capability SID ACEs; restricting set 'everyone': world-writable directories are writable from the sandbox")
+    } else {
         l(
             "filesystem writes",
             Enforcement::Full,
-            "write-restricted token + capability SID ACEs; deny ACEs on protected paths",
-        ),
+            "sandbox user + write-restricted token + capability SID ACEs; deny ACEs on protected paths",
+        )
+    };
+    vec![
+        writes,
         if setup {
             l(
                 "secrets (deny-read)",
@@ -1154,12 +1467,51 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
         l(
             "processes",
             Enforcement::Full,
-            "job object: kill on close, no breakaway, process limit, UI limits",
+            "job object: kill on close, no breakaway, process limit; private desktop",
         ),
     ]
 }
 
 impl WindowsPlan {
+    /// Why `run` must refuse this plan (fail closed): a layer is not fully enforced
+    /// and --allow-degraded was not given. `None` when it may run.
+    pub fn refusal(&self) -> Option<WindowsError> {
+        let gaps = self.degraded();
+        if gaps.is_empty() || self.allow_degraded {
+            return None;
+        }
+        if self.needs_setup {
+            let missing: Vec<&str> = gaps.iter().map(|l| l.layer.as_str()).collect();
+            return Some(WindowsError::SetupMissing {
+                missing: missing.join(" and "),
+            });
+        }
+        Some(WindowsError::NotEnforced {
+            gaps: gaps
+                .iter()
+                .map(|l| format!("{}: {}", l.layer, l.detail))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
+    /// The warning `run` prints when it runs with gaps (--allow-degraded).
+    pub fn degraded_warning(&self) -> Option<String> {
+        let gaps = self.degraded();
+        if gaps.is_empty() {
+            return None;
+        }
+        let layers: Vec<&str> = gaps.iter().map(|l| l.layer.as_str()).collect();
+        Some(if self.needs_setup {
+            format!(
+                "`workfence setup` has not been run: not enforced: {} (--allow-degraded)",
+                layers.join(", ")
+            )
+        } else {
+            format!("not fully enforced on this machine: {} (--allow-degraded; `workfence doctor` says how to fix each)", layers.join(", "))
+        })
+    }
+
     /// What is not enforced (empty when every layer is).
     pub fn degraded(&self) -> Vec<&LayerStatus> {
         if self.unsandboxed {

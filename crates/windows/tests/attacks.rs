@@ -438,3 +438,40 @@ fn batch_arguments_are_not_injected() {
     assert_eq!(code, 0);
     assert!(!pwned.exists(), "an argument ran a second command");
 }
+
+#[test]
+fn nul_redirects_work() {
+    // Compatibility, not an attack: `> NUL` must work in the sandbox (setup grants the
+    // sandbox users the null device; the grant resets at boot until setup runs again).
+    let sb = default_sandbox();
+    let script = cmd("echo workfence> NUL");
+    assert_eq!(control(&script, &sb.ws), 0);
+    if !sb.setup {
+        // Nothing in the no-setup restricting set is granted on the device unless the
+        // machine's restricting set is wider: a measured fact (docs/windows.md, Q3).
+        eprintln!(
+            "without setup, `> NUL` in the sandbox exited {}",
+            sb.run(&script)
+        );
+        return;
+    }
+    if workfence_windows::null_device_granted() == Some(false) {
+        eprintln!("the null device grant is gone (reboot since setup): skipped");
+        return;
+    }
+    assert_eq!(sb.run(&script), 0);
+}
+
+#[test]
+fn proxy_port_listener_is_blocked_with_setup() {
+    // The offline user may not listen on any port, the proxy port included.
+    let sb = default_sandbox();
+    let script = ps(&format!(
+        "$l = New-Object Net.Sockets.TcpListener([Net.IPAddress]::Loopback, {}); $l.Start(); $l.Stop(); exit 0",
+        workfence_windows::DEFAULT_PROXY_PORT
+    ));
+    if sb.setup {
+        assert_ne!(sb.run(&refs(&script)), 0);
+    }
+    assert_eq!(control(&refs(&script), &sb.ws), 0);
+}

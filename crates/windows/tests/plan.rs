@@ -7,7 +7,10 @@ use workfence_policy::layout::{
 };
 use workfence_policy::{Enforcement, Mode, Network, Policy, ProxyPolicy, Source, SourcedPath};
 use workfence_windows::sddl::{rights, AceKind, Inherit};
-use workfence_windows::{plan, AcePurpose, RunAs, WindowsContext, WindowsError, WindowsPlan};
+use workfence_windows::{
+    git_safe_directory_env, plan, restricting_sids, sids, AcePurpose, RestrictingSet, RunAs,
+    WindowsContext, WindowsError, WindowsPlan, LOGON_SID,
+};
 
 const WS: &str = r"C:\Users\dev\src\proj";
 
@@ -122,6 +125,7 @@ fn workspace_write_repo_network_off() {
     let plan = build(&p, &l);
     assert!(matches!(plan.run_as, RunAs::OfflineUser { .. }));
     assert!(plan.degraded().is_empty());
+    assert!(plan.refusal().is_none() && plan.degraded_warning().is_none());
     snap("workspace-write", &plan);
 }
 
@@ -207,19 +211,15 @@ fn network_on_runs_as_the_online_user() {
 }
 
 #[test]
-fn network_proxy() {
+fn network_proxy_is_refused_until_the_proxy_exists() {
     let mut p = policy(WS);
     p.network = Network::Proxy(ProxyPolicy {
         allow: vec!["**.crates.example".into()],
         ..Default::default()
     });
-    let plan = build(&p, &repo_layout(WS));
-    assert!(matches!(plan.run_as, RunAs::OfflineUser { .. }));
-    assert_eq!(
-        plan.env.set.get("HTTPS_PROXY").map(String::as_str),
-        Some("http://127.0.0.1:47380")
-    );
-    insta::assert_snapshot!("network-proxy-text", plan.to_string());
+    let err = plan(&p, &repo_layout(WS), &WindowsContext::example(&p)).unwrap_err();
+    assert!(matches!(err, WindowsError::ProxyUnsupported), "{err}");
+    assert!(err.to_string().contains("--network off or on"), "{err}");
 }
 
 #[test]
@@ -230,7 +230,10 @@ fn without_setup_is_degraded() {
     assert!(plan.needs_setup);
     assert!(matches!(plan.run_as, RunAs::CurrentUser { .. }));
     let degraded: Vec<_> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
-    assert_eq!(degraded, ["secrets (deny-read)", "network"]);
+    assert_eq!(
+        degraded,
+        ["filesystem writes", "secrets (deny-read)", "network"]
+    );
     // No group exists: every ACE is for the capability SID.
     assert!(plan.aces.iter().all(|a| a.ace.sid == plan.capability_sid));
     snap("no-setup", &plan);
@@ -409,8 +412,9 @@ fn wfp_filters_cover_the_issue_list() {
         .map(|f| f.name.as_str())
         .collect();
     for want in [
-        "proxy on 127.0.0.1",
-        "proxy on ::1",
+        "listening (IPv4)",
+        "listening (IPv6)",
+        "online user may not listen on the proxy port (IPv4)",
         "DNS",
         "SMB",
         "ICMP",
@@ -427,6 +431,16 @@ fn wfp_filters_cover_the_issue_list() {
     );
     let layers = plan.layers.iter().all(|l| l.state == Enforcement::Full);
     assert!(layers);
+    // No permit of any kind: the fixed loopback permit reached any listener on the port.
+    assert!(plan
+        .network
+        .filters
+        .iter()
+        .all(|f| f.action == workfence_windows::WfpAction::Block));
+    // Uninstall deletes every key, so filters of earlier versions go too.
+    let all = workfence_windows::all_filter_keys();
+    assert!(plan.network.filters.iter().all(|f| all.contains(&f.key)));
+    assert!(!all.contains(&workfence_windows::WFP_PROVIDER_KEY.to_string()));
 }
 
 #[test]
@@ -559,4 +573,219 @@ fn every_ace_renders_valid_sddl() {
         let d = workfence_windows::sddl::Dacl::parse(&format!("D:{}", a.ace.sddl())).unwrap();
         assert!(d.contains(&a.ace), "{}", a.ace.sddl());
     }
+}
+
+#[test]
+fn job_has_no_ui_limits_so_it_can_nest() {
+    for ctx in [
+        WindowsContext::example(&policy(WS)),
+        WindowsContext::example(&policy(WS)).without_setup(),
+    ] {
+        let plan = plan(&policy(WS), &repo_layout(WS), &ctx).unwrap();
+        assert!(plan
+            .job
+            .limit_flags
+            .contains(&"JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE"));
+        let text = plan.to_string();
+        assert!(!text.contains("UILIMIT"), "{text}");
+        assert!(text.contains("PROC_THREAD_ATTRIBUTE_JOB_LIST"), "{text}");
+        assert!(plan.private_desktop);
+    }
+}
+
+#[test]
+fn restricting_set_with_setup_includes_the_sandbox_user() {
+    let p = policy(WS);
+    let ctx = WindowsContext::example(&p);
+    let plan = build(&p, &repo_layout(WS));
+    let t = plan.token.as_ref().unwrap();
+    let offline = ctx.users.as_ref().unwrap().offline_sid.clone();
+    assert_eq!(
+        t.restricting,
+        vec![ctx.capability_sid.clone(), LOGON_SID.to_string(), offline]
+    );
+    assert_eq!(t.restricting_set, RestrictingSet::Narrow);
+    // With setup: this run's logon SID, not the sandbox user (a restricting SID of
+    // every run as that user), and OWNER RIGHTS limits the owner to READ_CONTROL.
+    assert!(t.default_dacl.iter().any(|s| s.sid.contains("logon")));
+    assert!(t.default_dacl.iter().all(|s| s.sid != offline_sid(&ctx)));
+    assert!(t
+        .default_dacl
+        .iter()
+        .any(|s| s.sid.starts_with(sids::OWNER_RIGHTS)));
+    assert!(t.disabled_sids.iter().any(|s| s.sid == "S-1-5-32-544"));
+    for s in [sids::EVERYONE, sids::USERS, sids::RESTRICTED] {
+        assert!(!t.restricting.iter().any(|r| r == s), "{s}");
+    }
+}
+
+#[test]
+fn restricting_set_without_setup_never_holds_the_invoking_user() {
+    let p = policy(WS);
+    let ctx = WindowsContext::example(&p).without_setup();
+    let plan = plan(&p, &repo_layout(WS), &ctx).unwrap();
+    let t = plan.token.as_ref().unwrap();
+    assert_eq!(t.restricting.len(), 2);
+    assert!(!t.restricting.contains(&ctx.user_sid));
+    // Without setup the logon SID is the interactive session's: not in the default DACL.
+    assert!(t.default_dacl.iter().all(|s| !s.sid.contains("logon")));
+    assert!(t.excluded_sids.iter().any(|s| s.sid == ctx.user_sid));
+    // Without setup, deletes through FILE_DELETE_CHILD are not covered: reported.
+    let w = plan
+        .layers
+        .iter()
+        .find(|l| l.layer == "filesystem writes")
+        .unwrap();
+    assert_eq!(w.state, Enforcement::Partial);
+    assert!(w.detail.contains("FILE_DELETE_CHILD"), "{}", w.detail);
+    assert!(plan.home.is_none());
+    assert!(plan.env.git_safe_directory.is_none());
+}
+
+#[test]
+fn wider_restricting_sets() {
+    assert_eq!(
+        restricting_sids("S-1-5-21-9", Some("S-1-5-21-7"), RestrictingSet::Restricted),
+        vec!["S-1-5-21-9", LOGON_SID, "S-1-5-21-7", sids::RESTRICTED]
+    );
+    assert_eq!(
+        restricting_sids("S-1-5-21-9", None, RestrictingSet::Everyone),
+        vec!["S-1-5-21-9", LOGON_SID, sids::RESTRICTED, sids::EVERYONE]
+    );
+    let p = policy(WS);
+    let mut ctx = WindowsContext::example(&p);
+    ctx.restricting = RestrictingSet::Everyone;
+    let plan = plan(&p, &repo_layout(WS), &ctx).unwrap();
+    assert_eq!(plan.degraded().len(), 1, "{:?}", plan.degraded());
+    assert!(plan.to_string().contains("restricting set: everyone"));
+}
+
+#[test]
+fn sandbox_user_gets_a_home_and_git_safe_directory() {
+    let p = policy(WS);
+    let plan = build(&p, &repo_layout(WS));
+    let home = plan.home.clone().unwrap();
+    assert!(
+        home.contains(r"workfence\tmp") && home.ends_with(r"\home"),
+        "{home}"
+    );
+    for k in [
+        "USERPROFILE",
+        "HOME",
+        "APPDATA",
+        "LOCALAPPDATA",
+        "HOMEDRIVE",
+        "HOMEPATH",
+    ] {
+        assert!(plan.env.set.contains_key(k), "{k}");
+    }
+    assert_eq!(
+        plan.env.git_safe_directory.as_deref(),
+        Some("C:/Users/dev/src/proj")
+    );
+}
+
+#[test]
+fn git_safe_directory_appends_to_the_callers_entries() {
+    let ws = "C:\\Users\\dev\\src\\a \"b\";(c)\nx";
+    assert_eq!(
+        git_safe_directory_env(&[], ws),
+        vec![
+            ("GIT_CONFIG_COUNT".to_string(), "1".to_string()),
+            ("GIT_CONFIG_KEY_0".to_string(), "safe.directory".to_string()),
+            (
+                "GIT_CONFIG_VALUE_0".to_string(),
+                "C:/Users/dev/src/a \"b\";(c)\nx".to_string()
+            ),
+        ]
+    );
+    let existing = vec![
+        ("git_config_count".to_string(), "2".to_string()),
+        ("GIT_CONFIG_KEY_0".to_string(), "core.autocrlf".to_string()),
+    ];
+    let out = git_safe_directory_env(&existing, r"D:\w");
+    assert_eq!(out[0], ("GIT_CONFIG_COUNT".to_string(), "3".to_string()));
+    assert_eq!(out[1].0, "GIT_CONFIG_KEY_2");
+    assert_eq!(out[2].1, "D:/w");
+}
+
+#[test]
+fn desktop_pipe_and_null_device_descriptors() {
+    use workfence_windows::{control_pipe_sddl, desktop_sddl, null_device_ace, DENY_LOGON_RIGHTS};
+    assert_eq!(
+        desktop_sddl("S-1-5-21-1-1001", "S-1-5-21-1-1011", "S-1-5-21-9-9-9-9"),
+        "D:P(A;;GA;;;S-1-5-18)(A;;GA;;;S-1-5-21-1-1001)(A;;GA;;;S-1-5-21-1-1011)(A;;GA;;;S-1-5-21-9-9-9-9)"
+    );
+    // Without setup the token user is the invoking user: named once.
+    assert_eq!(
+        desktop_sddl("S-1-5-21-1-1001", "S-1-5-21-1-1001", "S-1-5-21-9"),
+        "D:P(A;;GA;;;S-1-5-18)(A;;GA;;;S-1-5-21-1-1001)(A;;GA;;;S-1-5-21-9)"
+    );
+    let pipe = control_pipe_sddl("S-1-5-21-1-1001", "S-1-5-21-1-1011");
+    assert!(pipe.starts_with("D:P(A;;GA;;;SY)"), "{pipe}");
+    assert!(!pipe.contains("WD") && !pipe.contains("S-1-1-0"), "{pipe}");
+    assert_eq!(
+        null_device_ace("S-1-5-21-1-1011").sddl(),
+        "(A;;0x1201bf;;;S-1-5-21-1-1011)"
+    );
+    assert!(!DENY_LOGON_RIGHTS.contains(&"SeDenyInteractiveLogonRight"));
+    assert!(AcePurpose::Protect.fails_closed() && AcePurpose::Hide.fails_closed());
+    assert!(!AcePurpose::Write.fails_closed() && !AcePurpose::Read.fails_closed());
+}
+
+fn offline_sid(ctx: &WindowsContext) -> String {
+    ctx.users.as_ref().unwrap().offline_sid.clone()
+}
+
+#[test]
+fn default_dacl_keeps_other_runs_out() {
+    use workfence_windows::default_dacl_sddl;
+    // Without setup: the token user is the invoking user.
+    assert_eq!(
+        default_dacl_sddl(
+            "S-1-5-21-1-1001",
+            "S-1-5-21-9",
+            "S-1-5-21-1-1001",
+            "S-1-5-5-0-1"
+        ),
+        "D:(A;;GA;;;S-1-5-21-1-1001)(A;;GA;;;S-1-5-21-9)(A;;GA;;;S-1-5-18)(A;;RC;;;S-1-3-4)"
+    );
+    // With setup: the run's logon SID and the invoking user, never the sandbox user.
+    let d = default_dacl_sddl(
+        "S-1-5-21-1-1011",
+        "S-1-5-21-9",
+        "S-1-5-21-1-1001",
+        "S-1-5-5-0-1",
+    );
+    assert_eq!(
+        d,
+        "D:(A;;GA;;;S-1-5-5-0-1)(A;;GA;;;S-1-5-21-9)(A;;GA;;;S-1-5-18)(A;;GA;;;S-1-5-21-1-1001)(A;;RC;;;S-1-3-4)"
+    );
+    assert!(!d.contains("S-1-5-21-1-1011"));
+}
+
+#[test]
+fn webdav_client_makes_the_network_partial() {
+    let p = policy(WS);
+    let mut ctx = WindowsContext::example(&p);
+    ctx.webdav_client = Some(true);
+    let off = plan(&p, &repo_layout(WS), &ctx).unwrap();
+    let net = off.layers.iter().find(|l| l.layer == "network").unwrap();
+    assert_eq!(net.state, Enforcement::Partial);
+    assert!(net.detail.contains("WebClient"), "{}", net.detail);
+    // Fail closed: refused without --allow-degraded, with the fix in the message.
+    let err = off.refusal().unwrap();
+    assert!(matches!(err, WindowsError::NotEnforced { .. }), "{err}");
+    assert!(err.to_string().contains("sc config WebClient"), "{err}");
+    let mut allowed = p.clone();
+    allowed.allow_degraded = true;
+    let ok = plan(&allowed, &repo_layout(WS), &ctx).unwrap();
+    assert!(ok.refusal().is_none());
+    assert!(ok.degraded_warning().unwrap().contains("network"));
+    // Network on: nothing to restrict.
+    let mut p_on = p.clone();
+    p_on.network = Network::On;
+    let on = plan(&p_on, &repo_layout(WS), &ctx).unwrap();
+    let net = on.layers.iter().find(|l| l.layer == "network").unwrap();
+    assert_eq!(net.state, Enforcement::Full);
 }

@@ -20,6 +20,13 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// An object's creation time (Windows file time), to tell a re-created path from the
+/// object the journal describes.
+fn created(path: &str) -> Option<u64> {
+    use std::os::windows::fs::MetadataExt;
+    fs::symlink_metadata(path).ok().map(|m| m.creation_time())
+}
+
 /// The journal, open for appending while the state lock is held.
 pub struct Journal {
     path: PathBuf,
@@ -109,7 +116,13 @@ fn target(path: &str) -> Result<Option<sys::AclTarget>, WindowsError> {
 }
 
 /// Adds `aces` to the object at `path` (journaled); nothing when already present.
-fn add_aces(j: &mut Journal, path: &str, aces: &[&AcePlan]) -> Result<(), WindowsError> {
+/// Returns a note when a tree grant reached the object but not all of its existing
+/// children (propagation stopped at one without `WRITE_DAC` for the user, say).
+fn add_aces(
+    j: &mut Journal,
+    path: &str,
+    aces: &[&AcePlan],
+) -> Result<Option<String>, WindowsError> {
     let Some(t) = target(path)? else {
         return Err(WindowsError::State {
             step: "applying the sandbox ACLs".into(),
@@ -135,7 +148,7 @@ fn add_aces(j: &mut Journal, path: &str, aces: &[&AcePlan]) -> Result<(), Window
         .collect();
     let added = dacl.add(&wanted);
     if added.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let id = j.id();
     j.append(Entry::Intent {
@@ -145,8 +158,71 @@ fn add_aces(j: &mut Journal, path: &str, aces: &[&AcePlan]) -> Result<(), Window
         before: Dacl::parse(&before).map(|d| d.to_sddl()).unwrap_or(before),
         aces: added.iter().map(|a| a.sddl()).collect(),
     })?;
-    t.set_dacl_sddl(&dacl.to_sddl())?;
-    j.append(Entry::Applied { id, time: now() })
+    let new = dacl.to_sddl();
+    let mut note = None;
+    if let Err(e) = t.set_dacl_sddl(&new) {
+        let tree = added.iter().any(|a| a.inherit == Inherit::Tree);
+        if !(tree && sys::is_access_denied(&e)) {
+            return Err(e);
+        }
+        // The object itself is ours (the handle has WRITE_DAC): set it there without
+        // propagation; new children inherit, existing ones keep their DACL.
+        t.set_dacl_sddl_here(&new)?;
+        note = Some(format!(
+            "{path}: the new ACEs did not reach every existing file below it ({e}); files created from now on get them"
+        ));
+    }
+    j.append(Entry::Applied {
+        id,
+        time: now(),
+        created: created(path),
+    })?;
+    Ok(note)
+}
+
+/// Applies `aces` object by object: an object the journal shows granted is not opened
+/// (so a run on a large workspace touches only its protected and hidden paths after
+/// the first); a grant that cannot be applied becomes a note, a deny that cannot be
+/// applied stops the run (see [`AcePurpose::fails_closed`]).
+fn apply_aces(
+    j: &mut Journal,
+    aces: &[&AcePlan],
+    notes: &mut Vec<String>,
+) -> Result<(), WindowsError> {
+    let o = j.outstanding();
+    for (path, group) in by_path(aces.iter().copied()) {
+        let plain: Vec<crate::sddl::Ace> = group.iter().map(|a| a.ace.clone()).collect();
+        if !journal::must_visit(&o, &path, &plain, created(&path)) {
+            continue;
+        }
+        let fail_closed = group.iter().any(|a| a.purpose.fails_closed());
+        if fs::symlink_metadata(&path).is_err() {
+            if group.iter().all(|a| a.purpose == AcePurpose::Hide) {
+                // Nothing to hide any more.
+                continue;
+            }
+            if group
+                .iter()
+                .all(|a| matches!(a.purpose, AcePurpose::Protect | AcePurpose::ProtectChild))
+            {
+                // A protected path vanished since the layout was computed (for example
+                // another run's placeholder): guard it with a placeholder of our own.
+                let dir = group.iter().any(|a| {
+                    a.ace.inherit == Inherit::Tree || a.purpose == AcePurpose::ProtectChild
+                });
+                placeholder(j, &path, dir)?;
+            }
+        }
+        match add_aces(j, &path, &group) {
+            Ok(Some(n)) => notes.push(n),
+            Ok(None) => {}
+            Err(e) if !fail_closed => notes.push(format!(
+                "{path} stays as it was ({e}); the command may be unable to use it"
+            )),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Groups ACEs by object, keeping the plan's order.
@@ -164,32 +240,16 @@ fn by_path<'a>(aces: impl Iterator<Item = &'a AcePlan>) -> Vec<(String, Vec<&'a 
     out
 }
 
-/// Applies the persistent ACEs and creates the per-run placeholders.
-pub fn apply(plan: &WindowsPlan, marker: &Path) -> Result<(), WindowsError> {
+/// Applies the persistent ACEs and creates the per-run placeholders. Returns notes
+/// about grants that could not be applied everywhere (the run goes on).
+pub fn apply(plan: &WindowsPlan, marker: &Path) -> Result<Vec<String>, WindowsError> {
     let mut j = Journal::open()?;
     recover(&mut j, false, Some(marker))?;
     fs::create_dir_all(&plan.temp_dir)
         .map_err(io("creating the private temp dir", plan.temp_dir.as_ref()))?;
-    for (path, aces) in by_path(plan.aces.iter().filter(|a| !a.per_run)) {
-        if fs::symlink_metadata(&path).is_err() {
-            if aces.iter().all(|a| a.purpose == AcePurpose::Hide) {
-                // Nothing to hide any more.
-                continue;
-            }
-            if aces
-                .iter()
-                .all(|a| matches!(a.purpose, AcePurpose::Protect | AcePurpose::ProtectChild))
-            {
-                // A protected path vanished since the layout was computed (for example
-                // another run's placeholder): guard it with a placeholder of our own.
-                let dir = aces.iter().any(|a| {
-                    a.ace.inherit == Inherit::Tree || a.purpose == AcePurpose::ProtectChild
-                });
-                placeholder(&mut j, &path, dir)?;
-            }
-        }
-        add_aces(&mut j, &path, &aces)?;
-    }
+    let mut notes = Vec::new();
+    let persistent: Vec<&AcePlan> = plan.aces.iter().filter(|a| !a.per_run).collect();
+    apply_aces(&mut j, &persistent, &mut notes)?;
     for ph in &plan.placeholders {
         placeholder(&mut j, &ph.path, ph.dir)?;
         let aces: Vec<&AcePlan> = plan
@@ -199,9 +259,20 @@ pub fn apply(plan: &WindowsPlan, marker: &Path) -> Result<(), WindowsError> {
                 a.per_run && crate::path::fold_case(&a.path) == crate::path::fold_case(&ph.path)
             })
             .collect();
+        // A placeholder is new and empty: there is nothing propagation could miss.
         add_aces(&mut j, &ph.path, &aces)?;
     }
-    Ok(())
+    Ok(notes)
+}
+
+/// Applies grants outside a run (setup: the read grants on toolchains, so that the
+/// first run does not pay for their propagation). Returns notes as [`apply`] does.
+pub fn apply_grants(aces: &[AcePlan]) -> Result<Vec<String>, WindowsError> {
+    let mut j = Journal::open()?;
+    let mut notes = Vec::new();
+    let refs: Vec<&AcePlan> = aces.iter().collect();
+    apply_aces(&mut j, &refs, &mut notes)?;
+    Ok(notes)
 }
 
 /// Creates an empty placeholder for a missing protected path (journaled first).

@@ -33,6 +33,33 @@ fn display(p: &Path) -> String {
         .unwrap_or_else(|_| p.to_string_lossy().into_owned())
 }
 
+/// The toolchain directories of the profile that exist (and are not links: a linked
+/// toolchain dir would be refused at apply time as a reparse point).
+pub fn toolchain_roots(profile: &Path) -> Vec<String> {
+    TOOLCHAIN_DIRS
+        .iter()
+        .map(|d| profile.join(d))
+        .filter(|p| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && !m.file_type().is_symlink())
+        })
+        .map(|p| display(&p))
+        .collect()
+}
+
+/// The runner executable, which the sandbox users must be able to read and run: the
+/// grant is on the file itself (traversal to it needs no grant), unless it lies in the
+/// Windows directory.
+pub fn runner_read_root(windows_dir: &str) -> Option<String> {
+    let exe = crate::win::run::runner_exe().ok()?;
+    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+    let shown = display(&exe);
+    let in_windows = WinPath::parse(&shown)
+        .ok()
+        .zip(WinPath::parse(windows_dir).ok())
+        .is_some_and(|(e, w)| e.starts_with(&w));
+    (!in_windows).then_some(shown)
+}
+
 pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
     let token = sys::process_token()?;
     let user_sid = sys::token_user_sid(&token)?;
@@ -75,28 +102,8 @@ pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
     })?;
     let id = workspace_id(&ws);
     let capability_sid = state::capability_sid(&ws.key())?;
-    let mut read_roots: Vec<String> = TOOLCHAIN_DIRS
-        .iter()
-        .map(|d| profile.join(d))
-        // A linked toolchain dir would be refused at apply time (reparse point).
-        .filter(|p| {
-            std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && !m.file_type().is_symlink())
-        })
-        .map(|p| display(&p))
-        .collect();
-    // The sandbox users must be able to read and run the runner: grant it on the file
-    // itself (traversal to it needs no grant), unless it lies in the Windows directory.
-    if let Ok(exe) = crate::win::run::runner_exe() {
-        let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
-        let shown = display(&exe);
-        let in_windows = WinPath::parse(&shown)
-            .ok()
-            .zip(WinPath::parse(&windows_dir).ok())
-            .is_some_and(|(e, w)| e.starts_with(&w));
-        if !in_windows {
-            read_roots.push(shown);
-        }
-    }
+    let mut read_roots = toolchain_roots(&profile);
+    read_roots.extend(runner_read_root(&windows_dir));
     let cmd_exe = format!("{windows_dir}\\System32\\cmd.exe");
     let users = state::setup_info();
     Ok(WindowsContext {
@@ -114,7 +121,21 @@ pub fn detect(policy: &Policy) -> Result<WindowsContext, WindowsError> {
         read_roots,
         cmd_exe,
         mapped_from_unix: false,
+        restricting: state::facts().restricting.unwrap_or_default(),
+        webdav_client: sys::service_can_start("WebClient"),
     })
+}
+
+/// Whether the null device grants every sandbox user (setup adds the grant; it is
+/// gone after each reboot until setup runs again). `None` when it cannot be read.
+pub fn null_device_granted(users: &crate::plan::SandboxUsers) -> Option<bool> {
+    let sddl = sys::null_device_dacl().ok()?;
+    let dacl = crate::sddl::Dacl::parse(&sddl).ok()?;
+    Some(
+        [&users.offline_sid, &users.online_sid]
+            .iter()
+            .all(|sid| dacl.contains(&crate::plan::null_device_ace(sid))),
+    )
 }
 
 pub fn doctor() -> Vec<LayerStatus> {
@@ -127,7 +148,7 @@ pub fn doctor() -> Vec<LayerStatus> {
     let token = sys::process_token();
     let restricted = token.as_ref().ok().and_then(|t| {
         let logon = sys::token_logon_sid(t).ok()?;
-        sys::restricted_token(t, &["S-1-5-21-1-2-3-4", &logon], "D:(A;;GA;;;SY)").ok()
+        sys::restricted_token(t, &["S-1-5-21-1-2-3-4", &logon], &[], "D:(A;;GA;;;SY)").ok()
     });
     out.push(match restricted {
         Some(_) => l(
@@ -156,10 +177,15 @@ pub fn doctor() -> Vec<LayerStatus> {
                 "network",
                 Enforcement::Full,
                 format!(
-                    "WFP filters on {} ({}) let through only 127.0.0.1:{}",
-                    u.offline_user, u.offline_sid, u.proxy_port
+                    "WFP filters on {} ({}) block all its traffic and listens",
+                    u.offline_user, u.offline_sid
                 ),
             ));
+            out.push(match null_device_granted(u) {
+                Some(true) => l("null device", Enforcement::Full, "the sandbox users may write to NUL".into()),
+                Some(false) => l("null device", Enforcement::Partial, "the sandbox users' grant on NUL is gone (it resets at every boot): redirects to NUL fail until `workfence setup` runs again".into()),
+                None => l("null device", Enforcement::Partial, "cannot read the null device's DACL".into()),
+            });
         }
         None => {
             out.push(l(
@@ -179,7 +205,7 @@ pub fn doctor() -> Vec<LayerStatus> {
         active_process_limit: 1,
         job_memory_limit: None,
         cpu_percent: None,
-        ui_restrictions: vec![],
+        nesting: vec![],
         timeout_ms: None,
     });
     out.push(match job {
@@ -190,6 +216,24 @@ pub fn doctor() -> Vec<LayerStatus> {
         ),
         Err(e) => l("processes", Enforcement::None, format!("{e}")),
     });
+    out.push(match sys::service_can_start("WebClient") {
+        Some(true) => l("WebDAV", Enforcement::Partial, "the WebClient service can start: WebDAV paths reach the network outside the offline user's filters; `sc config WebClient start= disabled` (elevated) closes this".into()),
+        Some(false) => l("WebDAV", Enforcement::Full, "the WebClient service is disabled".into()),
+        None => l("WebDAV", Enforcement::Full, "the WebClient service is not installed".into()),
+    });
+    out.push(l(
+        "restricting set",
+        Enforcement::Full,
+        format!(
+            "{} ({}); `workfence selftest` measures which set real tools need",
+            state::facts().restricting.unwrap_or_default().name(),
+            if state::facts().restricting.is_some() {
+                "recorded"
+            } else {
+                "default"
+            }
+        ),
+    ));
     let journal = state::state_dir().join(crate::plan::JOURNAL_FILE);
     let pending = std::fs::read_to_string(&journal)
         .ok()

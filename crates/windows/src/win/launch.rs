@@ -23,26 +23,75 @@ pub struct Request {
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: String,
-    /// Capability SID (restricting).
+    /// Capability SID (in the default DACL).
     pub capability_sid: String,
+    /// The restricting SIDs (`plan::LOGON_SID` stands for the token's logon SID).
+    pub restricting: Vec<String>,
+    /// SIDs made deny-only.
+    pub disabled: Vec<String>,
     /// The invoking user, who must be able to manage what the command creates.
     pub owner_sid: String,
     /// Use a ConPTY of this size.
     pub pty: Option<(i16, i16)>,
     /// No restricted token (full-access mode).
     pub unrestricted: bool,
+    /// `winsta\desktop` to start the command on (`None`: the creator's).
+    pub desktop: Option<String>,
+    /// The runner creates the kill-on-close job itself, with these limits (when
+    /// workfence could not put the runner in its own job).
+    pub own_job: Option<JobLimits>,
+}
+
+/// The job limits the runner needs when it creates the job itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobLimits {
+    /// `ActiveProcessLimit`.
+    pub active_process_limit: u32,
+    /// `JobMemoryLimit`, bytes.
+    pub job_memory_limit: Option<u64>,
+    /// CPU cap, percent of one core.
+    pub cpu_percent: Option<u32>,
+}
+
+impl JobLimits {
+    /// From the plan's job.
+    pub fn of(spec: &crate::plan::JobSpec) -> JobLimits {
+        JobLimits {
+            active_process_limit: spec.active_process_limit,
+            job_memory_limit: spec.job_memory_limit,
+            cpu_percent: spec.cpu_percent,
+        }
+    }
+
+    /// Back to a spec `sys::Job::new` takes.
+    pub fn spec(&self) -> crate::plan::JobSpec {
+        crate::plan::JobSpec {
+            limit_flags: vec![],
+            nesting: vec![],
+            active_process_limit: self.active_process_limit,
+            job_memory_limit: self.job_memory_limit,
+            cpu_percent: self.cpu_percent,
+            timeout_ms: None,
+        }
+    }
 }
 
 /// What the runner reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Reply {
-    /// The command runs; `handle` is its process handle in the runner.
+    /// The command exists, suspended; `handle` and `thread` are its process and main
+    /// thread handles in the runner, `job` the runner's job when it made one. workfence
+    /// resumes the command once it holds them.
     Started {
         /// Process id.
         pid: u32,
-        /// Handle value in the runner's handle table.
+        /// Process handle value in the runner's handle table.
         handle: usize,
+        /// Main thread handle value in the runner's handle table.
+        thread: usize,
+        /// Job handle value in the runner's handle table ([`Request::own_job`]).
+        job: Option<usize>,
     },
     /// It could not start; `status` is 125, 126 or 127.
     Failed {
@@ -189,27 +238,43 @@ pub fn spawn_failure(app: &str, code: u32) -> (i32, String) {
     )
 }
 
-/// Starts the command suspended-then-resumed; `Err` for setup failures, `Ok(Err)` for
-/// a command that cannot run (126/127 with a message).
-pub fn launch(req: &Request) -> Result<Result<Launched, (i32, String)>, WindowsError> {
+/// Creates the command suspended (in `job` when given); the caller resumes it once it
+/// holds its handles. `Err` for setup failures, `Ok(Err)` for a command that cannot run
+/// (126/127 with a message).
+pub fn launch(
+    req: &Request,
+    job: Option<&sys::Job>,
+) -> Result<Result<Launched, (i32, String)>, WindowsError> {
     let token = if req.unrestricted {
         None
     } else {
         let base = sys::process_token()?;
         let logon = sys::token_logon_sid(&base)?;
         let user = sys::token_user_sid(&base)?;
-        let mut dacl = format!(
-            "D:(A;;GA;;;{user})(A;;GA;;;{})(A;;GA;;;{logon})(A;;GA;;;SY)",
-            req.capability_sid
-        );
-        if req.owner_sid != user {
-            dacl.push_str(&format!("(A;;GA;;;{})", req.owner_sid));
-        }
+        let dacl =
+            crate::plan::default_dacl_sddl(&user, &req.capability_sid, &req.owner_sid, &logon);
+        let restricting: Vec<&str> = req
+            .restricting
+            .iter()
+            .map(|s| {
+                if s == crate::plan::LOGON_SID {
+                    logon.as_str()
+                } else {
+                    s.as_str()
+                }
+            })
+            .collect();
+        let disabled: Vec<&str> = req.disabled.iter().map(String::as_str).collect();
         Some(sys::restricted_token(
             &base,
-            &[&req.capability_sid, &logon],
+            &restricting,
+            &disabled,
             &dacl,
         )?)
+    };
+    let place = || sys::Placement {
+        job,
+        desktop: req.desktop.as_deref(),
     };
     let env = env_block(&req.env);
     let (child, relay, stdio) = match req.pty {
@@ -223,6 +288,7 @@ pub fn launch(req: &Request) -> Result<Result<Launched, (i32, String)>, WindowsE
                 &env,
                 &req.cwd,
                 sys::Stdio::Handles([a, b, c]),
+                place(),
             ) {
                 Ok(child) => (child, None, Some(stdio)),
                 Err(sys::SpawnError(code)) => return Ok(Err(spawn_failure(&req.app, code))),
@@ -241,6 +307,7 @@ pub fn launch(req: &Request) -> Result<Result<Launched, (i32, String)>, WindowsE
                 &env,
                 &req.cwd,
                 sys::Stdio::Pty(&console),
+                place(),
             ) {
                 Ok(c) => c,
                 Err(sys::SpawnError(code)) => return Ok(Err(spawn_failure(&req.app, code))),

@@ -69,33 +69,25 @@ fn build_env(plan: &WindowsPlan, req: &RunRequest, temp: Option<&Path>) -> Vec<(
         env.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
         env.push((k.clone(), v));
     }
+    if let Some(ws) = &plan.env.git_safe_directory {
+        for (k, v) in crate::plan::git_safe_directory_env(&env, ws) {
+            env.retain(|(n, _)| !n.eq_ignore_ascii_case(&k));
+            env.push((k, v));
+        }
+    }
     env
 }
 
-/// Finds a program in the sandbox's PATH with PATHEXT. The current directory is not
-/// searched, so a planted `git.exe` in the workspace is not picked up by accident.
-fn resolve(argv0: &str, env: &[(String, String)]) -> Option<PathBuf> {
-    let exts: Vec<String> = get(env, "PATHEXT")
-        .unwrap_or(".COM;.EXE;.BAT;.CMD")
-        .split(';')
-        .filter(|e| !e.is_empty())
-        .map(str::to_string)
-        .collect();
-    let try_file = |p: PathBuf| -> Option<PathBuf> {
-        if p.extension().is_some() && p.is_file() {
-            return Some(p);
-        }
-        exts.iter()
-            .map(|e| PathBuf::from(format!("{}{e}", p.display())))
-            .find(|c| c.is_file())
-    };
-    if argv0.contains(['\\', '/', ':']) {
-        return try_file(PathBuf::from(argv0));
-    }
-    get(env, "PATH")?
-        .split(';')
-        .filter(|d| !d.trim().is_empty())
-        .find_map(|d| try_file(Path::new(d.trim_matches('"')).join(argv0)))
+/// Finds the program (rules in [`crate::lookup`]): the first candidate that is a
+/// regular file and not a Store app alias.
+fn resolve(argv0: &str, env: &[(String, String)], cwd: &str) -> Option<PathBuf> {
+    crate::lookup::candidates(argv0, get(env, "PATH"), get(env, "PATHEXT"), cwd)
+        .into_iter()
+        .find(|c| {
+            std::fs::metadata(c).is_ok_and(|m| m.is_file())
+                && !crate::lookup::is_app_alias(sys::reparse_tag(c))
+        })
+        .map(PathBuf::from)
 }
 
 fn strings(req: &RunRequest) -> Result<Vec<String>, WindowsError> {
@@ -131,14 +123,11 @@ fn wait_deadline(
 }
 
 pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
-    if plan.needs_setup {
-        let missing: Vec<String> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
-        if !plan.allow_degraded {
-            return Err(WindowsError::SetupMissing {
-                missing: missing.join(" and "),
-            });
-        }
-        eprintln!("workfence: WARNING: `workfence setup` has not been run: the network is not enforced, and neither is: {} (--allow-degraded)", missing.join(", "));
+    if let Some(e) = plan.refusal() {
+        return Err(e);
+    }
+    if let Some(w) = plan.degraded_warning() {
+        eprintln!("workfence: WARNING: {w}");
     }
     let argv = strings(req)?;
     let Some(argv0) = argv.first() else {
@@ -155,8 +144,17 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
     };
     if !plan.unsandboxed {
         let marker = state::RunMarker::create(&workspace_id(&ws))?;
-        acl::apply(plan, marker.path())?;
+        for note in acl::apply(plan, marker.path())? {
+            eprintln!("workfence: {note}");
+        }
         guard.marker = Some(marker);
+        if let Some(h) = &plan.home {
+            for d in ["AppData\\Roaming", "AppData\\Local"] {
+                let p = Path::new(h).join(d);
+                std::fs::create_dir_all(&p)
+                    .map_err(state::io("creating the sandbox user's home", &p))?;
+            }
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -165,7 +163,11 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
         guard.temp = Some(t);
     }
     let env = build_env(plan, req, guard.temp.as_deref());
-    let Some(program) = resolve(argv0, &env) else {
+    // cmd.exe cannot use a `\\?\` current directory: pass the plain form.
+    let cwd = WinPath::parse(&req.cwd.to_string_lossy())
+        .map(|p| p.display_string())
+        .unwrap_or_else(|_| req.cwd.to_string_lossy().into_owned());
+    let Some(program) = resolve(argv0, &env, &cwd) else {
         eprintln!("workfence: {argv0}: command not found in the sandbox's PATH");
         return Ok(EXIT_NOT_FOUND);
     };
@@ -180,18 +182,37 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
     } else {
         (program.clone(), cmdline::command_line(&full)?)
     };
+    let owner_sid = sys::token_user_sid(&sys::process_token()?)?;
+    // The private window station and desktop live until run returns (after the job
+    // is terminated).
+    let desktop = if plan.private_desktop {
+        let mut nonce = [0u8; 8];
+        sys::random_bytes(&mut nonce)?;
+        let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let sddl = crate::plan::desktop_sddl(&owner_sid, plan.run_as.sid(), &plan.capability_sid);
+        Some(sys::PrivateDesktop::create(
+            &format!("workfence-{hex}"),
+            &sddl,
+        )?)
+    } else {
+        None
+    };
+    let token = plan.token.as_ref();
     let launch_req = Request {
         app,
         cmdline: line,
         env,
-        // cmd.exe cannot use a `\\?\` current directory: pass the plain form.
-        cwd: WinPath::parse(&req.cwd.to_string_lossy())
-            .map(|p| p.display_string())
-            .unwrap_or_else(|_| req.cwd.to_string_lossy().into_owned()),
+        cwd,
         capability_sid: plan.capability_sid.clone(),
-        owner_sid: sys::token_user_sid(&sys::process_token()?)?,
+        restricting: token.map(|t| t.restricting.clone()).unwrap_or_default(),
+        disabled: token
+            .map(|t| t.disabled_sids.iter().map(|s| s.sid.clone()).collect())
+            .unwrap_or_default(),
+        owner_sid,
         pty: req.pty.then(|| sys::console_size().unwrap_or((120, 30))),
         unrestricted: plan.unsandboxed,
+        desktop: desktop.as_ref().map(|d| d.name.clone()),
+        own_job: None,
     };
     let job = sys::Job::new(&plan.job)?;
     // Restored when run returns, whatever happens.
@@ -203,11 +224,12 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
     let status = match &plan.run_as {
         RunAs::CurrentUser { .. } => run_direct(&job, &launch_req, deadline)?,
         RunAs::OfflineUser { name, sid } | RunAs::OnlineUser { name, sid } => {
-            run_as_user(&job, name, sid, &launch_req, deadline)?
+            run_as_user(&job, &plan.job, name, sid, launch_req, deadline)?
         }
     };
     // Like the end of a pid namespace: nothing the command left behind survives it.
     job.terminate(1);
+    drop(desktop);
     drop(guard);
     Ok(status)
 }
@@ -225,18 +247,15 @@ fn run_direct(
     deadline: Option<Instant>,
 ) -> Result<i32, WindowsError> {
     let started = Instant::now();
-    let launched = match launch::launch(req)? {
+    // Created in the job (PROC_THREAD_ATTRIBUTE_JOB_LIST): nothing runs outside it,
+    // and it nests under a job workfence itself may run in.
+    let launched = match launch::launch(req, Some(job))? {
         Ok(l) => l,
         Err((status, message)) => {
             eprintln!("{message}");
             return Ok(status);
         }
     };
-    // In the job before the first instruction runs: nothing can escape it.
-    if let Err(e) = job.assign(&launched.child.process) {
-        sys::terminate_process(&launched.child.process, EXIT_SETUP as u32);
-        return Err(e);
-    }
     launched.child.resume()?;
     let code = wait_deadline(&launched.child.process, deadline)?;
     let status = match code {
@@ -280,9 +299,10 @@ pub fn runner_exe() -> Result<PathBuf, WindowsError> {
 
 fn run_as_user(
     job: &sys::Job,
+    spec: &crate::plan::JobSpec,
     user: &str,
     user_sid: &str,
-    req: &Request,
+    mut req: Request,
     deadline: Option<Instant>,
 ) -> Result<i32, WindowsError> {
     let started = Instant::now();
@@ -291,14 +311,12 @@ fn run_as_user(
     sys::random_bytes(&mut nonce)?;
     let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
     let name = format!("\\\\.\\pipe\\workfence-{}-{hex}", std::process::id());
-    // Only SYSTEM, us and the sandbox user (unrestricted: the runner) may open it; the
-    // command's restricted token fails the write check, and one instance is allowed.
+    // Only SYSTEM, us and the sandbox user may open it, one instance is allowed, and
+    // the client must be the runner itself (checked below): the sandbox user's other
+    // processes, such as another run's command, pass the DACL.
     let server = sys::named_pipe_server(
         &name,
-        &format!(
-            "D:P(A;;GA;;;SY)(A;;GA;;;{})(A;;0x12019f;;;{user_sid})",
-            req.owner_sid
-        ),
+        &crate::plan::control_pipe_sddl(&req.owner_sid, user_sid),
     )?;
     let exe = runner_exe()?;
     let exe_s = exe.to_string_lossy().into_owned();
@@ -306,7 +324,15 @@ fn run_as_user(
         cmdline::command_line(&[exe_s.as_str(), crate::RUNNER_FLAG, "--pipe", name.as_str()])?;
     let stdio = launch::ChildStdio::new()?;
     let [a, b, c] = &stdio.handles;
-    let runner = match sys::spawn_with_logon(user, &password, &exe_s, &line, &req.cwd, [a, b, c]) {
+    let runner = match sys::spawn_with_logon(
+        user,
+        &password,
+        &exe_s,
+        &line,
+        &req.cwd,
+        [a, b, c],
+        req.desktop.as_deref(),
+    ) {
         Ok(r) => r,
         Err(e) => {
             stdio.finish();
@@ -314,9 +340,9 @@ fn run_as_user(
         }
     };
     drop(password);
-    if let Err(e) = job.assign(&runner.process) {
-        sys::terminate_process(&runner.process, EXIT_SETUP as u32);
-        return Err(e);
+    // Nested under seclogon's job. Should Windows refuse, the runner makes the job.
+    if job.assign(&runner.process).is_err() {
+        req.own_job = Some(launch::JobLimits::of(spec));
     }
     runner.resume()?;
 
@@ -352,11 +378,19 @@ fn run_as_user(
             }
         }
     };
+    let client = sys::pipe_client_pid(&server)?;
+    if client != runner.pid {
+        sys::terminate_process(&runner.process, EXIT_SETUP as u32);
+        return Err(WindowsError::Runner(format!(
+            "process {client} opened the runner's control pipe instead of the runner ({}); another sandboxed command may be interfering. Run again",
+            runner.pid
+        )));
+    }
     let pipe = std::fs::File::from(server);
     let mut writer = pipe
         .try_clone()
         .map_err(state::io("using the control pipe", Path::new(&name)))?;
-    let request = serde_json::to_string(req).unwrap_or_default();
+    let request = serde_json::to_string(&req).unwrap_or_default();
     writer
         .write_all(format!("{request}\n").as_bytes())
         .map_err(state::io(
@@ -378,8 +412,24 @@ fn run_as_user(
         },
         None => rx.recv().unwrap_or_default(),
     };
-    let child = match serde_json::from_str::<Reply>(&reply) {
-        Ok(Reply::Started { handle, .. }) => sys::duplicate_from(&runner.process, handle)?,
+    let (child, thread, runner_job) = match serde_json::from_str::<Reply>(&reply) {
+        Ok(Reply::Started {
+            handle,
+            thread,
+            job: j,
+            ..
+        }) => {
+            let child = sys::duplicate_from(&runner.process, handle)?;
+            let thread = sys::duplicate_from(&runner.process, thread)?;
+            let j = match j {
+                Some(v) => Some(sys::Job::from_handle(sys::duplicate_from(
+                    &runner.process,
+                    v,
+                )?)),
+                None => None,
+            };
+            (child, thread, j)
+        }
         Ok(Reply::Failed { status, message }) => {
             eprintln!("{message}");
             return Ok(status);
@@ -392,16 +442,29 @@ fn run_as_user(
             )));
         }
     };
+    // Everything that can kill the command is in our hands: now it may run.
     let _ = writer.write_all(b"ok\n");
+    sys::resume_thread(&thread)?;
+    let kill = |code: u32| {
+        job.terminate(code);
+        if let Some(j) = &runner_job {
+            j.terminate(code);
+        }
+    };
     let code = wait_deadline(&child, deadline)?;
     let status = match code {
         Some(c) => {
             // With --pty the runner drains the console output before it exits.
             let _ = sys::wait(&runner.process, Some(2000));
-            job.terminate(1);
+            kill(1);
             c as i32
         }
-        None => timed_out(job, deadline, started),
+        None => {
+            if let Some(j) = &runner_job {
+                j.terminate(EXIT_TIMEOUT as u32);
+            }
+            timed_out(job, deadline, started)
+        }
     };
     stdio.finish();
     Ok(status)

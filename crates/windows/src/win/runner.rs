@@ -1,8 +1,9 @@
 //! The runner: started by workfence as the sandbox user (inside the job, before it
 //! runs a single instruction), it reads one request from the control pipe, builds the
-//! restricted token from its own token, starts the command, hands its process handle
-//! to workfence and exits, so that no unrestricted process of the sandbox user lives
-//! during the command (with --pty it stays, to keep the pseudo console open).
+//! restricted token from its own token, creates the command suspended, hands its
+//! process and thread handles to workfence (which resumes it) and exits, so that no
+//! unrestricted process of the sandbox user lives during the command (with --pty it
+//! stays, to keep the pseudo console open).
 
 use std::io::{BufRead, BufReader, Write};
 
@@ -62,7 +63,20 @@ pub fn main() -> i32 {
             return EXIT_SETUP;
         }
     };
-    let launched = match launch::launch(&req) {
+    // When workfence could not put us in its job, the kill-on-close job is made here,
+    // the command is created in it, and workfence takes over a handle to it.
+    let own_job = match req.own_job.as_ref().map(|l| sys::Job::new(&l.spec())) {
+        None => None,
+        Some(Ok(j)) => Some(j),
+        Some(Err(e)) => {
+            send(&Reply::Failed {
+                status: EXIT_SETUP,
+                message: e.to_string(),
+            });
+            return EXIT_SETUP;
+        }
+    };
+    let launched = match launch::launch(&req, own_job.as_ref()) {
         Ok(Ok(l)) => l,
         Ok(Err((status, message))) => {
             send(&Reply::Failed { status, message });
@@ -76,21 +90,19 @@ pub fn main() -> i32 {
             return EXIT_SETUP;
         }
     };
-    if let Err(e) = launched.child.resume() {
-        send(&Reply::Failed {
-            status: EXIT_SETUP,
-            message: e.to_string(),
-        });
-        return EXIT_SETUP;
-    }
+    // The command stays suspended: workfence resumes it once it holds its handles, so
+    // it never runs while only this unrestricted process could kill it.
     let started = Reply::Started {
         pid: launched.child.pid,
         handle: sys::handle_value(&launched.child.process),
+        thread: sys::handle_value(&launched.child.thread),
+        job: own_job.as_ref().map(sys::Job::handle_value),
     };
     if !send(&started) {
+        sys::terminate_process(&launched.child.process, EXIT_SETUP as u32);
         return EXIT_SETUP;
     }
-    // Wait for workfence to take over the handle (it answers one line).
+    // Wait for workfence to take over the handles (it answers one line).
     let mut ack = String::new();
     let _ = reader.read_line(&mut ack);
     if let Some(pty) = launched.pty {

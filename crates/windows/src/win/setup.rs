@@ -2,9 +2,58 @@
 
 use crate::error::WindowsError;
 use crate::plan::{
-    wfp_filters, SandboxUsers, DEFAULT_PROXY_PORT, GROUP_NAME, OFFLINE_USER, ONLINE_USER,
+    all_filter_keys, null_device_ace, wfp_filters, AcePlan, AcePurpose, SandboxUsers,
+    DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS, GROUP_NAME, OFFLINE_USER, ONLINE_USER,
 };
+use crate::sddl::{rights, Ace, AceKind, Dacl, Inherit};
 use crate::win::{acl, state, sys};
+
+/// Grants both sandbox users read, write and execute on the null device. Its security
+/// descriptor is rebuilt at every boot, so this lasts until the next one; `doctor`
+/// reports when it is gone and running setup again restores it.
+fn grant_null_device(info: &SandboxUsers) -> Result<String, WindowsError> {
+    let before = sys::null_device_dacl()?;
+    let mut dacl = Dacl::parse(&before).map_err(|source| WindowsError::Dacl {
+        path: "\\\\.\\NUL".into(),
+        source,
+    })?;
+    let added = dacl.add(&[
+        null_device_ace(&info.offline_sid),
+        null_device_ace(&info.online_sid),
+    ]);
+    if added.is_empty() {
+        return Ok("the null device already grants the sandbox users".into());
+    }
+    sys::set_null_device_dacl(&dacl.to_sddl())?;
+    Ok("granted the sandbox users the null device (until the next boot: run setup again after a reboot, `workfence doctor` tells)".into())
+}
+
+/// The read grants on the profile's toolchains and on the runner, applied at setup so
+/// that the first run does not pay for their propagation (runs recognise them from the
+/// journal). The same ACEs `plan` lists, so they match.
+fn toolchain_grants(info: &SandboxUsers) -> Vec<AcePlan> {
+    let Some(profile) = std::env::var_os("USERPROFILE") else {
+        return Vec::new();
+    };
+    let mut roots = crate::win::detect::toolchain_roots(std::path::Path::new(&profile));
+    roots.extend(crate::win::detect::runner_read_root(&sys::windows_dir()));
+    roots
+        .into_iter()
+        .map(|path| AcePlan {
+            path,
+            ace: Ace {
+                kind: AceKind::Allow,
+                sid: info.group_sid.clone(),
+                mask: rights::READ_EXECUTE,
+                inherit: Inherit::Tree,
+            },
+            trustee: info.group_name.clone(),
+            purpose: AcePurpose::Read,
+            why: "readable by the sandbox users (a toolchain in the profile, or the runner)".into(),
+            per_run: false,
+        })
+        .collect()
+}
 
 /// A random password that meets the default complexity policy.
 fn password() -> Result<String, WindowsError> {
@@ -37,6 +86,8 @@ pub fn install() -> Result<String, WindowsError> {
     for user in [OFFLINE_USER, ONLINE_USER] {
         let pw = password()?;
         let created = sys::user_add(user, &pw, "workfence sandbox user (hidden)")?;
+        // Re-running setup repairs an account someone disabled, locked or changed.
+        sys::user_set_flags(user)?;
         sys::group_add_member(GROUP_NAME, user)?;
         sys::hide_user(user, true)?;
         // Stored before anything depends on it; only this user can decrypt it.
@@ -59,17 +110,36 @@ pub fn install() -> Result<String, WindowsError> {
         online_sid: sys::lookup_sid(ONLINE_USER)?,
         proxy_port: DEFAULT_PROXY_PORT,
     };
-    let filters = wfp_filters(&info.offline_sid, info.proxy_port);
+    for (user, sid) in [
+        (&info.offline_user, &info.offline_sid),
+        (&info.online_user, &info.online_sid),
+    ] {
+        sys::add_account_rights(sid, DENY_LOGON_RIGHTS)?;
+        // Created now, not at the first run (LOGON_WITH_PROFILE would create it then).
+        match sys::create_profile(sid, user)? {
+            Some(p) => notes.push(format!("created the profile of {user} ({p})")),
+            None => notes.push(format!("the profile of {user} exists")),
+        }
+    }
+    notes.push(format!(
+        "denied the sandbox users {}",
+        DENY_LOGON_RIGHTS.join(", ")
+    ));
+    // Filters of earlier versions (other keys, the old loopback permit) go first.
+    sys::wfp_uninstall(&all_filter_keys())?;
+    let filters = wfp_filters(&info.offline_sid, &info.online_sid, info.proxy_port);
     sys::wfp_install(&filters)?;
     notes.push(format!(
-        "installed {} WFP filters for {} ({}): only 127.0.0.1:{} and [::1]:{} are reachable",
+        "installed {} WFP filters for {} ({}): all its traffic and listens are blocked, loopback included; the online user may not listen on the proxy port",
         filters.len(),
         info.offline_user,
         info.offline_sid,
-        info.proxy_port,
-        info.proxy_port
     ));
+    notes.push(grant_null_device(&info)?);
     state::write_setup_info(&info)?;
+    for n in acl::apply_grants(&toolchain_grants(&info))? {
+        notes.push(n);
+    }
     notes.push(format!(
         "group {GROUP_NAME} ({}); credentials DPAPI-protected in {}",
         info.group_sid,
@@ -89,17 +159,17 @@ pub fn uninstall() -> Result<String, WindowsError> {
     let info = std::fs::read_to_string(state::state_dir().join("setup.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<SandboxUsers>(&t).ok());
-    let offline_sid = info
-        .as_ref()
-        .map(|i| i.offline_sid.clone())
-        .unwrap_or_else(|| "S-1-0-0".into());
-    sys::wfp_uninstall(&wfp_filters(&offline_sid, DEFAULT_PROXY_PORT))?;
+    // Every key workfence ever used, so filters of earlier versions go too.
+    sys::wfp_uninstall(&all_filter_keys())?;
     notes.push("removed the WFP filters, sublayer and provider".into());
     for (user, sid) in [
         (OFFLINE_USER, info.as_ref().map(|i| i.offline_sid.clone())),
         (ONLINE_USER, info.as_ref().map(|i| i.online_sid.clone())),
     ] {
         let sid = sid.or_else(|| sys::lookup_sid(user).ok());
+        if let Some(sid) = &sid {
+            sys::remove_account_rights(sid);
+        }
         sys::user_del(user)?;
         if let Some(sid) = sid {
             sys::delete_profile(&sid);

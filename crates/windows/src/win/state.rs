@@ -111,6 +111,30 @@ pub fn remove_setup_files(info: Option<&SandboxUsers>) {
     let _ = fs::remove_file(dir.join("setup.json"));
 }
 
+const FACTS_FILE: &str = "os-facts.json";
+
+/// Facts about this machine measured by `workfence selftest` (or set by hand).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Facts {
+    /// The narrowest restricting set with which real tools ran.
+    #[serde(default)]
+    pub restricting: Option<crate::plan::RestrictingSet>,
+}
+
+/// The recorded facts (defaults when none were recorded).
+pub fn facts() -> Facts {
+    fs::read_to_string(state_dir().join(FACTS_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Records facts.
+pub fn write_facts(f: &Facts) -> Result<(), WindowsError> {
+    let text = serde_json::to_string_pretty(f).unwrap_or_default();
+    write_atomic(&state_dir().join(FACTS_FILE), text.as_bytes())
+}
+
 /// Records what setup installed.
 pub fn write_setup_info(info: &SandboxUsers) -> Result<(), WindowsError> {
     let text = serde_json::to_string_pretty(info).unwrap_or_default();

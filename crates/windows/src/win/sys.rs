@@ -11,6 +11,7 @@ use windows_sys::Win32::Foundation as F;
 use windows_sys::Win32::NetworkManagement::NetManagement as NM;
 use windows_sys::Win32::NetworkManagement::WindowsFilteringPlatform as WFP;
 use windows_sys::Win32::Security as S;
+use windows_sys::Win32::Security::Authentication::Identity as ID;
 use windows_sys::Win32::Security::Authorization as A;
 use windows_sys::Win32::Security::Cryptography as C;
 use windows_sys::Win32::Storage::FileSystem as FS;
@@ -19,7 +20,10 @@ use windows_sys::Win32::System::Diagnostics::Debug as DBG;
 use windows_sys::Win32::System::JobObjects as J;
 use windows_sys::Win32::System::Pipes as P;
 use windows_sys::Win32::System::Registry as R;
+use windows_sys::Win32::System::Services as SV;
+use windows_sys::Win32::System::StationsAndDesktops as SD;
 use windows_sys::Win32::System::Threading as T;
+use windows_sys::Win32::UI::Shell as UISH;
 
 use crate::error::WindowsError;
 use crate::plan::{JobSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer};
@@ -390,10 +394,12 @@ impl SecurityDescriptor {
 }
 
 /// `CreateRestrictedToken(WRITE_RESTRICTED | DISABLE_MAX_PRIVILEGE | LUA_TOKEN)` with
-/// `restricting` SIDs, then the default DACL `default_dacl` (SDDL `D:...`).
+/// `restricting` SIDs and `disable` SIDs made deny-only (absent ones are ignored by
+/// Windows), then the default DACL `default_dacl` (SDDL `D:...`).
 pub fn restricted_token(
     base: &OwnedHandle,
     restricting: &[&str],
+    disable: &[&str],
     default_dacl: &str,
 ) -> Result<OwnedHandle> {
     let sids: Vec<Sid> = restricting
@@ -407,14 +413,30 @@ pub fn restricted_token(
             Attributes: 0,
         })
         .collect();
+    let off: Vec<Sid> = disable
+        .iter()
+        .map(|s| Sid::parse(s))
+        .collect::<Result<_>>()?;
+    let off_entries: Vec<S::SID_AND_ATTRIBUTES> = off
+        .iter()
+        .map(|s| S::SID_AND_ATTRIBUTES {
+            Sid: s.ptr(),
+            Attributes: 0,
+        })
+        .collect();
     let mut out: F::HANDLE = null_mut();
-    // SAFETY: entries points at SIDs kept alive by `sids`; out receives a new token handle.
+    // SAFETY: entries and off_entries point at SIDs kept alive by `sids` and `off`;
+    // out receives a new token handle.
     let ok = unsafe {
         S::CreateRestrictedToken(
             raw(base),
             S::WRITE_RESTRICTED | S::DISABLE_MAX_PRIVILEGE | S::LUA_TOKEN,
-            0,
-            null(),
+            off_entries.len() as u32,
+            if off_entries.is_empty() {
+                null()
+            } else {
+                off_entries.as_ptr()
+            },
             0,
             null(),
             entries.len() as u32,
@@ -627,6 +649,47 @@ impl AclTarget {
     }
 }
 
+impl AclTarget {
+    /// Sets the DACL on this object only, through the handle: no propagation to
+    /// existing children (the fallback when propagation fails part-way).
+    pub fn set_dacl_sddl_here(&self, sddl: &str) -> Result<()> {
+        let sd = SecurityDescriptor::from_sddl(sddl)?;
+        let (acl, protected) = sd.dacl()?;
+        let info = S::DACL_SECURITY_INFORMATION
+            | if protected {
+                S::PROTECTED_DACL_SECURITY_INFORMATION
+            } else {
+                S::UNPROTECTED_DACL_SECURITY_INFORMATION
+            };
+        // SAFETY: the handle has WRITE_DAC; acl points into sd, alive for the call.
+        let code = unsafe {
+            A::SetSecurityInfo(
+                raw(&self.handle),
+                A::SE_FILE_OBJECT,
+                info,
+                null_mut(),
+                null_mut(),
+                acl,
+                null(),
+            )
+        };
+        if code != 0 {
+            return Err(api(
+                &format!("changing the DACL of {}", self.final_path),
+                "SetSecurityInfo",
+                code,
+                "check that you own it (icacls shows the owner); `workfence cleanup` undoes partial changes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether an error is `ERROR_ACCESS_DENIED` from a Win32 call.
+pub fn is_access_denied(e: &WindowsError) -> bool {
+    matches!(e, WindowsError::Api { code, .. } if *code == F::ERROR_ACCESS_DENIED)
+}
+
 // ---------------------------------------------------------------- job objects
 
 /// A job object; closing it kills every process in it (KILL_ON_JOB_CLOSE).
@@ -665,33 +728,8 @@ impl Job {
             )
         };
         check(ok, "setting the job limits", "SetInformationJobObject", "")?;
-        if !spec.ui_restrictions.is_empty() {
-            let ui = J::JOBOBJECT_BASIC_UI_RESTRICTIONS {
-                UIRestrictionsClass: J::JOB_OBJECT_UILIMIT_DESKTOP
-                    | J::JOB_OBJECT_UILIMIT_DISPLAYSETTINGS
-                    | J::JOB_OBJECT_UILIMIT_EXITWINDOWS
-                    | J::JOB_OBJECT_UILIMIT_GLOBALATOMS
-                    | J::JOB_OBJECT_UILIMIT_HANDLES
-                    | J::JOB_OBJECT_UILIMIT_READCLIPBOARD
-                    | J::JOB_OBJECT_UILIMIT_SYSTEMPARAMETERS
-                    | J::JOB_OBJECT_UILIMIT_WRITECLIPBOARD,
-            };
-            // SAFETY: ui is a valid JOBOBJECT_BASIC_UI_RESTRICTIONS of the given size.
-            let ok = unsafe {
-                J::SetInformationJobObject(
-                    raw(&job.0),
-                    J::JobObjectBasicUIRestrictions,
-                    &ui as *const _ as *const c_void,
-                    std::mem::size_of_val(&ui) as u32,
-                )
-            };
-            check(
-                ok,
-                "setting the job UI limits",
-                "SetInformationJobObject",
-                "",
-            )?;
-        }
+        // No JOBOBJECT_BASIC_UI_RESTRICTIONS: Windows refuses to nest a job with UI
+        // limits, and the runner is always in seclogon's job (see plan::JOB_NESTING).
         if let Some(pct) = spec.cpu_percent {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
             // The rate is in 1/100 percent of the whole machine.
@@ -713,6 +751,16 @@ impl Job {
             check(ok, "setting the job CPU cap", "SetInformationJobObject", "")?;
         }
         Ok(job)
+    }
+
+    /// A job whose handle was taken over from the runner.
+    pub fn from_handle(h: OwnedHandle) -> Job {
+        Job(h)
+    }
+
+    /// The handle value, to name the job to another process.
+    pub fn handle_value(&self) -> usize {
+        raw(&self.0) as usize
     }
 
     /// Puts a (suspended) process in the job.
@@ -757,18 +805,23 @@ impl Child {
 
     /// Lets the main thread run.
     pub fn resume(&self) -> Result<()> {
-        // SAFETY: the thread handle is open.
-        let r = unsafe { T::ResumeThread(raw(&self.thread)) };
-        if r == u32::MAX {
-            return Err(api(
-                "starting the command",
-                "ResumeThread",
-                last_error(),
-                "",
-            ));
-        }
-        Ok(())
+        resume_thread(&self.thread)
     }
+}
+
+/// `ResumeThread` on a suspended main thread.
+pub fn resume_thread(thread: &OwnedHandle) -> Result<()> {
+    // SAFETY: the thread handle is open.
+    let r = unsafe { T::ResumeThread(raw(thread)) };
+    if r == u32::MAX {
+        return Err(api(
+            "starting the command",
+            "ResumeThread",
+            last_error(),
+            "",
+        ));
+    }
+    Ok(())
 }
 
 /// A failed process creation: the Win32 error code.
@@ -813,7 +866,7 @@ struct AttrList {
 }
 
 impl AttrList {
-    fn new(count: u32) -> Result<AttrList> {
+    fn new(count: u32) -> std::result::Result<AttrList, u32> {
         let mut size = 0usize;
         // SAFETY: a size query with a null list.
         unsafe { T::InitializeProcThreadAttributeList(null_mut(), count, 0, &mut size) };
@@ -827,12 +880,9 @@ impl AttrList {
                 &mut size,
             )
         };
-        check(
-            ok,
-            "preparing the command's attributes",
-            "InitializeProcThreadAttributeList",
-            "",
-        )?;
+        if ok == 0 {
+            return Err(last_error());
+        }
         Ok(AttrList { buf })
     }
 
@@ -840,19 +890,25 @@ impl AttrList {
         self.buf.as_mut_ptr() as *mut c_void
     }
 
+    /// Returns the `GetLastError` code on failure, read before anything else runs.
+    ///
     /// # Safety
     /// `value` must stay valid and unmoved until the list is dropped.
-    unsafe fn set(&mut self, attr: usize, value: *const c_void, size: usize) -> Result<()> {
+    unsafe fn set(
+        &mut self,
+        attr: usize,
+        value: *const c_void,
+        size: usize,
+    ) -> std::result::Result<(), u32> {
         // SAFETY: the list is initialized; the caller keeps value alive.
         let ok = unsafe {
             T::UpdateProcThreadAttribute(self.ptr(), 0, attr, value, size, null_mut(), null())
         };
-        check(
-            ok,
-            "preparing the command's attributes",
-            "UpdateProcThreadAttribute",
-            "",
-        )
+        if ok == 0 {
+            Err(last_error())
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -871,8 +927,19 @@ pub enum Stdio<'a> {
     Pty(&'a PseudoConsole),
 }
 
+/// Where the command is created.
+pub struct Placement<'a> {
+    /// A job to create it in (`PROC_THREAD_ATTRIBUTE_JOB_LIST`), so that it runs no
+    /// instruction outside it.
+    pub job: Option<&'a Job>,
+    /// `STARTUPINFO.lpDesktop` (`winsta\desktop`); `None` inherits ours.
+    pub desktop: Option<&'a str>,
+}
+
 /// Starts a suspended process: with `token` through `CreateProcessAsUserW` (a restricted
 /// version of our own token needs no privilege), else with `CreateProcessW`.
+///
+/// The error is the `GetLastError` code, read right after the failing call.
 pub fn spawn(
     token: Option<&OwnedHandle>,
     app: &str,
@@ -880,14 +947,20 @@ pub fn spawn(
     env: &[u16],
     cwd: &str,
     stdio: Stdio<'_>,
+    place: Placement<'_>,
 ) -> std::result::Result<Child, SpawnError> {
     // Declared before the attribute list, so that they outlive it.
     let handle_list: Vec<F::HANDLE>;
     let hpc: CON::HPCON;
+    let job_list: [F::HANDLE; 1];
     let inherit;
-    let mut attrs = AttrList::new(1).map_err(|_| SpawnError(last_error()))?;
+    let mut attrs = AttrList::new(1 + u32::from(place.job.is_some())).map_err(SpawnError)?;
     let mut si: T::STARTUPINFOEXW = Default::default();
     si.StartupInfo.cb = std::mem::size_of::<T::STARTUPINFOEXW>() as u32;
+    let mut desktop_w = place.desktop.map(wide);
+    if let Some(d) = desktop_w.as_mut() {
+        si.StartupInfo.lpDesktop = d.as_mut_ptr();
+    }
     match stdio {
         Stdio::Handles(h) => {
             handle_list = h.iter().map(|h| raw(*h)).collect();
@@ -903,7 +976,7 @@ pub fn spawn(
                     handle_list.len() * std::mem::size_of::<F::HANDLE>(),
                 )
             }
-            .map_err(|_| SpawnError(last_error()))?;
+            .map_err(SpawnError)?;
             inherit = 1;
         }
         Stdio::Pty(pc) => {
@@ -916,9 +989,27 @@ pub fn spawn(
                     std::mem::size_of::<CON::HPCON>(),
                 )
             }
-            .map_err(|_| SpawnError(last_error()))?;
+            .map_err(SpawnError)?;
+            // Null std handles with STARTF_USESTDHANDLES: the command takes the pseudo
+            // console's, never the handles workfence itself was started with.
+            si.StartupInfo.dwFlags = T::STARTF_USESTDHANDLES;
+            si.StartupInfo.hStdInput = null_mut();
+            si.StartupInfo.hStdOutput = null_mut();
+            si.StartupInfo.hStdError = null_mut();
             inherit = 0;
         }
+    }
+    if let Some(job) = place.job {
+        job_list = [raw(&job.0)];
+        // SAFETY: job_list lives until after CreateProcess (and the list's drop).
+        unsafe {
+            attrs.set(
+                T::PROC_THREAD_ATTRIBUTE_JOB_LIST as usize,
+                job_list.as_ptr() as *const c_void,
+                std::mem::size_of::<F::HANDLE>(),
+            )
+        }
+        .map_err(SpawnError)?;
     }
     si.lpAttributeList = attrs.ptr();
     let app_w = wide(app);
@@ -966,9 +1057,11 @@ pub fn spawn(
         },
     };
     if ok == 0 {
-        return Err(SpawnError(last_error()));
+        // First thing after the call: nothing may overwrite the thread's last error.
+        let code = last_error();
+        return Err(SpawnError(code));
     }
-    Child::from(pi).ok_or(SpawnError(last_error()))
+    Child::from(pi).ok_or(SpawnError(F::ERROR_INVALID_HANDLE))
 }
 
 /// Starts a suspended process as another user (`CreateProcessWithLogonW`,
@@ -980,10 +1073,17 @@ pub fn spawn_with_logon(
     cmdline: &str,
     cwd: &str,
     stdio: [&OwnedHandle; 3],
+    desktop: Option<&str>,
 ) -> Result<Child> {
+    let mut desktop_w = desktop.map(wide);
+    // CREATE_NO_WINDOW is not among the flags seclogon accepts: a new console that is
+    // hidden (SW_HIDE = 0) instead. The desktop named here is the one seclogon grants
+    // the new logon SID access to (the private desktop, never the user's).
     let si = T::STARTUPINFOW {
         cb: std::mem::size_of::<T::STARTUPINFOW>() as u32,
-        dwFlags: T::STARTF_USESTDHANDLES,
+        dwFlags: T::STARTF_USESTDHANDLES | T::STARTF_USESHOWWINDOW,
+        wShowWindow: 0,
+        lpDesktop: desktop_w.as_mut().map_or(null_mut(), |d| d.as_mut_ptr()),
         hStdInput: raw(stdio[0]),
         hStdOutput: raw(stdio[1]),
         hStdError: raw(stdio[2]),
@@ -1004,7 +1104,7 @@ pub fn spawn_with_logon(
             T::LOGON_WITH_PROFILE,
             app_w.as_ptr(),
             cmd_w.as_mut_ptr(),
-            T::CREATE_SUSPENDED | T::CREATE_UNICODE_ENVIRONMENT | T::CREATE_NO_WINDOW,
+            T::CREATE_SUSPENDED | T::CREATE_UNICODE_ENVIRONMENT | T::CREATE_NEW_CONSOLE,
             null(),
             cwd_w.as_ptr(),
             &si,
@@ -1608,6 +1708,11 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
                 cond.conditionValue.r#type = WFP::FWP_UINT16;
                 cond.conditionValue.Anonymous.uint16 = *p;
             }
+            WfpCondition::LocalPort(p) => {
+                cond.fieldKey = WFP::FWPM_CONDITION_IP_LOCAL_PORT;
+                cond.conditionValue.r#type = WFP::FWP_UINT16;
+                cond.conditionValue.Anonymous.uint16 = *p;
+            }
             WfpCondition::Protocol(p) => {
                 cond.fieldKey = WFP::FWPM_CONDITION_IP_PROTOCOL;
                 cond.conditionValue.r#type = WFP::FWP_UINT8;
@@ -1630,6 +1735,8 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
             WfpLayer::AleAuthConnectV6 => WFP::FWPM_LAYER_ALE_AUTH_CONNECT_V6,
             WfpLayer::AleAuthRecvAcceptV4 => WFP::FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V4,
             WfpLayer::AleAuthRecvAcceptV6 => WFP::FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V6,
+            WfpLayer::AleAuthListenV4 => WFP::FWPM_LAYER_ALE_AUTH_LISTEN_V4,
+            WfpLayer::AleAuthListenV6 => WFP::FWPM_LAYER_ALE_AUTH_LISTEN_V6,
         },
         subLayerKey: guid(crate::plan::WFP_SUBLAYER_KEY),
         numFilterConditions: conds.len() as u32,
@@ -1657,12 +1764,13 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
     Ok(())
 }
 
-/// Removes workfence's filters, sublayer and provider (absent is fine).
-pub fn wfp_uninstall(filters: &[WfpFilter]) -> Result<()> {
+/// Removes the filters with these keys (absent is fine), then workfence's sublayer and
+/// provider. Pass [`crate::plan::all_filter_keys`] to remove earlier versions' too.
+pub fn wfp_uninstall(keys: &[String]) -> Result<()> {
     let engine = Engine::open()?;
     engine.txn(|| {
-        for f in filters {
-            let key = guid(&f.key);
+        for k in keys {
+            let key = guid(k);
             // SAFETY: key is a valid GUID; a missing filter is not an error here.
             unsafe { WFP::FwpmFilterDeleteByKey0(engine.0, &key) };
         }
@@ -1759,4 +1867,411 @@ impl Drop for RawConsole {
             unsafe { CON::SetConsoleMode(*h, *mode) };
         }
     }
+}
+
+// ---------------------------------------------------------------- control pipe client
+
+/// The process id of a named pipe's connected client.
+pub fn pipe_client_pid(server: &OwnedHandle) -> Result<u32> {
+    let mut pid = 0u32;
+    // SAFETY: the handle is a connected pipe server; pid is a valid output.
+    let ok = unsafe { P::GetNamedPipeClientProcessId(raw(server), &mut pid) };
+    check(
+        ok,
+        "checking who opened the runner's control pipe",
+        "GetNamedPipeClientProcessId",
+        "",
+    )?;
+    Ok(pid)
+}
+
+// ---------------------------------------------------------------- private desktop
+
+/// A window station and a desktop in it, created for one run and closed on drop
+/// (Windows destroys them when the last handle and the last process on them are gone).
+/// A window station of its own, not only a desktop, because the clipboard, global atoms
+/// and hooks belong to the window station: on a desktop of the user's `WinSta0`, the
+/// command could still read the user's clipboard.
+pub struct PrivateDesktop {
+    winsta: SD::HWINSTA,
+    desktop: SD::HDESK,
+    /// `winsta\desktop`, for `STARTUPINFO.lpDesktop`.
+    pub name: String,
+}
+
+impl PrivateDesktop {
+    /// `CreateWindowStationW` and `CreateDesktopW`, both with the DACL `sddl`. The
+    /// desktop is created while our process is switched to the new window station
+    /// (`CreateDesktopW` has no window station argument), then switched back.
+    pub fn create(winsta_name: &str, sddl: &str) -> Result<PrivateDesktop> {
+        let sd = SecurityDescriptor::from_sddl(sddl)?;
+        let sa = S::SECURITY_ATTRIBUTES {
+            nLength: std::mem::size_of::<S::SECURITY_ATTRIBUTES>() as u32,
+            lpSecurityDescriptor: sd.ptr(),
+            bInheritHandle: 0,
+        };
+        let hint = "run workfence from a normal user session";
+        let w = wide(winsta_name);
+        // SAFETY: w is NUL-terminated; sa points into sd, alive for the call.
+        let ws = unsafe { SD::CreateWindowStationW(w.as_ptr(), 0, F::GENERIC_ALL, &sa) };
+        if ws.is_null() {
+            return Err(api(
+                "creating the run's window station",
+                "CreateWindowStationW",
+                last_error(),
+                hint,
+            ));
+        }
+        // SAFETY: returns the current window station (not to be closed).
+        let old = unsafe { SD::GetProcessWindowStation() };
+        // SAFETY: ws is a window station handle just created.
+        if unsafe { SD::SetProcessWindowStation(ws) } == 0 {
+            let code = last_error();
+            // SAFETY: ws is open and closed once here.
+            unsafe { SD::CloseWindowStation(ws) };
+            return Err(api(
+                "switching to the run's window station",
+                "SetProcessWindowStation",
+                code,
+                hint,
+            ));
+        }
+        let d = wide("default");
+        // SAFETY: d is NUL-terminated; sa points into sd, alive for the call; no device
+        // or mode is passed.
+        let desktop =
+            unsafe { SD::CreateDesktopW(d.as_ptr(), null(), null(), 0, F::GENERIC_ALL, &sa) };
+        let code = last_error();
+        // SAFETY: old is the window station we were on; switching back cannot leave us
+        // without one.
+        unsafe { SD::SetProcessWindowStation(old) };
+        if desktop.is_null() {
+            // SAFETY: ws is open and closed once here.
+            unsafe { SD::CloseWindowStation(ws) };
+            return Err(api(
+                "creating the run's private desktop",
+                "CreateDesktopW",
+                code,
+                hint,
+            ));
+        }
+        Ok(PrivateDesktop {
+            winsta: ws,
+            desktop,
+            name: format!("{winsta_name}\\default"),
+        })
+    }
+}
+
+impl Drop for PrivateDesktop {
+    fn drop(&mut self) {
+        // SAFETY: both handles came from the Create calls above and are closed once.
+        unsafe { SD::CloseDesktop(self.desktop) };
+        // SAFETY: as above.
+        unsafe { SD::CloseWindowStation(self.winsta) };
+    }
+}
+
+// ---------------------------------------------------------------- program lookup
+
+/// The reparse tag of a file, if it is a reparse point (`FindFirstFileW` reports it in
+/// `dwReserved0` without opening the file, which an app alias would refuse).
+pub fn reparse_tag(path: &str) -> Option<u32> {
+    let w = wide(path);
+    let mut data: FS::WIN32_FIND_DATAW = Default::default();
+    // SAFETY: w is NUL-terminated; data is a valid output.
+    let h = unsafe { FS::FindFirstFileW(w.as_ptr(), &mut data) };
+    if h == F::INVALID_HANDLE_VALUE {
+        return None;
+    }
+    // SAFETY: h is a find handle just returned, closed once.
+    unsafe { FS::FindClose(h) };
+    (data.dwFileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT != 0).then_some(data.dwReserved0)
+}
+
+// ---------------------------------------------------------------- the null device
+
+fn open_null(access: u32) -> Result<OwnedHandle> {
+    let w = wide("\\\\.\\NUL");
+    // SAFETY: w is NUL-terminated; the other arguments are plain flags.
+    let h = unsafe {
+        FS::CreateFileW(
+            w.as_ptr(),
+            access,
+            FS::FILE_SHARE_READ | FS::FILE_SHARE_WRITE,
+            null(),
+            FS::OPEN_EXISTING,
+            0,
+            null_mut(),
+        )
+    };
+    owned(h).ok_or_else(|| {
+        api(
+            "opening the null device",
+            "CreateFileW",
+            last_error(),
+            "run `workfence setup` from an elevated prompt",
+        )
+    })
+}
+
+fn handle_dacl_sddl(h: &OwnedHandle, what: &str) -> Result<String> {
+    let mut sd: S::PSECURITY_DESCRIPTOR = null_mut();
+    // SAFETY: the handle has READ_CONTROL; sd receives a LocalAlloc'd descriptor.
+    let code = unsafe {
+        A::GetSecurityInfo(
+            raw(h),
+            A::SE_FILE_OBJECT,
+            S::DACL_SECURITY_INFORMATION,
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            &mut sd,
+        )
+    };
+    if code != 0 {
+        return Err(api(
+            &format!("reading the DACL of {what}"),
+            "GetSecurityInfo",
+            code,
+            "",
+        ));
+    }
+    let sd = LocalBox(sd);
+    let mut s: PWSTR = null_mut();
+    // SAFETY: sd is valid; s receives a LocalAlloc'd string.
+    let ok = unsafe {
+        A::ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            sd.0,
+            A::SDDL_REVISION_1,
+            S::DACL_SECURITY_INFORMATION,
+            &mut s,
+            null_mut(),
+        )
+    };
+    check(
+        ok,
+        "formatting a DACL",
+        "ConvertSecurityDescriptorToStringSecurityDescriptorW",
+        "",
+    )?;
+    let _s = LocalBox(s as *mut c_void);
+    // SAFETY: s is NUL-terminated.
+    Ok(unsafe { from_wide_ptr(s) })
+}
+
+/// The null device's DACL as SDDL (readable without elevation).
+pub fn null_device_dacl() -> Result<String> {
+    let h = open_null(FS::READ_CONTROL)?;
+    handle_dacl_sddl(&h, "the null device")
+}
+
+/// Replaces the null device's DACL (elevated; lasts until the next boot).
+pub fn set_null_device_dacl(sddl: &str) -> Result<()> {
+    let h = open_null(FS::READ_CONTROL | FS::WRITE_DAC)?;
+    let sd = SecurityDescriptor::from_sddl(sddl)?;
+    let (acl, _) = sd.dacl()?;
+    // SAFETY: the handle has WRITE_DAC; acl points into sd, alive for the call.
+    let code = unsafe {
+        A::SetSecurityInfo(
+            raw(&h),
+            A::SE_FILE_OBJECT,
+            S::DACL_SECURITY_INFORMATION,
+            null_mut(),
+            null_mut(),
+            acl,
+            null(),
+        )
+    };
+    if code != 0 {
+        return Err(api(
+            "granting the sandbox users the null device",
+            "SetSecurityInfo",
+            code,
+            "run `workfence setup` from an elevated prompt",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- setup helpers
+
+/// Creates a user's profile now (`CreateProfile`), so that the first run does not pay
+/// for it; an existing profile is fine. Returns its path when Windows reports one.
+pub fn create_profile(sid: &str, name: &str) -> Result<Option<String>> {
+    let (s, n) = (wide(sid), wide(name));
+    let mut buf = vec![0u16; 260];
+    // SAFETY: s and n are NUL-terminated; buf and its length (in characters) match.
+    let hr =
+        unsafe { UISH::CreateProfile(s.as_ptr(), n.as_ptr(), buf.as_mut_ptr(), buf.len() as u32) };
+    // HRESULT_FROM_WIN32(ERROR_ALREADY_EXISTS)
+    const EXISTS: i32 = 0x8007_00B7_u32 as i32;
+    if hr == EXISTS {
+        return Ok(None);
+    }
+    if hr < 0 {
+        return Err(api(
+            &format!("creating the profile of {name}"),
+            "CreateProfile",
+            hr as u32,
+            "run `workfence setup` from an elevated prompt",
+        ));
+    }
+    Ok(Some(from_wide(&buf)))
+}
+
+/// Resets a local user's flags to workfence's (password never expires, cannot be
+/// changed, enabled, not locked out): re-running setup repairs an account.
+pub fn user_set_flags(name: &str) -> Result<()> {
+    let n = wide(name);
+    let info = NM::USER_INFO_1008 {
+        usri1008_flags: NM::UF_SCRIPT | NM::UF_DONT_EXPIRE_PASSWD | NM::UF_PASSWD_CANT_CHANGE,
+    };
+    let mut parm = 0u32;
+    // SAFETY: info is a valid USER_INFO_1008 alive for the call.
+    let r = unsafe {
+        NM::NetUserSetInfo(
+            null(),
+            n.as_ptr(),
+            1008,
+            &info as *const _ as *const u8,
+            &mut parm,
+        )
+    };
+    if r != NM::NERR_Success {
+        return Err(net_err(
+            &format!("repairing the account flags of {name}"),
+            "NetUserSetInfo",
+            r,
+        ));
+    }
+    Ok(())
+}
+
+struct Lsa(ID::LSA_HANDLE);
+
+impl Lsa {
+    fn open() -> Result<Lsa> {
+        let attrs = ID::LSA_OBJECT_ATTRIBUTES {
+            Length: std::mem::size_of::<ID::LSA_OBJECT_ATTRIBUTES>() as u32,
+            ..Default::default()
+        };
+        let mut h: ID::LSA_HANDLE = 0;
+        // SAFETY: attrs is zeroed as documented; h receives the policy handle.
+        let st = unsafe {
+            ID::LsaOpenPolicy(
+                null(),
+                &attrs,
+                (ID::POLICY_CREATE_ACCOUNT | ID::POLICY_LOOKUP_NAMES) as u32,
+                &mut h,
+            )
+        };
+        if st != 0 {
+            // SAFETY: no preconditions.
+            let code = unsafe { ID::LsaNtStatusToWinError(st) };
+            return Err(api(
+                "opening the local security policy",
+                "LsaOpenPolicy",
+                code,
+                "run `workfence setup` from an elevated prompt",
+            ));
+        }
+        Ok(Lsa(h))
+    }
+}
+
+impl Drop for Lsa {
+    fn drop(&mut self) {
+        // SAFETY: the handle is open and closed once.
+        unsafe { ID::LsaClose(self.0) };
+    }
+}
+
+/// Gives `sid` the account rights `rights` (for example `SeDenyNetworkLogonRight`).
+pub fn add_account_rights(sid: &str, rights: &[&str]) -> Result<()> {
+    let lsa = Lsa::open()?;
+    let sid_b = Sid::parse(sid)?;
+    let mut bufs: Vec<Vec<u16>> = rights.iter().map(|r| r.encode_utf16().collect()).collect();
+    let strs: Vec<ID::LSA_UNICODE_STRING> = bufs
+        .iter_mut()
+        .map(|b| ID::LSA_UNICODE_STRING {
+            Length: (b.len() * 2) as u16,
+            MaximumLength: (b.len() * 2) as u16,
+            Buffer: b.as_mut_ptr(),
+        })
+        .collect();
+    // SAFETY: the SID and the strings (in bufs) live for the call; lengths are in bytes.
+    let st =
+        unsafe { ID::LsaAddAccountRights(lsa.0, sid_b.ptr(), strs.as_ptr(), strs.len() as u32) };
+    if st != 0 {
+        // SAFETY: no preconditions.
+        let code = unsafe { ID::LsaNtStatusToWinError(st) };
+        return Err(api(
+            "denying the sandbox users network, remote, batch and service logons",
+            "LsaAddAccountRights",
+            code,
+            "run `workfence setup` from an elevated prompt",
+        ));
+    }
+    Ok(())
+}
+
+/// Removes every account right of `sid` (best effort, before the account is deleted).
+pub fn remove_account_rights(sid: &str) {
+    let Ok(lsa) = Lsa::open() else { return };
+    let Ok(sid_b) = Sid::parse(sid) else { return };
+    // SAFETY: the SID lives for the call; AllRights needs no list.
+    unsafe { ID::LsaRemoveAccountRights(lsa.0, sid_b.ptr(), true, null(), 0) };
+}
+
+// ---------------------------------------------------------------- services
+
+/// A service control manager or service handle, closed on drop.
+struct ScHandle(SV::SC_HANDLE);
+
+impl Drop for ScHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from OpenSCManagerW/OpenServiceW and is closed once.
+        unsafe { SV::CloseServiceHandle(self.0) };
+    }
+}
+
+/// Whether a service is installed with a start type other than disabled (a manual or
+/// trigger-start service can be started on demand). `None`: not installed or
+/// unreadable.
+pub fn service_can_start(name: &str) -> Option<bool> {
+    // SAFETY: local machine, default database; returns a handle or null.
+    let scm = unsafe { SV::OpenSCManagerW(null(), null(), SV::SC_MANAGER_CONNECT) };
+    if scm.is_null() {
+        return None;
+    }
+    let scm = ScHandle(scm);
+    let n = wide(name);
+    // SAFETY: scm is open; n is NUL-terminated.
+    let svc = unsafe { SV::OpenServiceW(scm.0, n.as_ptr(), SV::SERVICE_QUERY_CONFIG) };
+    if svc.is_null() {
+        return None;
+    }
+    let svc = ScHandle(svc);
+    let mut need = 0u32;
+    // SAFETY: a size query with a null buffer.
+    unsafe { SV::QueryServiceConfigW(svc.0, null_mut(), 0, &mut need) };
+    // u64 elements keep the structure aligned.
+    let mut buf = vec![0u64; (need as usize).div_ceil(8) + 1];
+    // SAFETY: buf holds at least `need` bytes; need is a valid output.
+    let ok = unsafe {
+        SV::QueryServiceConfigW(
+            svc.0,
+            buf.as_mut_ptr() as *mut SV::QUERY_SERVICE_CONFIGW,
+            (buf.len() * 8) as u32,
+            &mut need,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    // SAFETY: QueryServiceConfigW filled buf with a QUERY_SERVICE_CONFIGW.
+    let cfg = unsafe { &*(buf.as_ptr() as *const SV::QUERY_SERVICE_CONFIGW) };
+    Some(cfg.dwStartType != SV::SERVICE_DISABLED)
 }
