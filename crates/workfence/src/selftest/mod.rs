@@ -1,0 +1,1924 @@
+//! `workfence selftest`: proof, on the user's own machine, that the sandbox holds and
+//! that ordinary tools still work inside it.
+//!
+//! The self-test builds a temporary directory with a workspace (a git repository when
+//! git is installed) and an `outside` directory next to it, then runs two sets of cases
+//! through the same public [`crate::run`] every caller uses, with the built-in default
+//! policy (the user's and the workspace's config files are NOT read: the result must not
+//! depend on them):
+//!
+//! - **compatibility**: the platform shell, git, Python `multiprocessing`, Node with a
+//!   piped `child_process`, `cargo build`, `cc`/`make`, the null device, PowerShell.
+//!   A missing tool is a visible skip; a tool that fails even without the sandbox is a
+//!   visible skip too.
+//! - **attacks**, each judged from OUTSIDE after the run (did the file change, did the
+//!   host listener get a byte, is the host process alive, is the daemon still beating),
+//!   and each with a **control**: the same argv run without the sandbox first, which must
+//!   show the attack working. A control that does not succeed makes the case a failure
+//!   (the check would prove nothing), never a pass.
+//!
+//! Actions are performed by the workfence executable itself in its probe mode (see
+//! [`probe`]): [`crate::helper_main_if_requested`] dispatches to it, which is why every
+//! program using this library calls that first in `main`.
+//!
+//! The library prints nothing: [`run`] returns a [`Report`]; the CLI prints it.
+
+pub mod probe;
+
+use std::ffi::OsString;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use workfence_policy::resolve::{resolve, CliOverrides, Layers};
+use workfence_policy::run::RunOutcome;
+use workfence_policy::{Enforcement, Policy};
+
+use crate::{Error, Warning};
+pub use probe::PROBE_ARG;
+
+/// The result of one case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Compatibility: the tool worked in the sandbox. Attack: blocked, and the control
+    /// showed that the attack works without the sandbox.
+    Pass,
+    /// Compatibility: the tool broke in the sandbox. Attack: not blocked, the control
+    /// did not succeed, or the probe never ran.
+    Fail,
+    /// Not run here, with the reason (a missing tool, another OS, a missing service).
+    Skipped,
+}
+
+impl Status {
+    /// `pass`, `fail` or `skipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// Which set a case belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Developer tools must keep working.
+    Compat,
+    /// The sandbox must block it.
+    Attack,
+}
+
+/// One case of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// Stable id, `compat/...` or `attack/...`.
+    pub id: String,
+    /// The set.
+    pub kind: Kind,
+    /// What the case does, in one line.
+    pub what: String,
+    /// The outcome.
+    pub status: Status,
+    /// Why (for a pass: how it was judged; for a skip: what is missing).
+    pub reason: String,
+    /// The programs the case needs (empty: only the workfence executable).
+    pub tools: Vec<String>,
+    /// What the control (the same argv without the sandbox) showed, for attacks.
+    pub control: Option<String>,
+}
+
+/// A case that exists in the catalogue but is not implemented on this build.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    /// Id the case will get.
+    pub id: String,
+    /// Why it is not implemented yet.
+    pub why: String,
+}
+
+/// One measured fact about this host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fact {
+    /// Its name, for example `kernel` or `landlock ABI`.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// Counts of the report.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Summary {
+    /// Cases that passed.
+    pub passed: usize,
+    /// Cases that failed.
+    pub failed: usize,
+    /// Cases skipped.
+    pub skipped: usize,
+}
+
+/// The whole self-test.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `linux`, `macos`, `windows`.
+    pub os: String,
+    /// workfence's version.
+    pub version: String,
+    /// What ran the sandboxed half (`sandbox`; `unsandboxed` only in workfence's own
+    /// tests, where it shows that the checks can fail).
+    pub runner: String,
+    /// No case failed.
+    pub ok: bool,
+    /// Counts.
+    pub summary: Summary,
+    /// The sandbox ran degraded (a layer could not be enforced): why.
+    pub degraded: Option<String>,
+    /// What was measured about the host.
+    pub facts: Vec<Fact>,
+    /// Warnings workfence gave for the sandboxed runs (deduplicated).
+    pub warnings: Vec<String>,
+    /// Every case, in order.
+    pub cases: Vec<CaseResult>,
+    /// Catalogue cases not implemented on this OS yet.
+    pub pending: Vec<Pending>,
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Where to create the temporary directory (default: `/var/tmp` on Linux, where
+    /// `/tmp` is private inside the sandbox; the system temp dir elsewhere).
+    pub dir: Option<PathBuf>,
+    /// The probe executable (default: the running executable). It must call
+    /// [`crate::helper_main_if_requested`] first in `main`.
+    pub probe: Option<PathBuf>,
+    /// Run only the cases whose id starts with one of these (empty: all).
+    pub only: Vec<String>,
+    /// Keep the temporary directory (for debugging).
+    pub keep: bool,
+}
+
+/// Runs the sandboxed half of every case. [`Sandbox`] is the real one; workfence's own
+/// tests inject [`Unsandboxed`] to show that every attack check can fail.
+pub trait Runner {
+    /// `sandbox` or `unsandboxed`.
+    fn name(&self) -> &'static str;
+    /// Runs `argv` under `policy`.
+    fn run(
+        &mut self,
+        policy: &Policy,
+        argv: Vec<OsString>,
+        warn: &mut dyn FnMut(Warning),
+    ) -> Result<RunOutcome, Error>;
+}
+
+/// The real sandbox: [`crate::run`].
+#[derive(Debug, Default)]
+pub struct Sandbox;
+
+impl Runner for Sandbox {
+    fn name(&self) -> &'static str {
+        "sandbox"
+    }
+    fn run(
+        &mut self,
+        policy: &Policy,
+        argv: Vec<OsString>,
+        warn: &mut dyn FnMut(Warning),
+    ) -> Result<RunOutcome, Error> {
+        crate::run(policy, argv, warn)
+    }
+}
+
+/// No sandbox at all (for workfence's own tests: every attack case must then fail).
+/// Not reachable from the CLI.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Unsandboxed;
+
+impl Runner for Unsandboxed {
+    fn name(&self) -> &'static str {
+        "unsandboxed"
+    }
+    fn run(
+        &mut self,
+        policy: &Policy,
+        argv: Vec<OsString>,
+        _warn: &mut dyn FnMut(Warning),
+    ) -> Result<RunOutcome, Error> {
+        direct(policy, &argv)
+    }
+}
+
+/// The control: `argv` without any sandbox, with the environment the sandboxed command
+/// would get, in the policy's cwd, stdio detached.
+fn direct(policy: &Policy, argv: &[OsString]) -> Result<RunOutcome, Error> {
+    let name = argv
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut cmd = Command::new(argv.first().ok_or(Error::NoCommand)?);
+    cmd.args(&argv[1..])
+        .current_dir(&policy.cwd)
+        .env_clear()
+        .envs(crate::command_env(policy).vars)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().map_err(|e| Error::Spawn(name.clone(), e))?;
+    let limit = policy.limits.timeout.unwrap_or(CASE_TIMEOUT);
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().map_err(|e| Error::Spawn(name.clone(), e))? {
+            return Ok(RunOutcome::status(st.code().unwrap_or(1)));
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(RunOutcome::because(
+                workfence_policy::run::EXIT_TIMEOUT,
+                workfence_policy::run::timeout_message(limit),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every sandboxed command gets this timeout (cargo build included).
+const CASE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs the self-test with the real sandbox.
+pub fn run(opts: &Options) -> Result<Report, Error> {
+    run_with(opts, &mut Sandbox)
+}
+
+/// Runs the self-test with another runner for the sandboxed half (workfence's tests).
+#[doc(hidden)]
+pub fn run_with(opts: &Options, runner: &mut dyn Runner) -> Result<Report, Error> {
+    let probe = match &opts.probe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| Error::SelfTest {
+            step: "find the running executable (the probe)",
+            source: e,
+        })?,
+    };
+    let env = Env::create(opts, probe)?;
+    let mut report = Report {
+        os: std::env::consts::OS.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        runner: runner.name().into(),
+        ok: true,
+        summary: Summary::default(),
+        degraded: None,
+        facts: Vec::new(),
+        warnings: Vec::new(),
+        cases: Vec::new(),
+        pending: pending(),
+    };
+    let mut st = State {
+        env,
+        runner,
+        warnings: Vec::new(),
+        allow_degraded: false,
+    };
+    report.facts.extend(host_facts(&st.env));
+    preflight(&mut st, &mut report);
+    for case in catalogue() {
+        if !opts.only.is_empty() && !opts.only.iter().any(|p| case.id.starts_with(p.as_str())) {
+            continue;
+        }
+        let r = run_case(&mut st, &case);
+        report.cases.push(r);
+    }
+    report.facts.extend(os_facts(&st.env));
+    for c in &report.cases {
+        match c.status {
+            Status::Pass => report.summary.passed += 1,
+            Status::Fail => report.summary.failed += 1,
+            Status::Skipped => report.summary.skipped += 1,
+        }
+    }
+    report.ok = report.summary.failed == 0;
+    report.warnings = st.warnings;
+    if opts.keep {
+        report.facts.push(Fact {
+            name: "kept temporary directory".into(),
+            value: st.env.root.display().to_string(),
+        });
+        st.env.keep = true;
+    }
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------
+// The temporary world
+// ---------------------------------------------------------------------------------------
+
+/// The temporary directory: `root/ws` (the workspace) and `root/outside` (a host dir
+/// the sandbox may read but not change). Removed on drop.
+struct Env {
+    root: PathBuf,
+    ws: PathBuf,
+    outside: PathBuf,
+    probe: PathBuf,
+    /// A unique token, part of every planted content.
+    token: String,
+    git: Option<PathBuf>,
+    /// The planted secret (hidden by the policy).
+    secret: PathBuf,
+    keep: bool,
+}
+
+fn default_base() -> PathBuf {
+    if cfg!(target_os = "linux") {
+        let vt = Path::new("/var/tmp");
+        if vt.is_dir() {
+            return vt.to_path_buf();
+        }
+    }
+    std::env::temp_dir()
+}
+
+fn selftest_err(step: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::SelfTest { step, source }
+}
+
+impl Env {
+    fn create(opts: &Options, probe: PathBuf) -> Result<Env, Error> {
+        let base = opts.dir.clone().unwrap_or_else(default_base);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let token = format!("{}x{nanos}", std::process::id());
+        let root = base.join(format!("workfence-selftest-{token}"));
+        fs::create_dir_all(&root).map_err(selftest_err("create the temporary directory"))?;
+        // Canonical, so that the policy, the layout and the judges agree on one spelling
+        // (macOS: /var is /private/var).
+        let root = root
+            .canonicalize()
+            .map_err(selftest_err("resolve the temporary directory"))?;
+        let ws = root.join("ws");
+        let outside = root.join("outside");
+        fs::create_dir_all(&ws).map_err(selftest_err("create the workspace"))?;
+        fs::create_dir_all(&outside).map_err(selftest_err("create the outside directory"))?;
+        let secret = outside.join("planted-secret.txt");
+        fs::write(&secret, format!("SECRET-{token}\n"))
+            .map_err(selftest_err("plant the fake secret"))?;
+        let git = find_program("git");
+        let env = Env {
+            root,
+            ws,
+            outside,
+            probe,
+            token,
+            git,
+            secret,
+            keep: false,
+        };
+        env.make_repo()
+            .map_err(selftest_err("create the workspace's git repository"))?;
+        Ok(env)
+    }
+
+    /// A git repository with one commit (with git), else a hand-made `.git` with the
+    /// same protected parts (config, hooks), so that the `.git` cases still run.
+    fn make_repo(&self) -> std::io::Result<()> {
+        fs::write(self.ws.join("README.md"), "workfence selftest\n")?;
+        if self.git.is_some() {
+            let ok = self.host_git(&["init", "-q"]).is_some()
+                && self.host_git(&["add", "README.md"]).is_some()
+                && self
+                    .host_git(&["commit", "-q", "--no-verify", "-m", "init"])
+                    .is_some();
+            if ok {
+                return Ok(());
+            }
+            let _ = fs::remove_dir_all(self.ws.join(".git"));
+        }
+        let g = self.ws.join(".git");
+        for d in ["hooks", "objects", "refs/heads"] {
+            fs::create_dir_all(g.join(d))?;
+        }
+        fs::write(g.join("HEAD"), "ref: refs/heads/main\n")?;
+        fs::write(
+            g.join("config"),
+            "[core]\n\trepositoryformatversion = 0\n\tbare = false\n",
+        )?;
+        Ok(())
+    }
+
+    /// Host git in the workspace, hooks and fsmonitor off, with an identity; stdout on
+    /// success.
+    fn host_git(&self, args: &[&str]) -> Option<String> {
+        let git = self.git.as_ref()?;
+        let out = Command::new(git)
+            .args(GIT_IDENTITY)
+            .args(["-c", "core.fsmonitor=false", "-c", "safe.directory=*"])
+            .args(args)
+            .current_dir(&self.ws)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The probe's marker file of a case.
+    fn marker(&self, id: &str) -> PathBuf {
+        self.ws.join(format!(".selftest-{}.marker", slug(id)))
+    }
+
+    /// `probe <marker> <action> args...`.
+    fn probe_argv(&self, id: &str, action: &str, args: &[OsString]) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec![
+            self.probe.clone().into_os_string(),
+            PROBE_ARG.into(),
+            self.marker(id).into_os_string(),
+            action.into(),
+        ];
+        v.extend(args.iter().cloned());
+        v
+    }
+
+    /// The policy of every case: the built-in defaults for the workspace, the planted
+    /// secret hidden, a timeout.
+    fn policy(&self, allow_degraded: bool) -> Result<Policy, Error> {
+        let cli = CliOverrides {
+            workspace: Some(self.ws.clone()),
+            deny_read: vec![self.secret.clone()],
+            allow_degraded,
+            timeout: Some(CASE_TIMEOUT),
+            ..CliOverrides::default()
+        };
+        let resolved = resolve(&Layers {
+            home: crate::home_dir()?,
+            cwd: self.ws.clone(),
+            user: None,
+            workspace_config: None,
+            cli,
+        })?;
+        Ok(resolved.policy)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        // A failed attack may have left read-only bits; make everything removable.
+        let _ = fs::remove_dir_all(&self.root);
+        if self.root.exists() {
+            make_writable(&self.root);
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+fn make_writable(p: &Path) {
+    if let Ok(m) = fs::symlink_metadata(p) {
+        if m.is_dir() {
+            let mut perm = m.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            let _ = fs::set_permissions(p, perm);
+            if let Ok(rd) = fs::read_dir(p) {
+                for e in rd.flatten() {
+                    make_writable(&e.path());
+                }
+            }
+        }
+    }
+}
+
+const GIT_IDENTITY: &[&str] = &[
+    "-c",
+    "user.name=workfence selftest",
+    "-c",
+    "user.email=selftest@example.invalid",
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "init.defaultBranch=main",
+];
+
+fn slug(id: &str) -> String {
+    id.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// Finds a program in `PATH` (with `PATHEXT` on Windows), skipping Windows' Store app
+/// aliases (zero-byte stubs that open the Store instead of running anything).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let exts: Vec<String> = if cfg!(windows) {
+        std::env::var("PATHEXT")
+            .unwrap_or_else(|_| ".COM;.EXE;.BAT;.CMD".into())
+            .split(';')
+            .filter(|e| !e.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect()
+    } else {
+        vec![String::new()]
+    };
+    for dir in std::env::split_paths(&path) {
+        if cfg!(windows) && dir.to_string_lossy().contains("WindowsApps") {
+            continue;
+        }
+        for ext in &exts {
+            let p = dir.join(format!("{name}{ext}"));
+            if is_executable(&p) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(unix)]
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(p: &Path) -> bool {
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0)
+}
+
+/// The Python interpreter: the system one first on unix (a per-user shim such as pyenv's
+/// may need a home the sandbox keeps read-only).
+fn python() -> Option<PathBuf> {
+    if cfg!(unix) {
+        for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+            if is_executable(Path::new(p)) {
+                return Some(PathBuf::from(p));
+            }
+        }
+        find_program("python3")
+    } else {
+        find_program("python").or_else(|| find_program("python3"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running cases
+// ---------------------------------------------------------------------------------------
+
+struct State<'a> {
+    env: Env,
+    runner: &'a mut dyn Runner,
+    warnings: Vec<String>,
+    allow_degraded: bool,
+}
+
+impl State<'_> {
+    /// The sandboxed half.
+    fn sandboxed(&mut self, policy: &Policy, argv: Vec<OsString>) -> Result<RunOutcome, Error> {
+        let mut seen = Vec::new();
+        let r = self.runner.run(policy, argv, &mut |w| seen.push(w.to_string()));
+        for w in seen {
+            if !self.warnings.contains(&w) {
+                self.warnings.push(w);
+            }
+        }
+        r
+    }
+}
+
+/// Runs a no-op in the sandbox with the strict default policy. When a layer cannot be
+/// enforced, records that as a failure and continues in degraded mode, so that the
+/// report still shows what holds on this host.
+fn preflight(st: &mut State<'_>, report: &mut Report) {
+    let id = "sandbox/starts";
+    let what = "the default policy is fully enforceable and a command starts in the sandbox";
+    let mut case = CaseResult {
+        id: id.into(),
+        kind: Kind::Attack,
+        what: what.into(),
+        status: Status::Pass,
+        reason: String::new(),
+        tools: Vec::new(),
+        control: None,
+    };
+    let argv = st.env.probe_argv(id, "noop", &[]);
+    let marker = st.env.marker(id);
+    let policy = match st.env.policy(false) {
+        Ok(p) => p,
+        Err(e) => {
+            case.status = Status::Fail;
+            case.reason = format!("cannot build the default policy: {e}");
+            report.cases.push(case);
+            return;
+        }
+    };
+    match st.sandboxed(&policy, argv.clone()) {
+        Err(Error::NotEnforceable(why)) => {
+            report.degraded = Some(why.clone());
+            st.allow_degraded = true;
+            case.status = Status::Fail;
+            case.reason = format!(
+                "not fully enforceable here ({why}); the other cases ran with --allow-degraded"
+            );
+            if let Ok(p) = st.env.policy(true) {
+                if let Err(e) = st.sandboxed(&p, argv) {
+                    case.reason += &format!("; even degraded, no command starts: {e}");
+                }
+            }
+        }
+        Err(e) => {
+            case.status = Status::Fail;
+            case.reason = format!("no command starts in the sandbox: {e}");
+        }
+        Ok(o) if o.code == 0 && marker.exists() => {
+            case.reason = "a no-op ran with the strict default policy".into();
+        }
+        Ok(o) => {
+            case.status = Status::Fail;
+            case.reason = format!("the no-op probe {}", describe_exit(&o));
+        }
+    }
+    report.cases.push(case);
+}
+
+fn describe_exit(o: &RunOutcome) -> String {
+    match &o.message {
+        Some(m) => format!("exited {} ({m})", o.code),
+        None => format!("exited {}", o.code),
+    }
+}
+
+/// What a case's `prepare` hands to its judge.
+#[derive(Default)]
+struct Fixture {
+    /// A host listener (network cases).
+    listener: Option<TcpListener>,
+    /// A host process (the kill case's victim, the listener case's client).
+    child: Option<HostChild>,
+    /// Free-form state (an ACL listing, a commit count).
+    note: String,
+    /// Extra argv for the case.
+    args: Vec<OsString>,
+    /// Extra policy tweaks: variables to set.
+    env_set: Vec<(String, String)>,
+}
+
+/// A host process the self-test started; killed and reaped when dropped.
+struct HostChild(Child);
+
+impl Drop for HostChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+type Prepare = fn(&Env) -> Result<Fixture, String>;
+type Argv = fn(&Env, &str, &Fixture) -> Vec<OsString>;
+/// Attack: did it take effect (`Ok(true)`)? Compat: did it work?
+type Judge = fn(&Env, &mut Fixture) -> Result<bool, String>;
+type Cleanup = fn(&Env);
+
+/// One entry of the catalogue.
+struct Case {
+    id: &'static str,
+    kind: Kind,
+    what: &'static str,
+    /// Programs needed (found in PATH; `python` is special-cased).
+    tools: &'static [&'static str],
+    /// Not on this OS: the reason.
+    unavailable: Option<&'static str>,
+    /// For attacks whose control depends on an optional host service: a failing
+    /// control is a skip with this reason, not a failure.
+    control_needs: Option<&'static str>,
+    prepare: Prepare,
+    argv: Argv,
+    judge: Judge,
+    cleanup: Cleanup,
+}
+
+fn no_prepare(_: &Env) -> Result<Fixture, String> {
+    Ok(Fixture::default())
+}
+
+fn no_cleanup(_: &Env) {}
+
+fn tool_path(env: &Env, t: &str) -> Option<PathBuf> {
+    match t {
+        "python" => python(),
+        "git" => env.git.clone(),
+        other => find_program(other),
+    }
+}
+
+fn run_case(st: &mut State<'_>, case: &Case) -> CaseResult {
+    let mut r = CaseResult {
+        id: case.id.into(),
+        kind: case.kind,
+        what: case.what.into(),
+        status: Status::Skipped,
+        reason: String::new(),
+        tools: case.tools.iter().map(|t| (*t).to_string()).collect(),
+        control: None,
+    };
+    if let Some(why) = case.unavailable {
+        r.reason = why.into();
+        return r;
+    }
+    for t in case.tools {
+        if tool_path(&st.env, t).is_none() {
+            r.reason = format!("{t} is not installed (not found in PATH)");
+            return r;
+        }
+    }
+    let policy = match st.env.policy(st.allow_degraded) {
+        Ok(p) => p,
+        Err(e) => {
+            r.status = Status::Fail;
+            r.reason = format!("cannot build the policy: {e}");
+            return r;
+        }
+    };
+    match case.kind {
+        Kind::Compat => compat(st, case, policy, &mut r),
+        Kind::Attack => attack(st, case, policy, &mut r),
+    }
+    (case.cleanup)(&st.env);
+    r
+}
+
+fn with_env(mut policy: Policy, fx: &Fixture) -> Policy {
+    for (k, v) in &fx.env_set {
+        policy.env.set.insert(k.clone(), v.clone());
+    }
+    policy
+}
+
+/// Runs one half; `Err` when the command could not be run at all.
+fn half(
+    st: &mut State<'_>,
+    case: &Case,
+    policy: &Policy,
+    sandboxed: bool,
+) -> Result<(RunOutcome, Fixture, bool), String> {
+    let marker = st.env.marker(case.id);
+    let _ = fs::remove_file(&marker);
+    let fx = (case.prepare)(&st.env).map_err(|e| format!("preparing the case failed: {e}"))?;
+    let policy = with_env(policy.clone(), &fx);
+    let argv = (case.argv)(&st.env, case.id, &fx);
+    let out = if sandboxed {
+        st.sandboxed(&policy, argv)
+    } else {
+        direct(&policy, &argv)
+    };
+    let out = out.map_err(|e| format!("could not run: {e}"))?;
+    let started = marker.exists();
+    Ok((out, fx, started))
+}
+
+/// What the probe wrote after `started` (its error), one line.
+fn probe_note(env: &Env, id: &str) -> String {
+    let text = fs::read_to_string(env.marker(id)).unwrap_or_default();
+    text.lines()
+        .filter(|l| *l != "started")
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn compat(st: &mut State<'_>, case: &Case, policy: Policy, r: &mut CaseResult) {
+    // Control: a tool that fails without the sandbox says nothing about the sandbox.
+    match half(st, case, &policy, false) {
+        Ok((o, mut fx, _)) => {
+            let worked = o.code == 0 && matches!((case.judge)(&st.env, &mut fx), Ok(true));
+            if !worked {
+                r.reason = format!(
+                    "fails without the sandbox too ({}): {}",
+                    describe_exit(&o),
+                    log_tail(&st.env, case.id)
+                );
+                return;
+            }
+        }
+        Err(e) => {
+            r.reason = format!("fails without the sandbox too: {e}");
+            return;
+        }
+    }
+    (case.cleanup)(&st.env);
+    match half(st, case, &policy, true) {
+        Err(e) => {
+            r.status = Status::Fail;
+            r.reason = e;
+        }
+        Ok((o, mut fx, _)) => match (case.judge)(&st.env, &mut fx) {
+            Ok(true) if o.code == 0 => {
+                r.status = Status::Pass;
+                r.reason = "works in the sandbox".into();
+            }
+            Ok(_) => {
+                r.status = Status::Fail;
+                r.reason = format!(
+                    "broken in the sandbox ({}): {}",
+                    describe_exit(&o),
+                    log_tail(&st.env, case.id)
+                );
+            }
+            Err(e) => {
+                r.status = Status::Fail;
+                r.reason = format!("broken in the sandbox ({}): {e}", describe_exit(&o));
+            }
+        },
+    }
+}
+
+fn attack(st: &mut State<'_>, case: &Case, policy: Policy, r: &mut CaseResult) {
+    // Control first: the same argv without the sandbox must show the attack working.
+    let control = half(st, case, &policy, false).and_then(|(o, mut fx, started)| {
+        if !started {
+            return Err(format!("the probe did not start ({})", describe_exit(&o)));
+        }
+        match (case.judge)(&st.env, &mut fx) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "the attack had no effect ({}{})",
+                describe_exit(&o),
+                match probe_note(&st.env, case.id) {
+                    n if n.is_empty() => String::new(),
+                    n => format!("; probe: {n}"),
+                }
+            )),
+            Err(e) => Err(e),
+        }
+    });
+    (case.cleanup)(&st.env);
+    if let Err(e) = control {
+        r.control = Some(format!("did not succeed: {e}"));
+        match case.control_needs {
+            Some(need) => {
+                r.status = Status::Skipped;
+                r.reason = format!("needs {need}: the control did not succeed ({e})");
+            }
+            None => {
+                r.status = Status::Fail;
+                r.reason = format!(
+                    "the control (the same action without the sandbox) did not succeed, so a block would prove nothing: {e}"
+                );
+            }
+        }
+        return;
+    }
+    r.control = Some("succeeded (the attack works without the sandbox)".into());
+    match half(st, case, &policy, true) {
+        Err(e) => {
+            r.status = Status::Fail;
+            r.reason = e;
+        }
+        Ok((o, mut fx, started)) => {
+            if !started {
+                r.status = Status::Fail;
+                r.reason = format!(
+                    "the probe did not start in the sandbox ({}): a setup failure is not a block",
+                    describe_exit(&o)
+                );
+                return;
+            }
+            match (case.judge)(&st.env, &mut fx) {
+                Ok(false) => {
+                    r.status = Status::Pass;
+                    let note = probe_note(&st.env, case.id);
+                    r.reason = if note.is_empty() {
+                        "blocked".into()
+                    } else {
+                        format!("blocked ({note})")
+                    };
+                }
+                Ok(true) => {
+                    r.status = Status::Fail;
+                    r.reason = "NOT blocked: the attack took effect on the host".into();
+                }
+                Err(e) => {
+                    r.status = Status::Fail;
+                    r.reason = format!("cannot judge: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The end of a compat case's output file, one line.
+fn log_tail(env: &Env, id: &str) -> String {
+    let p = env.ws.join(format!(".selftest-{}.log", slug(id)));
+    let text = fs::read_to_string(p).unwrap_or_default();
+    let one = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let n = one.chars().count();
+    if n > 300 {
+        format!("...{}", one.chars().skip(n - 300).collect::<String>())
+    } else if one.is_empty() {
+        "(no output)".into()
+    } else {
+        one
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The catalogue
+// ---------------------------------------------------------------------------------------
+
+fn os(s: impl Into<OsString>) -> OsString {
+    s.into()
+}
+
+/// `probe exec-to <log> <program> args...`: the program's output goes to the case's log
+/// file in the workspace, not to the self-test's stdout.
+fn exec_to(env: &Env, id: &str, prog: &Path, args: &[OsString]) -> Vec<OsString> {
+    let mut a = vec![
+        os(format!(".selftest-{}.log", slug(id))),
+        prog.as_os_str().to_os_string(),
+    ];
+    a.extend(args.iter().cloned());
+    env.probe_argv(id, "exec-to", &a)
+}
+
+fn read_ws(env: &Env, rel: &str) -> String {
+    fs::read_to_string(env.ws.join(rel)).unwrap_or_default()
+}
+
+fn remove_ws(env: &Env, rel: &str) {
+    let p = env.ws.join(rel);
+    let _ = fs::remove_file(&p);
+    let _ = fs::remove_dir_all(&p);
+}
+
+fn catalogue() -> Vec<Case> {
+    let mut v = compat_cases();
+    v.extend(attack_cases());
+    v.extend(windows_cases());
+    v
+}
+
+fn compat_cases() -> Vec<Case> {
+    vec![
+        Case {
+            id: "compat/shell",
+            kind: Kind::Compat,
+            what: "the platform shell runs a command with a redirect into the workspace",
+            tools: if cfg!(windows) { &["cmd"] } else { &["sh"] },
+            unavailable: None,
+            control_needs: None,
+            prepare: no_prepare,
+            argv: |_, _, _| {
+                if cfg!(windows) {
+                    vec![os("cmd"), os("/d"), os("/c"), os("echo ok> shell.out")]
+                } else {
+                    vec![os("sh"), os("-c"), os("echo ok > shell.out")]
+                }
+            },
+            judge: |env, _| Ok(read_ws(env, "shell.out").trim() == "ok"),
+            cleanup: |env| remove_ws(env, "shell.out"),
+        },
+        Case {
+            id: "compat/null-device",
+            kind: Kind::Compat,
+            what: "a redirect to the null device works",
+            tools: if cfg!(windows) { &["cmd"] } else { &["sh"] },
+            unavailable: None,
+            control_needs: None,
+            prepare: no_prepare,
+            argv: |_, _, _| {
+                if cfg!(windows) {
+                    vec![
+                        os("cmd"),
+                        os("/d"),
+                        os("/c"),
+                        os("echo x> NUL && echo ok> null.out"),
+                    ]
+                } else {
+                    vec![
+                        os("sh"),
+                        os("-c"),
+                        os("echo x > /dev/null && echo ok > null.out"),
+                    ]
+                }
+            },
+            judge: |env, _| Ok(read_ws(env, "null.out").trim() == "ok"),
+            cleanup: |env| remove_ws(env, "null.out"),
+        },
+        Case {
+            id: "compat/git-status",
+            kind: Kind::Compat,
+            what: "`git status` in the workspace",
+            tools: &["git"],
+            unavailable: None,
+            control_needs: None,
+            prepare: no_prepare,
+            argv: |env, id, _| {
+                let git = env.git.clone().unwrap_or_default();
+                exec_to(env, id, &git, &[os("status"), os("--porcelain")])
+            },
+            judge: |_, _| Ok(true),
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "compat/git-commit",
+            kind: Kind::Compat,
+            what: "`git commit` in the workspace (judged by the host's `git rev-list`)",
+            tools: &["git"],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                let n = env
+                    .host_git(&["rev-list", "--count", "HEAD"])
+                    .ok_or("host git rev-list failed")?;
+                Ok(Fixture {
+                    note: n.trim().to_string(),
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, _| {
+                let git = env.git.clone().unwrap_or_default();
+                let mut a: Vec<OsString> = GIT_IDENTITY.iter().map(os).collect();
+                a.extend(
+                    ["commit", "-q", "--no-verify", "--allow-empty", "-m", "selftest"]
+                        .iter()
+                        .map(os),
+                );
+                exec_to(env, id, &git, &a)
+            },
+            judge: |env, fx| {
+                let n = env
+                    .host_git(&["rev-list", "--count", "HEAD"])
+                    .ok_or("host git rev-list failed")?;
+                Ok(n.trim() != fx.note)
+            },
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "compat/python-multiprocessing",
+            kind: Kind::Compat,
+            what: "Python `multiprocessing` (a pool and a queue)",
+            tools: &["python"],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                fs::write(env.ws.join("mp_selftest.py"), PY_MP).map_err(|e| e.to_string())?;
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                let py = python().unwrap_or_default();
+                exec_to(env, id, &py, &[os("mp_selftest.py")])
+            },
+            judge: |env, _| Ok(read_ws(env, "mp.out").trim() == "285"),
+            cleanup: |env| remove_ws(env, "mp.out"),
+        },
+        Case {
+            id: "compat/node-child-process",
+            kind: Kind::Compat,
+            what: "Node `child_process.spawn` with piped stdio",
+            tools: &["node"],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                fs::write(env.ws.join("child_selftest.js"), NODE_CHILD)
+                    .map_err(|e| e.to_string())?;
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                let node = find_program("node").unwrap_or_default();
+                exec_to(env, id, &node, &[os("child_selftest.js")])
+            },
+            judge: |env, _| Ok(read_ws(env, "node.out").trim() == "42"),
+            cleanup: |env| remove_ws(env, "node.out"),
+        },
+        Case {
+            id: "compat/cargo-build",
+            kind: Kind::Compat,
+            what: "`cargo build --offline` of a tiny crate",
+            tools: &["cargo"],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                let d = env.ws.join("tiny");
+                fs::create_dir_all(d.join("src")).map_err(|e| e.to_string())?;
+                fs::write(
+                    d.join("Cargo.toml"),
+                    "[package]\nname = \"tiny\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+                )
+                .map_err(|e| e.to_string())?;
+                fs::write(d.join("src/main.rs"), "fn main() {}\n").map_err(|e| e.to_string())?;
+                let target = d.join("target").to_string_lossy().into_owned();
+                Ok(Fixture {
+                    env_set: vec![("CARGO_TARGET_DIR".into(), target)],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, _| {
+                let cargo = find_program("cargo").unwrap_or_default();
+                exec_to(
+                    env,
+                    id,
+                    &cargo,
+                    &[
+                        os("build"),
+                        os("--offline"),
+                        os("-q"),
+                        os("--manifest-path"),
+                        env.ws.join("tiny/Cargo.toml").into_os_string(),
+                    ],
+                )
+            },
+            judge: |env, _| {
+                let exe = if cfg!(windows) { "tiny.exe" } else { "tiny" };
+                Ok(env.ws.join("tiny/target/debug").join(exe).is_file())
+            },
+            cleanup: |env| remove_ws(env, "tiny/target"),
+        },
+        Case {
+            id: "compat/cc-make",
+            kind: Kind::Compat,
+            what: "`make` compiles and runs a C program with `cc`",
+            tools: &["make", "cc"],
+            unavailable: if cfg!(windows) {
+                Some("not on Windows (cc and make are not the platform's toolchain)")
+            } else {
+                None
+            },
+            control_needs: None,
+            prepare: |env| {
+                fs::write(env.ws.join("hello_selftest.c"), C_HELLO).map_err(|e| e.to_string())?;
+                fs::write(env.ws.join("Makefile"), MAKEFILE).map_err(|e| e.to_string())?;
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                let make = find_program("make").unwrap_or_default();
+                exec_to(env, id, &make, &[os("-s"), os("selftest-run")])
+            },
+            judge: |env, _| Ok(read_ws(env, "cc.out").trim() == "ok"),
+            cleanup: |env| {
+                remove_ws(env, "cc.out");
+                remove_ws(env, "hello_selftest");
+            },
+        },
+        Case {
+            id: "compat/powershell",
+            kind: Kind::Compat,
+            what: "Windows PowerShell starts and writes a file",
+            tools: &["powershell"],
+            unavailable: if cfg!(windows) {
+                None
+            } else {
+                Some("Windows only")
+            },
+            control_needs: None,
+            prepare: no_prepare,
+            argv: |env, id, _| {
+                let ps = find_program("powershell").unwrap_or_default();
+                exec_to(
+                    env,
+                    id,
+                    &ps,
+                    &[
+                        os("-NoProfile"),
+                        os("-NonInteractive"),
+                        os("-Command"),
+                        os("Set-Content -Path ps.out -Value ok"),
+                    ],
+                )
+            },
+            judge: |env, _| Ok(read_ws(env, "ps.out").trim() == "ok"),
+            cleanup: |env| remove_ws(env, "ps.out"),
+        },
+    ]
+}
+
+const PY_MP: &str = r#"import multiprocessing as mp
+
+def sq(x):
+    return x * x
+
+if __name__ == "__main__":
+    with mp.Pool(2) as pool:
+        total = sum(pool.map(sq, range(10)))
+    q = mp.Queue()
+    p = mp.Process(target=q.put, args=(total,))
+    p.start()
+    got = q.get(timeout=60)
+    p.join()
+    with open("mp.out", "w") as f:
+        f.write(str(got))
+"#;
+
+const NODE_CHILD: &str = r#"const { spawn } = require("child_process");
+const fs = require("fs");
+const c = spawn(process.execPath, ["-e", "process.stdin.pipe(process.stdout)"], { stdio: ["pipe", "pipe", "inherit"] });
+let out = "";
+c.stdout.on("data", (d) => { out += d; });
+c.on("close", (code) => {
+  fs.writeFileSync("node.out", out.trim());
+  process.exit(code);
+});
+c.stdin.end("42\n");
+"#;
+
+const C_HELLO: &str = r#"#include <stdio.h>
+int main(void) {
+    FILE *f = fopen("cc.out", "w");
+    if (!f) return 1;
+    fputs("ok\n", f);
+    return fclose(f) == 0 ? 0 : 1;
+}
+"#;
+
+const MAKEFILE: &str = "selftest-run: hello_selftest\n\t./hello_selftest\n\nhello_selftest: hello_selftest.c\n\tcc -o hello_selftest hello_selftest.c\n";
+
+/// The original content of the outside files.
+fn original(env: &Env) -> String {
+    format!("original {}\n", env.token)
+}
+
+fn outside_file(env: &Env, name: &str) -> Result<PathBuf, String> {
+    let p = env.outside.join(name);
+    fs::write(&p, original(env)).map_err(|e| format!("create {}: {e}", p.display()))?;
+    Ok(p)
+}
+
+fn unchanged(env: &Env, p: &Path) -> bool {
+    fs::read_to_string(p).is_ok_and(|s| s == original(env))
+}
+
+/// Puts `.git` back after a control renamed it.
+fn restore_git(env: &Env) {
+    let moved = env.ws.join(".git-moved");
+    if moved.exists() && !env.ws.join(".git").exists() {
+        let _ = fs::rename(&moved, env.ws.join(".git"));
+    }
+}
+
+fn git_config(env: &Env) -> PathBuf {
+    env.ws.join(".git/config")
+}
+
+fn attack_cases() -> Vec<Case> {
+    vec![
+        Case {
+            id: "attack/write-outside",
+            kind: Kind::Attack,
+            what: "overwrite a file outside the workspace",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                outside_file(env, "victim-write.txt")?;
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                env.probe_argv(id, "write", &[os(env.outside.join("victim-write.txt"))])
+            },
+            judge: |env, _| Ok(!unchanged(env, &env.outside.join("victim-write.txt"))),
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/create-outside",
+            kind: Kind::Attack,
+            what: "create a file outside the workspace",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                let _ = fs::remove_file(env.outside.join("created.txt"));
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| env.probe_argv(id, "create", &[os(env.outside.join("created.txt"))]),
+            judge: |env, _| Ok(env.outside.join("created.txt").exists()),
+            cleanup: |env| {
+                let _ = fs::remove_file(env.outside.join("created.txt"));
+            },
+        },
+        Case {
+            id: "attack/delete-outside",
+            kind: Kind::Attack,
+            what: "delete a file outside the workspace",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                outside_file(env, "victim-delete.txt")?;
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                env.probe_argv(id, "delete", &[os(env.outside.join("victim-delete.txt"))])
+            },
+            judge: |env, _| Ok(!unchanged(env, &env.outside.join("victim-delete.txt"))),
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/rename-outside",
+            kind: Kind::Attack,
+            what: "rename a file outside the workspace",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                let _ = fs::remove_file(env.outside.join("renamed.txt"));
+                outside_file(env, "victim-rename.txt")?;
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                env.probe_argv(
+                    id,
+                    "rename",
+                    &[
+                        os(env.outside.join("victim-rename.txt")),
+                        os(env.outside.join("renamed.txt")),
+                    ],
+                )
+            },
+            judge: |env, _| {
+                Ok(!unchanged(env, &env.outside.join("victim-rename.txt"))
+                    || env.outside.join("renamed.txt").exists())
+            },
+            cleanup: |env| {
+                let _ = fs::remove_file(env.outside.join("renamed.txt"));
+            },
+        },
+        Case {
+            id: "attack/git-rename",
+            kind: Kind::Attack,
+            what: "rename the workspace's `.git` (to plant a new one with a hostile config)",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                restore_git(env);
+                if !env.ws.join(".git/config").is_file() {
+                    return Err("the workspace has no .git/config".into());
+                }
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                env.probe_argv(
+                    id,
+                    "rename",
+                    &[os(env.ws.join(".git")), os(env.ws.join(".git-moved"))],
+                )
+            },
+            judge: |env, _| {
+                Ok(!env.ws.join(".git/config").is_file() || env.ws.join(".git-moved").exists())
+            },
+            cleanup: restore_git,
+        },
+        Case {
+            id: "attack/git-hook",
+            kind: Kind::Attack,
+            what: "create `.git/hooks/pre-commit` (code the host's git would run)",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                let _ = fs::remove_file(env.ws.join(".git/hooks/pre-commit"));
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                env.probe_argv(id, "create", &[os(env.ws.join(".git/hooks/pre-commit"))])
+            },
+            judge: |env, _| Ok(env.ws.join(".git/hooks/pre-commit").exists()),
+            cleanup: |env| {
+                let _ = fs::remove_file(env.ws.join(".git/hooks/pre-commit"));
+            },
+        },
+        Case {
+            id: "attack/git-config",
+            kind: Kind::Attack,
+            what: "append to `.git/config` (core.fsmonitor and friends run host code)",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                let text = fs::read_to_string(git_config(env)).map_err(|e| e.to_string())?;
+                Ok(Fixture {
+                    note: text,
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, _| env.probe_argv(id, "append", &[os(git_config(env))]),
+            judge: |env, fx| {
+                let now = fs::read_to_string(git_config(env)).unwrap_or_default();
+                if now != fx.note {
+                    // Put it back (the control changed it on purpose).
+                    let _ = fs::write(git_config(env), &fx.note);
+                    return Ok(true);
+                }
+                Ok(false)
+            },
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/nested-git-config",
+            kind: Kind::Attack,
+            what: "create a nested repository's `sub/.git/config`",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                remove_ws(env, "sub");
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| env.probe_argv(id, "create", &[os(env.ws.join("sub/.git/config"))]),
+            judge: |env, _| Ok(read_ws(env, "sub/.git/config").as_bytes() == probe::PAYLOAD),
+            cleanup: |env| remove_ws(env, "sub"),
+        },
+        Case {
+            id: "attack/nested-git-hook",
+            kind: Kind::Attack,
+            what: "create a nested repository's `sub/.git/hooks/pre-commit`",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                remove_ws(env, "sub");
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                env.probe_argv(
+                    id,
+                    "create",
+                    &[os(env.ws.join("sub/.git/hooks/pre-commit"))],
+                )
+            },
+            judge: |env, _| {
+                Ok(read_ws(env, "sub/.git/hooks/pre-commit").as_bytes() == probe::PAYLOAD)
+            },
+            cleanup: |env| remove_ws(env, "sub"),
+        },
+        Case {
+            id: "attack/read-secret",
+            kind: Kind::Attack,
+            what: "copy a planted secret (hidden by the policy) into the workspace",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                remove_ws(env, "loot.txt");
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                env.probe_argv(id, "copy", &[os(&env.secret), os(env.ws.join("loot.txt"))])
+            },
+            judge: |env, _| {
+                let loot = read_ws(env, "loot.txt");
+                Ok(loot.contains(&format!("SECRET-{}", env.token)))
+            },
+            cleanup: |env| remove_ws(env, "loot.txt"),
+        },
+        Case {
+            id: "attack/network-loopback",
+            kind: Kind::Attack,
+            what: "send a byte to a host listener on 127.0.0.1",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |_| {
+                let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+                let port = l.local_addr().map_err(|e| e.to_string())?.port();
+                Ok(Fixture {
+                    listener: Some(l),
+                    args: vec![os(port.to_string())],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, fx| env.probe_argv(id, "connect", &fx.args),
+            judge: |_, fx| Ok(fx.listener.as_ref().is_some_and(got_byte)),
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/listen-loopback",
+            kind: Kind::Attack,
+            what: if cfg!(windows) {
+                "listen on the proxy's loopback port (47380) and answer a host client"
+            } else {
+                "listen on a loopback port and answer a host client"
+            },
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                let port = if cfg!(windows) {
+                    workfence_windows::DEFAULT_PROXY_PORT
+                } else {
+                    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+                    l.local_addr().map_err(|e| e.to_string())?.port()
+                };
+                let ready = env.ws.join("listen.ready");
+                let result = env.outside.join("listen.result");
+                let _ = fs::remove_file(&ready);
+                let _ = fs::remove_file(&result);
+                // The host client: a separate process, so that no thread runs here.
+                let child = Command::new(&env.probe)
+                    .arg(PROBE_ARG)
+                    .arg(env.outside.join("listen-client.marker"))
+                    .arg("await-connect")
+                    .arg(&ready)
+                    .arg(port.to_string())
+                    .arg(&result)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("start the host client: {e}"))?;
+                Ok(Fixture {
+                    child: Some(HostChild(child)),
+                    args: vec![os(port.to_string()), os(ready)],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, fx| env.probe_argv(id, "listen", &fx.args),
+            judge: |env, fx| {
+                if let Some(c) = &mut fx.child {
+                    wait_child(&mut c.0, Duration::from_secs(20));
+                }
+                Ok(env.outside.join("listen.result").exists())
+            },
+            cleanup: |env| remove_ws(env, "listen.ready"),
+        },
+        Case {
+            id: "attack/kill-host-process",
+            kind: Kind::Attack,
+            what: "kill a host process (started by the self-test) by pid",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                let child = Command::new(&env.probe)
+                    .arg(PROBE_ARG)
+                    .arg(env.outside.join("victim.marker"))
+                    .arg("sleep")
+                    .arg("120")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("start the victim: {e}"))?;
+                let pid = child.id();
+                Ok(Fixture {
+                    child: Some(HostChild(child)),
+                    args: vec![os(pid.to_string())],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, fx| env.probe_argv(id, "kill", &fx.args),
+            judge: |_, fx| {
+                let Some(HostChild(c)) = &mut fx.child else {
+                    return Err("no victim".into());
+                };
+                // A kill is delivered before kill(2) returns; allow the reaping a moment.
+                let end = Instant::now() + Duration::from_millis(300);
+                loop {
+                    match c.try_wait() {
+                        Ok(Some(_)) => return Ok(true),
+                        Ok(None) if Instant::now() < end => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                        Ok(None) => return Ok(false),
+                        Err(e) => return Err(format!("wait for the victim: {e}")),
+                    }
+                }
+            },
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/outlive-run",
+            kind: Kind::Attack,
+            what: "a daemonized child keeps running after the run returns",
+            tools: &[],
+            unavailable: None,
+            control_needs: None,
+            prepare: |env| {
+                stop_daemon(env);
+                remove_ws(env, "daemon.beat");
+                remove_ws(env, "daemon.stop");
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                env.probe_argv(
+                    id,
+                    "daemon",
+                    &[os(env.ws.join("daemon.beat")), os(env.ws.join("daemon.stop"))],
+                )
+            },
+            judge: |env, _| {
+                // Alive = still beating, judged from outside a while after the run.
+                std::thread::sleep(Duration::from_millis(300));
+                let a = read_ws(env, "daemon.beat");
+                std::thread::sleep(Duration::from_millis(500));
+                let b = read_ws(env, "daemon.beat");
+                Ok(!a.is_empty() && a != b)
+            },
+            cleanup: stop_daemon,
+        },
+    ]
+}
+
+/// Tells a heartbeat daemon to stop and waits until it does (at most 2 s).
+fn stop_daemon(env: &Env) {
+    let beat = env.ws.join("daemon.beat");
+    if !beat.exists() {
+        return;
+    }
+    let _ = fs::write(env.ws.join("daemon.stop"), b"stop");
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut last = read_ws(env, "daemon.beat");
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(150));
+        let now = read_ws(env, "daemon.beat");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    remove_ws(env, "daemon.beat");
+}
+
+fn wait_child(c: &mut Child, limit: Duration) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if matches!(c.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// Whether a client connected (and sent a byte) since the listener was opened.
+fn got_byte(l: &TcpListener) -> bool {
+    use std::io::Read;
+    let _ = l.set_nonblocking(true);
+    let mut hit = false;
+    while let Ok((mut s, _)) = l.accept() {
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut b = [0u8; 8];
+        if matches!(s.read(&mut b), Ok(n) if n > 0) {
+            hit = true;
+        }
+    }
+    hit
+}
+
+/// Whether any client connected (WebDAV: the redirector connects, then speaks HTTP).
+fn got_connection(l: &TcpListener) -> bool {
+    let _ = l.set_nonblocking(true);
+    let mut hit = false;
+    while l.accept().is_ok() {
+        hit = true;
+    }
+    hit
+}
+
+// ---------------------------------------------------------------------------------------
+// Windows-only cases
+// ---------------------------------------------------------------------------------------
+
+fn icacls_of(p: &Path) -> Result<String, String> {
+    let out = Command::new("icacls")
+        .arg(p)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("icacls: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn windows_cases() -> Vec<Case> {
+    let not_windows = if cfg!(windows) {
+        None
+    } else {
+        Some("Windows only")
+    };
+    vec![
+        Case {
+            id: "attack/windows-icacls",
+            kind: Kind::Attack,
+            what: "`icacls /grant Everyone:F` on a user file outside the workspace",
+            tools: &["icacls"],
+            unavailable: not_windows,
+            control_needs: None,
+            prepare: |env| {
+                let p = outside_file(env, "acl-victim.txt")?;
+                Ok(Fixture {
+                    note: icacls_of(&p)?,
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, _| {
+                let icacls = find_program("icacls").unwrap_or_else(|| PathBuf::from("icacls"));
+                exec_to(
+                    env,
+                    id,
+                    &icacls,
+                    &[
+                        os(env.outside.join("acl-victim.txt")),
+                        os("/grant"),
+                        os("*S-1-1-0:(F)"),
+                    ],
+                )
+            },
+            judge: |env, fx| Ok(icacls_of(&env.outside.join("acl-victim.txt"))? != fx.note),
+            cleanup: |env| {
+                let _ = fs::remove_file(env.outside.join("acl-victim.txt"));
+            },
+        },
+        Case {
+            id: "attack/windows-webdav",
+            kind: Kind::Attack,
+            what: "reach a host listener through a WebDAV path (\\\\127.0.0.1@PORT\\...)",
+            tools: &[],
+            unavailable: not_windows,
+            control_needs: Some("the WebClient service (WebDAV redirector)"),
+            prepare: |_| {
+                let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+                let port = l.local_addr().map_err(|e| e.to_string())?.port();
+                Ok(Fixture {
+                    listener: Some(l),
+                    args: vec![os(format!(r"\\127.0.0.1@{port}\DavWWWRoot\x.txt"))],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, fx| env.probe_argv(id, "read", &fx.args),
+            judge: |_, fx| Ok(fx.listener.as_ref().is_some_and(got_connection)),
+            cleanup: no_cleanup,
+        },
+    ]
+}
+
+/// Catalogue cases not written yet, with why (shown in the report).
+fn pending() -> Vec<Pending> {
+    let mut v = Vec::new();
+    if cfg!(windows) {
+        v.push(Pending {
+            id: "attack/windows-named-pipe".into(),
+            why: "opening a host named pipe needs a pipe server on the host side; the facade has no Win32 bindings and workfence-windows exposes none yet".into(),
+        });
+        v.push(Pending {
+            id: "attack/windows-desktop-input".into(),
+            why: "SendInput / SetWindowsHookEx across the desktop need user32 on both sides; to be written with the private-desktop change".into(),
+        });
+    }
+    if cfg!(target_os = "macos") {
+        v.push(Pending {
+            id: "attack/macos-tty-snoop".into(),
+            why: "reading another terminal (/dev/ttys*) needs a second pty owned by the host; to be written with the pty fix".into(),
+        });
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// Host facts
+// ---------------------------------------------------------------------------------------
+
+fn fact(name: &str, value: impl Into<String>) -> Fact {
+    Fact {
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+/// Facts of every OS: what `doctor` measures, and who runs the test.
+fn host_facts(env: &Env) -> Vec<Fact> {
+    let mut v = vec![
+        fact("workspace", env.ws.display().to_string()),
+        fact(
+            "git",
+            env.git
+                .as_ref()
+                .map_or("not installed".into(), |g| g.display().to_string()),
+        ),
+        fact("root", if crate::is_root() { "yes" } else { "no" }),
+    ];
+    for c in crate::doctor() {
+        let state = match c.state {
+            Enforcement::Full => "ok",
+            Enforcement::Partial => "partial",
+            Enforcement::None => "missing",
+        };
+        v.push(fact(
+            &format!("doctor: {}", c.layer),
+            format!("{state}: {}", c.detail),
+        ));
+    }
+    v
+}
+
+#[cfg(target_os = "linux")]
+fn os_facts(env: &Env) -> Vec<Fact> {
+    let mut v = vec![fact(
+        "kernel",
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| format!("unknown ({e})")),
+    )];
+    if let Ok(p) = env.policy(true) {
+        if let Ok(layout) = crate::compute_layout(&p) {
+            let facts = workfence_linux::host_facts(&p, &layout, false, false);
+            v.push(fact("landlock ABI", facts.landlock_abi.to_string()));
+        }
+    }
+    v.push(fact(
+        "user namespaces",
+        fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
+            .map(|s| format!("unprivileged_userns_clone={}", s.trim()))
+            .unwrap_or_else(|_| "no unprivileged_userns_clone knob (kernel default)".into()),
+    ));
+    v.push(fact(
+        "seccomp",
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Seccomp:"))
+                    .map(|l| format!("available (this process: {})", l.trim()))
+            })
+            .unwrap_or_else(|| "no Seccomp line in /proc/self/status".into()),
+    ));
+    v
+}
+
+#[cfg(target_os = "macos")]
+fn os_facts(_env: &Env) -> Vec<Fact> {
+    let ver = Command::new("sw_vers")
+        .arg("-productVersion")
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    vec![
+        fact("macOS", ver),
+        fact(
+            "sandbox-exec",
+            if Path::new(workfence_macos::SANDBOX_EXEC).exists() {
+                "present"
+            } else {
+                "MISSING"
+            },
+        ),
+    ]
+}
+
+/// Windows: the setup state and the token the plan asks for.
+///
+/// WIRING PENDING: the backend is being changed to measure the smallest restricting
+/// set that runs real tools (issue 8, section 1). Until it reports which set worked,
+/// this shows the set the plan requests; replace the "restricting SIDs (planned)" fact
+/// with the measured one once workfence-windows exposes it.
+#[cfg(windows)]
+fn os_facts(env: &Env) -> Vec<Fact> {
+    let mut v = Vec::new();
+    let Ok(policy) = env.policy(true) else {
+        return v;
+    };
+    match workfence_windows::WindowsContext::detect(&policy) {
+        Err(e) => v.push(fact("windows context", format!("cannot detect: {e}"))),
+        Ok(ctx) => {
+            v.push(fact(
+                "workfence setup",
+                match &ctx.users {
+                    Some(u) => format!(
+                        "done (offline user {}, online user {}, group {})",
+                        u.offline_user, u.online_user, u.group_name
+                    ),
+                    None => "not run (no sandbox users: restricted token only)".into(),
+                },
+            ));
+            v.push(fact("proxy port", ctx.proxy_port.to_string()));
+            if let Ok(layout) = crate::compute_layout(&policy) {
+                if let Ok(plan) = workfence_windows::plan(&policy, &layout, &ctx) {
+                    if let Some(t) = &plan.token {
+                        let names: Vec<String> = t
+                            .restricting_sids
+                            .iter()
+                            .map(|s| s.name.clone())
+                            .collect();
+                        v.push(fact("restricting SIDs (planned)", names.join(", ")));
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
+fn os_facts(_env: &Env) -> Vec<Fact> {
+    Vec::new()
+}
