@@ -1,0 +1,201 @@
+//! `workfence selftest`: the real binary's report has the documented shape and passes
+//! here, and the checks can fail: with the sandbox taken away (a library-level runner
+//! the CLI cannot reach) every attack case reports a failure, and a control that does
+//! not succeed makes a case fail, never pass.
+#![cfg(unix)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use workfence::selftest::{self, Kind, Options, Status, Unsandboxed};
+
+/// The workfence binary under test.
+fn bin() -> PathBuf {
+    match std::env::var_os("WORKFENCE_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_workfence")),
+    }
+}
+
+/// Where the temporary workspaces go (the attack suite's convention).
+fn dir() -> Option<PathBuf> {
+    std::env::var_os("WORKFENCE_TEST_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .inspect(|d| std::fs::create_dir_all(d).expect("create WORKFENCE_TEST_DIR"))
+}
+
+fn selftest_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("selftest").args(args);
+    if let Some(d) = dir() {
+        c.arg("--dir").arg(d);
+    }
+    c
+}
+
+/// Attack cases every OS runs.
+const CORE_ATTACKS: &[&str] = &[
+    "attack/write-outside",
+    "attack/create-outside",
+    "attack/delete-outside",
+    "attack/rename-outside",
+    "attack/git-rename",
+    "attack/git-hook",
+    "attack/git-config",
+    "attack/nested-git-config",
+    "attack/nested-git-hook",
+    "attack/read-secret",
+    "attack/network-loopback",
+    "attack/listen-loopback",
+    "attack/kill-host-process",
+    "attack/outlive-run",
+];
+
+#[test]
+fn json_report_has_the_documented_shape_and_passes_here() {
+    let out = selftest_cmd(&["--json"]).output().expect("run workfence selftest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "selftest --json did not print JSON ({e}):\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(v["os"], std::env::consts::OS);
+    assert_eq!(v["runner"], "sandbox");
+    assert!(v["version"].is_string());
+    let ok = v["ok"].as_bool().expect("ok is a bool");
+    assert_eq!(out.status.code() == Some(0), ok, "exit status must follow `ok`");
+    for k in ["passed", "failed", "skipped"] {
+        assert!(v["summary"][k].is_u64(), "summary.{k}");
+    }
+    let facts = v["facts"].as_array().expect("facts");
+    assert!(facts
+        .iter()
+        .all(|f| f["name"].is_string() && f["value"].is_string()));
+    let names: Vec<&str> = facts.iter().filter_map(|f| f["name"].as_str()).collect();
+    if cfg!(target_os = "linux") {
+        for n in ["kernel", "landlock ABI", "user namespaces", "seccomp"] {
+            assert!(names.contains(&n), "fact {n} missing: {names:?}");
+        }
+    }
+    assert!(v["warnings"].is_array());
+    assert!(v["pending"].is_array());
+    let cases = v["cases"].as_array().expect("cases");
+    let mut counted = [0u64; 3];
+    for c in cases {
+        for k in ["id", "what", "reason"] {
+            assert!(c[k].is_string(), "case.{k}: {c}");
+        }
+        assert!(c["tools"].is_array(), "case.tools: {c}");
+        assert!(matches!(c["kind"].as_str(), Some("compat" | "attack")), "{c}");
+        match c["status"].as_str() {
+            Some("pass") => counted[0] += 1,
+            Some("fail") => counted[1] += 1,
+            Some("skipped") => counted[2] += 1,
+            other => panic!("bad status {other:?} in {c}"),
+        }
+        if c["kind"] == "attack" && c["status"] == "pass" && c["id"] != "sandbox/starts" {
+            let ctl = c["control"].as_str().unwrap_or_default();
+            assert!(ctl.starts_with("succeeded"), "a pass without a control: {c}");
+        }
+    }
+    assert_eq!(v["summary"]["passed"], counted[0]);
+    assert_eq!(v["summary"]["failed"], counted[1]);
+    assert_eq!(v["summary"]["skipped"], counted[2]);
+    let ids: Vec<&str> = cases.iter().filter_map(|c| c["id"].as_str()).collect();
+    for id in CORE_ATTACKS.iter().chain(["sandbox/starts", "compat/shell"].iter()) {
+        assert!(ids.contains(id), "case {id} missing: {ids:?}");
+    }
+    if cfg!(target_os = "linux") {
+        let failed: Vec<&Value> = cases.iter().filter(|c| c["status"] == "fail").collect();
+        assert!(failed.is_empty(), "selftest failed here: {failed:#?}");
+        assert!(ok);
+        // The shell is always there; git is in every CI image.
+        for id in ["compat/shell", "compat/null-device"] {
+            let c = cases.iter().find(|c| c["id"] == id).expect(id);
+            assert_eq!(c["status"], "pass", "{c}");
+        }
+    }
+}
+
+#[test]
+fn table_lists_cases_and_the_summary() {
+    let out = selftest_cmd(&["--case", "attack/write-outside", "--case", "compat/shell"])
+        .output()
+        .expect("run workfence selftest");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Measured on this host:"), "{text}");
+    assert!(text.contains("attack/write-outside"), "{text}");
+    assert!(text.contains("compat/shell"), "{text}");
+    assert!(!text.contains("attack/read-secret"), "--case filters: {text}");
+    if cfg!(target_os = "linux") {
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        assert!(text.contains(" passed, 0 failed, "), "{text}");
+    }
+}
+
+#[test]
+fn without_the_sandbox_every_attack_fails() {
+    let opts = Options {
+        dir: dir(),
+        probe: Some(bin()),
+        only: vec!["attack/".into(), "sandbox/".into()],
+        keep: false,
+    };
+    let report = selftest::run_with(&opts, &mut Unsandboxed).expect("selftest runs");
+    assert_eq!(report.runner, "unsandboxed");
+    assert!(!report.ok, "an unsandboxed run must fail the self-test");
+    let mut failed = 0;
+    for c in &report.cases {
+        assert_eq!(c.kind, Kind::Attack, "{c:?}");
+        if c.id == "sandbox/starts" {
+            assert_eq!(c.status, Status::Pass, "{c:?}");
+            continue;
+        }
+        if c.status == Status::Skipped {
+            // Only other OSes' cases may skip here.
+            assert!(c.reason.contains("only"), "{c:?}");
+            continue;
+        }
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.reason.starts_with("NOT blocked"), "{c:?}");
+        assert!(
+            c.control.as_deref().is_some_and(|s| s.starts_with("succeeded")),
+            "{c:?}"
+        );
+        failed += 1;
+    }
+    assert!(failed >= CORE_ATTACKS.len(), "{report:#?}");
+    assert_eq!(report.summary.failed, failed);
+}
+
+#[test]
+fn a_control_that_does_not_succeed_fails_the_case() {
+    // A "probe" that does nothing: the controls cannot show any attack working, so
+    // every attack must be a failure (a block would prove nothing), never a pass.
+    let opts = Options {
+        dir: dir(),
+        probe: Some(PathBuf::from("/bin/true")),
+        only: vec!["attack/write-outside".into(), "attack/read-secret".into()],
+        keep: false,
+    };
+    let report = selftest::run_with(&opts, &mut Unsandboxed).expect("selftest runs");
+    let attacks: Vec<_> = report
+        .cases
+        .iter()
+        .filter(|c| c.id.starts_with("attack/"))
+        .collect();
+    assert_eq!(attacks.len(), 2, "{report:#?}");
+    for c in attacks {
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.reason.contains("control"), "{c:?}");
+        assert!(
+            c.control.as_deref().is_some_and(|s| s.starts_with("did not succeed")),
+            "{c:?}"
+        );
+    }
+    assert!(!report.ok);
+}
