@@ -289,7 +289,12 @@ fn explain(opts: RunOpts, target: Option<TargetArg>, json: bool) -> anyhow::Resu
     Ok(0)
 }
 
-fn selftest(json: bool, cases: Vec<String>, dir: Option<PathBuf>, keep: bool) -> anyhow::Result<i32> {
+fn selftest(
+    json: bool,
+    cases: Vec<String>,
+    dir: Option<PathBuf>,
+    keep: bool,
+) -> anyhow::Result<i32> {
     let report = workfence::selftest::run(&workfence::selftest::Options {
         dir,
         probe: None,
@@ -308,7 +313,11 @@ fn selftest(json: bool, cases: Vec<String>, dir: Option<PathBuf>, keep: bool) ->
 fn selftest_table(r: &workfence::selftest::Report) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "workfence {} selftest on {} (runner: {})", r.version, r.os, r.runner);
+    let _ = writeln!(
+        s,
+        "workfence {} selftest on {} (runner: {})",
+        r.version, r.os, r.runner
+    );
     let _ = writeln!(s, "\nMeasured on this host:");
     for f in &r.facts {
         let _ = writeln!(s, "  {}: {}", f.name, f.value);
@@ -318,7 +327,11 @@ fn selftest_table(r: &workfence::selftest::Report) -> String {
     }
     for w in &r.warnings {
         for (i, line) in w.lines().enumerate() {
-            let _ = writeln!(s, "  {} {line}", if i == 0 { "warning:" } else { "        " });
+            let _ = writeln!(
+                s,
+                "  {} {line}",
+                if i == 0 { "warning:" } else { "        " }
+            );
         }
     }
     let width = r.cases.iter().map(|c| c.id.len()).max().unwrap_or(10);

@@ -55,7 +55,9 @@ const CORE_ATTACKS: &[&str] = &[
 
 #[test]
 fn json_report_has_the_documented_shape_and_passes_here() {
-    let out = selftest_cmd(&["--json"]).output().expect("run workfence selftest");
+    let out = selftest_cmd(&["--json"])
+        .output()
+        .expect("run workfence selftest");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
@@ -67,7 +69,11 @@ fn json_report_has_the_documented_shape_and_passes_here() {
     assert_eq!(v["runner"], "sandbox");
     assert!(v["version"].is_string());
     let ok = v["ok"].as_bool().expect("ok is a bool");
-    assert_eq!(out.status.code() == Some(0), ok, "exit status must follow `ok`");
+    assert_eq!(
+        out.status.code() == Some(0),
+        ok,
+        "exit status must follow `ok`"
+    );
     for k in ["passed", "failed", "skipped"] {
         assert!(v["summary"][k].is_u64(), "summary.{k}");
     }
@@ -90,7 +96,10 @@ fn json_report_has_the_documented_shape_and_passes_here() {
             assert!(c[k].is_string(), "case.{k}: {c}");
         }
         assert!(c["tools"].is_array(), "case.tools: {c}");
-        assert!(matches!(c["kind"].as_str(), Some("compat" | "attack")), "{c}");
+        assert!(
+            matches!(c["kind"].as_str(), Some("compat" | "attack")),
+            "{c}"
+        );
         match c["status"].as_str() {
             Some("pass") => counted[0] += 1,
             Some("fail") => counted[1] += 1,
@@ -99,14 +108,20 @@ fn json_report_has_the_documented_shape_and_passes_here() {
         }
         if c["kind"] == "attack" && c["status"] == "pass" && c["id"] != "sandbox/starts" {
             let ctl = c["control"].as_str().unwrap_or_default();
-            assert!(ctl.starts_with("succeeded"), "a pass without a control: {c}");
+            assert!(
+                ctl.starts_with("succeeded"),
+                "a pass without a control: {c}"
+            );
         }
     }
     assert_eq!(v["summary"]["passed"], counted[0]);
     assert_eq!(v["summary"]["failed"], counted[1]);
     assert_eq!(v["summary"]["skipped"], counted[2]);
     let ids: Vec<&str> = cases.iter().filter_map(|c| c["id"].as_str()).collect();
-    for id in CORE_ATTACKS.iter().chain(["sandbox/starts", "compat/shell"].iter()) {
+    for id in CORE_ATTACKS
+        .iter()
+        .chain(["sandbox/starts", "compat/shell"].iter())
+    {
         assert!(ids.contains(id), "case {id} missing: {ids:?}");
     }
     if cfg!(target_os = "linux") {
@@ -130,7 +145,10 @@ fn table_lists_cases_and_the_summary() {
     assert!(text.contains("Measured on this host:"), "{text}");
     assert!(text.contains("attack/write-outside"), "{text}");
     assert!(text.contains("compat/shell"), "{text}");
-    assert!(!text.contains("attack/read-secret"), "--case filters: {text}");
+    assert!(
+        !text.contains("attack/read-secret"),
+        "--case filters: {text}"
+    );
     if cfg!(target_os = "linux") {
         assert_eq!(out.status.code(), Some(0), "{text}");
         assert!(text.contains(" passed, 0 failed, "), "{text}");
@@ -163,7 +181,9 @@ fn without_the_sandbox_every_attack_fails() {
         assert_eq!(c.status, Status::Fail, "{c:?}");
         assert!(c.reason.starts_with("NOT blocked"), "{c:?}");
         assert!(
-            c.control.as_deref().is_some_and(|s| s.starts_with("succeeded")),
+            c.control
+                .as_deref()
+                .is_some_and(|s| s.starts_with("succeeded")),
             "{c:?}"
         );
         failed += 1;
@@ -193,7 +213,9 @@ fn a_control_that_does_not_succeed_fails_the_case() {
         assert_eq!(c.status, Status::Fail, "{c:?}");
         assert!(c.reason.contains("control"), "{c:?}");
         assert!(
-            c.control.as_deref().is_some_and(|s| s.starts_with("did not succeed")),
+            c.control
+                .as_deref()
+                .is_some_and(|s| s.starts_with("did not succeed")),
             "{c:?}"
         );
     }

@@ -235,7 +235,10 @@ fn direct(policy: &Policy, argv: &[OsString]) -> Result<RunOutcome, Error> {
     let limit = policy.limits.timeout.unwrap_or(CASE_TIMEOUT);
     let end = Instant::now() + limit;
     loop {
-        if let Some(st) = child.try_wait().map_err(|e| Error::Spawn(name.clone(), e))? {
+        if let Some(st) = child
+            .try_wait()
+            .map_err(|e| Error::Spawn(name.clone(), e))?
+        {
             return Ok(RunOutcome::status(st.code().unwrap_or(1)));
         }
         if Instant::now() > end {
@@ -586,7 +589,9 @@ impl State<'_> {
     /// The sandboxed half.
     fn sandboxed(&mut self, policy: &Policy, argv: Vec<OsString>) -> Result<RunOutcome, Error> {
         let mut seen = Vec::new();
-        let r = self.runner.run(policy, argv, &mut |w| seen.push(w.to_string()));
+        let r = self
+            .runner
+            .run(policy, argv, &mut |w| seen.push(w.to_string()));
         for w in seen {
             if !self.warnings.contains(&w) {
                 self.warnings.push(w);
@@ -1048,9 +1053,16 @@ fn compat_cases() -> Vec<Case> {
                 let git = env.git.clone().unwrap_or_default();
                 let mut a: Vec<OsString> = GIT_IDENTITY.iter().map(os).collect();
                 a.extend(
-                    ["commit", "-q", "--no-verify", "--allow-empty", "-m", "selftest"]
-                        .iter()
-                        .map(os),
+                    [
+                        "commit",
+                        "-q",
+                        "--no-verify",
+                        "--allow-empty",
+                        "-m",
+                        "selftest",
+                    ]
+                    .iter()
+                    .map(os),
                 );
                 exec_to(env, id, &git, &a)
             },
@@ -1611,7 +1623,10 @@ fn attack_cases() -> Vec<Case> {
                 env.probe_argv(
                     id,
                     "daemon",
-                    &[os(env.ws.join("daemon.beat")), os(env.ws.join("daemon.stop"))],
+                    &[
+                        os(env.ws.join("daemon.beat")),
+                        os(env.ws.join("daemon.stop")),
+                    ],
                 )
             },
             judge: |env, _| {
@@ -1904,11 +1919,8 @@ fn os_facts(env: &Env) -> Vec<Fact> {
             if let Ok(layout) = crate::compute_layout(&policy) {
                 if let Ok(plan) = workfence_windows::plan(&policy, &layout, &ctx) {
                     if let Some(t) = &plan.token {
-                        let names: Vec<String> = t
-                            .restricting_sids
-                            .iter()
-                            .map(|s| s.name.clone())
-                            .collect();
+                        let names: Vec<String> =
+                            t.restricting_sids.iter().map(|s| s.name.clone()).collect();
                         v.push(fact("restricting SIDs (planned)", names.join(", ")));
                     }
                 }
@@ -1921,4 +1933,92 @@ fn os_facts(env: &Env) -> Vec<Fact> {
 #[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
 fn os_facts(_env: &Env) -> Vec<Fact> {
     Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_ids_are_unique_and_name_their_set() {
+        let cases = catalogue();
+        let mut ids: Vec<&str> = cases.iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "duplicate case ids");
+        for c in &cases {
+            let prefix = match c.kind {
+                Kind::Compat => "compat/",
+                Kind::Attack => "attack/",
+            };
+            assert!(c.id.starts_with(prefix), "{}", c.id);
+            assert!(!c.what.is_empty(), "{}", c.id);
+        }
+        // Only the WebDAV case depends on an optional service; every other control
+        // that does not succeed is a failure.
+        let optional: Vec<&str> = cases
+            .iter()
+            .filter(|c| c.control_needs.is_some())
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(optional, ["attack/windows-webdav"]);
+    }
+
+    #[test]
+    fn the_compatibility_set_covers_the_issue() {
+        let ids: Vec<&str> = catalogue().iter().map(|c| c.id).collect();
+        for id in [
+            "compat/shell",
+            "compat/null-device",
+            "compat/git-status",
+            "compat/git-commit",
+            "compat/python-multiprocessing",
+            "compat/node-child-process",
+            "compat/cargo-build",
+            "compat/cc-make",
+            "compat/powershell",
+            "attack/windows-icacls",
+            "attack/windows-webdav",
+        ] {
+            assert!(ids.contains(&id), "{id}");
+        }
+    }
+
+    #[test]
+    fn slugs_are_file_names() {
+        assert_eq!(slug("attack/git-rename"), "attack-git-rename");
+        assert!(slug("a/../b c")
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn find_program_finds_sh_and_not_nonsense() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("workfence-no-such-program-here").is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_control_runs_directly_and_honours_the_timeout() {
+        let mut p = Policy::new(std::env::temp_dir());
+        p.limits.timeout = Some(Duration::from_millis(200));
+        let ok = direct(&p, &["true".into()]).expect("true runs");
+        assert_eq!(ok.code, 0);
+        let slow = direct(&p, &["sleep".into(), "5".into()]).expect("sleep runs");
+        assert_eq!(slow.code, workfence_policy::run::EXIT_TIMEOUT);
+        assert!(direct(&p, &[]).is_err());
+    }
+
+    #[test]
+    fn status_names_match_the_json() {
+        for s in [Status::Pass, Status::Fail, Status::Skipped] {
+            assert_eq!(
+                serde_json::to_value(s).expect("json"),
+                serde_json::Value::String(s.as_str().into())
+            );
+        }
+    }
 }

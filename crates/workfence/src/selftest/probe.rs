@@ -209,7 +209,8 @@ fn await_connect(ready: &Path, port: u16, result: &Path) -> Result<i32, String> 
 #[cfg(unix)]
 fn kill(pid: i32) -> Result<i32, String> {
     use nix::sys::signal::{kill, Signal};
-    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).map_err(|e| format!("kill {pid}: {e}"))?;
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)
+        .map_err(|e| format!("kill {pid}: {e}"))?;
     Ok(0)
 }
 
@@ -296,4 +297,88 @@ fn heartbeat(beat: &Path, stop: &Path) -> Result<i32, String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "workfence-probe-test-{}-{name}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+
+    fn run(args: &[&OsString]) -> Result<i32, String> {
+        let v: Vec<OsString> = args.iter().map(|a| (*a).clone()).collect();
+        act(&v)
+    }
+
+    fn o(s: impl Into<OsString>) -> OsString {
+        s.into()
+    }
+
+    #[test]
+    fn file_actions_do_what_they_say() {
+        let d = dir("files");
+        let f = d.join("a.txt");
+        // write needs an existing file: it is a write, not a create.
+        assert!(run(&[&o("write"), &o(&f)]).is_err());
+        assert_eq!(run(&[&o("create"), &o(d.join("x/y/a.txt"))]), Ok(0));
+        fs::write(&f, "old").expect("seed");
+        assert_eq!(run(&[&o("write"), &o(&f)]), Ok(0));
+        assert_eq!(fs::read(&f).expect("read"), PAYLOAD);
+        assert_eq!(run(&[&o("append"), &o(&f)]), Ok(0));
+        assert_eq!(fs::read(&f).expect("read").len(), 2 * PAYLOAD.len());
+        let g = d.join("b.txt");
+        assert_eq!(run(&[&o("copy"), &o(&f), &o(&g)]), Ok(0));
+        assert_eq!(run(&[&o("rename"), &o(&g), &o(d.join("c.txt"))]), Ok(0));
+        assert!(!g.exists() && d.join("c.txt").exists());
+        assert_eq!(run(&[&o("delete"), &o(&f)]), Ok(0));
+        assert!(!f.exists());
+        let e = run(&[&o("delete"), &o(&f)]).expect_err("already gone");
+        assert!(e.contains("delete"), "{e}");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bad_arguments_are_errors_not_panics() {
+        assert!(run(&[&o("write")]).is_err());
+        assert!(run(&[&o("connect"), &o("not-a-port")]).is_err());
+        assert!(run(&[&o("frobnicate")])
+            .expect_err("unknown")
+            .contains("unknown"));
+    }
+
+    #[test]
+    fn connect_sends_a_byte() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert_eq!(run(&[&o("connect"), &o(port.to_string())]), Ok(0));
+        let (mut s, _) = l.accept().expect("accept");
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).expect("read");
+        assert_eq!(&b, b"W");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exec_to_captures_output_and_status() {
+        let d = dir("exec");
+        let log = d.join("log");
+        let r = run(&[
+            &o("exec-to"),
+            &o(&log),
+            &o("sh"),
+            &o("-c"),
+            &o("echo hi; exit 3"),
+        ]);
+        assert_eq!(r, Ok(3));
+        assert_eq!(fs::read_to_string(&log).expect("log").trim(), "hi");
+        let _ = fs::remove_dir_all(&d);
+    }
 }
