@@ -348,6 +348,23 @@ fn default_base() -> PathBuf {
     std::env::temp_dir()
 }
 
+/// The real path of `p`: symlinks resolved (macOS: `/var` is `/private/var`) and, on
+/// Windows, 8.3 short names expanded (`RUNNER~1` in `%TEMP%`), without the verbatim
+/// `\\?\` prefix `canonicalize` adds there, which `cmd.exe` and many tools refuse.
+fn real_path(p: &Path) -> std::io::Result<PathBuf> {
+    let c = p.canonicalize()?;
+    if cfg!(windows) {
+        let s = c.to_string_lossy();
+        if let Some(rest) = s.strip_prefix(r"\\?\") {
+            let b = rest.as_bytes();
+            if b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && b[2] == b'\\' {
+                return Ok(PathBuf::from(rest));
+            }
+        }
+    }
+    Ok(c)
+}
+
 fn selftest_err(step: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::SelfTest { step, source }
 }
@@ -364,9 +381,7 @@ impl Env {
         fs::create_dir_all(&root).map_err(selftest_err("create the temporary directory"))?;
         // Canonical, so that the policy, the layout and the judges agree on one spelling
         // (macOS: /var is /private/var).
-        let root = root
-            .canonicalize()
-            .map_err(selftest_err("resolve the temporary directory"))?;
+        let root = real_path(&root).map_err(selftest_err("resolve the temporary directory"))?;
         let ws = root.join("ws");
         let outside = root.join("outside");
         fs::create_dir_all(&ws).map_err(selftest_err("create the workspace"))?;
@@ -487,12 +502,22 @@ impl Drop for Env {
     }
 }
 
+/// Makes every directory below `p` writable by its owner (only), so that it can be removed.
 fn make_writable(p: &Path) {
     if let Ok(m) = fs::symlink_metadata(p) {
         if m.is_dir() {
-            let mut perm = m.permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perm.set_readonly(false);
+            #[cfg(unix)]
+            let perm = {
+                use std::os::unix::fs::PermissionsExt;
+                fs::Permissions::from_mode(0o700)
+            };
+            #[cfg(not(unix))]
+            let perm = {
+                let mut perm = m.permissions();
+                #[allow(clippy::permissions_set_readonly_false)]
+                perm.set_readonly(false);
+                perm
+            };
             let _ = fs::set_permissions(p, perm);
             if let Ok(rd) = fs::read_dir(p) {
                 for e in rd.flatten() {
