@@ -291,9 +291,13 @@ fn heartbeat(beat: &Path, stop: &Path) -> Result<i32, String> {
     let _ = nix::unistd::setsid();
     let end = Instant::now() + HEARTBEAT_LIFETIME;
     let mut n: u64 = 0;
+    let tmp = beat.with_extension("beat-tmp");
     while Instant::now() < end && !stop.exists() {
         n += 1;
-        let _ = fs::write(beat, n.to_string());
+        // Write and rename, so that a reader never sees a truncated, empty beat.
+        if fs::write(&tmp, n.to_string()).is_ok() {
+            let _ = fs::rename(&tmp, beat);
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(0)
