@@ -300,6 +300,13 @@ pub fn run_with(opts: &Options, runner: &mut dyn Runner) -> Result<Report, Error
         report.cases.push(r);
     }
     report.facts.extend(os_facts(&st.env));
+    report.facts.push(fact(
+        "degraded",
+        match &report.degraded {
+            Some(why) => format!("yes: {why}"),
+            None => "no (the strict default policy was enforced)".into(),
+        },
+    ));
     for c in &report.cases {
         match c.status {
             Status::Pass => report.summary.passed += 1,
