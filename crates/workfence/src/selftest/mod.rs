@@ -823,13 +823,15 @@ fn half(
     Ok((out, fx, started))
 }
 
-/// What the probe wrote after `started` (its error), one line.
+/// What the probe wrote after `started` (its error), one line, with the temporary
+/// directory shortened to `<tmp>`.
 fn probe_note(env: &Env, id: &str) -> String {
     let text = fs::read_to_string(env.marker(id)).unwrap_or_default();
     text.lines()
         .filter(|l| *l != "started")
         .collect::<Vec<_>>()
         .join("; ")
+        .replace(&*env.root.to_string_lossy(), "<tmp>")
 }
 
 fn compat(st: &mut State<'_>, case: &Case, policy: Policy, r: &mut CaseResult) {
@@ -1911,14 +1913,14 @@ fn os_facts(env: &Env) -> Vec<Fact> {
 }
 
 #[cfg(target_os = "macos")]
-fn os_facts(_env: &Env) -> Vec<Fact> {
+fn os_facts(env: &Env) -> Vec<Fact> {
     let ver = Command::new("sw_vers")
         .arg("-productVersion")
         .stderr(Stdio::null())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    vec![
+    let mut v = vec![
         fact("macOS", ver),
         fact(
             "sandbox-exec",
@@ -1928,7 +1930,22 @@ fn os_facts(_env: &Env) -> Vec<Fact> {
                 "MISSING"
             },
         ),
-    ]
+    ];
+    if let Ok(p) = env.policy(false) {
+        let gaps: Vec<String> = workfence_macos::unenforced(&p)
+            .iter()
+            .map(|g| format!("{}: {}", g.layer, g.detail))
+            .collect();
+        v.push(fact(
+            "not enforced by Seatbelt (default policy)",
+            if gaps.is_empty() {
+                "nothing".into()
+            } else {
+                gaps.join("; ")
+            },
+        ));
+    }
+    v
 }
 
 /// Windows: the setup state and the token the plan asks for.
@@ -1968,6 +1985,11 @@ fn os_facts(env: &Env) -> Vec<Fact> {
             }
         }
     }
+    // WIRING PENDING (see above): the key exists now so that reports keep one shape.
+    v.push(fact(
+        "restricting set that worked",
+        "not measured yet: workfence-windows does not report it (to be wired here)",
+    ));
     v
 }
 
