@@ -645,7 +645,7 @@ fn preflight(st: &mut State<'_>, report: &mut Report) {
     let what = "the default policy is fully enforceable and a command starts in the sandbox";
     let mut case = CaseResult {
         id: id.into(),
-        kind: Kind::Attack,
+        kind: Kind::Compat,
         what: what.into(),
         status: Status::Pass,
         reason: String::new(),
