@@ -35,7 +35,7 @@ fn selftest_cmd(args: &[&str]) -> Command {
     c
 }
 
-/// Attack cases every OS runs.
+/// Attack cases every unix runs.
 const CORE_ATTACKS: &[&str] = &[
     "attack/write-outside",
     "attack/create-outside",
@@ -47,6 +47,7 @@ const CORE_ATTACKS: &[&str] = &[
     "attack/nested-git-config",
     "attack/nested-git-hook",
     "attack/read-secret",
+    "attack/read-late-secret",
     "attack/network-loopback",
     "attack/listen-loopback",
     "attack/kill-host-process",

@@ -461,6 +461,12 @@ impl Env {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// A hidden path that does not exist when the run starts: the host creates it while
+    /// the command waits for it.
+    fn late_secret(&self) -> PathBuf {
+        self.outside.join("late-secret.txt")
+    }
+
     /// The probe's marker file of a case.
     fn marker(&self, id: &str) -> PathBuf {
         self.ws.join(format!(".selftest-{}.marker", slug(id)))
@@ -483,7 +489,7 @@ impl Env {
     fn policy(&self, allow_degraded: bool) -> Result<Policy, Error> {
         let cli = CliOverrides {
             workspace: Some(self.ws.clone()),
-            deny_read: vec![self.secret.clone()],
+            deny_read: vec![self.secret.clone(), self.late_secret()],
             allow_degraded,
             timeout: Some(CASE_TIMEOUT),
             ..CliOverrides::default()
@@ -1539,6 +1545,61 @@ fn attack_cases() -> Vec<Case> {
                 Ok(loot.contains(&format!("SECRET-{}", env.token)))
             },
             cleanup: |env| remove_ws(env, "loot.txt"),
+        },
+        Case {
+            id: "attack/read-late-secret",
+            kind: Kind::Attack,
+            what: "read a hidden secret that the host creates during the run",
+            tools: &[],
+            unavailable: if cfg!(windows) {
+                Some("not claimed on Windows, which hides only the paths that exist when the run starts")
+            } else {
+                None
+            },
+            control_needs: None,
+            prepare: |env| {
+                let late = env.late_secret();
+                let flag = env.outside.join("late-secret.planted");
+                let ready = env.ws.join("late.ready");
+                for p in [&late, &flag, &ready] {
+                    let _ = fs::remove_file(p);
+                }
+                remove_ws(env, "late-loot.txt");
+                // The host side: a separate process that plants the secret once the
+                // command is waiting for it.
+                let child = Command::new(&env.probe)
+                    .arg(PROBE_ARG)
+                    .arg(env.outside.join("late-planter.marker"))
+                    .arg("plant-when")
+                    .arg(&ready)
+                    .arg(&late)
+                    .arg(&flag)
+                    .arg(format!("LATE-SECRET-{}", env.token))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("start the host planter: {e}"))?;
+                Ok(Fixture {
+                    child: Some(HostChild(child)),
+                    args: vec![
+                        os(ready),
+                        os(flag),
+                        os(late),
+                        os(env.ws.join("late-loot.txt")),
+                    ],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, fx| env.probe_argv(id, "await-copy", &fx.args),
+            judge: |env, _| {
+                Ok(read_ws(env, "late-loot.txt").contains(&format!("LATE-SECRET-{}", env.token)))
+            },
+            cleanup: |env| {
+                remove_ws(env, "late-loot.txt");
+                remove_ws(env, "late.ready");
+                let _ = fs::remove_file(env.late_secret());
+            },
         },
         Case {
             id: "attack/network-loopback",

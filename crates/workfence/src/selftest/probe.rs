@@ -135,6 +135,24 @@ fn act(a: &[OsString]) -> Result<i32, String> {
             Ok(0)
         }
         "listen" => listen(num(a, 0)?, &path(a, 1)?),
+        "await-copy" => {
+            // Says `ready`, waits for `flag`, then copies `from` to `to`.
+            let (ready, flag, from, to) = (path(a, 0)?, path(a, 1)?, path(a, 2)?, path(a, 3)?);
+            io("write", &ready, fs::write(&ready, b"ready\n"))?;
+            wait_for(&flag, Duration::from_secs(10))?;
+            let data = io("read", &from, fs::read(&from))?;
+            io("write", &to, fs::write(&to, data))?;
+            Ok(0)
+        }
+        "plant-when" => {
+            // Host side: waits for `ready`, writes `content` to `file`, then `flag`.
+            let (ready, file, flag) = (path(a, 0)?, path(a, 1)?, path(a, 2)?);
+            let content = arg(a, 3)?.to_string_lossy().into_owned();
+            wait_for(&ready, Duration::from_secs(15))?;
+            io("write", &file, fs::write(&file, content))?;
+            io("write", &flag, fs::write(&flag, b"planted\n"))?;
+            Ok(0)
+        }
         "await-connect" => await_connect(&path(a, 0)?, num(a, 1)?, &path(a, 2)?),
         "kill" => kill(num(a, 0)?),
         "sleep" => {
@@ -160,6 +178,18 @@ fn act(a: &[OsString]) -> Result<i32, String> {
         }
         other => Err(format!("unknown probe action {other:?}")),
     }
+}
+
+/// Waits until `p` exists.
+fn wait_for(p: &Path, limit: Duration) -> Result<(), String> {
+    let end = Instant::now() + limit;
+    while !p.exists() {
+        if Instant::now() > end {
+            return Err(format!("{} did not appear within {limit:?}", p.display()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// Binds a loopback port, says so in `ready`, and sends one byte to the first client
