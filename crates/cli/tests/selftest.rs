@@ -233,3 +233,82 @@ fn a_control_that_does_not_succeed_fails_the_case() {
     }
     assert!(!report.ok);
 }
+
+/// Refuses like a host that cannot enforce a layer, unless degraded mode is allowed,
+/// then runs without a sandbox.
+struct RefusesStrict;
+
+impl selftest::Runner for RefusesStrict {
+    fn name(&self) -> &'static str {
+        "refuses-strict"
+    }
+    fn run(
+        &mut self,
+        policy: &workfence::policy::Policy,
+        argv: Vec<std::ffi::OsString>,
+        warn: &mut dyn FnMut(workfence::Warning),
+    ) -> Result<workfence::RunOutcome, workfence::Error> {
+        if !policy.allow_degraded {
+            return Err(workfence::Error::NotEnforceable(
+                "process limit (test: not enforceable)".into(),
+            ));
+        }
+        warn(workfence::Warning::Degraded(Vec::new()));
+        Unsandboxed.run(policy, argv, warn)
+    }
+}
+
+#[test]
+fn a_host_that_cannot_enforce_is_reported_degraded_and_fails() {
+    let opts = Options {
+        dir: dir(),
+        probe: Some(bin()),
+        only: vec!["compat/shell".into()],
+        keep: false,
+    };
+    let report = selftest::run_with(&opts, &mut RefusesStrict).expect("selftest runs");
+    assert!(!report.ok);
+    assert_eq!(
+        report.degraded.as_deref(),
+        Some("process limit (test: not enforceable)")
+    );
+    let starts = report
+        .cases
+        .iter()
+        .find(|c| c.id == "sandbox/starts")
+        .expect("sandbox/starts");
+    assert_eq!(starts.status, Status::Fail, "{starts:?}");
+    assert!(starts.reason.contains("--allow-degraded"), "{starts:?}");
+    let fact = report
+        .facts
+        .iter()
+        .find(|f| f.name == "degraded")
+        .expect("degraded fact");
+    assert!(fact.value.starts_with("yes"), "{fact:?}");
+    assert!(
+        !report.warnings.is_empty(),
+        "the degraded warning is reported"
+    );
+    // The other cases still ran (degraded), so the report shows what holds.
+    let shell = report
+        .cases
+        .iter()
+        .find(|c| c.id == "compat/shell")
+        .expect("compat/shell");
+    assert_eq!(shell.status, Status::Pass, "{shell:?}");
+}
+
+#[test]
+fn an_unusable_directory_is_a_one_line_error_with_exit_125() {
+    let out = Command::new(bin())
+        .args(["selftest", "--dir", "/proc/workfence-no-such-dir"])
+        .output()
+        .expect("run workfence selftest");
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("selftest: cannot create the temporary directory") && err.contains("--dir"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
