@@ -312,3 +312,17 @@ fn an_unusable_directory_is_a_one_line_error_with_exit_125() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn an_unknown_case_prefix_is_an_error_that_lists_the_cases() {
+    let out = Command::new(bin())
+        .args(["selftest", "--case", "attack/no-such-case"])
+        .output()
+        .expect("run workfence selftest");
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("attack/no-such-case") && err.contains("attack/write-outside"),
+        "{err}"
+    );
+}

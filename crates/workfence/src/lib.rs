@@ -87,6 +87,9 @@ pub enum Error {
     /// A flag that full-access mode cannot honour.
     #[error("{0}")]
     FullAccess(String),
+    /// `selftest --case` named no case.
+    #[error("{0}")]
+    NoSuchCase(String),
     /// The self-test could not build its temporary world.
     #[error("selftest: cannot {step}: {source}; check that the directory is writable, or pass --dir DIR")]
     SelfTest {

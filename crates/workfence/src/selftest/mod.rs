@@ -275,6 +275,17 @@ pub fn run_with(opts: &Options, runner: &mut dyn Runner) -> Result<Report, Error
             source: e,
         })?,
     };
+    let ids = case_ids();
+    if let Some(p) = opts
+        .only
+        .iter()
+        .find(|p| !ids.iter().any(|id| id.starts_with(p.as_str())))
+    {
+        return Err(Error::NoSuchCase(format!(
+            "no selftest case id starts with {p:?}; the cases are: {}",
+            ids.join(", ")
+        )));
+    }
     let env = Env::create(opts, probe)?;
     let mut report = Report {
         os: std::env::consts::OS.into(),
@@ -1017,6 +1028,13 @@ fn remove_ws(env: &Env, rel: &str) {
     let p = env.ws.join(rel);
     let _ = fs::remove_file(&p);
     let _ = fs::remove_dir_all(&p);
+}
+
+/// Every case id of this OS's catalogue, in order (`sandbox/starts` first).
+pub fn case_ids() -> Vec<&'static str> {
+    let mut v = vec!["sandbox/starts"];
+    v.extend(catalogue().iter().map(|c| c.id));
+    v
 }
 
 fn catalogue() -> Vec<Case> {
