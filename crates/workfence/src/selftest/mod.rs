@@ -575,7 +575,7 @@ fn slug(id: &str) -> String {
 
 /// Finds a program in `PATH` (with `PATHEXT` on Windows), skipping Windows' Store app
 /// aliases (zero-byte stubs that open the Store instead of running anything).
-pub fn find_program(name: &str) -> Option<PathBuf> {
+fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     let exts: Vec<String> = if cfg!(windows) {
         std::env::var("PATHEXT")
