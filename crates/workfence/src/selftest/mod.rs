@@ -1986,22 +1986,33 @@ fn os_facts(env: &Env) -> Vec<Fact> {
             v.push(fact("landlock ABI", facts.landlock_abi.to_string()));
         }
     }
+    let knob = |p: &str| {
+        fs::read_to_string(p)
+            .ok()
+            .map(|s| format!("{}={}", p.rsplit('/').next().unwrap_or(p), s.trim()))
+    };
+    let userns: Vec<String> = [
+        "/proc/sys/user/max_user_namespaces",
+        "/proc/sys/kernel/unprivileged_userns_clone",
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+    ]
+    .iter()
+    .filter_map(|p| knob(p))
+    .collect();
     v.push(fact(
         "user namespaces",
-        fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
-            .map(|s| format!("unprivileged_userns_clone={}", s.trim()))
-            .unwrap_or_else(|_| "no unprivileged_userns_clone knob (kernel default)".into()),
+        if userns.is_empty() {
+            "no sysctl knobs found".into()
+        } else {
+            userns.join(", ")
+        },
     ));
     v.push(fact(
         "seccomp",
-        fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Seccomp:"))
-                    .map(|l| format!("available (this process: {})", l.trim()))
-            })
-            .unwrap_or_else(|| "no Seccomp line in /proc/self/status".into()),
+        match fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail") {
+            Ok(a) => format!("actions available: {}", a.trim()),
+            Err(e) => format!("no /proc/sys/kernel/seccomp/actions_avail ({e})"),
+        },
     ));
     v
 }
