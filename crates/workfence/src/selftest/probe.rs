@@ -121,6 +121,21 @@ fn act(a: &[OsString]) -> Result<i32, String> {
             io("write", &to, fs::write(&to, data))?;
             Ok(0)
         }
+        "open-pipe" => {
+            // A named pipe (Windows; a FIFO elsewhere): read access is enough to talk
+            // to the server. Retries while it does not exist yet.
+            let p = path(a, 0)?;
+            let end = Instant::now() + Duration::from_secs(5);
+            loop {
+                match fs::OpenOptions::new().read(true).open(&p) {
+                    Ok(_) => return Ok(0),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && Instant::now() < end => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(format!("open {}: {e}", p.display())),
+                }
+            }
+        }
         "read" => {
             let p = path(a, 0)?;
             io("read", &p, fs::read(&p))?;
