@@ -921,7 +921,11 @@ fn attack(st: &mut State<'_>, case: &Case, policy: Policy, r: &mut CaseResult) {
     // Control first: the same argv without the sandbox must show the attack working.
     let control = half(st, case, &policy, false).and_then(|(o, mut fx, started)| {
         if !started {
-            return Err(format!("the probe did not start ({})", describe_exit(&o)));
+            return Err(format!(
+                "the probe {} did not start ({}); it must be a workfence executable whose main calls workfence::helper_main_if_requested() first",
+                st.env.probe.display(),
+                describe_exit(&o)
+            ));
         }
         match (case.judge)(&st.env, &mut fx) {
             Ok(true) => Ok(()),
