@@ -110,3 +110,85 @@ fn library_from_a_multithreaded_process_uses_the_helper() {
     count("WORK library-multithreaded-helper passed");
     let _ = fs::remove_dir_all(&d);
 }
+
+/// Pids of processes whose argv contains `arg`.
+fn pids_with_arg(arg: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(c) = fs::read(e.path().join("cmdline")) {
+            if c.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// A multi-threaded caller that is SIGKILLed takes its sandbox with it, as a
+/// single-threaded one does: the helper watches the caller through its result pipe.
+/// The caller is this test binary, re-run in a child role.
+#[test]
+fn library_caller_killed_takes_the_sandbox_with_it() {
+    const ROLE: &str = "WORKFENCE_TEST_LIBRARY_CALLER";
+    if let Some(mark) = std::env::var_os(ROLE) {
+        // Child role: a multi-threaded caller that runs a long command.
+        let d = scratch();
+        let ws = fs::canonicalize(d.join("ws")).unwrap();
+        let _busy = std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_millis(5));
+        });
+        let policy = workfence::policy::Policy::new(&ws);
+        let argv = vec!["sleep".into(), mark];
+        let _ = workfence::run(&policy, argv, &mut |_| {});
+        return;
+    }
+    let mark = format!(
+        "{}.{}",
+        3000 + std::process::id() % 1000,
+        std::process::id()
+    );
+    let bin = std::env::var_os("WORKFENCE_BIN")
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_workfence").into());
+    let mut caller = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "library_caller_killed_takes_the_sandbox_with_it",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, &mark)
+        .env("WORKFENCE_HELPER", bin)
+        .spawn()
+        .unwrap();
+    // Bounded waits, not speed assertions.
+    let started = (0..1000).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        !pids_with_arg(&mark).is_empty()
+    });
+    if !started {
+        let _ = caller.kill();
+        let _ = caller.wait();
+        panic!("the sandboxed sleep never started");
+    }
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    let gone = (0..1000).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        pids_with_arg(&mark).is_empty()
+    });
+    let left = pids_with_arg(&mark);
+    for p in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &p.to_string()])
+            .status();
+    }
+    assert!(
+        gone,
+        "10 s after the caller's SIGKILL the sandboxed command still runs: {left:?}"
+    );
+    count("WORK library-caller-killed passed");
+}

@@ -70,6 +70,48 @@ echo README edited >> README.md
     work_passed("edit-files");
 }
 
+/// The broker creates files for the command and caches each thread's umask: every
+/// change of the umask must still show in the modes of the files created after it,
+/// including a change made by another thread of the same process.
+#[test]
+fn work_umask_respected() {
+    let mut sc = Scenario::new("work-umask");
+    let o = sandboxed(
+        &mut sc,
+        r#"set -e
+umask 022; : > a022; mkdir d022
+umask 077; : > a077; mkdir d077
+umask 002; : > a002
+python3 - <<'PY'
+import os, threading
+os.umask(0o027)
+open("t027", "w").close()
+def other():
+    os.umask(0o007)
+t = threading.Thread(target=other); t.start(); t.join()
+open("t007", "w").close()
+PY
+"#,
+        &[],
+    );
+    assert_ok(&o, "umask");
+    let mode = |n: &str| {
+        fs::metadata(sc.ws.join(n))
+            .unwrap_or_else(|e| panic!("{n}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("a022"), 0o644);
+    assert_eq!(mode("d022"), 0o755);
+    assert_eq!(mode("a077"), 0o600);
+    assert_eq!(mode("d077"), 0o700);
+    assert_eq!(mode("a002"), 0o664);
+    assert_eq!(mode("t027"), 0o640);
+    assert_eq!(mode("t007"), 0o660, "a umask set by another thread");
+    work_passed("umask");
+}
+
 fn git_commit_script() -> &'static str {
     r#"set -e
 echo change > new.txt

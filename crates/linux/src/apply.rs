@@ -13,7 +13,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,6 +36,9 @@ struct Prepared {
     path_dirs: Vec<Vec<u8>>,
     cwd: CString,
     bpf: Vec<seccompiler::BpfProgram>,
+    /// The helper's result pipe (write end): it reports an error once the caller,
+    /// which holds the read end, is gone; then the sandbox is killed.
+    lifeline: Option<RawFd>,
 }
 
 fn prepare(plan: &LinuxPlan, req: &RunRequest) -> Result<Prepared, LinuxError> {
@@ -70,6 +73,7 @@ fn prepare(plan: &LinuxPlan, req: &RunRequest) -> Result<Prepared, LinuxError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Prepared {
+        lifeline: None,
         argv,
         env,
         path_dirs: path
@@ -241,7 +245,31 @@ pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<RunOutcome, LinuxError>
     if !crate::helper::single_threaded() {
         return crate::helper::run_in_helper(plan, req);
     }
-    let prep = prepare(plan, req)?;
+    run_single_threaded(plan, req, None)
+}
+
+/// [`run`] in the helper: one thread (checked), and the caller's lifeline.
+pub(crate) fn run_for_caller(
+    plan: &LinuxPlan,
+    req: &RunRequest,
+    lifeline: BorrowedFd<'_>,
+) -> Result<RunOutcome, LinuxError> {
+    check_keep_fds(&req.keep_fds)?;
+    if !crate::helper::single_threaded() {
+        return Err(LinuxError::BadArgument(
+            "the helper is not single-threaded".into(),
+        ));
+    }
+    run_single_threaded(plan, req, Some(lifeline.as_raw_fd()))
+}
+
+fn run_single_threaded(
+    plan: &LinuxPlan,
+    req: &RunRequest,
+    lifeline: Option<RawFd>,
+) -> Result<RunOutcome, LinuxError> {
+    let mut prep = prepare(plan, req)?;
+    prep.lifeline = lifeline;
     match plan.isolation {
         Isolation::Namespaces => run_namespaces(plan, req, &prep),
         Isolation::Degraded => run_degraded(plan, req, &prep),
@@ -402,7 +430,7 @@ fn run_namespaces(
         }
         None => None,
     };
-    let outcome = front_loop(pid, &sigfd, req.timeout, master.as_ref());
+    let outcome = front_loop(pid, &sigfd, req.timeout, master.as_ref(), prep.lifeline);
     drop(master);
     restore_mask();
     finish(outcome, &err_r, req.timeout)
@@ -480,11 +508,21 @@ fn front_loop(
     sigfd: &OwnedFd,
     timeout: Option<Duration>,
     pty_master: Option<&OwnedFd>,
+    mut lifeline: Option<RawFd>,
 ) -> io::Result<Outcome> {
     let pidfd = sys::pidfd_open(pid)?;
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut relay = pty_master.map(|m| PtyRelay::new(m.as_raw_fd()));
     loop {
+        if let Some(l) = lifeline {
+            // A pipe's write end polls POLLERR once no reader is left: the caller
+            // died (SIGKILL too), so its sandbox dies, as without the helper.
+            let rev = sys::poll(&[(l, 0)], 0)?;
+            if rev[0] & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                lifeline = None;
+            }
+        }
         let wait_ms = match deadline {
             Some(d) => {
                 let now = Instant::now();
@@ -501,6 +539,8 @@ fn front_loop(
             (pidfd.as_raw_fd(), libc::POLLIN),
             (sigfd.as_raw_fd(), libc::POLLIN),
         ];
+        // Polled with no events: only its error state wakes us (checked above).
+        fds.push((lifeline.unwrap_or(-1), 0));
         if let Some(r) = &relay {
             fds.extend(r.poll_fds());
         }
@@ -516,7 +556,7 @@ fn front_loop(
             }
         }
         if let Some(r) = &mut relay {
-            r.pump(&rev[2..]);
+            r.pump(&rev[3..]);
         }
         if rev[0] != 0 {
             if let Some(r) = &mut relay {
@@ -1122,6 +1162,15 @@ fn build_root(plan: &LinuxPlan, cwd: &CString) -> io::Result<()> {
                 )?;
                 // No nested user namespaces (a second layer besides seccomp).
                 let _ = std::fs::write(p.join("sys/user/max_user_namespaces"), "0");
+                if let Some(m) = plan.pid_max {
+                    // The task cap of the plan (fail closed): only this pid namespace's
+                    // init, which holds CAP_SYS_ADMIN over it, may set it, and nothing
+                    // else runs in the namespace yet. `/proc/sys` is made read-only next.
+                    ctx(
+                        || format!("setting kernel.pid_max {m} of the sandbox's pid namespace"),
+                        std::fs::write(p.join("sys/kernel/pid_max"), m.to_string()),
+                    )?;
+                }
                 for sub in ["sys", "sysrq-trigger", "irq", "bus"] {
                     let t = p.join(sub);
                     if std::fs::symlink_metadata(&t).is_ok() {
@@ -1327,7 +1376,13 @@ fn run_degraded(
         return Err(e);
     }
     drop(err_w);
-    let outcome = front_loop(pid, &sigfd, req.timeout, pty.as_ref().map(|p| &p.0));
+    let outcome = front_loop(
+        pid,
+        &sigfd,
+        req.timeout,
+        pty.as_ref().map(|p| &p.0),
+        prep.lifeline,
+    );
     kill_descendants();
     drop(pty);
     restore_mask();

@@ -22,12 +22,13 @@
 //! holds one thread, never the others); the pool grows when every thread is busy.
 //! Signals and reaping are not here at all: they stay with the supervisor.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, CWD};
 
@@ -93,6 +94,7 @@ pub fn serve(listener: OwnedFd, rules: Rules) -> ! {
         rules,
         idle: AtomicUsize::new(0),
         threads: AtomicUsize::new(0),
+        status: StatusCache::default(),
     });
     for _ in 0..START_THREADS {
         Shared::spawn(&shared);
@@ -114,6 +116,65 @@ struct Shared {
     rules: Rules,
     idle: AtomicUsize,
     threads: AtomicUsize,
+    status: StatusCache,
+}
+
+/// What `/proc/TID/status` tells (thread group, umask), kept per thread: reading it
+/// costs about as much as the rest of a brokered `open`.
+///
+/// A thread's umask changes only through `umask(2)` (by it, or by a process sharing
+/// its `fs_struct`), which is brokered for exactly this: it empties the cache and
+/// keeps it from filling until the changing thread has been seen again (then its
+/// call has completed) or has exited. A reused thread id (after the pid space
+/// wrapped without it being seen in between) could see its predecessor's umask:
+/// that only sets the modes of files it creates itself, which it controls anyway.
+#[derive(Default)]
+struct StatusCache {
+    inner: Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    known: HashMap<libc::pid_t, (libc::pid_t, u32)>,
+    /// Threads whose `umask(2)` may not have completed, with a pidfd each to see
+    /// them exit (None: the thread was already gone).
+    changing: Vec<(libc::pid_t, Option<OwnedFd>)>,
+}
+
+/// Enough for every thread a build keeps alive; past it the cache starts again.
+const STATUS_CACHE_MAX: usize = 4096;
+
+impl StatusCache {
+    fn get(&self, tid: libc::pid_t) -> Option<(libc::pid_t, u32)> {
+        let mut st = self.inner.lock().ok()?;
+        if !st.changing.is_empty() {
+            // Seen again: its umask call is over. Gone: it will not change anything.
+            st.changing.retain(|(t, fd)| {
+                *t != tid && fd.as_ref().is_some_and(|fd| !sys::pidfd_exited(fd))
+            });
+            return None;
+        }
+        st.known.get(&tid).copied()
+    }
+
+    fn put(&self, tid: libc::pid_t, v: (libc::pid_t, u32)) {
+        if let Ok(mut st) = self.inner.lock() {
+            if st.changing.is_empty() {
+                if st.known.len() >= STATUS_CACHE_MAX {
+                    st.known.clear();
+                }
+                st.known.insert(tid, v);
+            }
+        }
+    }
+
+    fn umask_changing(&self, tid: libc::pid_t) {
+        let fd = sys::pidfd_open_thread(tid).ok();
+        if let Ok(mut st) = self.inner.lock() {
+            st.known.clear();
+            st.changing.push((tid, fd));
+        }
+    }
 }
 
 impl Shared {
@@ -166,10 +227,20 @@ impl Shared {
     fn handle(&self, n: &sys::Notif) -> Answer {
         let c = Caller {
             tid: n.pid as libc::pid_t,
+            id: n.id,
             status: std::cell::OnceCell::new(),
         };
         let nr = i64::from(n.nr);
         let a = n.args;
+        let known = self.status.get(c.tid);
+        if nr == libc::SYS_umask {
+            // Decides nothing: the kernel sets the umask; we only forget old ones.
+            self.status.umask_changing(c.tid);
+            return Answer::Continue;
+        }
+        if let Some(v) = known {
+            let _ = c.status.set(v);
+        }
         let fs = Fs { s: self, c: &c };
         let r = match nr {
             libc::SYS_openat => fs.open(a[0] as i32, a[1], a[2] as i32, a[3] as u32),
@@ -212,10 +283,8 @@ impl Shared {
             // Not ours (cannot happen with our filter): refuse rather than guess.
             _ => Err(libc::ENOSYS),
         };
-        // A notification whose caller died (or whose pid was reused) is answered with
-        // nothing useful; the check keeps us from acting on a stranger's memory.
-        if !sys::notif_id_valid(self.listener.as_raw_fd(), n.id) {
-            return Answer::Errno(libc::EINTR);
+        if let (None, Some(v)) = (known, c.status.get()) {
+            self.status.put(c.tid, *v);
         }
         match r {
             Ok(a) => a,
@@ -228,6 +297,8 @@ impl Shared {
 /// when an operation needs it (every brokered call is on someone's hot path).
 struct Caller {
     tid: libc::pid_t,
+    /// The notification's id: still valid means the thread is still the caller.
+    id: u64,
     status: std::cell::OnceCell<(libc::pid_t, u32)>,
 }
 
@@ -339,6 +410,16 @@ fn is_symlink(mode: u32) -> bool {
     FileType::from_raw_mode(mode) == FileType::Symlink
 }
 
+/// Where a path the caller passed starts.
+enum Base {
+    /// `/` (absolute paths).
+    Root,
+    /// The caller's working directory (`AT_FDCWD`).
+    Cwd,
+    /// A directory fd of the caller, duplicated.
+    Fd(OwnedFd),
+}
+
 /// A resolved parent directory: an fd and the real path it had when opened.
 struct Parent {
     fd: OwnedFd,
@@ -410,40 +491,75 @@ impl Fs<'_> {
     }
 
     /// Where a relative path starts: the caller's cwd or its dirfd; `/` for absolute ones.
-    fn base(&self, dirfd: i32, path: &[u8]) -> R<OwnedFd> {
+    fn base(&self, dirfd: i32, path: &[u8]) -> R<Base> {
         if path.starts_with(b"/") {
-            return self.s.root.try_clone().map_err(ioerr);
+            return Ok(Base::Root);
         }
         if dirfd == libc::AT_FDCWD {
-            return rustix::fs::openat(
-                CWD,
-                format!("/proc/{}/cwd", self.c.tid).as_str(),
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(errno);
+            return Ok(Base::Cwd);
         }
         let pidfd = self.c.pidfd().map_err(ioerr)?;
-        sys::pidfd_getfd(&pidfd, dirfd).map_err(|e| match e.raw_os_error() {
-            Some(libc::EBADF) => libc::EBADF,
-            _ => ioerr(e),
-        })
+        sys::pidfd_getfd(&pidfd, dirfd)
+            .map(Base::Fd)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EBADF) => libc::EBADF,
+                _ => ioerr(e),
+            })
     }
 
-    fn parent(&self, base: BorrowedFd<'_>, s: &Split) -> R<Parent> {
-        let fd = rustix::fs::openat(
+    /// `openat` of `path` from `base`. The caller's cwd is reached through its procfs
+    /// magic link in the same walk (one open instead of two).
+    fn open_from(&self, base: &Base, path: &[u8], flags: OFlags, mode: u32) -> R<OwnedFd> {
+        let mode = Mode::from_raw_mode(mode);
+        match base {
+            Base::Root => rustix::fs::openat(&self.s.root, path, flags, mode),
+            Base::Fd(fd) => rustix::fs::openat(fd, path, flags, mode),
+            Base::Cwd => {
+                let mut via = format!("/proc/{}/cwd/", self.c.tid).into_bytes();
+                if via.len() + path.len() < libc::PATH_MAX as usize {
+                    via.extend_from_slice(path);
+                    rustix::fs::openat(CWD, via.as_slice(), flags, mode)
+                } else {
+                    // Too long for one walk: the cwd first, then the path.
+                    via.pop();
+                    rustix::fs::openat(
+                        CWD,
+                        via.as_slice(),
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .and_then(|cwd| rustix::fs::openat(&cwd, path, flags, mode))
+                }
+            }
+        }
+        .map_err(errno)
+    }
+
+    fn parent(&self, base: &Base, s: &Split) -> R<Parent> {
+        let fd = self.open_from(
             base,
-            s.parent.as_slice(),
+            &s.parent,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(errno)?;
+            0,
+        )?;
         let real = fd_path(fd.as_fd())?;
         Ok(Parent { fd, real })
     }
 
-    fn read(&self, addr: u64) -> R<Vec<u8>> {
+    /// A path from the caller's memory, as it is there.
+    fn read_raw(&self, addr: u64) -> R<Vec<u8>> {
         let p = read_path(self.c.tid, addr)?;
+        // Still the caller's memory we read (the thread could have died and its id
+        // been reused since the notification): only then is the path acted on.
+        if !sys::notif_id_valid(self.s.listener.as_raw_fd(), self.c.id) {
+            return Err(libc::EINTR);
+        }
+        Ok(p)
+    }
+
+    /// A path from the caller's memory, with the caller's `/proc/self` and friends.
+    fn read(&self, addr: u64) -> R<Vec<u8>> {
+        let p = self.read_raw(addr)?;
         if p.is_empty() {
             return Err(libc::ENOENT);
         }
@@ -480,17 +596,22 @@ impl Fs<'_> {
             if no_new_name(&s) || tmpfile {
                 // No name is created here (an unnamed O_TMPFILE gets one only through
                 // linkat, which is brokered too).
-                let fd = rustix::fs::openat(
-                    &base,
-                    path.as_slice(),
-                    oflags(flags | libc::O_CLOEXEC),
+                return self.open_from(&base, &path, oflags(flags | libc::O_CLOEXEC), mode);
+            }
+            let p = self.parent(&base, &s)?;
+            let full = join(&p.real, &s.name);
+            if creat && flags & libc::O_EXCL != 0 {
+                // Makes a new name or fails: whatever is there now is never opened,
+                // so there is nothing to look at first.
+                self.refuse(&full, Kind::NonDir)?;
+                return rustix::fs::openat(
+                    &p.fd,
+                    s.sys_name.as_slice(),
+                    oflags(flags | libc::O_CLOEXEC | libc::O_NOFOLLOW),
                     Mode::from_raw_mode(mode),
                 )
-                .map_err(errno)?;
-                return Ok(fd);
+                .map_err(errno);
             }
-            let p = self.parent(base.as_fd(), &s)?;
-            let full = join(&p.real, &s.name);
             match rustix::fs::statat(&p.fd, s.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if follow && is_symlink(st.st_mode) => {
                     let procfs = rustix::fs::fstatfs(&p.fd)
@@ -504,9 +625,9 @@ impl Fs<'_> {
                         .into_bytes();
                     let target = self.translate(target)?;
                     base = if target.starts_with(b"/") {
-                        self.s.root.try_clone().map_err(ioerr)?
+                        Base::Root
                     } else {
-                        p.fd
+                        Base::Fd(p.fd)
                     };
                     path = target;
                     continue;
@@ -535,7 +656,7 @@ impl Fs<'_> {
                 Mode::from_raw_mode(mode),
             ) {
                 Err(rustix::io::Errno::LOOP) if follow => {
-                    base = p.fd;
+                    base = Base::Fd(p.fd);
                     path = s.sys_name;
                     continue;
                 }
@@ -596,7 +717,7 @@ impl Fs<'_> {
             // `mkdir .`, `ln x ..` and the like name an existing directory.
             return Err(libc::EEXIST);
         }
-        let p = self.parent(base.as_fd(), &s)?;
+        let p = self.parent(&base, &s)?;
         self.refuse(&join(&p.real, &s.name), kind)?;
         Ok((p, s))
     }
@@ -634,7 +755,7 @@ impl Fs<'_> {
 
     fn symlink(&self, target_addr: u64, dirfd: i32, addr: u64) -> R<Answer> {
         // The target is stored as text, never resolved here: no translation.
-        let target = read_path(self.c.tid, target_addr)?;
+        let target = self.read_raw(target_addr)?;
         let path = self.read(addr)?;
         let (p, s) = self.new_entry(dirfd, &path, Kind::NonDir)?;
         rustix::fs::symlinkat(target.as_slice(), &p.fd, s.sys_name.as_slice()).map_err(errno)?;
@@ -651,7 +772,7 @@ impl Fs<'_> {
     ) -> R<Answer> {
         let new = self.read(newaddr)?;
         let (np, ns) = self.new_entry(newdirfd, &new, Kind::NonDir)?;
-        let old = read_path(self.c.tid, oldaddr)?;
+        let old = self.read_raw(oldaddr)?;
         // The source as an O_PATH fd: a protected file must not get a second,
         // writable name.
         let src = if old.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
@@ -667,7 +788,7 @@ impl Fs<'_> {
             if flags & libc::AT_SYMLINK_FOLLOW == 0 {
                 of |= OFlags::NOFOLLOW;
             }
-            rustix::fs::openat(&base, old.as_slice(), of, Mode::empty()).map_err(errno)?
+            self.open_from(&base, &old, of, 0)?
         };
         let real = fd_path(src.as_fd())?;
         if real.starts_with(b"/") {
@@ -699,8 +820,8 @@ impl Fs<'_> {
         if no_new_name(&os) || no_new_name(&ns) {
             return Err(libc::EBUSY);
         }
-        let op = self.parent(self.base(olddirfd, &old)?.as_fd(), &os)?;
-        let np = self.parent(self.base(newdirfd, &new)?.as_fd(), &ns)?;
+        let op = self.parent(&self.base(olddirfd, &old)?, &os)?;
+        let np = self.parent(&self.base(newdirfd, &new)?, &ns)?;
         let kind_of = |p: &Parent, name: &[u8]| -> R<Kind> {
             let st = rustix::fs::statat(&p.fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
             Ok(
@@ -858,8 +979,7 @@ impl UnixGate<'_> {
     /// following symlinks), and checks where it really lives.
     fn resolve(&self, fs: &Fs<'_>, path: &[u8]) -> Result<OwnedFd, i32> {
         let base = fs.base(libc::AT_FDCWD, path)?;
-        let fd = rustix::fs::openat(&base, path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
-            .map_err(errno)?;
+        let fd = fs.open_from(&base, path, OFlags::PATH | OFlags::CLOEXEC, 0)?;
         let is_socket = rustix::fs::fstat(&fd)
             .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Socket);
         if !is_socket {

@@ -14,7 +14,7 @@
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -45,12 +45,30 @@ enum Outcome {
 }
 
 /// Whether this process has exactly one thread.
+///
+/// A thread that has just finished (joined, or a detached one past its last
+/// statement) is still counted for a few microseconds while the kernel releases
+/// it: a short wait for the count to settle keeps such programs (the CLI's own git
+/// probe reads its pipes on threads) off the helper's slower path. A process with
+/// more than one thread after that is multi-threaded.
 pub fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .is_some_and(|v| v.trim() == "1")
-    })
+    let threads = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:"))
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+            })
+    };
+    for _ in 0..10 {
+        match threads() {
+            Some(1) => return true,
+            Some(_) => std::thread::sleep(std::time::Duration::from_micros(50)),
+            None => return false,
+        }
+    }
+    false
 }
 
 /// When this process was started as the helper, runs the job and returns the exit
@@ -77,11 +95,10 @@ pub fn helper_main_if_requested() -> Option<i32> {
         Err(e) => Outcome::Error(format!("the helper could not read its job: {e}")),
         Ok(_) => match serde_json::from_slice::<Job>(&text) {
             Err(e) => Outcome::Error(format!("the helper could not parse its job: {e}")),
-            Ok(job) if single_threaded() => match crate::apply::run(&job.plan, &job.req) {
+            Ok(job) => match crate::apply::run_for_caller(&job.plan, &job.req, result.as_fd()) {
                 Ok(code) => Outcome::Code(code),
                 Err(e) => Outcome::Error(e.to_string()),
             },
-            Ok(_) => Outcome::Error("the helper is not single-threaded".into()),
         },
     };
     let code = match &outcome {

@@ -188,5 +188,39 @@ pub fn facts_for(
         degraded_tmp: std::env::temp_dir()
             .join(format!("workfence-{uid}-{}-{nanos:x}", std::process::id())),
         foreign_procfs: !procfs_is_ours(),
+        pid_max_per_pidns: kernel_at_least(6, 14),
+        nproc_exempt: crate::is_global_root(),
+    }
+}
+
+/// The running kernel's release is at least `major.minor` (from `uname`).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    release_at_least(&release, major, minor)
+}
+
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_at_least;
+
+    #[test]
+    fn kernel_releases() {
+        assert!(release_at_least("6.18.0-1-amd64", 6, 14));
+        assert!(release_at_least("6.14", 6, 14));
+        assert!(release_at_least("7.0.1", 6, 14));
+        assert!(!release_at_least("6.13.12-200.fc41.x86_64", 6, 14));
+        assert!(!release_at_least("6.1.0-28-amd64", 6, 14));
+        assert!(!release_at_least("garbage", 6, 14));
     }
 }

@@ -158,9 +158,11 @@ pub fn install(prog: &BpfProgram) -> Result<(), String> {
     seccompiler::apply_filter(prog).map_err(|e| e.to_string())
 }
 
-/// Syscalls that always go to the broker: they create, replace or truncate a name.
+/// Syscalls that always go to the broker: they create, replace or truncate a name;
+/// and `umask`, which the broker only notes (it caches callers' umasks).
 fn brokered_always() -> Vec<i64> {
     let mut v = vec![
+        libc::SYS_umask,
         libc::SYS_mkdirat,
         libc::SYS_mknodat,
         libc::SYS_symlinkat,

@@ -1170,13 +1170,31 @@ pub fn pidfd_open_thread(tid: libc::pid_t) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Whether the process or thread a pidfd refers to has exited (its pidfd polls
+/// readable then). An error counts as exited: the answer only ends a wait.
+pub fn pidfd_exited(pidfd: &OwnedFd) -> bool {
+    match poll(&[(pidfd.as_raw_fd(), libc::POLLIN)], 0) {
+        Ok(rev) => rev[0] != 0,
+        Err(_) => true,
+    }
+}
+
 /// `SECCOMP_IOCTL_NOTIF_SET_FLAGS(SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)` (Linux 6.6):
 /// the kernel hands the CPU straight from the blocked caller to the waiting broker
 /// thread and back, instead of waking it on another CPU. Best effort.
+///
+/// Despite the `_IOW` encoding of the request number, the kernel takes the flags as
+/// the ioctl's *value* (`seccomp_notify_set_flags(filter, arg)`); a pointer is
+/// refused with EINVAL.
 pub fn notif_sync_wakeup(listener: RawFd) -> io::Result<()> {
-    const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
-    let mut flags: u64 = SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP;
-    // SAFETY: the ioctl reads one u64 through this valid pointer.
-    cvt(unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, &mut flags) })?;
+    const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: libc::c_ulong = 1;
+    // SAFETY: this request reads no memory: its argument is the flag word itself.
+    cvt(unsafe {
+        libc::ioctl(
+            listener,
+            libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+            SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+        )
+    })?;
     Ok(())
 }

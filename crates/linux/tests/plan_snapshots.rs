@@ -300,3 +300,83 @@ fn seccomp_covers_the_issue_list() {
         assert!(names.contains(&s), "{s} missing");
     }
 }
+
+/// The task cap: the pid namespace's own pid_max where the kernel has one, a cgroup
+/// where it does not (or where the cap is below pid_max's minimum), and a gap for
+/// root, whom RLIMIT_NPROC does not bind, when neither exists.
+#[test]
+fn task_cap_mechanism() {
+    let with_cap = |cap: Option<u32>| {
+        let mut p = policy(CliOverrides::default());
+        if let Some(c) = cap {
+            p.limits.max_processes = c;
+        }
+        p
+    };
+    let root = |pid_max: bool, cgroup: bool| HostFacts {
+        uid: 0,
+        gid: 0,
+        nproc_exempt: true,
+        pid_max_per_pidns: pid_max,
+        pids_cgroup: cgroup.then(|| PathBuf::from("/sys/fs/cgroup/pids")),
+        ..facts()
+    };
+    let limits = |p: &Policy, f: &HostFacts, iso: Isolation| {
+        let plan = make(p, f, iso);
+        let text = plan.to_string();
+        let lim = text
+            .split("\nLimits:\n")
+            .nth(1)
+            .unwrap_or_default()
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let gap = if plan.gaps.iter().any(|g| g.layer == "process limit") {
+            "\n  (gap: process limit)"
+        } else {
+            ""
+        };
+        format!("{lim}{gap}")
+    };
+    let p = with_cap(None);
+    let mut out = String::new();
+    for (what, f, iso) in [
+        (
+            "root, pid_max per namespace",
+            root(true, true),
+            Isolation::Namespaces,
+        ),
+        (
+            "root, old kernel, cgroup",
+            root(false, true),
+            Isolation::Namespaces,
+        ),
+        (
+            "root, old kernel, no cgroup",
+            root(false, false),
+            Isolation::Namespaces,
+        ),
+        (
+            "root, degraded (no pid namespace)",
+            root(true, false),
+            Isolation::Degraded,
+        ),
+        (
+            "user, pid_max per namespace",
+            HostFacts {
+                pid_max_per_pidns: true,
+                ..facts()
+            },
+            Isolation::Namespaces,
+        ),
+    ] {
+        out.push_str(&format!("{what}:\n{}\n", limits(&p, &f, iso)));
+    }
+    let low = with_cap(Some(64));
+    out.push_str(&format!(
+        "root, cap 64 (below pid_max's minimum), cgroup:\n{}\n",
+        limits(&low, &root(true, true), Isolation::Namespaces)
+    ));
+    insta::assert_snapshot!(out);
+}

@@ -4,6 +4,7 @@
 
 use std::os::raw::c_int;
 use std::path::Path;
+use std::time::Duration;
 
 use workfence_policy::run::RunRequest;
 
@@ -30,6 +31,49 @@ fi
 exit 0
 "#;
 
+/// How long a stopped run (Ctrl-C, SIGTERM, the timeout) may take to exit after
+/// the polite signal before everything is killed: enough for git to remove its
+/// `index.lock` and for test runners to print their summary.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// What the shim writes on the marker fd, and nothing else: any other content
+/// (or none, when sandbox-exec failed before exec'ing the shim) means that the
+/// sandbox did not start the command.
+pub(crate) const MARKER: &[u8] = b"x";
+
+/// Whether the bytes read from the marker until EOF say "started".
+pub(crate) fn marker_says_started(read: &[u8]) -> bool {
+    read == MARKER
+}
+
+/// The polite signal for a stop: SIGINT for Ctrl-C (so that shells and REPLs
+/// behave as at a terminal), SIGTERM for everything else, the timeout included.
+pub(crate) fn polite_signal(received: Option<c_int>, sigint: c_int, sigterm: c_int) -> c_int {
+    match received {
+        Some(s) if s == sigint => sigint,
+        _ => sigterm,
+    }
+}
+
+/// The name of a run's private temp dir, from 8 random hex digits. Short on
+/// purpose: the per-user temp dir is already about 50 bytes, and python's
+/// multiprocessing puts `pymp-XXXXXXXX/listener-XXXXXXXX` (32 bytes) below TMPDIR
+/// for a unix socket, whose path may not exceed 103 bytes (`sun_path`).
+pub(crate) fn tmp_dir_name(hex: &str) -> String {
+    format!("wf-{hex}")
+}
+
+/// What the pty relay writes when workfence's stdin ends: the pty's end-of-file
+/// character, twice when the last line was not ended (the first one only hands
+/// the partial line over, as at a terminal).
+pub(crate) fn eof_bytes(eof: u8, at_line_start: bool) -> Vec<u8> {
+    if at_line_start {
+        vec![eof]
+    } else {
+        vec![eof, eof]
+    }
+}
+
 /// The shim `sandbox-exec` runs: it reports on fd `marker` that the sandbox is
 /// applied (sandbox-exec only execs after sandbox_init succeeded), closes the
 /// marker and becomes the command. sh maps "not found" to 127 and "cannot
@@ -38,23 +82,32 @@ pub(crate) fn shim(marker: c_int) -> String {
     format!("printf x >&{marker}; exec {marker}>&-; exec \"$0\" \"$@\"")
 }
 
-/// The lowest fd in 3..=9 the command does not inherit: the shim's redirections
-/// need a single digit.
-pub(crate) fn marker_fd(keep: &[c_int]) -> Result<c_int, MacError> {
-    (3..=9).find(|fd| !keep.contains(fd)).ok_or_else(|| {
-        MacError::Request(
-            "keep_fds uses every fd from 3 to 9; leave one free for workfence's start marker"
-                .into(),
-        )
-    })
+/// Checks the number `sys::low_marker_fd` found (None: fds 3 to 9 are all open
+/// in this process or kept for the command): the shim's redirections need a
+/// single digit, and the command must not inherit it.
+pub(crate) fn marker_fd(found: Option<c_int>, keep: &[c_int]) -> Result<c_int, MacError> {
+    match found {
+        Some(fd) if (3..=9).contains(&fd) && !keep.contains(&fd) => Ok(fd),
+        _ => Err(MacError::Request(
+            "fds 3 to 9 are all open in this process or kept for the command; workfence's start marker needs one of them free: close one or keep fewer".into(),
+        )),
+    }
 }
 
 /// The request's environment plus what the sandbox needs: TMPDIR is the private
 /// temp dir; xcrun (behind /usr/bin/cc, git, python3) skips its lookup cache, which
 /// lives in the host's shared per-user temp dir and which the command must not
 /// write (it maps tool names to paths the host runs later); clang's module cache
-/// moves into the private temp dir. The last two only when the caller set none.
-pub(crate) fn command_env(req: &RunRequest, tmp: &Path) -> Vec<(String, String)> {
+/// moves into the private temp dir.
+///
+/// Toolchain caches the host trusts later (Go's build cache, npm's cache,
+/// Gradle's home, Maven's local repository) live outside the writable roots, so
+/// builds failed writing them. They move into the private temp dir, per run,
+/// where nothing the host runs ever reads them. Where the tool can still read
+/// the host's cache without trusting writes (Gradle's read-only dependency
+/// cache, Maven's chained local repository), it is offered read-only, so
+/// offline builds keep working. Each only when the caller set none.
+pub(crate) fn command_env(req: &RunRequest, tmp: &Path, home: &Path) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = req
         .env
         .iter()
@@ -71,6 +124,22 @@ pub(crate) fn command_env(req: &RunRequest, tmp: &Path) -> Vec<(String, String)>
     default(
         "CLANG_MODULE_CACHE_PATH",
         tmp.join("clang-module-cache").display().to_string(),
+    );
+    let t = |name: &str| tmp.join(name).display().to_string();
+    default("GOCACHE", t("go-build"));
+    default("npm_config_cache", t("npm-cache"));
+    default("GRADLE_USER_HOME", t("gradle"));
+    default(
+        "GRADLE_RO_DEP_CACHE",
+        home.join(".gradle/caches").display().to_string(),
+    );
+    default(
+        "MAVEN_OPTS",
+        format!(
+            "-Dmaven.repo.local={} -Dmaven.repo.local.tail={}",
+            t("m2-repository"),
+            home.join(".m2/repository").display()
+        ),
     );
     env
 }
@@ -101,6 +170,7 @@ mod tests {
         let env = command_env(
             &req(&[("TMPDIR", "/tmp"), ("PATH", "/bin")]),
             Path::new("/p/t"),
+            Path::new("/Users/dev"),
         );
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("TMPDIR"), Some("/p/t/"));
@@ -111,16 +181,68 @@ mod tests {
             Some("/p/t/clang-module-cache")
         );
         assert_eq!(get("PATH"), Some("/bin"));
+        // Toolchain caches: per run, in the private temp dir.
+        assert_eq!(get("GOCACHE"), Some("/p/t/go-build"));
+        assert_eq!(get("npm_config_cache"), Some("/p/t/npm-cache"));
+        assert_eq!(get("GRADLE_USER_HOME"), Some("/p/t/gradle"));
+        assert_eq!(
+            get("GRADLE_RO_DEP_CACHE"),
+            Some("/Users/dev/.gradle/caches")
+        );
+        assert_eq!(
+            get("MAVEN_OPTS"),
+            Some("-Dmaven.repo.local=/p/t/m2-repository -Dmaven.repo.local.tail=/Users/dev/.m2/repository")
+        );
         // The caller's choice wins.
-        let env = command_env(&req(&[("xcrun_nocache", "0")]), Path::new("/p/t"));
+        let env = command_env(
+            &req(&[("xcrun_nocache", "0"), ("GOCACHE", "/w/.cache/go")]),
+            Path::new("/p/t"),
+            Path::new("/Users/dev"),
+        );
         assert!(env.contains(&("xcrun_nocache".into(), "0".into())));
+        assert!(env.contains(&("GOCACHE".into(), "/w/.cache/go".into())));
+        assert_eq!(env.iter().filter(|(n, _)| n == "GOCACHE").count(), 1);
     }
 
     #[test]
     fn marker_numbers() {
-        assert_eq!(marker_fd(&[]).unwrap(), 3);
-        assert_eq!(marker_fd(&[3, 4]).unwrap(), 5);
-        assert!(marker_fd(&[3, 4, 5, 6, 7, 8, 9]).is_err());
+        assert_eq!(marker_fd(Some(3), &[]).unwrap(), 3);
+        assert_eq!(marker_fd(Some(5), &[3, 4]).unwrap(), 5);
+        assert!(marker_fd(None, &[3, 4, 5, 6, 7, 8, 9]).is_err());
+        assert!(marker_fd(Some(10), &[]).is_err());
+        assert!(marker_fd(Some(4), &[4]).is_err());
+    }
+
+    #[test]
+    fn marker_is_exact() {
+        assert!(marker_says_started(b"x"));
+        for bad in [&b""[..], b"y", b"xx", b"x\n", b"\0"] {
+            assert!(!marker_says_started(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn private_tmp_leaves_room_for_python_sockets() {
+        // The longest per-user temp dir seen (/var/folders/xx/<28>/T, canonical).
+        let base = "/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T";
+        let dir = format!("{base}/{}", tmp_dir_name("0123abcd"));
+        let socket = format!("{dir}/pymp-abcdefgh/listener-abcdefgh");
+        assert!(socket.len() < 104, "{} bytes: {socket}", socket.len());
+    }
+
+    #[test]
+    fn stdin_eof_is_forwarded() {
+        assert_eq!(eof_bytes(4, true), vec![4]);
+        assert_eq!(eof_bytes(4, false), vec![4, 4]);
+    }
+
+    #[test]
+    fn stop_signals() {
+        let (int, term) = (2, 15);
+        assert_eq!(polite_signal(Some(int), int, term), int);
+        assert_eq!(polite_signal(Some(1), int, term), term);
+        assert_eq!(polite_signal(None, int, term), term);
+        assert!(STOP_GRACE >= Duration::from_secs(1));
     }
 
     /// Runs the shim the way sandbox-exec would, with fd 7 open on a file.

@@ -51,8 +51,9 @@ mod profile;
 mod run;
 #[cfg(target_os = "macos")]
 mod sys;
+mod track;
 
-pub use profile::{profile, SeatbeltProfile, BASE_PROFILE, SANDBOX_EXEC};
+pub use profile::{profile, SeatbeltProfile, BASE_PROFILE, MACOS_SECRETS, SANDBOX_EXEC};
 pub use workfence_policy::layout::FsLayout;
 pub use workfence_policy::run::RunRequest;
 
@@ -67,6 +68,13 @@ pub struct MacContext {
     pub proxy_port: Option<u16>,
     /// Delete `tmp_dir` after the command (true when workfence created it).
     pub remove_tmp_after_run: bool,
+    /// The terminals workfence hands to the command (its own stdin, stdout and
+    /// stderr when they are terminals): the only existing terminals the command
+    /// may open by name. `run` replaces them with its pty slave for `--pty`.
+    pub ttys: Vec<PathBuf>,
+    /// Random per run (16 to 64 hex digits): names the owner probe that only this
+    /// run's profile denies (see [`SeatbeltProfile::owner_probes`]).
+    pub probe_token: String,
 }
 
 impl MacContext {
@@ -75,13 +83,15 @@ impl MacContext {
         MacContext {
             home: PathBuf::from("/Users/dev"),
             tmp_dir: PathBuf::from(
-                "/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/workfence-example",
+                "/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/wf-00example",
             ),
             proxy_port: match policy.network {
                 Network::Proxy(_) => Some(3128),
                 _ => None,
             },
             remove_tmp_after_run: false,
+            ttys: vec![],
+            probe_token: "0123456789abcdef0123456789abcdef".into(),
         }
     }
 
@@ -100,8 +110,12 @@ impl MacContext {
     }
 }
 
-/// The parts of `policy` this backend cannot enforce on any Mac, for the caller to
-/// refuse (unless `allow_degraded`) or report: macOS has no cgroups.
+/// The limits the user asked for that this backend cannot enforce on any Mac, for
+/// the caller to refuse (unless `allow_degraded`) or report: macOS has no cgroups.
+///
+/// Only limits the user set (config file, profile or flag) are listed. The
+/// built-in process cap is a default, not a request, and would otherwise make
+/// every run refuse: [`not_enforced_defaults`] reports it for `explain`/`doctor`.
 pub fn unenforced(policy: &Policy) -> Vec<workfence_policy::LayerStatus> {
     let mut out = Vec::new();
     let mut limit = |layer: &str, detail: String| {
@@ -123,14 +137,31 @@ pub fn unenforced(policy: &Policy) -> Vec<workfence_policy::LayerStatus> {
             format!("{c}% requested; macOS has no per-tree CPU limit (no cgroups)"),
         );
     }
-    limit(
-        "process limit",
-        format!(
-            "{} processes requested; RLIMIT_NPROC is per user on macOS and would hit the host, so it is not set",
-            policy.limits.max_processes
-        ),
-    );
+    if policy.source_of("max_processes") != workfence_policy::Source::Default {
+        limit("process limit", process_limit_detail(policy, "requested"));
+    }
     out
+}
+
+/// Built-in defaults this backend does not enforce: informational, never a reason
+/// to refuse (the user did not ask for them). Empty once the user set them, since
+/// [`unenforced`] then lists them as refusals.
+pub fn not_enforced_defaults(policy: &Policy) -> Vec<workfence_policy::LayerStatus> {
+    if policy.source_of("max_processes") != workfence_policy::Source::Default {
+        return Vec::new();
+    }
+    vec![workfence_policy::LayerStatus {
+        layer: "process limit".into(),
+        state: workfence_policy::Enforcement::None,
+        detail: process_limit_detail(policy, "by default"),
+    }]
+}
+
+fn process_limit_detail(policy: &Policy, how: &str) -> String {
+    format!(
+        "{} processes {how}; RLIMIT_NPROC is per user on macOS and would hit the host, so it is not set (only the timeout bounds a fork bomb)",
+        policy.limits.max_processes
+    )
 }
 
 #[cfg(target_os = "macos")]
@@ -228,11 +259,28 @@ pub fn run(profile: &SeatbeltProfile, req: &RunRequest) -> Result<i32, MacError>
     }
 }
 
-/// What this host enforces, layer by layer, for `workfence doctor`.
+/// [`doctor`] for `policy` on this host: Seatbelt must compile the profile that
+/// `run` would apply (this home, temp dir, terminals and the policy's paths), so
+/// that a path or rule this macOS rejects shows here, not as a failed run.
+pub fn doctor_for(policy: &Policy, layout: &FsLayout) -> Vec<workfence_policy::LayerStatus> {
+    #[cfg(target_os = "macos")]
+    {
+        run::doctor(Some((policy, layout)))
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        let _ = (policy, layout);
+        doctor()
+    }
+}
+
+/// What this host enforces, layer by layer, for `workfence doctor`, checking
+/// that Seatbelt compiles an example profile with every kind of rule. Prefer
+/// [`doctor_for`], which compiles the profile that would really run.
 pub fn doctor() -> Vec<workfence_policy::LayerStatus> {
     #[cfg(target_os = "macos")]
     {
-        run::doctor()
+        run::doctor(None)
     }
     #[cfg(not(target_os = "macos"))]
     {

@@ -23,6 +23,11 @@ pub struct SeatbeltProfile {
     params: Vec<(String, String)>,
     tmp_dir: PathBuf,
     remove_tmp_after_run: bool,
+    /// (allowed, denied) paths of this run's owner probe, see [`Self::owner_probes`].
+    owner_probes: (PathBuf, PathBuf),
+    /// The user's home directory (for the read-only toolchain caches in the
+    /// command's environment).
+    home: PathBuf,
 }
 
 impl SeatbeltProfile {
@@ -49,9 +54,36 @@ impl SeatbeltProfile {
         &self.tmp_dir
     }
 
+    /// The user's home directory the profile was made for.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
     /// Whether `run` deletes the private temp dir after the command.
     pub fn removes_tmp_after_run(&self) -> bool {
         self.remove_tmp_after_run
+    }
+
+    /// Two paths of the same shape in the private temp dir: this run's processes
+    /// may create the first but not the second, and no other sandbox names the
+    /// second (its name is random per run), so `sandbox_check` on both tells this
+    /// run's processes from everything else (Homebrew's, bazel's, another agent's
+    /// sandbox, which may allow the whole per-user temp dir, and unsandboxed ones).
+    pub fn owner_probes(&self) -> (&Path, &Path) {
+        (&self.owner_probes.0, &self.owner_probes.1)
+    }
+
+    /// The same profile with every handed-over terminal slot set to `tty` (the pty
+    /// slave that `run` makes for `--pty`, which then replaces workfence's own
+    /// terminal). Refused for a path that [`profile`] would refuse.
+    pub fn with_handed_tty(mut self, tty: &Path) -> Result<Self, MacError> {
+        let t = real_path(tty)?;
+        for (name, value) in &mut self.params {
+            if name.starts_with(HANDED_TTY) {
+                value.clone_from(&t);
+            }
+        }
+        Ok(self)
     }
 
     /// The arguments of `sandbox-exec` before the command: `-p TEXT -D NAME=value ...`.
@@ -67,32 +99,72 @@ impl SeatbeltProfile {
 
 impl fmt::Display for SeatbeltProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, ";; workfence Seatbelt profile, run as:")?;
-        writeln!(f, ";;   {SANDBOX_EXEC} -p '<this profile>' \\")?;
+        let mut head = String::new();
+        comment_line(&mut head, "", "workfence Seatbelt profile, run as:");
+        comment_line(
+            &mut head,
+            "",
+            &format!("  {SANDBOX_EXEC} -p '<this profile>' \\"),
+        );
         for (name, value) in &self.params {
-            writeln!(
-                f,
-                ";;     -D {} \\",
-                shell_quote(&format!("{name}={value}"))
-            )?;
+            comment_line(
+                &mut head,
+                "",
+                &format!("    -D {} \\", shell_quote(&format!("{name}={value}"))),
+            );
         }
-        // The shim with the first marker fd (3); a request that keeps fd 3 gets 4, ...
-        writeln!(
-            f,
-            ";;     /bin/sh -c {} COMMAND...",
-            shell_quote(&crate::launch::shim(3))
-        )?;
-        writeln!(f, ";; The command gets TMPDIR={}/", self.tmp_dir.display())?;
+        // The shim with the first free marker fd (3 when workfence holds no other).
+        comment_line(
+            &mut head,
+            "",
+            &format!(
+                "    /bin/sh -c {} COMMAND...",
+                shell_quote(&crate::launch::shim(3))
+            ),
+        );
+        comment_line(
+            &mut head,
+            "",
+            &format!("The command gets TMPDIR={}/", self.tmp_dir.display()),
+        );
+        f.write_str(&head)?;
         writeln!(f)?;
         f.write_str(&self.text)
     }
 }
+
+/// Secrets macOS keeps in its own places, hidden on top of the policy's list
+/// (relative to the home directory): desktop agent apps' configuration (MCP
+/// servers with their tokens), browser data the policy's list does not name,
+/// and Terminal's per-session shell histories.
+pub const MACOS_SECRETS: &[(&str, &str)] = &[
+    (
+        "Library/Application Support/Claude",
+        "Claude desktop app (MCP server config and tokens)",
+    ),
+    (
+        "Library/Application Support/com.openai.chat",
+        "ChatGPT desktop app",
+    ),
+    ("Library/Application Support/Arc", "Arc browser profiles"),
+    ("Library/Safari", "Safari history, cookies and passwords"),
+    (".zsh_sessions", "Terminal's per-session zsh histories"),
+];
+
+/// The firmlink spelling of the Data volume: `/Users/x` is also
+/// `/System/Volumes/Data/Users/x`. Every deny regex also matches it.
+const DATA_VOLUME: &str = "/System/Volumes/Data";
 
 /// Compiles `policy` on the host described by `layout` and `ctx` into a profile.
 ///
 /// `layout` is `workfence_policy::layout::compute`'s result for this policy; its
 /// paths are canonical. Paths under `/tmp`, `/var` and `/etc` are rewritten to
 /// their real `/private/...` form, which is what Seatbelt matches.
+///
+/// Every string that comes from outside (paths, reasons, where a setting came
+/// from) reaches the text through exactly one of [`sbpl_string`] (string literals,
+/// which also carry every regex) or [`comment_line`] (comments); paths are passed
+/// as `-D` parameters wherever SBPL accepts one.
 pub fn profile(
     policy: &Policy,
     layout: &FsLayout,
@@ -101,6 +173,9 @@ pub fn profile(
     if policy.mode == Mode::FullAccess {
         return Err(MacError::FullAccess);
     }
+    // The workspace is checked in every mode (read-only has no writable root that
+    // would check it), so that no mode accepts a name the others refuse.
+    real_path(&policy.workspace)?;
     let mut b = Builder::default();
     b.text.push_str(BASE_PROFILE);
     if !b.text.ends_with('\n') {
@@ -111,7 +186,8 @@ pub fn profile(
         "\n;;; ================================================================\n\
          ;;; Generated for this policy: mode {}, network {}.\n\
          ;;; Paths are parameters (-D); each deny also has a case-insensitive regex,\n\
-         ;;; because APFS is case-insensitive by default (.GIT names .git).\n\
+         ;;; because APFS is case-insensitive by default (.GIT names .git), which\n\
+         ;;; also matches the Data-volume spelling ({DATA_VOLUME}/...).\n\
          ;;; ================================================================\n",
         policy.mode,
         policy.network.name()
@@ -119,6 +195,9 @@ pub fn profile(
 
     let tmp = real_path(&ctx.tmp_dir)?;
     let tmp_param = b.param("TMPDIR", &tmp);
+    let probe_token = probe_token(&ctx.probe_token)?;
+    let (probe_allowed, probe_denied) = owner_probes(&tmp, &probe_token);
+    let probe_param = b.param("OWNER_PROBE", &probe_denied);
 
     // Hidden paths: the policy's secrets plus the user's keychain files.
     let mut hidden: Vec<Hidden> = Vec::new();
@@ -145,14 +224,26 @@ pub fn profile(
             why: format!("{}; guarded by name", d.source),
         });
     }
-    let keychains = real_path(&ctx.home.join("Library/Keychains"))?;
-    if !hidden.iter().any(|h| h.path == keychains) {
-        hidden.push(Hidden {
-            path: keychains,
-            dir: true,
-            glob: false,
-            why: "macOS: keychain files, crackable offline".into(),
-        });
+    let mut macos_only = vec![(
+        real_path(&ctx.home.join("Library/Keychains"))?,
+        "macOS: keychain files, crackable offline".to_string(),
+    )];
+    for (rel, why) in MACOS_SECRETS {
+        macos_only.push((real_path(&ctx.home.join(rel))?, format!("macOS: {why}")));
+    }
+    macos_only.push((
+        "/.vol".to_string(),
+        "macOS: volfs names every file by volume and inode number, past every path rule".into(),
+    ));
+    for (path, why) in macos_only {
+        if !hidden.iter().any(|h| h.path == path) {
+            hidden.push(Hidden {
+                path,
+                dir: true,
+                glob: false,
+                why,
+            });
+        }
     }
     let mut hidden_filters = Vec::new();
     for (i, h) in hidden.iter().enumerate() {
@@ -181,19 +272,65 @@ pub fn profile(
 
     b.section("reads");
     b.line(";; Reads everywhere (the sandbox confines changes, not inspection), except the");
-    b.line(";; hidden paths. Mapping code (dylibs) and existence tests follow reads.");
+    b.line(";; hidden paths and the terminals. Mapping code (dylibs) and existence tests");
+    b.line(";; follow reads.");
+    let mut read_except = hidden_filters.clone();
+    read_except.push(Filter {
+        comment: "terminals: opening another tab's /dev/ttysNNN for reading would show what is typed there; the terminals section allows the command's own".into(),
+        exprs: vec![format!("(regex {})", sbpl_string(TERMINALS))],
+    });
     b.allow_except(
         "file-read* file-test-existence file-map-executable",
         None,
-        &hidden_filters,
+        &read_except,
+    );
+
+    b.section("terminals");
+    b.line(";; The terminals workfence hands over (its own stdin/stdout/stderr, or the pty");
+    b.line(";; it made for --pty): the command may reopen them by name. Every other");
+    b.line(";; terminal of the user stays closed; ptys the command opens itself are");
+    b.line(";; allowed by the base profile (com.apple.sandbox.pty).");
+    let mut ttys: Vec<String> = Vec::new();
+    for t in &ctx.ttys {
+        let t = real_path(t)?;
+        if !ttys.contains(&t) {
+            ttys.push(t);
+        }
+    }
+    if ttys.is_empty() {
+        b.line(";; None now: the slot holds /dev/null until run puts a --pty slave in it.");
+        ttys.push("/dev/null".into());
+    }
+    let mut tty_filters = Vec::new();
+    for (i, t) in ttys.iter().enumerate() {
+        let name = b.param(&format!("{HANDED_TTY}{i}"), t);
+        tty_filters.push(Filter {
+            comment: t.clone(),
+            exprs: vec![format!("(literal (param \"{name}\"))")],
+        });
+    }
+    b.allow_any("file-read* file-write-data file-ioctl", &tty_filters);
+    b.line(";; Every terminal's metadata (stat, as ls and ttyname-style lookups do), not");
+    b.line(";; its data.");
+    let _ = writeln!(
+        b.text,
+        "(allow file-read-metadata file-test-existence (regex {}))",
+        sbpl_string(TERMINALS)
     );
 
     b.section("writes");
     b.line(";; The private temp dir (TMPDIR): per-run scratch space that no host process");
     b.line(";; shares. Hard links and clones are writes too, so they get the same scope.");
+    b.line(";; One random name in it is refused: the probe that tells this run's processes");
+    b.line(";; (which cannot create it) from every other sandbox and from unsandboxed ones.");
+    comment_line(
+        &mut b.text,
+        "",
+        &format!("(the allowed twin, never created: {probe_allowed})"),
+    );
     let _ = writeln!(
         b.text,
-        "(allow file-write* file-link file-clone\n  (subpath (param \"{tmp_param}\")))"
+        "(allow file-write* file-link file-clone\n  (require-all\n    (subpath (param \"{tmp_param}\"))\n    (require-not (literal (param \"{probe_param}\")))))"
     );
     b.line(";; Unix-domain sockets between the command's own processes, by path, only in");
     b.line(";; the private temp dir (never a host daemon's socket).");
@@ -253,6 +390,14 @@ pub fn profile(
                 }
             }
         }
+        except.push(Filter {
+            comment: "the owner probe, should a root contain the private temp dir".into(),
+            exprs: vec![format!("(literal (param \"{probe_param}\"))")],
+        });
+        except.push(Filter {
+            comment: "nested repositories anywhere in the roots: host git reads their config and runs their hooks when it later runs there. A `.git` entry itself cannot be created, renamed or removed (else a prepared directory could be renamed into place), nor anything written to a `.git/config` or into `.git/hooks`".into(),
+            exprs: nested_git_filters(),
+        });
         // Renaming any directory between a root and a protected path (or the root
         // itself) would carry the protected object to an unprotected name.
         // The same for hidden paths inside a root: renaming their parent would give
@@ -305,7 +450,9 @@ pub fn profile(
     match &policy.network {
         Network::Off => {
             b.line(";; Network off: no network rule, so (deny default) refuses every TCP/UDP");
-            b.line(";; socket, DNS lookup and host daemon socket.");
+            b.line(";; socket, DNS lookup and host daemon socket. Loopback too: Seatbelt cannot");
+            b.line(";; tell the command's own listeners from host services, so a test that binds");
+            b.line(";; 127.0.0.1 needs network on (or unix sockets in TMPDIR).");
         }
         Network::Proxy(_) => {
             let port = ctx.proxy_port.ok_or(MacError::NoProxyPort)?;
@@ -324,7 +471,9 @@ pub fn profile(
             b.line(
                 ";; Network on: outbound TCP/UDP to anywhere, listening for dev servers, and DNS",
             );
-            b.line(";; through mDNSResponder. Host daemons' unix sockets stay closed.");
+            b.line(";; through mDNSResponder. Host daemons' unix sockets stay closed. Host");
+            b.line(";; loopback services (a Docker TCP port, a browser's debugging port, Redis)");
+            b.line(";; are reachable: Seatbelt cannot except them from \"*:*\" (docs/macos.md).");
             b.line("(allow system-socket)");
             b.line("(allow network-outbound (remote ip \"*:*\"))");
             b.line("(allow network-bind (local ip \"*:*\"))");
@@ -339,8 +488,6 @@ pub fn profile(
             b.line("  ;; TLS certificate evaluation (trust only, not the keychain's secrets).");
             b.line("  (global-name \"com.apple.trustd.agent\")");
             b.line("  (global-name \"com.apple.ocspd\"))");
-            b.line(";; Interface and route tables (getifaddrs, happy eyeballs).");
-            b.line("(allow sysctl-read (sysctl-name-prefix \"net.routetable.\"))");
         }
     }
 
@@ -349,7 +496,62 @@ pub fn profile(
         params: b.params,
         tmp_dir: PathBuf::from(tmp),
         remove_tmp_after_run: ctx.remove_tmp_after_run,
+        owner_probes: (PathBuf::from(probe_allowed), PathBuf::from(probe_denied)),
+        home: ctx.home.clone(),
     })
+}
+
+/// Terminal device nodes (`/dev/ttys001`, `/dev/tty.usbserial`, the old BSD
+/// `/dev/ptyp0`): excepted from the global read rule; `/dev/tty` itself, the
+/// ptys the command opens and the handed-over terminals are allowed by their own
+/// rules.
+const TERMINALS: &str = "^/dev/(tty|pty)";
+
+/// The prefix of the parameters that name handed-over terminals.
+pub(crate) const HANDED_TTY: &str = "HANDED_TTY_";
+
+/// The probe token as given: 16 to 64 lowercase hex digits (so that it can only
+/// be a file name, and is long enough that no other sandbox names it).
+fn probe_token(t: &str) -> Result<String, MacError> {
+    if (16..=64).contains(&t.len()) && t.bytes().all(|c| c.is_ascii_hexdigit()) {
+        Ok(t.to_ascii_lowercase())
+    } else {
+        Err(MacError::Request(format!(
+            "the owner probe token must be 16 to 64 hex digits, not {t:?}; use MacContext::detect or MacContext::example"
+        )))
+    }
+}
+
+/// (allowed, denied): two names of the same shape in the private temp dir; only
+/// this run's profile denies the second.
+fn owner_probes(tmp: &str, token: &str) -> (String, String) {
+    let twin: String = token.chars().rev().collect();
+    (format!("{tmp}/.wf-{twin}x"), format!("{tmp}/.wf-{token}y"))
+}
+
+/// `.git` entries anywhere, `.git/config` and everything in `.git/hooks`, in any
+/// letter case (srt's `**/.git/config`, `**/.git/hooks/**`), and the same for the
+/// submodule repositories under `.git/modules/NAME/` (NAME may hold slashes).
+fn nested_git_filters() -> Vec<String> {
+    let git = case_insensitive_regex("/.git");
+    let modules = format!("({}/.+/)?", case_insensitive_regex("modules"));
+    vec![
+        format!("(regex {})", sbpl_string(&format!("{git}$"))),
+        format!(
+            "(regex {})",
+            sbpl_string(&format!(
+                "{git}/{modules}{}$",
+                case_insensitive_regex("config")
+            ))
+        ),
+        format!(
+            "(regex {})",
+            sbpl_string(&format!(
+                "{git}/{modules}{}(/.*)?$",
+                case_insensitive_regex("hooks")
+            ))
+        ),
+    ]
 }
 
 fn root_kind(k: &RootKind) -> &'static str {
@@ -369,6 +571,7 @@ struct Hidden {
 }
 
 /// One commented group of SBPL filters.
+#[derive(Clone)]
 struct Filter {
     comment: String,
     exprs: Vec<String>,
@@ -396,6 +599,21 @@ impl Builder {
         self.text.push('\n');
     }
 
+    /// `(allow OPS FILTERS...)`, each filter group under its comment.
+    fn allow_any(&mut self, ops: &str, filters: &[Filter]) {
+        let mut out = format!("(allow {ops}");
+        for f in filters {
+            out.push('\n');
+            comment_line(&mut out, "  ", &f.comment);
+            out.pop();
+            for e in &f.exprs {
+                let _ = write!(out, "\n  {e}");
+            }
+        }
+        out.push(')');
+        self.line(&out);
+    }
+
     /// `(allow OPS (require-all (require-any ROOTS) (require-not (require-any EXCEPT))))`,
     /// simplified when a part is empty. Exceptions as `require-not` make the rule's
     /// meaning independent of its position in the profile.
@@ -403,7 +621,9 @@ impl Builder {
         let mut out = format!("(allow {ops}");
         let write_group = |out: &mut String, indent: &str, fs: &[Filter]| {
             for f in fs {
-                let _ = write!(out, "\n{indent};; {}", f.comment);
+                out.push('\n');
+                comment_line(out, indent, &f.comment);
+                out.pop();
                 for e in &f.exprs {
                     let _ = write!(out, "\n{indent}{e}");
                 }
@@ -446,9 +666,19 @@ enum Tail {
     Subtree,
 }
 
-/// `(regex "^...$")` matching `path` in any letter case.
+/// `^` and the optional Data-volume prefix, then `path` without it: a rule for
+/// `/Users/x` also matches `/System/Volumes/Data/Users/x`, in any letter case.
+fn anchored_prefix(path: &str) -> (String, &str) {
+    let rest = match path.strip_prefix(DATA_VOLUME) {
+        Some(r) if r.starts_with('/') => r,
+        _ => path,
+    };
+    (format!("^({})?", case_insensitive_regex(DATA_VOLUME)), rest)
+}
+
+/// `(regex "^...$")` matching `path` in any letter case and volume spelling.
 fn regex_filter(path: &str, tail: Tail) -> String {
-    let mut re = String::from("^");
+    let (mut re, path) = anchored_prefix(path);
     re.push_str(&case_insensitive_regex(path));
     re.push_str(match tail {
         Tail::Exact => "$",
@@ -460,8 +690,8 @@ fn regex_filter(path: &str, tail: Tail) -> String {
 /// `(regex "^...$")` for a path whose last component holds `*` (any run of
 /// characters but `/`), in any letter case, with everything below a match.
 fn glob_regex_filter(path: &str) -> String {
+    let (mut re, path) = anchored_prefix(path);
     let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-    let mut re = String::from("^");
     re.push_str(&case_insensitive_regex(parent));
     re.push('/');
     let parts: Vec<String> = name.split('*').map(case_insensitive_regex).collect();
@@ -548,18 +778,64 @@ pub(crate) fn case_insensitive_regex(s: &str) -> String {
 }
 
 /// An SBPL string literal: `"` and `\` escaped; everything else, including UTF-8,
-/// verbatim. Control characters never get here (`real_path` rejects them).
+/// verbatim. Control characters never get here (`real_path` rejects them); should
+/// one arrive anyway, it becomes U+FFFD, which no real path contains, so the
+/// string stays one literal and matches nothing it was not meant to.
+///
+/// TinyScheme, the reader SBPL is built on, refuses a string literal longer than
+/// its 256-byte buffer ("Error reading string"), and the case-insensitive regex of
+/// an ordinary path is longer than that. A long string is therefore cut into
+/// literals of at most [`MAX_LITERAL`] bytes, never inside an escape or a UTF-8
+/// character, and joined by `string-append` (which Apple's own profiles use to
+/// build regexes), so that it evaluates to the same string.
 pub(crate) fn sbpl_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
+    let mut pieces: Vec<String> = vec![String::new()];
     for c in s.chars() {
+        let mut esc = String::new();
         if c == '"' || c == '\\' {
-            out.push('\\');
+            esc.push('\\');
         }
-        out.push(c);
+        esc.push(if breaks_line(c) { '\u{fffd}' } else { c });
+        let cur = pieces.last_mut().expect("never empty");
+        if !cur.is_empty() && cur.len() + esc.len() > MAX_LITERAL {
+            pieces.push(esc);
+        } else {
+            cur.push_str(&esc);
+        }
     }
-    out.push('"');
-    out
+    let lit = |p: &String| format!("\"{p}\"");
+    if pieces.len() == 1 {
+        lit(&pieces[0])
+    } else {
+        let parts: Vec<String> = pieces.iter().map(lit).collect();
+        format!("(string-append {})", parts.join(" "))
+    }
+}
+
+/// The longest string literal [`sbpl_string`] writes, in bytes between the quotes
+/// (TinyScheme's reader buffer is 256).
+pub(crate) const MAX_LITERAL: usize = 200;
+
+/// Whether `c` could end a comment or confuse a reader: every control character
+/// and the Unicode line and paragraph separators.
+fn breaks_line(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// Appends `indent;; text\n`, with every line-breaking character of `text` shown
+/// as an escape (`\n`, `\u{2028}`): the one way outside text enters a comment, so a
+/// newline in a reason or a config path cannot end the comment and start a rule.
+pub(crate) fn comment_line(out: &mut String, indent: &str, text: &str) {
+    out.push_str(indent);
+    out.push_str(";; ");
+    for c in text.chars() {
+        if breaks_line(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\n');
 }
 
 /// The path as Seatbelt sees it: absolute, UTF-8, without control characters, with
@@ -620,10 +896,53 @@ mod tests {
         assert_eq!(case_insensitive_regex("日"), "日");
         assert_eq!(case_insensitive_regex("1 (x)"), "1 \\([Xx]\\)");
         // A backslash is escaped for the regex, then again for the string.
+        let data = r"(/[Ss][Yy][Ss][Tt][Ee][Mm]/[Vv][Oo][Ll][Uu][Mm][Ee][Ss]/[Dd][Aa][Tt][Aa])?";
         assert_eq!(
             regex_filter("/a\\b", Tail::Exact),
-            r#"(regex "^/[Aa]\\\\[Bb]$")"#
+            format!(r#"(regex "^{data}/[Aa]\\\\[Bb]$")"#)
         );
+        // The Data-volume spelling of a path matches the same rule.
+        assert_eq!(
+            regex_filter("/System/Volumes/Data/a", Tail::Exact),
+            regex_filter("/a", Tail::Exact)
+        );
+        // Long strings are cut into literals the reader accepts, never inside an
+        // escape: the pieces concatenate to the original.
+        let long = format!("{}\\\"{}", "a".repeat(199), "é".repeat(150));
+        let lit = sbpl_string(&long);
+        assert!(lit.starts_with("(string-append \""), "{lit}");
+        let inner = &lit["(string-append ".len()..lit.len() - 1];
+        let mut joined = String::new();
+        for piece in inner.split("\" \"") {
+            let piece = piece.trim_matches('"');
+            assert!(piece.len() <= MAX_LITERAL, "{}", piece.len());
+            assert!(!piece.ends_with('\\') || piece.ends_with("\\\\"), "{piece}");
+            joined.push_str(piece);
+        }
+        assert_eq!(joined, long.replace('\\', "\\\\").replace('"', "\\\""));
+        // Never a line break in a string or a comment.
+        assert_eq!(sbpl_string("a\nb\u{2028}"), "\"a\u{fffd}b\u{fffd}\"");
+        let mut c = String::new();
+        comment_line(&mut c, "  ", "x\n(allow default)\r\u{2029};");
+        assert_eq!(c, "  ;; x\\n(allow default)\\r\\u{2029};\n");
+        assert_eq!(c.lines().count(), 1);
+    }
+
+    #[test]
+    fn probes() {
+        assert!(probe_token("0123456789abcdef").is_ok());
+        for bad in [
+            "",
+            "short",
+            "0123456789abcdeg",
+            "../../../../etc/x0123456789",
+        ] {
+            assert!(probe_token(bad).is_err(), "{bad}");
+        }
+        let (ok, denied) = owner_probes("/t", "0123456789abcdef");
+        assert_eq!(ok, "/t/.wf-fedcba9876543210x");
+        assert_eq!(denied, "/t/.wf-0123456789abcdefy");
+        assert_eq!(ok.len(), denied.len());
     }
 
     #[test]

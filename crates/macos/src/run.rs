@@ -1,7 +1,7 @@
 //! The apply layer: launch under `/usr/bin/sandbox-exec`, track every descendant,
 //! kill them all at the end, map the exit status.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::Write as _;
@@ -10,14 +10,18 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use workfence_policy::layout::FsLayout;
 use workfence_policy::run::{EXIT_SIGNAL_BASE, EXIT_TIMEOUT};
 use workfence_policy::{Enforcement, LayerStatus, Policy};
 
-use crate::launch::{self, command_env, marker_fd, REAPER};
+use crate::launch::{self, command_env, REAPER};
 use crate::profile::SANDBOX_EXEC;
 use crate::sys::{self, ChildSetup, ProcInfo, SandboxCheck};
+use crate::track::Lineage;
 use crate::{MacContext, MacError, SeatbeltProfile};
 
 /// How often the process table is read while the command runs.
@@ -39,17 +43,21 @@ pub(crate) fn detect(_policy: &Policy) -> Result<MacContext, MacError> {
         path: base.clone(),
         source,
     })?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let probe_token = random_hex(16)?;
+    let mut ttys: Vec<PathBuf> = Vec::new();
+    for fd in 0..=2 {
+        if sys::isatty(fd) {
+            if let Some(t) = sys::ttyname(fd) {
+                if !ttys.contains(&t) {
+                    ttys.push(t);
+                }
+            }
+        }
+    }
+    // A short name (launch::tmp_dir_name says why), fresh and 0700 every run.
     let mut last = None;
-    for attempt in 0..16u32 {
-        let dir = base.join(format!(
-            "workfence-{}-{:08x}",
-            std::process::id(),
-            nanos.wrapping_add(attempt.wrapping_mul(0x9e37_79b9))
-        ));
+    for _ in 0..16 {
+        let dir = base.join(launch::tmp_dir_name(&random_hex(4)?));
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {
                 return Ok(MacContext {
@@ -57,6 +65,8 @@ pub(crate) fn detect(_policy: &Policy) -> Result<MacContext, MacError> {
                     tmp_dir: dir,
                     proxy_port: None,
                     remove_tmp_after_run: true,
+                    ttys,
+                    probe_token,
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some((dir, e)),
@@ -65,6 +75,19 @@ pub(crate) fn detect(_policy: &Policy) -> Result<MacContext, MacError> {
     }
     let (path, source) = last.unwrap_or_else(|| (base, std::io::ErrorKind::AlreadyExists.into()));
     Err(MacError::TempDir { path, source })
+}
+
+/// `n` random bytes from the kernel, as lowercase hex.
+fn random_hex(n: usize) -> Result<String, MacError> {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; n];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(syscall(
+            "reading /dev/urandom",
+            "the per-run names need randomness; check that /dev/urandom exists",
+        ))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The private temp dir exists, is a real directory (not a symlink planted by an
@@ -94,47 +117,46 @@ fn syscall(call: &'static str, hint: &'static str) -> impl FnOnce(std::io::Error
     move |source| MacError::Syscall { call, source, hint }
 }
 
-/// The descendants of the command, by unique id (pids are reused, unique ids not).
+/// The descendants of the command: alive ones by pid (for killing), and the
+/// lineage of every unique id that ever belonged to the run (pids are reused,
+/// unique ids not), so that a process whose parent died is still recognised.
 struct Tracker {
     root: libc::pid_t,
-    root_uid: u64,
-    uid: libc::uid_t,
     known: BTreeMap<libc::pid_t, u64>,
+    lineage: Lineage,
     check: Option<SandboxCheck>,
-    probe: Option<CString>,
-    outside: CString,
+    /// (may create, may not create) for this run's processes only.
+    probes: Option<(CString, CString)>,
     last_sweep: Instant,
 }
 
 impl Tracker {
-    fn new(root: libc::pid_t, tmp_dir: &Path) -> Tracker {
+    fn new(root: libc::pid_t, profile: &SeatbeltProfile) -> Tracker {
         // Unknown only if the root already died; then "younger than the root" falls
         // back to "any", and only lineage and the sandbox check select processes.
         let root_uid = sys::proc_info(root).map(|i| i.uniqueid).unwrap_or(0);
         let mut known = BTreeMap::new();
         known.insert(root, root_uid);
+        let (allowed, denied) = profile.owner_probes();
+        let probes = match (
+            allowed.to_str().and_then(sys::cstring),
+            denied.to_str().and_then(sys::cstring),
+        ) {
+            (Some(a), Some(d)) => Some((a, d)),
+            _ => None,
+        };
         Tracker {
             root,
-            root_uid,
-            uid: sys::getuid(),
             known,
+            lineage: Lineage::new(root_uid, sys::getuid()),
             check: SandboxCheck::load(),
-            probe: tmp_dir
-                .join(".workfence-owner-probe")
-                .to_str()
-                .and_then(sys::cstring),
-            outside: c"/.workfence-owner-probe".to_owned(),
+            probes,
             last_sweep: Instant::now(),
         }
     }
 
     fn alive(&self, pid: libc::pid_t, uniq: u64) -> Option<ProcInfo> {
         sys::proc_info(pid).filter(|i| i.uniqueid == uniq && !i.zombie)
-    }
-
-    /// Candidates must be ours (same uid) and younger than the command.
-    fn candidate(&self, i: &ProcInfo) -> bool {
-        i.uid == self.uid && i.uniqueid > self.root_uid && !i.zombie
     }
 
     /// Children of every known process (cheap: one call per known process).
@@ -146,10 +168,11 @@ impl Tracker {
             }
             for c in sys::list_child_pids(pid).unwrap_or_default() {
                 if let Some(i) = sys::proc_info(c) {
-                    if self.candidate(&i)
+                    if self.lineage.candidate(&i)
                         && i.puniqueid == uniq
                         && self.known.get(&c) != Some(&i.uniqueid)
                     {
+                        self.lineage.add(i.uniqueid);
                         self.known.insert(c, i.uniqueid);
                         queue.push((c, i.uniqueid));
                     }
@@ -158,47 +181,23 @@ impl Tracker {
         }
     }
 
-    /// The whole process table: processes whose parent (at fork) is known, and
-    /// processes that carry this run's sandbox (they escaped by double fork and
-    /// setsid, and were reparented to launchd before a scan saw them).
+    /// The whole process table: processes descending from any member of the run
+    /// (alive or dead), and processes that carry this run's sandbox (they escaped
+    /// by double fork and setsid before a scan saw their parent).
     fn sweep(&mut self) {
         self.last_sweep = Instant::now();
-        let infos: Vec<ProcInfo> = sys::list_all_pids()
+        let table: Vec<ProcInfo> = sys::list_all_pids()
             .unwrap_or_default()
             .into_iter()
             .filter_map(sys::proc_info)
-            .filter(|i| self.candidate(i))
             .collect();
-        loop {
-            let known_uniq: BTreeSet<u64> = self.known.values().copied().collect();
-            let mut added = false;
-            for i in &infos {
-                if known_uniq.contains(&i.uniqueid) {
-                    continue;
-                }
-                let child_of_known = i.puniqueid != 0 && known_uniq.contains(&i.puniqueid);
-                if child_of_known || self.carries_our_sandbox(i.pid) {
-                    self.known.insert(i.pid, i.uniqueid);
-                    added = true;
-                }
-            }
-            if !added {
-                break;
-            }
-        }
-    }
-
-    /// Its sandbox lets it create files in this run's private temp dir but not at
-    /// the filesystem root. An unsandboxed process may do both (sandbox_check asks
-    /// the sandbox, not file permissions), and no other sandbox (app sandbox,
-    /// another run) can write this run's temp dir.
-    fn carries_our_sandbox(&self, pid: libc::pid_t) -> bool {
-        match (&self.check, &self.probe) {
-            (Some(c), Some(p)) => {
-                c.may_create(pid, p) == Some(true)
-                    && c.may_create(pid, &self.outside) == Some(false)
-            }
+        let (check, probes) = (self.check, self.probes.clone());
+        let adopted = self.lineage.adopt(&table, |p| match (&check, &probes) {
+            (Some(c), Some((allowed, denied))) => carries_our_sandbox(c, p.pid, allowed, denied),
             _ => false,
+        });
+        for p in adopted {
+            self.known.insert(p.pid, p.uniqueid);
         }
     }
 
@@ -207,6 +206,8 @@ impl Tracker {
         if self.last_sweep.elapsed() >= SWEEP_EVERY {
             self.sweep();
         }
+        // Dead processes leave `known` (their pids may be reused) but stay in the
+        // lineage, so that their orphans are still found.
         let known = std::mem::take(&mut self.known);
         self.known = known
             .into_iter()
@@ -222,6 +223,20 @@ impl Tracker {
             s.push_str(&p.to_string());
         }
         s
+    }
+
+    /// Sends `sig` to the command's process group and every known descendant:
+    /// the polite first step of a stop.
+    fn signal_all(&mut self, sig: libc::c_int) {
+        self.scan();
+        self.sweep();
+        let _ = sys::kill(-self.root, sig);
+        let victims: Vec<(libc::pid_t, u64)> = self.known.iter().map(|(p, u)| (*p, *u)).collect();
+        for (p, u) in victims {
+            if self.alive(p, u).is_some() {
+                let _ = sys::kill(p, sig);
+            }
+        }
     }
 
     /// Stops and kills every descendant (and the root unless it was reaped),
@@ -254,6 +269,20 @@ impl Tracker {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// Its sandbox lets it create the first probe but not the second. Only this run's
+/// profile denies the second (a random name in this run's private temp dir): an
+/// unsandboxed process may create both (sandbox_check asks the sandbox, not file
+/// permissions), and another sandbox (Homebrew's, bazel's, another agent's) either
+/// allows both (it allows the per-user temp dir) or neither.
+fn carries_our_sandbox(
+    check: &SandboxCheck,
+    pid: libc::pid_t,
+    allowed: &CString,
+    denied: &CString,
+) -> bool {
+    check.may_create(pid, denied) == Some(false) && check.may_create(pid, allowed) == Some(true)
 }
 
 struct Reaper {
@@ -317,64 +346,116 @@ impl Drop for Reaper {
     }
 }
 
-/// The pty relay between workfence's terminal and the command's.
+/// The pty relay between workfence's terminal and the command's, on two threads
+/// so that nothing it does (a terminal that stops reading, a command that stops
+/// reading its input) can block the run loop, and with it the timeout and the
+/// signals. Input EOF is forwarded as the pty's end-of-file character.
 struct Relay {
-    master: OwnedFd,
-    stdin_open: bool,
-    master_open: bool,
+    master: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    output_done: Arc<AtomicBool>,
     _raw: Option<sys::RawMode>,
 }
 
+/// How long each relay thread waits for data before it looks at the stop flag.
+const RELAY_POLL_MS: i32 = 50;
+
 impl Relay {
-    fn pump(&mut self, timeout: Duration) {
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        let m = self.master.as_raw_fd();
-        // The kernel sends SIGWINCH to the command when its pty is resized.
-        if sys::take_window_change() && sys::isatty(1) {
-            sys::copy_winsize(1, m);
+    fn start(master: OwnedFd) -> Relay {
+        if sys::isatty(1) {
+            sys::copy_winsize(1, master.as_raw_fd());
         }
-        let mut fds = Vec::new();
-        if self.master_open {
-            fds.push(m);
-        }
-        if self.stdin_open {
-            fds.push(0);
-        }
-        if fds.is_empty() {
-            std::thread::sleep(timeout);
-            return;
-        }
-        let ready = sys::poll_readable(&fds, ms).unwrap_or_default();
-        let mut buf = [0u8; 8192];
-        for (fd, r) in fds.iter().zip(ready) {
-            if !r {
-                continue;
-            }
-            if *fd == m {
-                match sys::read(m, &mut buf) {
-                    Ok(0) | Err(_) => self.master_open = false,
-                    Ok(n) => {
-                        let _ = sys::write_all(1, &buf[..n]);
+        let raw = if sys::isatty(0) {
+            sys::RawMode::enter(0)
+        } else {
+            None
+        };
+        let master = Arc::new(master);
+        let stop = Arc::new(AtomicBool::new(false));
+        let output_done = Arc::new(AtomicBool::new(false));
+        {
+            // pty -> stdout, until every slave is closed (EOF or EIO), or until
+            // the run is over and nothing more arrives.
+            let (master, stop, done) = (master.clone(), stop.clone(), output_done.clone());
+            let _ = std::thread::Builder::new()
+                .name("workfence-pty-out".into())
+                .spawn(move || {
+                    let m = master.as_raw_fd();
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        match sys::poll_readable(&[m], RELAY_POLL_MS) {
+                            Ok(r) if r.first() == Some(&true) => match sys::read(m, &mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    // A closed stdout must not stop the draining, or
+                                    // the command blocks on a full pty.
+                                    let _ = sys::write_all(1, &buf[..n]);
+                                }
+                            },
+                            Ok(_) if stop.load(Ordering::SeqCst) => break,
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
                     }
-                }
-            } else {
-                match sys::read(0, &mut buf) {
-                    Ok(0) | Err(_) => self.stdin_open = false,
-                    Ok(n) => {
-                        let _ = sys::write_all(m, &buf[..n]);
+                    done.store(true, Ordering::SeqCst);
+                });
+        }
+        {
+            // stdin -> pty; at EOF the pty's VEOF (Ctrl-D), so that `cat` or a REPL
+            // sees the end of its input as it would at a terminal.
+            let (master, stop) = (master.clone(), stop.clone());
+            let _ = std::thread::Builder::new()
+                .name("workfence-pty-in".into())
+                .spawn(move || {
+                    let m = master.as_raw_fd();
+                    let mut buf = [0u8; 8192];
+                    let mut at_line_start = true;
+                    while !stop.load(Ordering::SeqCst) {
+                        match sys::poll_readable(&[0], RELAY_POLL_MS) {
+                            Ok(r) if r.first() == Some(&true) => match sys::read(0, &mut buf) {
+                                Ok(0) => {
+                                    let eof = launch::eof_bytes(sys::eof_char(m), at_line_start);
+                                    let _ = sys::write_all(m, &eof);
+                                    break;
+                                }
+                                Err(_) => break,
+                                Ok(n) => {
+                                    at_line_start = buf[n - 1] == b'\n';
+                                    if sys::write_all(m, &buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            },
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
                     }
-                }
-            }
+                });
+        }
+        Relay {
+            master,
+            stop,
+            output_done,
+            _raw: raw,
         }
     }
 
-    /// Output still buffered in the pty after the command ended.
-    fn drain(&mut self) {
-        self.stdin_open = false;
-        let until = Instant::now() + Duration::from_millis(200);
-        while self.master_open && Instant::now() < until {
-            self.pump(Duration::from_millis(20));
+    /// Follows a resize of workfence's terminal (the kernel then sends SIGWINCH
+    /// to the command).
+    fn follow_window_size(&self) {
+        if sys::take_window_change() && sys::isatty(1) {
+            sys::copy_winsize(1, self.master.as_raw_fd());
         }
+    }
+
+    /// Lets the output still buffered in the pty through (bounded), then stops
+    /// both threads; one that is blocked writing is left behind, never waited for.
+    fn finish(self) {
+        let until = Instant::now() + Duration::from_millis(300);
+        while !self.output_done.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -421,15 +502,46 @@ fn run_inner(
     profile: &SeatbeltProfile,
     req: &workfence_policy::run::RunRequest,
 ) -> Result<i32, MacError> {
-    let marker_target = marker_fd(&req.keep_fds)?;
-    let (marker_r, marker_w) = sys::pipe().map_err(syscall(
+    let (marker_r, marker_w_high) = sys::pipe().map_err(syscall(
         "pipe",
         "the process may be out of file descriptors; raise `ulimit -n`",
     ))?;
+    // The marker's write end at a free number from 3 to 9, held open in workfence
+    // during the spawn, so that std's own error pipe cannot get that number.
+    let marker_w = sys::low_marker_fd(&marker_w_high, &req.keep_fds).map_err(syscall(
+        "fcntl(F_DUPFD_CLOEXEC)",
+        "the process may be out of file descriptors; raise `ulimit -n`",
+    ))?;
+    // Every other write end must be gone, or the marker's EOF never comes.
+    drop(marker_w_high);
+    let marker_target = launch::marker_fd(marker_w.as_ref().map(|f| f.as_raw_fd()), &req.keep_fds)?;
+    let Some(marker_w) = marker_w else {
+        return Err(MacError::Request("no marker fd".into()));
+    };
     // The shim reports that the sandbox is applied (sandbox-exec only execs after
     // sandbox_init succeeded), closes the marker and becomes the command. sh maps
     // "not found" to 127 and "cannot execute" to 126, as the contract wants.
     let shim = launch::shim(marker_target);
+
+    let mut pty = None;
+    let mut slave_fds = None;
+    let mut handed = None;
+    if req.pty {
+        let (master, slave) = sys::openpty(1).map_err(syscall(
+            "openpty",
+            "no free pseudo-terminal; close some terminals or run without --pty",
+        ))?;
+        // The command's terminal is this pty, not workfence's: only it is handed over.
+        let name = sys::ttyname(slave.as_raw_fd()).ok_or_else(|| MacError::Syscall {
+            call: "ttyname",
+            source: std::io::Error::last_os_error(),
+            hint: "the new pseudo-terminal has no name; run without --pty",
+        })?;
+        handed = Some(profile.clone().with_handed_tty(&name)?);
+        slave_fds = Some(slave);
+        pty = Some(master);
+    }
+    let profile = handed.as_ref().unwrap_or(profile);
 
     let mut cmd = Command::new(SANDBOX_EXEC);
     cmd.args(profile.sandbox_exec_args())
@@ -438,15 +550,9 @@ fn run_inner(
         .arg(shim)
         .args(&req.argv)
         .env_clear()
-        .envs(command_env(req, profile.tmp_dir()))
+        .envs(command_env(req, profile.tmp_dir(), profile.home()))
         .current_dir(&req.cwd);
-
-    let mut pty = None;
-    if req.pty {
-        let (master, slave) = sys::openpty(1).map_err(syscall(
-            "openpty",
-            "no free pseudo-terminal; close some terminals or run without --pty",
-        ))?;
+    if let Some(slave) = slave_fds {
         let clone = |fd: &OwnedFd| {
             fd.try_clone()
                 .map_err(syscall("dup", "out of file descriptors; raise `ulimit -n`"))
@@ -454,13 +560,12 @@ fn run_inner(
         cmd.stdin(Stdio::from(clone(&slave)?))
             .stdout(Stdio::from(clone(&slave)?))
             .stderr(Stdio::from(slave));
-        pty = Some(master);
     }
     sys::configure_child(
         &mut cmd,
         ChildSetup {
             keep_fds: req.keep_fds.clone(),
-            marker: (marker_w.as_raw_fd(), marker_target),
+            marker: marker_target,
             controlling_tty: req.pty,
         },
     );
@@ -476,50 +581,56 @@ fn run_inner(
         "spawning /usr/bin/sandbox-exec",
         "check the working directory exists and that sandbox-exec runs (`workfence doctor`)",
     ))?;
-    // Only the child (and the shim) may hold the write end now, or EOF never comes.
+    // Only the child (and the shim) may hold the marker's write end now, or EOF
+    // never comes; and only the child the pty slave, or the relay never sees the
+    // command's end. `cmd` keeps its Stdio until dropped.
     drop(marker_w);
+    drop(cmd);
     let root = libc::pid_t::try_from(child.id()).unwrap_or(0);
-    let mut tracker = Tracker::new(root, profile.tmp_dir());
+    let mut tracker = Tracker::new(root, profile);
     reaper.update(tracker.reaper_line());
-    let mut relay = pty.map(|master| {
-        if sys::isatty(1) {
-            sys::copy_winsize(1, master.as_raw_fd());
+    let relay = pty.map(Relay::start);
+    let finish = |relay: Option<Relay>| {
+        if let Some(r) = relay {
+            r.finish();
         }
-        Relay {
-            master,
-            stdin_open: true,
-            master_open: true,
-            _raw: if sys::isatty(0) {
-                sys::RawMode::enter(0)
-            } else {
-                None
-            },
-        }
-    });
+    };
 
-    // Phase 1: wait for the start marker (or sandbox-exec's failure).
+    // Phase 1: wait for the start marker (or sandbox-exec's failure): exactly the
+    // marker, then EOF (the shim closed it before becoming the command).
+    let mut got: Vec<u8> = Vec::new();
     let started = loop {
         let ready = sys::poll_readable(&[marker_r.as_raw_fd()], 20).unwrap_or_default();
         if ready.first() == Some(&true) {
-            let mut b = [0u8; 1];
-            break matches!(sys::read(marker_r.as_raw_fd(), &mut b), Ok(1));
+            let mut b = [0u8; 16];
+            match sys::read(marker_r.as_raw_fd(), &mut b) {
+                Ok(0) | Err(_) => break launch::marker_says_started(&got),
+                Ok(n) => {
+                    got.extend_from_slice(&b[..n]);
+                    if got.len() > launch::MARKER.len() {
+                        break false;
+                    }
+                }
+            }
         }
-        if let Some(code) = stop_reason(&signals, deadline) {
-            tracker.kill_all(true);
-            let _ = child.wait();
+        if let Some((code, sig)) = stop_reason(&signals, deadline) {
+            stop(&mut tracker, &mut child, &signals, &mut reaper, sig);
+            finish(relay);
             reaper.done();
             return Ok(code);
         }
-        if let Some(r) = &mut relay {
-            r.pump(Duration::ZERO);
+        if let Some(r) = &relay {
+            r.follow_window_size();
         }
     };
     drop(marker_r);
     if !started {
+        // Whatever runs (nothing, normally: sandbox-exec failed) goes.
+        tracker.kill_all(true);
         let status = child
             .wait()
             .map_err(syscall("waitpid", "this should not happen"))?;
-        tracker.kill_all(false);
+        finish(relay);
         reaper.done();
         return Err(MacError::SandboxRefused {
             status: status.to_string(),
@@ -533,48 +644,76 @@ fn run_inner(
             Ok(None) => {}
             Err(e) => {
                 tracker.kill_all(true);
+                finish(relay);
                 reaper.done();
                 return Err(syscall("waitpid", "this should not happen")(e));
             }
         }
-        if let Some(code) = stop_reason(&signals, deadline) {
-            tracker.kill_all(true);
-            let _ = child.wait();
-            if let Some(r) = &mut relay {
-                r.drain();
-            }
+        if let Some((code, sig)) = stop_reason(&signals, deadline) {
+            stop(&mut tracker, &mut child, &signals, &mut reaper, sig);
+            finish(relay);
             reaper.done();
             return Ok(code);
         }
         tracker.poll();
         reaper.update(tracker.reaper_line());
-        match &mut relay {
-            Some(r) => r.pump(TICK),
-            None => std::thread::sleep(TICK),
+        if let Some(r) = &relay {
+            r.follow_window_size();
         }
+        std::thread::sleep(TICK);
     };
     // The command is done: nothing it started may outlive it.
     tracker.kill_all(false);
-    if let Some(r) = &mut relay {
-        r.drain();
-    }
+    finish(relay);
     reaper.done();
     drop(signals);
     Ok(code)
 }
 
-/// 124 at the deadline, 128+N after stop signal N.
-fn stop_reason(signals: &sys::SignalGuard, deadline: Option<Instant>) -> Option<i32> {
+/// A stop (signal or timeout): the polite signal to the whole tree, up to
+/// [`launch::STOP_GRACE`] for the command to exit (git removes its index.lock), then
+/// every remaining process is killed. A second signal cuts the grace short.
+fn stop(
+    tracker: &mut Tracker,
+    child: &mut Child,
+    signals: &sys::SignalGuard,
+    reaper: &mut Reaper,
+    received: Option<libc::c_int>,
+) {
+    let sig = launch::polite_signal(received, libc::SIGINT, libc::SIGTERM);
+    let seen = signals.count();
+    tracker.signal_all(sig);
+    let until = Instant::now() + launch::STOP_GRACE;
+    while Instant::now() < until && signals.count() == seen {
+        if !matches!(child.try_wait(), Ok(None)) {
+            break;
+        }
+        tracker.poll();
+        reaper.update(tracker.reaper_line());
+        std::thread::sleep(TICK);
+    }
+    tracker.kill_all(true);
+    let _ = child.wait();
+}
+
+/// (exit code, signal): 124 at the deadline, 128+N after stop signal N.
+fn stop_reason(
+    signals: &sys::SignalGuard,
+    deadline: Option<Instant>,
+) -> Option<(i32, Option<libc::c_int>)> {
     if let Some(sig) = signals.pending() {
-        return Some(EXIT_SIGNAL_BASE + sig);
+        return Some((EXIT_SIGNAL_BASE + sig, Some(sig)));
     }
     match deadline {
-        Some(d) if Instant::now() >= d => Some(EXIT_TIMEOUT),
+        Some(d) if Instant::now() >= d => Some((EXIT_TIMEOUT, None)),
         _ => None,
     }
 }
 
-pub(crate) fn doctor() -> Vec<LayerStatus> {
+/// `target`: the policy and layout of this host to compile the real profile for
+/// (`workfence doctor` passes the policy it would run with); None compiles an
+/// example with every kind of rule.
+pub(crate) fn doctor(target: Option<(&Policy, &FsLayout)>) -> Vec<LayerStatus> {
     let mut out = Vec::new();
     let layer = |layer: &str, state, detail: String| LayerStatus {
         layer: layer.into(),
@@ -602,18 +741,27 @@ pub(crate) fn doctor() -> Vec<LayerStatus> {
     }
     // The generated profile itself must compile here: an operation or filter name
     // this macOS does not know would make every run fail.
-    if let Err(why) = compiles_here() {
-        out.push(layer(
-            "Seatbelt (sandbox-exec)",
-            Enforcement::None,
-            format!("this macOS rejects workfence's generated profile: {why}; workfence refuses to run commands. Report it with `sw_vers` output"),
-        ));
-        return out;
-    }
+    let compiled = match target {
+        Some((policy, layout)) => {
+            compiles_for(policy, layout).map(|()| "this host's profile for the current policy")
+        }
+        None => compiles_example().map(|()| "an example profile (no policy given)"),
+    };
+    let what = match compiled {
+        Ok(what) => what,
+        Err(why) => {
+            out.push(layer(
+                "Seatbelt (sandbox-exec)",
+                Enforcement::None,
+                format!("this macOS rejects workfence's generated profile: {why}; workfence refuses to run commands. `workfence explain` shows the profile; report it with `sw_vers` output"),
+            ));
+            return out;
+        }
+    };
     out.push(layer(
         "Seatbelt (sandbox-exec)",
         Enforcement::Full,
-        format!("{SANDBOX_EXEC} applies workfence's profiles (sandbox-exec is deprecated by Apple but present and used by the OS itself)"),
+        format!("{SANDBOX_EXEC} compiles and applies {what} (sandbox-exec is deprecated by Apple but present and used by the OS itself). Nested sandboxes are refused by the kernel: `swift build` needs --disable-sandbox inside workfence"),
     ));
     out.push(layer(
         "filesystem writes",
@@ -628,7 +776,7 @@ pub(crate) fn doctor() -> Vec<LayerStatus> {
     out.push(layer(
         "network",
         Enforcement::Full,
-        "Seatbelt: off = no sockets; proxy = TCP to the loopback proxy port only; on = outbound without host daemons' unix sockets. Off has no private loopback".into(),
+        "Seatbelt: off = no sockets; proxy = TCP to the loopback proxy port only; on = outbound without host daemons' unix sockets. Off has no private loopback (tests binding 127.0.0.1 need network on); on reaches host loopback services too".into(),
     ));
     out.push(layer(
         "launching outside the sandbox",
@@ -642,9 +790,9 @@ pub(crate) fn doctor() -> Vec<LayerStatus> {
         c.may_create(me, c"/.workfence-owner-probe") == Some(true)
     });
     let lifetime = if check_works {
-        (Enforcement::Full, "own session; descendants tracked by unique id and by their sandbox (sandbox_check), so setsid/double-fork daemons are killed too; a reaper kills the known ones if workfence is SIGKILLed".to_string())
+        (Enforcement::Full, "own session; descendants tracked by unique id and lineage (orphans of dead parents too) and by a per-run sandbox probe (sandbox_check), so setsid/double-fork daemons are killed and no other sandbox's processes are; stops send SIGTERM (SIGINT for Ctrl-C), then SIGKILL after 2 s; a reaper kills the known ones if workfence is SIGKILLed".to_string())
     } else {
-        (Enforcement::Partial, "sandbox_check is missing or does not answer on this macOS: descendants are tracked by parentage only, so a double fork between two polls (20 ms) can escape".to_string())
+        (Enforcement::Partial, "sandbox_check is missing or does not answer on this macOS: descendants are tracked by lineage only, so a double fork between two polls (20 ms) can escape".to_string())
     };
     out.push(layer("process lifetime", lifetime.0, lifetime.1));
     out.push(layer(
@@ -660,9 +808,45 @@ pub(crate) fn doctor() -> Vec<LayerStatus> {
     out
 }
 
+/// Runs `/usr/bin/true` under the profile `run` would use for `policy` on this
+/// host (its own home, temp dir, terminals and owner probe).
+fn compiles_for(policy: &Policy, layout: &FsLayout) -> Result<(), String> {
+    let mut ctx = detect(policy).map_err(|e| e.to_string())?;
+    if ctx.proxy_port.is_none() && matches!(policy.network, workfence_policy::Network::Proxy(_)) {
+        // The port is only known once the proxy listens; any number compiles the same.
+        ctx = ctx.with_proxy_port(9);
+    }
+    let r = crate::profile(policy, layout, &ctx)
+        .map_err(|e| e.to_string())
+        .and_then(|sb| true_under(&sb));
+    ctx.discard();
+    r
+}
+
+/// `/usr/bin/true` under `sb`.
+fn true_under(sb: &SeatbeltProfile) -> Result<(), String> {
+    let out = Command::new(SANDBOX_EXEC)
+        .args(sb.sandbox_exec_args())
+        .arg("/usr/bin/true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} ({})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        ))
+    }
+}
+
 /// Runs `/usr/bin/true` under the profiles of an example policy with every kind of
 /// rule (protected, pinned and hidden paths; network proxy and on).
-fn compiles_here() -> Result<(), String> {
+fn compiles_example() -> Result<(), String> {
     use workfence_policy::layout::{
         FileKind, FsLayout, HiddenPath, ProtectedPath, Protection, RootKind, WritableRoot,
     };
@@ -703,21 +887,7 @@ fn compiles_here() -> Result<(), String> {
         policy.network = network;
         let ctx = MacContext::example(&policy);
         let sb = crate::profile(&policy, &layout, &ctx).map_err(|e| e.to_string())?;
-        let out = Command::new(SANDBOX_EXEC)
-            .args(sb.sandbox_exec_args())
-            .arg("/usr/bin/true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} ({})",
-                String::from_utf8_lossy(&out.stderr).trim(),
-                out.status
-            ));
-        }
+        true_under(&sb)?;
     }
     Ok(())
 }

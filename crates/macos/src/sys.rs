@@ -39,18 +39,7 @@ struct BsdInfoWithUniqId {
     uniq: UniqIdentifierInfo,
 }
 
-/// What the tracker needs to know about a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcInfo {
-    pub pid: libc::pid_t,
-    pub ppid: libc::pid_t,
-    pub uid: libc::uid_t,
-    pub zombie: bool,
-    /// Never reused while the system runs, unlike pids.
-    pub uniqueid: u64,
-    /// The parent's unique id at fork time.
-    pub puniqueid: u64,
-}
+pub(crate) use crate::track::ProcInfo;
 
 fn cvt(r: c_int) -> io::Result<c_int> {
     if r < 0 {
@@ -280,11 +269,23 @@ pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
         .collect())
 }
 
-/// read(2) into `buf`.
+/// read(2) into `buf`, retried when a signal interrupts it (the stop and
+/// window-size handlers run on any thread, without SA_RESTART), so that EINTR is
+/// never mistaken for EOF.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for `buf.len()` writable bytes.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` writable bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        match usize::try_from(n) {
+            Ok(n) => return Ok(n),
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
 }
 
 /// write(2) of all of `buf`.
@@ -304,6 +305,51 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The path of the terminal on `fd`, or None when it is not one.
+pub fn ttyname(fd: RawFd) -> Option<PathBuf> {
+    let mut buf = vec![0 as c_char; 1024];
+    // SAFETY: `buf` is `buf.len()` writable bytes; ttyname_r NUL-terminates on success.
+    let r = unsafe { libc::ttyname_r(fd, buf.as_mut_ptr(), buf.len()) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: ttyname_r succeeded, so `buf` holds a NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
+    Some(PathBuf::from(s.to_str().ok()?))
+}
+
+/// A close-on-exec duplicate of `fd` at the lowest free number from 3, when that
+/// number is at most 9 and not one of `keep` (the shim's redirections need one
+/// digit). Holding it during the spawn keeps std's own close-on-exec error pipe
+/// off that number, so that the child's marker never replaces it.
+pub fn low_marker_fd(fd: &OwnedFd, keep: &[RawFd]) -> io::Result<Option<OwnedFd>> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd; no memory is involved.
+    let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: fcntl returned a new fd that only this OwnedFd owns.
+    let dup = unsafe { OwnedFd::from_raw_fd(n) };
+    if n <= 9 && !keep.contains(&n) {
+        Ok(Some(dup))
+    } else {
+        Ok(None)
+    }
+}
+
+/// The character that ends input on the terminal behind `fd` (VEOF, normally
+/// Ctrl-D), or Ctrl-D when its settings cannot be read.
+pub fn eof_char(fd: RawFd) -> u8 {
+    let mut t = MaybeUninit::<libc::termios>::zeroed();
+    // SAFETY: tcgetattr writes one termios into `t`.
+    if unsafe { libc::tcgetattr(fd, t.as_mut_ptr()) } != 0 {
+        return 4;
+    }
+    // SAFETY: tcgetattr succeeded and initialised `t`.
+    let t = unsafe { t.assume_init() };
+    match t.c_cc[libc::VEOF] {
+        0 => 4,
+        c => c,
+    }
 }
 
 /// Whether `fd` is a terminal.
@@ -387,10 +433,12 @@ impl Drop for RawMode {
 }
 
 static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
+static SIGNAL_COUNT: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(sig: c_int) {
-    // Async-signal-safe: one atomic store; the run loop does the rest.
+    // Async-signal-safe: atomic operations only; the run loop does the rest.
     PENDING_SIGNAL.store(sig, Ordering::SeqCst);
+    SIGNAL_COUNT.fetch_add(1, Ordering::SeqCst);
 }
 
 static WINDOW_CHANGED: AtomicI32 = AtomicI32::new(0);
@@ -423,6 +471,7 @@ impl SignalGuard {
     /// Installs the handlers.
     pub fn install() -> io::Result<SignalGuard> {
         PENDING_SIGNAL.store(0, Ordering::SeqCst);
+        SIGNAL_COUNT.store(0, Ordering::SeqCst);
         let mut saved = Vec::new();
         let handlers = STOP_SIGNALS
             .iter()
@@ -442,6 +491,12 @@ impl SignalGuard {
             saved.push((sig, unsafe { old.assume_init() }));
         }
         Ok(SignalGuard { saved })
+    }
+
+    /// How many stop signals arrived so far (a second one during the grace
+    /// period means "now").
+    pub fn count(&self) -> i32 {
+        SIGNAL_COUNT.load(Ordering::SeqCst)
     }
 
     /// The last stop signal received, if any.
@@ -467,8 +522,9 @@ impl Drop for SignalGuard {
 pub struct ChildSetup {
     /// Fds the command inherits (their close-on-exec flag is cleared).
     pub keep_fds: Vec<RawFd>,
-    /// (source, target): the start-marker pipe, placed at a fixed number.
-    pub marker: (RawFd, RawFd),
+    /// The start-marker pipe's write end, already at its number (3 to 9, from
+    /// [`low_marker_fd`]); only its close-on-exec flag is cleared in the child.
+    pub marker: RawFd,
     /// Make fd 0 (a pty slave) the controlling terminal.
     pub controlling_tty: bool,
 }
@@ -490,14 +546,18 @@ pub fn configure_child(cmd: &mut Command, setup: ChildSetup) {
             // SAFETY: as above.
             cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
         }
-        // dup2 clears close-on-exec on the target, so only sandbox-exec and the
-        // shim see the marker; the shim closes it before exec'ing the command.
-        // SAFETY: both are valid fds; async-signal-safe.
-        cvt(unsafe { libc::dup2(setup.marker.0, setup.marker.1) })?;
+        // No dup2 onto a fixed number (it could replace std's close-on-exec error
+        // pipe): the marker already has its number, held open by workfence during
+        // the spawn. Only sandbox-exec and the shim see it; the shim closes it
+        // before exec'ing the command.
+        // SAFETY: fcntl on an inherited fd; async-signal-safe.
+        let flags = cvt(unsafe { libc::fcntl(setup.marker, libc::F_GETFD) })?;
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(setup.marker, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
         Ok(())
     };
-    // SAFETY: the hook calls only async-signal-safe functions (setsid, ioctl, fcntl,
-    // dup2) and allocates nothing, as required between fork and exec.
+    // SAFETY: the hook calls only async-signal-safe functions (setsid, ioctl,
+    // fcntl) and allocates nothing, as required between fork and exec.
     unsafe {
         cmd.pre_exec(hook);
     }

@@ -720,7 +720,29 @@ git status --short >/dev/null
 printf 'int main(void){return 0;}\n' > hello.c
 cc -o hello hello.c && ./hello
 python3 -c 'import tempfile, multiprocessing; tempfile.NamedTemporaryFile(); print(multiprocessing.cpu_count())' >/dev/null
-cp "$H/.bashrc" copied && cp -c "$H/.bashrc" cloned 2>/dev/null || true
+python3 - <<'PY'
+# A process pool (unix socket below TMPDIR: the path must fit sun_path), shared
+# memory (psm_ segments), a pty of its own (com.apple.sandbox.pty).
+import multiprocessing, os
+from multiprocessing import shared_memory
+if __name__ == "__main__":
+    with multiprocessing.Pool(2) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+    m = shared_memory.SharedMemory(create=True, size=16)
+    m.buf[0] = 7
+    m.close(); m.unlink()
+    master, slave = os.openpty()
+    os.write(slave, b"x")
+    assert os.read(master, 1) == b"x"
+PY
+if command -v node >/dev/null; then
+  node -e 'const os = require("os"); os.networkInterfaces(); os.cpus(); require("fs").writeFileSync("node.txt", "ok")'
+  test -f node.txt
+fi
+case "$GOCACHE" in "$TMPDIR"*) ;; *) echo "GOCACHE=$GOCACHE outside TMPDIR" >&2; exit 9 ;; esac
+case "$npm_config_cache" in "$TMPDIR"*) ;; *) echo "npm cache outside TMPDIR" >&2; exit 9 ;; esac
+cp "$H/.bashrc" copied
+cp -c "$H/.bashrc" cloned
 mkdir -p sub && ln a.txt sub/hard && mv sub sub2
 echo done > done.txt"#;
     let code = sc.sandboxed(&p, script, Some(Duration::from_secs(120)));
@@ -745,7 +767,11 @@ fn read_only_mode_writes_nothing_but_tmp() {
 
 #[test]
 fn doctor_reports_seatbelt_and_the_profile_compiles() {
-    let layers = workfence_macos::doctor();
+    // The profile this host would really run for the scene's policy.
+    let sc = scene(true);
+    let p = sc.policy();
+    let layout = compute(&p, &sc.h, &RealFs).unwrap();
+    let layers = workfence_macos::doctor_for(&p, &layout);
     let seatbelt = layers
         .iter()
         .find(|l| l.layer.starts_with("Seatbelt"))
@@ -753,6 +779,11 @@ fn doctor_reports_seatbelt_and_the_profile_compiles() {
     assert_eq!(
         seatbelt.state,
         workfence_policy::Enforcement::Full,
+        "{}",
+        seatbelt.detail
+    );
+    assert!(
+        seatbelt.detail.contains("current policy"),
         "{}",
         seatbelt.detail
     );
@@ -791,4 +822,268 @@ fn t1_no_controlling_terminal_without_pty_and_a_private_one_with() {
         keep_fds: vec![],
     };
     assert_eq!(run(&prof, &req).unwrap(), 0);
+}
+
+// ------------------------------------------------------------------ issue 9 attacks
+
+#[test]
+fn rs_data_volume_and_volfs_spellings() {
+    // The same secret through the Data volume's firmlink spelling; and the same
+    // write. /.vol (volfs) names a file by device and inode number.
+    let script = r#"cat "/System/Volumes/Data$H/.ssh/id_rsa" > "$WS/leak-data"
+echo x >> "/System/Volumes/Data$H/.bashrc"
+set -- $(stat -f '%d %i' "$H/.ssh/id_rsa")
+cat "/.vol/$1/$2" > "$WS/leak-vol""#;
+    let sc = scene(false);
+    sc.control(script);
+    let via_data = read(&sc.ws.join("leak-data")).contains(SECRET);
+    let via_vol = read(&sc.ws.join("leak-vol")).contains(SECRET);
+    eprintln!("control: Data-volume spelling works: {via_data}; /.vol works: {via_vol}");
+    assert!(
+        via_data,
+        "control: the Data-volume spelling reads the secret"
+    );
+    let sc = scene(false);
+    let p = sc.policy();
+    sc.sandboxed(&p, script, Some(Duration::from_secs(30)));
+    assert!(
+        !read(&sc.ws.join("leak-data")).contains(SECRET),
+        "secret read through /System/Volumes/Data"
+    );
+    assert!(
+        !read(&sc.ws.join("leak-vol")).contains(SECRET),
+        "secret read through /.vol"
+    );
+    assert!(
+        !read(&sc.h.join(".bashrc")).contains('x'),
+        "write through /System/Volumes/Data"
+    );
+}
+
+#[test]
+fn fw_nested_repositories() {
+    attack(
+        false,
+        r#"mkdir -p sub && git -C sub init -q
+mkdir -p sub2/.git/hooks && printf '#!/bin/sh\ntouch "$H/PWNED"\n' > sub2/.git/hooks/post-checkout
+printf '[core]\n\tfsmonitor = touch PWNED\n' > sub2/.git/config
+mkdir -p prep/hooks sub3 && echo x > prep/hooks/pre-commit && mv prep sub3/.git
+mkdir -p sub4 && ln -s "$OUT" sub4/.GIT"#,
+        |sc| {
+            vec![
+                ("git init sub", sc.ws.join("sub/.git/config").exists()),
+                (
+                    "sub2/.git/hooks/post-checkout",
+                    sc.ws.join("sub2/.git/hooks/post-checkout").exists(),
+                ),
+                ("sub2/.git/config", sc.ws.join("sub2/.git/config").exists()),
+                (
+                    "mv prepared dir to sub3/.git",
+                    sc.ws.join("sub3/.git/hooks/pre-commit").exists(),
+                ),
+                (
+                    "symlink sub4/.GIT",
+                    fs::symlink_metadata(sc.ws.join("sub4/.GIT")).is_ok(),
+                ),
+            ]
+        },
+    );
+}
+
+/// A pty of the user's that the command was not given (another terminal tab),
+/// held open by a helper outside the sandbox; returns it and its path.
+fn foreign_tty() -> (std::process::Child, String) {
+    let mut helper = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys, time\nm, s = os.openpty()\nprint(os.ttyname(s), flush=True)\ntime.sleep(60)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = helper.stdout.take().unwrap();
+    let mut name = Vec::new();
+    let mut b = [0u8; 1];
+    while out.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+        name.push(b[0]);
+    }
+    (helper, String::from_utf8(name).unwrap())
+}
+
+#[test]
+fn t2_other_terminals_are_closed() {
+    let (mut helper, tty) = foreign_tty();
+    assert!(tty.starts_with("/dev/ttys"), "{tty}");
+    // Reading alone is the snooping attack (what is typed there); writing injects
+    // output into it.
+    let script = format!(
+        r#"(exec 3<"{tty}") && echo ok > "$WS/tty-r"; (exec 4>"{tty}" && echo typed >&4) && echo ok > "$WS/tty-w""#
+    );
+    let sc = scene(false);
+    sc.control(&script);
+    assert!(
+        sc.ws.join("tty-r").exists(),
+        "control: another pty opens for reading"
+    );
+    assert!(
+        sc.ws.join("tty-w").exists(),
+        "control: another pty opens for writing"
+    );
+    let sc = scene(false);
+    let p = sc.policy();
+    sc.sandboxed(&p, &script, Some(Duration::from_secs(20)));
+    let _ = helper.kill();
+    let _ = helper.wait();
+    assert!(
+        !sc.ws.join("tty-r").exists(),
+        "another terminal of the user opened for reading"
+    );
+    assert!(
+        !sc.ws.join("tty-w").exists(),
+        "another terminal of the user opened for writing"
+    );
+}
+
+#[test]
+fn ipc_denials_without_the_named_binaries() {
+    // The services `security`, `open`, `osascript` and the clipboard use, looked up
+    // by a probe of our own, so that only the Mach denials stand in the way.
+    let sc = scene(false);
+    let probe = sc.out.join("mach_lookup");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probes/mach_lookup.c");
+    let ok = Command::new("cc")
+        .arg("-o")
+        .arg(&probe)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cc mach_lookup.c");
+    let services = [
+        "com.apple.SecurityServer",
+        "com.apple.secd",
+        "com.apple.securityd.xpc",
+        "com.apple.coreservices.launchservicesd",
+        "com.apple.coreservices.appleevents",
+        "com.apple.pasteboard.1",
+        "com.apple.tccd",
+        "com.apple.xpc.smd",
+    ];
+    let control = Command::new(&probe).args(services).output().unwrap();
+    let control_text = String::from_utf8_lossy(&control.stdout).into_owned();
+    eprintln!("control:\n{control_text}");
+    let reachable: Vec<&str> = control_text
+        .lines()
+        .filter(|l| l.ends_with(" 0"))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(
+        reachable.contains(&"com.apple.SecurityServer"),
+        "control: the keychain service is reachable outside the sandbox"
+    );
+    let p = sc.policy();
+    let script = format!(
+        r#"{} {} > "$TMPDIR/out"; code=$?; cat "$TMPDIR/out" > "$WS/ipc.txt"; exit $code"#,
+        probe.display(),
+        reachable.join(" ")
+    );
+    let code = sc.sandboxed(&p, &script, Some(Duration::from_secs(30)));
+    let text = read(&sc.ws.join("ipc.txt"));
+    eprintln!("sandboxed (exit {code}):\n{text}");
+    assert_eq!(code, 0, "services reachable from the sandbox:\n{text}");
+    assert_eq!(text.lines().count(), reachable.len(), "{text}");
+}
+
+#[test]
+fn other_sandboxes_are_not_killed() {
+    // A process of the same user in a sandbox that, like Homebrew's, allows the
+    // whole per-user temp dir and denies the root. It starts during a run and
+    // must survive it: only this run's processes carry the run's probe.
+    let sc = scene(false);
+    let p = sc.policy();
+    let n = 45_000 + (std::process::id() % 4_000);
+    let tmp = fs::canonicalize(std::env::temp_dir()).unwrap();
+    let other = format!(
+        "(version 1)(allow default)(deny file-write* (subpath \"/\"))(allow file-write* (subpath \"{}\"))",
+        tmp.display()
+    );
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        Command::new("/usr/bin/sandbox-exec")
+            .args(["-p", &other, "/bin/sleep", &n.to_string()])
+            .spawn()
+            .unwrap()
+    });
+    let code = sc.sandboxed(&p, "sleep 1.5", Some(Duration::from_secs(30)));
+    assert_eq!(code, 0);
+    let mut other = starter.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let alive = other.try_wait().unwrap().is_none();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(
+        alive,
+        "a process of another sandbox was killed by the run's sweep"
+    );
+}
+
+#[test]
+fn stop_is_polite_first() {
+    // The timeout sends SIGTERM first: a trap can clean up (git's index.lock).
+    let sc = scene(false);
+    let p = sc.policy();
+    let code = sc.sandboxed(
+        &p,
+        r#"trap 'rm -f "$WS/index.lock"; echo cleaned > "$WS/cleaned"; exit 143' TERM
+touch "$WS/index.lock"
+while :; do sleep 0.1; done"#,
+        Some(Duration::from_secs(1)),
+    );
+    assert_eq!(code, 124);
+    assert!(sc.ws.join("cleaned").exists(), "no SIGTERM before SIGKILL");
+    assert!(!sc.ws.join("index.lock").exists());
+}
+
+#[test]
+fn pty_forwards_stdin_eof() {
+    // `cat` under --pty ends when workfence's (non-terminal) stdin ends.
+    let sc = scene(false);
+    let p = sc.policy();
+    let layout = compute(&p, &sc.h, &RealFs).unwrap();
+    let mut ctx = MacContext::detect(&p).unwrap();
+    ctx.home = sc.h.clone();
+    let prof = profile(&p, &layout, &ctx).unwrap();
+    let req = RunRequest {
+        argv: vec!["/bin/cat".into()],
+        env: sc.env(),
+        cwd: sc.ws.clone(),
+        timeout: Some(Duration::from_secs(20)),
+        pty: true,
+        keep_fds: vec![],
+    };
+    use std::io::IsTerminal as _;
+    if std::io::stdin().is_terminal() {
+        eprintln!("SKIP: stdin is a terminal; run with </dev/null to test EOF forwarding");
+        return;
+    }
+    let start = Instant::now();
+    let code = run(&prof, &req).unwrap();
+    assert_ne!(code, 124, "cat never saw EOF");
+    assert!(start.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn rs_process_table_is_closed() {
+    // kern.proc.* lists every host process and its owner; ps needs it.
+    attack(
+        false,
+        // `ps -p 1` reads kern.proc.pid.1, which the old profile allowed.
+        r#"ps -axo pid=,comm= > "$WS/ps.txt" 2>/dev/null; ps -o pid=,comm= -p 1 >> "$WS/ps.txt" 2>/dev/null"#,
+        |sc| {
+            vec![(
+                "ps lists launchd",
+                read(&sc.ws.join("ps.txt")).contains("launchd"),
+            )]
+        },
+    );
 }

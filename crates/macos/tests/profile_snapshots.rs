@@ -429,15 +429,24 @@ fn example_context_is_deterministic() {
 
 #[test]
 fn unenforced_limits_are_reported() {
+    // The default policy must run: the built-in process cap is not a request, so it
+    // is reported as a default and never refused (issue: every run exited 125).
     let mut p = Policy::new(WS);
-    assert_eq!(workfence_macos::unenforced(&p).len(), 1);
+    assert!(workfence_macos::unenforced(&p).is_empty());
+    let d = workfence_macos::not_enforced_defaults(&p);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].layer, "process limit");
+    // Asked for: each limit is a refusal.
     p.limits.memory_bytes = Some(1 << 30);
     p.limits.cpu_percent = Some(50);
+    p.limits.max_processes = 64;
+    p.provenance.insert("max_processes".into(), Source::Cli);
     let u = workfence_macos::unenforced(&p);
     assert_eq!(u.len(), 3);
     assert!(u
         .iter()
         .all(|l| l.state == workfence_policy::Enforcement::None));
+    assert!(workfence_macos::not_enforced_defaults(&p).is_empty());
 }
 
 #[test]
@@ -481,7 +490,7 @@ fn missing_and_wildcard_secrets_are_denied_by_name() {
     assert_eq!(sb.param("HIDDEN_0"), Some("/Users/dev/.aws"));
     let reads = sb
         .text()
-        .split(";; hidden paths.")
+        .split(";; follow reads.")
         .nth(1)
         .and_then(|t| t.split("writes").next())
         .unwrap()
@@ -491,4 +500,87 @@ fn missing_and_wildcard_secrets_are_denied_by_name() {
         reads.contains("[Cc][Rr][Ee][Dd][Ee][Nn][Tt][Ii][Aa][Ll][Ss][^/]*(/.*)?$"),
         "{reads}"
     );
+}
+
+#[test]
+fn only_the_commands_own_terminals_are_open() {
+    // Issue 9: `cat /dev/ttys001` read what was typed in another tab. Terminals
+    // are out of the global read rule; the command's are allowed by name, ptys it
+    // made itself by the kernel's extension.
+    let p = Policy::new(WS);
+    let mut ctx = MacContext::example(&p);
+    ctx.ttys = vec!["/dev/ttys004".into(), "/dev/ttys004".into()];
+    let sb = profile(&p, &workspace_layout(WS), &ctx).unwrap();
+    let t = sb.text();
+    let reads = &t[t
+        .find(";;; ----------------------------------------------------------- reads")
+        .unwrap()..];
+    let reads = &reads[..reads.find("terminals\n").unwrap()];
+    assert!(reads.contains("(regex \"^/dev/(tty|pty)\")"), "{reads}");
+    // Any pty by number only for ioctls (which need an open descriptor).
+    assert_eq!(t.matches("(regex \"^/dev/ttys[0-9]+$\")").count(), 2);
+    assert!(t.contains("(allow file-ioctl\n  (regex \"^/dev/ttys[0-9]+$\"))"));
+    assert!(t.contains("(require-all\n    (regex \"^/dev/ttys[0-9]+$\")\n    (extension"));
+    assert!(t.contains("(extension \"com.apple.sandbox.pty\")"));
+    assert_eq!(sb.param("HANDED_TTY_0"), Some("/dev/ttys004"));
+    assert_eq!(sb.param("HANDED_TTY_1"), None, "deduplicated");
+    // --pty: the slave replaces every handed-over terminal.
+    let sb = sb
+        .with_handed_tty(std::path::Path::new("/dev/ttys009"))
+        .unwrap();
+    assert_eq!(sb.param("HANDED_TTY_0"), Some("/dev/ttys009"));
+    assert!(sb
+        .clone()
+        .with_handed_tty(std::path::Path::new("/dev/a\nb"))
+        .is_err());
+    // Without a terminal the slot holds /dev/null (already open to everyone).
+    let sb = build(&p, &workspace_layout(WS));
+    assert_eq!(sb.param("HANDED_TTY_0"), Some("/dev/null"));
+}
+
+#[test]
+fn nested_repositories_and_data_volume_are_denied() {
+    let sb = build(&Policy::new(WS), &workspace_layout(WS));
+    let t = sb.text();
+    let writes = &t[t
+        .find("(allow file-write* file-link file-clone\n  (require-all\n    (require-any")
+        .unwrap()..];
+    for re in [
+        r#"(regex "/\\.[Gg][Ii][Tt]$")"#,
+        r#"(regex "/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee][Ss]/.+/)?[Cc][Oo][Nn][Ff][Ii][Gg]$")"#,
+        r#"(regex "/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee][Ss]/.+/)?[Hh][Oo][Oo][Kk][Ss](/.*)?$")"#,
+    ] {
+        assert!(writes.contains(re), "missing {re}");
+    }
+    // Every anchored deny regex also matches the Data-volume spelling.
+    for line in t
+        .lines()
+        .filter(|l| l.trim_start().starts_with("(regex \"^/"))
+    {
+        assert!(
+            !line.contains("[Uu][Ss][Ee][Rr][Ss]") || line.contains("[Dd][Aa][Tt][Aa])?"),
+            "{line}"
+        );
+    }
+    assert_eq!(sb.param("HIDDEN_9"), Some("/.vol"));
+}
+
+#[test]
+fn the_owner_probe_is_denied_only_here() {
+    let p = Policy::new(WS);
+    let sb = build(&p, &workspace_layout(WS));
+    let (allowed, denied) = sb.owner_probes();
+    assert!(allowed.starts_with(sb.tmp_dir()) && denied.starts_with(sb.tmp_dir()));
+    assert_ne!(allowed, denied);
+    assert_eq!(sb.param("OWNER_PROBE"), denied.to_str());
+    assert!(sb
+        .text()
+        .contains("(require-not (literal (param \"OWNER_PROBE\")))"));
+    // A different run (another token) denies another name.
+    let mut ctx = MacContext::example(&p);
+    ctx.probe_token = "ffffffffffffffffffffffffffffffff".into();
+    let other = profile(&p, &workspace_layout(WS), &ctx).unwrap();
+    assert_ne!(other.owner_probes().1, denied);
+    ctx.probe_token = "../../x".into();
+    assert!(profile(&p, &workspace_layout(WS), &ctx).is_err());
 }

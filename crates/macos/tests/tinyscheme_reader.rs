@@ -11,7 +11,7 @@ use workfence_macos::{profile, MacContext, SeatbeltProfile};
 use workfence_policy::layout::{
     FileKind, FsLayout, HiddenPath, ProtectedPath, Protection, RootKind, WritableRoot,
 };
-use workfence_policy::{Network, Policy, ProxyPolicy, Source};
+use workfence_policy::{Network, Policy, ProxyPolicy, Source, SourcedPath};
 
 fn tinyscheme() -> Option<PathBuf> {
     [
@@ -142,10 +142,132 @@ fn awkward_paths_read_back_as_intended() {
     let lines = read_back(&ts, &sb, "awkward");
     // The regex as Seatbelt's regex compiler receives it: one backslash before each
     // metacharacter, quotes plain, UTF-8 intact.
-    let want = "REGEX ^/[Uu][Ss][Ee][Rr][Ss]/[Dd](E\u{301}|e\u{301}|É|é)[Vv]/[Mm][Yy] \"[Qq][Uu][Oo][Tt][Ee][Dd]\" [Pp][Rr][Oo][Jj]\\\\ \\([Vv]2\\)/日本/\\.[Cc][Oo][Dd][Ee][Xx](/.*)?$";
+    let want = "REGEX ^(/[Ss][Yy][Ss][Tt][Ee][Mm]/[Vv][Oo][Ll][Uu][Mm][Ee][Ss]/[Dd][Aa][Tt][Aa])?/[Uu][Ss][Ee][Rr][Ss]/[Dd](E\u{301}|e\u{301}|É|é)[Vv]/[Mm][Yy] \"[Qq][Uu][Oo][Tt][Ee][Dd]\" [Pp][Rr][Oo][Jj]\\\\ \\([Vv]2\\)/日本/\\.[Cc][Oo][Dd][Ee][Xx](/.*)?$";
     assert!(
         lines.iter().any(|l| l == want),
         "missing {want}\n{}",
         lines.join("\n")
     );
+}
+
+/// Hostile text in every field that reaches the profile: newlines, quotes,
+/// parentheses and `;` in the paths (where a path may hold them) and in every
+/// free-text field (reasons, where a setting came from, the roots' sources). The
+/// profile must read back as exactly the same sequence of rules as a benign one,
+/// and the strings must read back verbatim.
+#[test]
+fn hostile_names_in_every_field_read_back_as_the_same_rules() {
+    let Some(ts) = tinyscheme() else {
+        skip("tinyscheme not installed (apt-get install tinyscheme): SBPL reader check skipped");
+        return;
+    };
+    // What a workspace name with a newline produced before: a balanced rule.
+    let inject = "x\n(allow file-write* (subpath \"/\"))\n(allow default)\r;\u{2028}(deny default";
+    // Paths may not hold control characters (profile refuses them), but may hold
+    // everything else.
+    let hostile_path = r#"/Users/dev/a"b(c)d;e\f)"#;
+    let build = |text: &str, path: &str| {
+        let ws = format!("{path}/ws");
+        let mut p = Policy::new(&ws);
+        p.deny_read.push(SourcedPath {
+            path: format!("{path}/secret*").into(),
+            source: Source::WorkspaceConfig(format!("{path}/{text}/.workfence/config.toml").into()),
+        });
+        p.deny_read.push(SourcedPath {
+            path: format!("{path}/tok").into(),
+            source: Source::Profile(text.into()),
+        });
+        let mut l = layout(&ws);
+        for pp in &mut l.protected {
+            pp.reason = text.into();
+        }
+        l.writable[0].source = Source::Auto(text.into());
+        l.writable.push(WritableRoot {
+            path: format!("{path}/extra").into(),
+            kind: RootKind::Extra,
+            source: Source::UserConfig(format!("/{text}").into()),
+        });
+        l.hidden.push(HiddenPath {
+            path: format!("{path}/hidden").into(),
+            kind: FileKind::Dir,
+            source: Source::Auto(text.into()),
+        });
+        let mut ctx = MacContext::example(&p);
+        ctx.home = path.into();
+        ctx.tmp_dir = format!("{path}/tmp").into();
+        ctx.ttys = vec![format!("{path}/tty").into()];
+        profile(&p, &l, &ctx).unwrap()
+    };
+    let benign = build("plain", "/Users/dev/plain");
+    let hostile = build(inject, hostile_path);
+    let heads = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("HEAD "))
+            .cloned()
+            .collect()
+    };
+    let want = heads(&read_back(&ts, &benign, "benign"));
+    let got_lines = read_back(&ts, &hostile, "hostile");
+    assert_eq!(
+        heads(&got_lines),
+        want,
+        "the hostile profile has other rules"
+    );
+    // Every line of the text is a comment, blank, or SBPL that the benign profile
+    // also has modulo the path: nothing of the injected text is outside a comment.
+    for line in hostile.text().lines() {
+        let code = line.trim_start();
+        if code.starts_with(';') {
+            continue;
+        }
+        assert!(
+            !code.contains("(allow default)") && !code.contains("(subpath \"/\")"),
+            "injected rule outside a comment: {line}"
+        );
+    }
+    // The hostile path reads back as itself (quotes, parens, ';', backslash).
+    let lit_tty = "LITERAL /dev/tty".to_string();
+    assert!(got_lines.contains(&lit_tty));
+    assert!(hostile
+        .params()
+        .iter()
+        .any(|(_, v)| v == &format!("{hostile_path}/hidden")));
+    assert!(
+        got_lines.iter().any(|l| l.starts_with("REGEX ")
+            && l.contains(r#"[Aa]"[Bb]\([Cc]\)[Dd];[Ee]\\[Ff]\)/[Hh][Ii][Dd][Dd][Ee][Nn](/.*)?$"#)),
+        "the hidden path's regex did not read back:\n{}",
+        got_lines.join("\n")
+    );
+    // And the printed form (explain): each comment stays one line.
+    for line in hostile.to_string().lines() {
+        assert!(
+            line.trim_start().starts_with(';') || !line.contains("allow default"),
+            "{line}"
+        );
+    }
+}
+
+/// A newline in the workspace is refused in every mode (read-only has no
+/// writable root that would check it).
+#[test]
+fn control_characters_in_the_workspace_are_refused_in_every_mode() {
+    for mode in [
+        workfence_policy::Mode::ReadOnly,
+        workfence_policy::Mode::WorkspaceWrite,
+    ] {
+        let mut p = Policy::new("/Users/dev/a\nb");
+        p.mode = mode;
+        let l = FsLayout {
+            writable: vec![],
+            protected: vec![],
+            hidden: vec![],
+            cwd: "/".into(),
+            notes: vec![],
+        };
+        assert!(matches!(
+            profile(&p, &l, &MacContext::example(&p)),
+            Err(workfence_macos::MacError::BadPath { .. })
+        ));
+    }
 }

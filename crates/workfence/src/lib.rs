@@ -421,19 +421,10 @@ fn run_backend(
     req: &RunRequest,
     warn: &mut dyn FnMut(Warning),
 ) -> Result<RunOutcome, Error> {
-    use workfence_linux::{host_facts, Isolation, LinuxError};
-    let want_cgroup =
-        is_root() || policy.limits.memory_bytes.is_some() || policy.limits.cpu_percent.is_some();
-    let facts = host_facts(policy, layout, false, want_cgroup);
-    let mut plan = workfence_linux::plan(policy, layout, &facts, Isolation::Namespaces)
+    use workfence_linux::{Isolation, LinuxError};
+    let facts = linux_facts(policy, layout, false);
+    let plan = workfence_linux::plan(policy, layout, &facts, Isolation::Namespaces)
         .map_err(LinuxError::from)?;
-    if is_root() && plan.cgroup.is_none() {
-        plan.gaps.push(LayerStatus {
-            layer: "process limit".into(),
-            state: Enforcement::None,
-            detail: "running as root, RLIMIT_NPROC does not apply to uid 0, and no writable pids cgroup exists".into(),
-        });
-    }
     if !plan.gaps.is_empty() {
         if !policy.allow_degraded {
             return Err(Error::NotEnforceable(gaps_text(&plan.gaps)));
@@ -444,7 +435,7 @@ fn run_backend(
         // Only "user namespaces are unavailable" may degrade; EAGAIN, ENOMEM and other
         // clone failures are LinuxError::Clone, a hard error.
         Err(e @ LinuxError::UserNamespace { .. }) if policy.allow_degraded => {
-            let facts = host_facts(policy, layout, true, want_cgroup);
+            let facts = linux_facts(policy, layout, true);
             let plan = workfence_linux::plan(policy, layout, &facts, Isolation::Degraded)
                 .map_err(LinuxError::from)?;
             let why = match &e {
@@ -469,6 +460,8 @@ fn run_backend(
     req: &RunRequest,
     warn: &mut dyn FnMut(Warning),
 ) -> Result<RunOutcome, Error> {
+    // Only limits the user asked for refuse the run; the built-in process cap is
+    // not one of them (workfence_macos::not_enforced_defaults, shown by explain).
     let gaps = workfence_macos::unenforced(policy);
     if !gaps.is_empty() {
         if !policy.allow_degraded {
@@ -542,11 +535,23 @@ impl Target {
     }
 }
 
+/// The host facts of a Linux plan, the same for `run` and `explain`. A cgroup is
+/// looked for only when the plan may need one: for memory or CPU limits, or as
+/// root's task cap on kernels without a per-namespace pid_max.
+fn linux_facts(p: &Policy, layout: &FsLayout, degraded: bool) -> workfence_linux::HostFacts {
+    let want_cgroup =
+        is_root() || p.limits.memory_bytes.is_some() || p.limits.cpu_percent.is_some();
+    workfence_linux::host_facts(
+        p,
+        layout,
+        degraded,
+        want_cgroup && cfg!(target_os = "linux"),
+    )
+}
+
 /// The Linux plan `explain` shows: the namespace plan for this host's facts.
 fn linux_plan(p: &Policy, layout: &FsLayout) -> Result<workfence_linux::LinuxPlan, Error> {
-    let want_cgroup = is_root() || p.limits.memory_bytes.is_some();
-    let facts =
-        workfence_linux::host_facts(p, layout, false, want_cgroup && cfg!(target_os = "linux"));
+    let facts = linux_facts(p, layout, false);
     Ok(
         workfence_linux::plan(p, layout, &facts, workfence_linux::Isolation::Namespaces)
             .map_err(workfence_linux::LinuxError::from)?,
@@ -701,7 +706,18 @@ pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
             let ctx = workfence_macos::MacContext::example(p);
             let profile = workfence_macos::profile(p, &layout, &ctx)?;
             for g in workfence_macos::unenforced(p) {
-                let _ = writeln!(s, "NOT enforced on macOS: {}: {}", g.layer, g.detail);
+                let _ = writeln!(
+                    s,
+                    "NOT enforced on macOS (refused without --allow-degraded): {}: {}",
+                    g.layer, g.detail
+                );
+            }
+            for g in workfence_macos::not_enforced_defaults(p) {
+                let _ = writeln!(
+                    s,
+                    "Not enforced on macOS (a default, not a request): {}: {}",
+                    g.layer, g.detail
+                );
             }
             let _ = write!(s, "{profile}");
         }
@@ -734,7 +750,12 @@ pub fn explain_json(resolved: &Resolved, target: Target) -> Result<serde_json::V
         Target::Macos => {
             let ctx = workfence_macos::MacContext::example(p);
             let profile = workfence_macos::profile(p, &layout, &ctx)?;
-            serde_json::json!({ "target": "macos", "profile": profile.to_string(), "not_enforced": workfence_macos::unenforced(p) })
+            serde_json::json!({
+                "target": "macos",
+                "profile": profile.to_string(),
+                "not_enforced": workfence_macos::unenforced(p),
+                "defaults_not_enforced": workfence_macos::not_enforced_defaults(p),
+            })
         }
         Target::Windows => {
             let ctx = workfence_windows::WindowsContext::example(p);
@@ -753,7 +774,18 @@ pub fn explain_json(resolved: &Resolved, target: Target) -> Result<serde_json::V
 /// required entry is [`Enforcement::Full`](workfence_policy::Enforcement::Full).
 pub fn doctor() -> Vec<LayerStatus> {
     if cfg!(target_os = "macos") {
-        workfence_macos::doctor()
+        // Seatbelt must compile the profile a run here would use (this policy's
+        // paths and this host's home and terminals), not only an example.
+        let current = load_policy(CliOverrides::default()).and_then(|r| {
+            let layout = compute_layout(&r.policy)?;
+            Ok((r.policy, layout))
+        });
+        match current {
+            Ok((p, layout)) if p.mode != Mode::FullAccess => {
+                workfence_macos::doctor_for(&p, &layout)
+            }
+            _ => workfence_macos::doctor(),
+        }
     } else if cfg!(windows) {
         workfence_windows::doctor()
     } else {
@@ -791,5 +823,44 @@ pub fn windows_runner_if_requested() -> Option<i32> {
         workfence_windows::runner_main_if_requested()
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod macos_refusal_tests {
+    use super::*;
+
+    /// Issue 9: on macOS the default policy must run. Only limits the user asked
+    /// for are refusals; the built-in process cap is reported as a default.
+    #[test]
+    fn macos_refuses_only_requested_limits() {
+        let ws = std::env::temp_dir().join(format!("wf-facade-mac-{}", std::process::id()));
+        std::fs::create_dir_all(&ws).unwrap();
+        let ws = std::fs::canonicalize(&ws).unwrap();
+        let explain_with = |max_processes: Option<u32>| {
+            let r = resolve(&Layers {
+                home: ws.clone(),
+                cwd: ws.clone(),
+                user: None,
+                workspace_config: None,
+                cli: CliOverrides {
+                    workspace: Some(ws.clone()),
+                    max_processes,
+                    ..Default::default()
+                },
+            })
+            .unwrap();
+            assert_eq!(
+                workfence_macos::unenforced(&r.policy).is_empty(),
+                max_processes.is_none()
+            );
+            explain(&r, Target::Macos).unwrap()
+        };
+        let text = explain_with(None);
+        assert!(text.contains("a default, not a request"), "{text}");
+        assert!(!text.contains("refused without --allow-degraded"), "{text}");
+        let text = explain_with(Some(64));
+        assert!(text.contains("refused without --allow-degraded"), "{text}");
+        let _ = std::fs::remove_dir_all(&ws);
     }
 }
