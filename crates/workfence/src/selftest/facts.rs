@@ -109,11 +109,23 @@ pub(super) fn os_facts(env: &Env) -> Vec<Fact> {
             .map(|g| format!("{}: {}", g.layer, g.detail))
             .collect();
         v.push(fact(
-            "not enforced by Seatbelt (default policy)",
+            "not enforced by Seatbelt (refused without --allow-degraded)",
             if gaps.is_empty() {
                 "nothing".into()
             } else {
                 gaps.join("; ")
+            },
+        ));
+        let defaults: Vec<String> = workfence_macos::not_enforced_defaults(&p)
+            .iter()
+            .map(|g| format!("{}: {}", g.layer, g.detail))
+            .collect();
+        v.push(fact(
+            "not enforced by Seatbelt (built-in defaults)",
+            if defaults.is_empty() {
+                "nothing".into()
+            } else {
+                defaults.join("; ")
             },
         ));
     }
