@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: every crate's tests (`cargo test --workspace`), which include
-# the Linux attack suite in crates/cli/tests. When run as root, the attack suite runs a
-# second time as an unprivileged user (created if missing), because a sandbox must hold for
-# ordinary users, not only for root.
+# the Linux attack suite in crates/cli/tests, then the built `workfence selftest --json`.
+# When run as root, the attack suite and the selftest run a second time as an unprivileged
+# user (created if missing), because a sandbox must hold for ordinary users, not only for
+# root.
 #
 # Environment:
 #   WORKFENCE_MUST_WORK=1   every skipped test is a failure (CI sets it)
@@ -25,6 +26,9 @@ log() { printf '==> %s\n' "$*" >&2; }
 cleanup() {
     if [ -n "$STAGE" ] && [ -d "$STAGE" ]; then
         rm -rf "$STAGE"
+    fi
+    if [ -n "${SELFTEST_DIR:-}" ] && [ -d "$SELFTEST_DIR" ]; then
+        rm -rf "$SELFTEST_DIR"
     fi
     rm -rf "$COUNTS_DIR"
 }
@@ -78,6 +82,47 @@ print_counts() { # label file
 failed=0
 SUMMARY=()
 
+# ------------------------------------------------------------------ workfence selftest
+# `workfence selftest --json` is the user-facing proof (compat and attack cases with their
+# controls, judged from outside). CI runs the built binary as root and as the unprivileged
+# user; a failure, or (with WORKFENCE_MUST_WORK=1) a skipped case that needs a tool this
+# machine must have (shell, git, python3, cc/make), fails the run.
+SELFTEST_MUST_TOOLS="sh git python cc make"
+selftest_report() { # label json-file exit-status: prints the table, returns non-zero on failure
+    python3 - "$1" "$2" "$3" "${WORKFENCE_MUST_WORK:-0}" "$SELFTEST_MUST_TOOLS" <<'PY'
+import json, sys
+label, path, rc, must, must_tools = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", set(sys.argv[5].split())
+try:
+    with open(path) as f:
+        r = json.load(f)
+except (OSError, ValueError) as e:
+    print(f"selftest ({label}): no JSON report ({e}); exit status {rc}")
+    sys.exit(1)
+print(f"selftest ({label}): workfence {r['version']} on {r['os']}")
+for f in r["facts"]:
+    print(f"  {f['name']}: {f['value']}")
+if r.get("degraded"):
+    print(f"  DEGRADED: {r['degraded']}")
+w = max((len(c["id"]) for c in r["cases"]), default=10)
+for c in r["cases"]:
+    print(f"  {c['id']:<{w}}  {c['status']:<7}  {c['reason']}")
+for p in r.get("pending", []):
+    print(f"  {p['id']:<{w}}  pending  {p['why']}")
+s = r["summary"]
+print(f"  {s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped")
+bad = []
+if rc != 0 or not r["ok"]:
+    bad.append(f"exit status {rc}, ok = {r['ok']}")
+if must:
+    for c in r["cases"]:
+        if c["status"] == "skipped" and must_tools & set(c["tools"]):
+            bad.append(f"{c['id']} skipped under WORKFENCE_MUST_WORK=1: {c['reason']}")
+for b in bad:
+    print(f"  SELFTEST FAILED: {b}")
+sys.exit(1 if bad else 0)
+PY
+}
+
 # ------------------------------------------------------------------ 1. every crate, as is
 ROOT_COUNTS="$COUNTS_DIR/$(id -un).txt"
 log "cargo test --workspace --no-fail-fast (as $(id -un))"
@@ -86,6 +131,35 @@ if WORKFENCE_COUNTS_FILE="$ROOT_COUNTS" cargo test --workspace --no-fail-fast; t
 else
     failed=1
     SUMMARY+=("$(id -un): cargo test --workspace FAILED")
+fi
+
+SELFTEST_DIR="/var/tmp/workfence-selftest-$RUN_ID"
+mkdir -p "$SELFTEST_DIR"
+chmod 1777 "$SELFTEST_DIR"
+SELFTEST_BIN=$(cargo build -p workfence-cli --bin workfence --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "workfence":
+        print(m["executable"])
+' | tail -n 1) || true
+if [ -z "$SELFTEST_BIN" ] || [ ! -x "$SELFTEST_BIN" ]; then
+    echo "could not find the built workfence binary for the selftest" >&2
+    failed=1
+    SUMMARY+=("$(id -un): workfence selftest: binary not found")
+else
+    log "workfence selftest --json (as $(id -un))"
+    rc=0
+    "$SELFTEST_BIN" selftest --json --dir "$SELFTEST_DIR" >"$SELFTEST_DIR/$(id -un).json" || rc=$?
+    if selftest_report "$(id -un)" "$SELFTEST_DIR/$(id -un).json" "$rc"; then
+        SUMMARY+=("$(id -un): workfence selftest passed")
+    else
+        failed=1
+        SUMMARY+=("$(id -un): workfence selftest FAILED")
+    fi
 fi
 
 # ------------------------------------------------------------------ 2. unprivileged run
@@ -162,6 +236,19 @@ for line in sys.stdin:
             SUMMARY+=("$TEST_USER: $name FAILED")
         fi
     done
+    log "workfence selftest --json as $TEST_USER (unprivileged)"
+    user_json="$SELFTEST_DIR/$TEST_USER.json"
+    rc=0
+    (cd "$STAGE" && setpriv --reuid="$TEST_USER" --regid="$TEST_USER" --init-groups --reset-env \
+        env HOME="$user_home" USER="$TEST_USER" LOGNAME="$TEST_USER" \
+        PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin \
+        "$STAGE/workfence" selftest --json --dir "$SELFTEST_DIR") >"$user_json" || rc=$?
+    if selftest_report "$TEST_USER" "$user_json" "$rc"; then
+        SUMMARY+=("$TEST_USER: workfence selftest passed")
+    else
+        failed=1
+        SUMMARY+=("$TEST_USER: workfence selftest FAILED")
+    fi
 elif ! is_root; then
     SUMMARY+=("(not root: the unprivileged re-run is skipped; this run already is unprivileged)")
 fi

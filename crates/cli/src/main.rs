@@ -50,6 +50,26 @@ enum Cmd {
     },
     /// Windows: restore every ACL change workfence journaled (after a crash).
     Cleanup,
+    /// Prove on this machine that the sandbox holds and that common tools work in it.
+    ///
+    /// Creates a temporary workspace, runs a compatibility set (shell, git, Python,
+    /// Node, cargo, cc/make, the null device, PowerShell) and an attack set (each with an
+    /// unsandboxed control) through the real sandbox with the built-in default policy,
+    /// prints a table and exits 1 when any case fails.
+    Selftest {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Run only the cases whose id starts with PREFIX (repeatable).
+        #[arg(long = "case", value_name = "PREFIX")]
+        cases: Vec<String>,
+        /// Create the temporary directory under DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Keep the temporary directory for inspection.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Print the effective policy (and where each value came from) and the platform plan.
     Explain {
         #[command(flatten)]
@@ -269,6 +289,81 @@ fn explain(opts: RunOpts, target: Option<TargetArg>, json: bool) -> anyhow::Resu
     Ok(0)
 }
 
+fn selftest(
+    json: bool,
+    cases: Vec<String>,
+    dir: Option<PathBuf>,
+    keep: bool,
+) -> anyhow::Result<i32> {
+    let report = workfence::selftest::run(&workfence::selftest::Options {
+        dir,
+        probe: None,
+        only: cases,
+        keep,
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", selftest_table(&report));
+    }
+    Ok(if report.ok { 0 } else { 1 })
+}
+
+/// The report as a table: facts, then one line per case, then the summary.
+fn selftest_table(r: &workfence::selftest::Report) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "workfence {} selftest on {} (runner: {})",
+        r.version, r.os, r.runner
+    );
+    let _ = writeln!(s, "\nMeasured on this host:");
+    for f in &r.facts {
+        let _ = writeln!(s, "  {}: {}", f.name, f.value);
+    }
+    if let Some(d) = &r.degraded {
+        let _ = writeln!(s, "  DEGRADED: {d}");
+    }
+    for w in &r.warnings {
+        for (i, line) in w.lines().enumerate() {
+            let _ = writeln!(
+                s,
+                "  {} {line}",
+                if i == 0 { "warning:" } else { "        " }
+            );
+        }
+    }
+    let width = r.cases.iter().map(|c| c.id.len()).max().unwrap_or(10);
+    let _ = writeln!(s);
+    let _ = writeln!(s, "{:<width$}  {:<7}  detail", "case", "result");
+    for c in &r.cases {
+        let mark = match c.status {
+            workfence::selftest::Status::Pass => "pass",
+            workfence::selftest::Status::Fail => "FAIL",
+            workfence::selftest::Status::Skipped => "skipped",
+        };
+        let _ = writeln!(s, "{:<width$}  {mark:<7}  {}: {}", c.id, c.what, c.reason);
+        if c.status == workfence::selftest::Status::Fail {
+            if let Some(ctl) = &c.control {
+                let _ = writeln!(s, "{:<width$}  {:<7}  control: {ctl}", "", "");
+            }
+        }
+    }
+    for p in &r.pending {
+        let _ = writeln!(s, "{:<width$}  {:<7}  {}", p.id, "pending", p.why);
+    }
+    let _ = writeln!(
+        s,
+        "\n{} passed, {} failed, {} skipped: {}",
+        r.summary.passed,
+        r.summary.failed,
+        r.summary.skipped,
+        if r.ok { "ok" } else { "FAILED" }
+    );
+    s
+}
+
 fn main() -> ExitCode {
     // The same executable doubles as the Linux helper and the Windows runner.
     if let Some(code) = workfence::helper_main_if_requested() {
@@ -289,6 +384,12 @@ fn main() -> ExitCode {
         Cmd::Run { opts, command } => run_cmd(opts, command),
         Cmd::Doctor { json } => Ok(doctor(json)),
         Cmd::Explain { opts, target, json } => explain(opts, target, json),
+        Cmd::Selftest {
+            json,
+            cases,
+            dir,
+            keep,
+        } => selftest(json, cases, dir, keep),
         Cmd::Setup { uninstall } => workfence::setup(uninstall)
             .map(|m| {
                 println!("{m}");

@@ -38,6 +38,8 @@ use workfence_policy::{ExecDecision, LayerStatus, Mode, Policy};
 
 pub use workfence_policy as policy;
 
+pub mod selftest;
+
 /// Errors of the facade. The CLI prints them as one line and exits 125.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -85,6 +87,17 @@ pub enum Error {
     /// A flag that full-access mode cannot honour.
     #[error("{0}")]
     FullAccess(String),
+    /// `selftest --case` named no case.
+    #[error("{0}")]
+    NoSuchCase(String),
+    /// The self-test could not build its temporary world.
+    #[error("selftest: cannot {step}: {source}; check that the directory is writable, or pass --dir DIR")]
+    SelfTest {
+        /// What it was doing.
+        step: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// What the caller should tell the user before the command runs. The library prints
@@ -794,10 +807,13 @@ pub fn cleanup() -> Result<String, Error> {
 /// When this process was started as one of workfence's helpers (on Linux, the
 /// library re-executes the current program to build the sandbox from a single
 /// thread when it is called from a multi-threaded one; on Windows, the sandbox
-/// runner), runs it and returns the exit status to exit with; otherwise `None`.
+/// runner; on every OS, the probe of [`selftest`]), runs it and returns the exit status
+/// to exit with; otherwise `None`.
 /// Call it first in `main` of every program that uses this library.
 pub fn helper_main_if_requested() -> Option<i32> {
-    workfence_linux::helper_main_if_requested().or_else(windows_runner_if_requested)
+    workfence_linux::helper_main_if_requested()
+        .or_else(windows_runner_if_requested)
+        .or_else(selftest::probe::probe_main_if_requested)
 }
 
 /// Windows: when this process was started as the sandbox runner, runs it and returns
