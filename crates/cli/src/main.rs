@@ -241,9 +241,28 @@ fn run_cmd(opts: RunOpts, command: Vec<OsString>) -> anyhow::Result<i32> {
 
 fn doctor(json: bool) -> i32 {
     let checks = workfence::doctor();
-    let ok = checks
-        .iter()
-        .all(|c| c.state == Enforcement::Full || c.layer == "memory/cpu limits");
+    // The verdict is run's own: would the effective policy be refused here?
+    let refusal = match workfence::load_policy(CliOverrides::default())
+        .and_then(|r| workfence::refusal(&r.policy))
+    {
+        Ok(r) => r,
+        Err(e) => Some(format!("the effective policy cannot be planned: {e}")),
+    };
+    // On Linux a layer doctor finds missing (user namespaces, Landlock) is one that
+    // every sandboxed run needs: run would fail at start, not at planning.
+    let refusal = refusal.or_else(|| {
+        let missing: Vec<&str> = checks
+            .iter()
+            .filter(|c| {
+                cfg!(target_os = "linux")
+                    && c.state != Enforcement::Full
+                    && c.layer != "memory/cpu limits"
+            })
+            .map(|c| c.layer.as_str())
+            .collect();
+        (!missing.is_empty()).then(|| format!("not enforceable here: {}", missing.join(", ")))
+    });
+    let ok = refusal.is_none();
     if json {
         println!(
             "{}",
@@ -259,10 +278,9 @@ fn doctor(json: bool) -> i32 {
             println!("[{mark}] {}: {}", c.layer, c.detail);
         }
         println!();
-        if ok {
-            println!("The default policy is fully enforceable on this host.");
-        } else {
-            println!("The default policy is NOT fully enforceable here: workfence refuses to run unless --allow-degraded is given.");
+        match &refusal {
+            None => println!("`workfence run` enforces the effective policy on this host (layers marked partial above are limits of this OS, listed in the README)."),
+            Some(why) => println!("`workfence run` refuses the effective policy on this host unless --allow-degraded is given: {why}"),
         }
     }
     if ok {

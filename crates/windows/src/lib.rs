@@ -65,7 +65,7 @@ pub use plan::{
     OFFLINE_USER, ONLINE_USER, REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
 };
 
-use workfence_policy::run::RunRequest;
+use workfence_policy::run::{RunOutcome, RunRequest};
 #[cfg(not(windows))]
 use workfence_policy::Enforcement;
 use workfence_policy::LayerStatus;
@@ -89,15 +89,21 @@ impl WindowsContext {
 
 /// Runs one command under `plan`. Returns the exit status under the contract of
 /// [`workfence_policy::run`]: the command's own code, 124 on timeout, 125 when the
-/// sandbox cannot be set up, 126/127 when the command cannot be executed or found.
-pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
+/// sandbox cannot be set up, 126/127 when the command cannot be executed or found,
+/// with workfence's reason when it chose the status. Warnings and notes (a degraded
+/// plan, grants that could not be applied) go to `note`; nothing is printed.
+pub fn run(
+    plan: &WindowsPlan,
+    req: &RunRequest,
+    note: &mut dyn FnMut(String),
+) -> Result<RunOutcome, WindowsError> {
     #[cfg(windows)]
     {
-        win::run::run(plan, req)
+        win::run::run(plan, req, note)
     }
     #[cfg(not(windows))]
     {
-        let _ = (plan, req);
+        let _ = (plan, req, note);
         Err(WindowsError::Unsupported)
     }
 }

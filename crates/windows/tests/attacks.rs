@@ -98,7 +98,9 @@ impl Sandbox {
             pty: false,
             keep_fds: vec![],
         };
-        run(&self.plan, &req).unwrap()
+        run(&self.plan, &req, &mut |n| eprintln!("workfence: {n}"))
+            .unwrap()
+            .code
     }
 }
 

@@ -110,6 +110,9 @@ pub enum Warning {
     NoUserNamespaces(String),
     /// Degraded mode: what is not (fully) enforced.
     Degraded(Vec<LayerStatus>),
+    /// A backend's note for the user (Windows: a grant that could not be applied, a
+    /// degraded plan, a tidy-up that failed).
+    Backend(String),
 }
 
 impl std::fmt::Display for Warning {
@@ -118,6 +121,7 @@ impl std::fmt::Display for Warning {
         match self {
             Warning::FullAccess => write!(f, "full-access mode: running WITHOUT a sandbox"),
             Warning::NoUserNamespaces(why) => write!(f, "user namespaces are unavailable ({why})"),
+            Warning::Backend(note) => write!(f, "{note}"),
             Warning::Degraded(gaps) => {
                 write!(f, "DEGRADED sandbox (--allow-degraded). NOT enforced:")?;
                 for g in gaps {
@@ -481,11 +485,13 @@ fn run_backend(
     policy: &Policy,
     layout: &FsLayout,
     req: &RunRequest,
-    _warn: &mut dyn FnMut(Warning),
+    warn: &mut dyn FnMut(Warning),
 ) -> Result<RunOutcome, Error> {
     let ctx = workfence_windows::WindowsContext::detect(policy)?;
     let plan = workfence_windows::plan(policy, layout, &ctx)?;
-    Ok(RunOutcome::status(workfence_windows::run(&plan, req)?))
+    Ok(workfence_windows::run(&plan, req, &mut |n| {
+        warn(Warning::Backend(n))
+    })?)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
@@ -790,6 +796,49 @@ pub fn doctor() -> Vec<LayerStatus> {
         workfence_windows::doctor()
     } else {
         workfence_linux::doctor()
+    }
+}
+
+/// Why `run` would refuse `policy` on this host without `--allow-degraded`, from the
+/// same plan `run` makes (None: it would run). `doctor` reports it: a layer that is
+/// only partly enforced everywhere on an OS (documented in its limitations) does not
+/// refuse a run; a layer the policy needs and this host lacks does.
+pub fn refusal(policy: &Policy) -> Result<Option<String>, Error> {
+    if policy.mode == Mode::FullAccess || policy.allow_degraded {
+        return Ok(None);
+    }
+    let layout = compute_layout(policy)?;
+    #[cfg(target_os = "linux")]
+    {
+        let facts = linux_facts(policy, &layout, false);
+        let plan = workfence_linux::plan(
+            policy,
+            &layout,
+            &facts,
+            workfence_linux::Isolation::Namespaces,
+        )
+        .map_err(workfence_linux::LinuxError::from)?;
+        Ok((!plan.gaps.is_empty()).then(|| gaps_text(&plan.gaps)))
+    }
+    #[cfg(target_os = "macos")]
+    {
+        let _ = &layout;
+        let gaps = workfence_macos::unenforced(policy);
+        Ok((!gaps.is_empty()).then(|| gaps_text(&gaps)))
+    }
+    #[cfg(windows)]
+    {
+        let ctx = workfence_windows::WindowsContext::detect(policy)?;
+        let plan = workfence_windows::plan(policy, &layout, &ctx)?;
+        Ok(plan.refusal().map(|e| e.to_string()))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
+    {
+        let _ = layout;
+        Ok(Some(format!(
+            "no workfence backend for {}",
+            std::env::consts::OS
+        )))
     }
 }
 

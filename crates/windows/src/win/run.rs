@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use workfence_policy::run::{RunRequest, EXIT_NOT_FOUND, EXIT_SETUP, EXIT_TIMEOUT};
+use workfence_policy::run::{RunOutcome, RunRequest, EXIT_NOT_FOUND, EXIT_SETUP, EXIT_TIMEOUT};
 
 use crate::cmdline;
 use crate::error::WindowsError;
@@ -23,18 +23,27 @@ struct RunGuard<'a> {
     temp: Option<PathBuf>,
 }
 
-impl Drop for RunGuard<'_> {
-    fn drop(&mut self) {
+impl RunGuard<'_> {
+    /// Tidies up; what failed is returned for the caller to report (the library
+    /// prints nothing).
+    fn finish(&mut self) -> Option<String> {
         if let Some(t) = self.temp.take() {
             let _ = std::fs::remove_dir_all(t);
         }
-        if let Some(m) = self.marker.take() {
-            let others = m.others_alive();
-            drop(m);
-            if let Err(e) = acl::finish_run(self.plan, others) {
-                eprintln!("workfence: {e}");
-            }
-        }
+        let m = self.marker.take()?;
+        let others = m.others_alive();
+        drop(m);
+        acl::finish_run(self.plan, others)
+            .err()
+            .map(|e| e.to_string())
+    }
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        // An early return (an error) still tidies up; its own failure is then lost
+        // behind the error being returned.
+        let _ = self.finish();
     }
 }
 
@@ -122,12 +131,16 @@ fn wait_deadline(
     }
 }
 
-pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
+pub fn run(
+    plan: &WindowsPlan,
+    req: &RunRequest,
+    note: &mut dyn FnMut(String),
+) -> Result<RunOutcome, WindowsError> {
     if let Some(e) = plan.refusal() {
         return Err(e);
     }
     if let Some(w) = plan.degraded_warning() {
-        eprintln!("workfence: WARNING: {w}");
+        note(format!("WARNING: {w}"));
     }
     let argv = strings(req)?;
     let Some(argv0) = argv.first() else {
@@ -144,8 +157,8 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
     };
     if !plan.unsandboxed {
         let marker = state::RunMarker::create(&workspace_id(&ws))?;
-        for note in acl::apply(plan, marker.path())? {
-            eprintln!("workfence: {note}");
+        for n in acl::apply(plan, marker.path())? {
+            note(n);
         }
         guard.marker = Some(marker);
         if let Some(h) = &plan.home {
@@ -168,8 +181,10 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
         .map(|p| p.display_string())
         .unwrap_or_else(|_| req.cwd.to_string_lossy().into_owned());
     let Some(program) = resolve(argv0, &env, &cwd) else {
-        eprintln!("workfence: {argv0}: command not found in the sandbox's PATH");
-        return Ok(EXIT_NOT_FOUND);
+        return Ok(RunOutcome::because(
+            EXIT_NOT_FOUND,
+            format!("{argv0}: command not found in the sandbox's PATH"),
+        ));
     };
     let program = program.to_string_lossy().into_owned();
     let mut full: Vec<String> = vec![program.clone()];
@@ -230,31 +245,32 @@ pub fn run(plan: &WindowsPlan, req: &RunRequest) -> Result<i32, WindowsError> {
     // Like the end of a pid namespace: nothing the command left behind survives it.
     job.terminate(1);
     drop(desktop);
-    drop(guard);
+    if let Some(e) = guard.finish() {
+        note(e);
+    }
     Ok(status)
 }
 
-fn timed_out(job: &sys::Job, deadline: Option<Instant>, started: Instant) -> i32 {
+fn timed_out(job: &sys::Job, deadline: Option<Instant>, started: Instant) -> RunOutcome {
     job.terminate(EXIT_TIMEOUT as u32);
     let secs = deadline.map_or(0.0, |d| d.duration_since(started).as_secs_f64());
-    eprintln!("workfence: timed out after {secs:.1}s; killed the whole process tree");
-    EXIT_TIMEOUT
+    RunOutcome::because(
+        EXIT_TIMEOUT,
+        format!("timed out after {secs:.1}s; killed the whole process tree"),
+    )
 }
 
 fn run_direct(
     job: &sys::Job,
     req: &Request,
     deadline: Option<Instant>,
-) -> Result<i32, WindowsError> {
+) -> Result<RunOutcome, WindowsError> {
     let started = Instant::now();
     // Created in the job (PROC_THREAD_ATTRIBUTE_JOB_LIST): nothing runs outside it,
     // and it nests under a job workfence itself may run in.
     let launched = match launch::launch(req, Some(job))? {
         Ok(l) => l,
-        Err((status, message)) => {
-            eprintln!("{message}");
-            return Ok(status);
-        }
+        Err((status, message)) => return Ok(RunOutcome::because(status, message)),
     };
     launched.child.resume()?;
     let code = wait_deadline(&launched.child.process, deadline)?;
@@ -262,7 +278,7 @@ fn run_direct(
         Some(c) => {
             // Leftover background processes die with the command; then the pipes drain.
             job.terminate(1);
-            c as i32
+            RunOutcome::status(c as i32)
         }
         None => timed_out(job, deadline, started),
     };
@@ -304,7 +320,7 @@ fn run_as_user(
     user_sid: &str,
     mut req: Request,
     deadline: Option<Instant>,
-) -> Result<i32, WindowsError> {
+) -> Result<RunOutcome, WindowsError> {
     let started = Instant::now();
     let password = state::load_password(user)?;
     let mut nonce = [0u8; 16];
@@ -430,10 +446,7 @@ fn run_as_user(
             };
             (child, thread, j)
         }
-        Ok(Reply::Failed { status, message }) => {
-            eprintln!("{message}");
-            return Ok(status);
-        }
+        Ok(Reply::Failed { status, message }) => return Ok(RunOutcome::because(status, message)),
         Err(_) => {
             let _ = sys::wait(&runner.process, Some(5000));
             let code = sys::exit_code(&runner.process).unwrap_or(0);
@@ -457,7 +470,7 @@ fn run_as_user(
             // With --pty the runner drains the console output before it exits.
             let _ = sys::wait(&runner.process, Some(2000));
             kill(1);
-            c as i32
+            RunOutcome::status(c as i32)
         }
         None => {
             if let Some(j) = &runner_job {
