@@ -134,10 +134,8 @@ pub(super) fn os_facts(env: &Env) -> Vec<Fact> {
 
 /// Windows: the setup state and the token the plan asks for.
 ///
-/// WIRING PENDING: the backend is being changed to measure the smallest restricting
-/// set that runs real tools (issue 8, section 1). Until it reports which set worked,
-/// this shows the set the plan requests; replace the "restricting SIDs (planned)" fact
-/// with the measured one once workfence-windows exposes it.
+/// The measured "restricting set that worked" is reported by the run itself
+/// (`measure_restricting_set`), which tries the sets before the cases.
 #[cfg(windows)]
 pub(super) fn os_facts(env: &Env) -> Vec<Fact> {
     let mut v = Vec::new();
@@ -169,10 +167,9 @@ pub(super) fn os_facts(env: &Env) -> Vec<Fact> {
             }
         }
     }
-    // WIRING PENDING (see above): the key exists now so that reports keep one shape.
     v.push(fact(
-        "restricting set that worked",
-        "not measured yet: workfence-windows does not report it (to be wired here)",
+        "restricting set in use",
+        workfence_windows::restricting_set().name(),
     ));
     v
 }

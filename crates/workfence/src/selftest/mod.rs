@@ -270,6 +270,53 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
     run_with(opts, &mut Sandbox)
 }
 
+/// Windows: finds the narrowest restricting set (issue 8: which SIDs real tools need
+/// can only be measured on the machine) with which every compatibility case that can
+/// run here passes, records it for later runs, and says so. The cases then run (and
+/// are reported) under that set. When none works, the narrowest is kept: a wider set
+/// must be earned by working tools, never assumed.
+#[cfg(windows)]
+fn measure_restricting_set(st: &mut State<'_>, opts: &Options) -> Fact {
+    use workfence_windows::RestrictingSet;
+    let compat: Vec<Case> = catalogue()
+        .into_iter()
+        .filter(|c| c.kind == Kind::Compat)
+        .filter(|c| opts.only.is_empty() || opts.only.iter().any(|p| c.id.starts_with(p.as_str())))
+        .collect();
+    let mut tried = Vec::new();
+    for set in RestrictingSet::ALL {
+        if let Err(e) = workfence_windows::record_restricting_set(set) {
+            return fact(
+                "restricting set that worked",
+                format!("not measured: cannot record a set: {e}"),
+            );
+        }
+        let failed: Vec<String> = compat
+            .iter()
+            .map(|c| run_case(st, c))
+            .filter(|r| r.status == Status::Fail)
+            .map(|r| r.id)
+            .collect();
+        if failed.is_empty() {
+            let before = if tried.is_empty() {
+                String::new()
+            } else {
+                format!("; narrower sets failed: {}", tried.join("; "))
+            };
+            return fact(
+                "restricting set that worked",
+                format!("{} (recorded: later runs use it){before}", set.name()),
+            );
+        }
+        tried.push(format!("{}: {}", set.name(), failed.join(", ")));
+    }
+    let _ = workfence_windows::record_restricting_set(RestrictingSet::Narrow);
+    fact(
+        "restricting set that worked",
+        format!("none (narrow kept): {}", tried.join("; ")),
+    )
+}
+
 /// Runs the self-test with another runner for the sandboxed half (workfence's tests).
 #[doc(hidden)]
 pub fn run_with(opts: &Options, runner: &mut dyn Runner) -> Result<Report, Error> {
@@ -312,6 +359,8 @@ pub fn run_with(opts: &Options, runner: &mut dyn Runner) -> Result<Report, Error
     };
     report.facts.extend(host_facts(&st.env));
     preflight(&mut st, &mut report);
+    #[cfg(windows)]
+    report.facts.push(measure_restricting_set(&mut st, opts));
     for case in catalogue() {
         if !opts.only.is_empty() && !opts.only.iter().any(|p| case.id.starts_with(p.as_str())) {
             continue;
