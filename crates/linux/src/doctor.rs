@@ -132,16 +132,18 @@ pub fn checks() -> Vec<LayerStatus> {
     out.push(status(
         "process limit",
         Enforcement::Full,
-        if uid == 0 {
+        if facts_cg.pid_max_per_pidns {
+            "kernel.pid_max of the sandbox's own pid namespace (Linux 6.14+), and RLIMIT_NPROC counted in its user namespace; a cap below 300 needs a pids cgroup as root".into()
+        } else if uid == 0 {
             match &facts_cg.pids_cgroup {
                 Some(p) => format!("cgroup pids.max under {} (RLIMIT_NPROC does not bind uid 0)", p.display()),
-                None => "no writable pids cgroup and RLIMIT_NPROC does not bind uid 0: the process cap is NOT enforced for root".into(),
+                None => "no writable pids cgroup, no per-namespace pid_max (Linux 6.14) and RLIMIT_NPROC does not bind uid 0: the process cap is NOT enforced for root".into(),
             }
         } else {
             "RLIMIT_NPROC, counted inside the sandbox's own user namespace".into()
         },
     ));
-    if uid == 0 && facts_cg.pids_cgroup.is_none() {
+    if uid == 0 && facts_cg.pids_cgroup.is_none() && !facts_cg.pid_max_per_pidns {
         if let Some(last) = out.last_mut() {
             last.state = Enforcement::Partial;
         }
