@@ -8,6 +8,7 @@
 #   tar           `tar x` of 5,000 small files into the workspace (every file creation is
 #                 brokered: the worst case for the write broker)
 #   git checkout  switching between two commits that differ in 2,000 files
+# hyperfine runs with -N (no shell), prepare commands included: they spell out `sh -c`.
 # Usage: scripts/bench.sh [RUNS] [WORKLOAD...]   (RUNS defaults to 30; needs hyperfine
 # and bwrap, installed with apt-get as root)
 set -euo pipefail
@@ -73,7 +74,7 @@ for w in "${workloads[@]}"; do
         done
         printf 'SRCS=$(wildcard *.c)\nall: $(SRCS:.c=.o)\n%%.o: %%.c\n\t$(CC) -O2 -c $< -o $@\n' >"$ws/proj/Makefile"
         bench "make -j2, 31 C files" --warmup 1 --runs "$((runs / 3 + 1))" \
-            --prepare "rm -f $ws/proj/*.o" \
+            --prepare "sh -c 'rm -f $ws/proj/*.o'" \
             -n bare "make -s -C $ws/proj -j2" \
             -n workfence "$bin run -- make -s -C $ws/proj -j2" \
             -n bwrap "$bw make -s -C $ws/proj -j2"
@@ -87,7 +88,7 @@ for w in "${workloads[@]}"; do
         tar cf "$data/files.tar" -C "$data/src" .
         mkdir -p "$ws/x"
         bench "tar x, 5,000 small files" --warmup 1 --runs "$((runs / 3 + 1))" \
-            --prepare "rm -rf $ws/x && mkdir $ws/x" \
+            --prepare "sh -c 'rm -rf $ws/x && mkdir $ws/x'" \
             -n bare "tar xf $data/files.tar -C $ws/x" \
             -n workfence "$bin run -- tar xf $data/files.tar -C $ws/x" \
             -n bwrap "$bw tar xf $data/files.tar -C $ws/x"

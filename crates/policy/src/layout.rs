@@ -868,7 +868,11 @@ impl Builder<'_> {
                 repo: root.clone(),
                 detail,
             })?;
-            self.check_git_answer(root, &entries)?;
+            // Git names the repository's files relative to the top of its worktree
+            // (it moves there first), which is an ancestor when the root is a
+            // subdirectory of a repository.
+            let top = self.git_top(root);
+            self.check_git_answer(&top, &entries)?;
         }
         if let Some(v) = self.git.unresolved.first() {
             return Err(LayoutError::GitUnresolved(v.clone()));
@@ -937,6 +941,16 @@ impl Builder<'_> {
     }
 
     /// A workspace below a repository's root: the repository's `.git` is outside.
+    /// Where git, asked about `root`, finds its repository: the nearest of `root` and
+    /// its ancestors that holds a `.git` (git's own discovery; the scrubbed
+    /// environment sets no `GIT_DIR` or ceiling). `root` itself when there is none.
+    fn git_top(&self, root: &Path) -> PathBuf {
+        root.ancestors()
+            .find(|d| self.probe.kind(&d.join(".git")).is_some())
+            .unwrap_or(root)
+            .to_path_buf()
+    }
+
     fn enclosing_repo(&mut self, root: &Path) {
         let mut cur = root.parent();
         while let Some(dir) = cur {
@@ -1778,6 +1792,21 @@ mod tests {
         let l = compute(&policy("/home/u/p"), Path::new("/home/u"), &fs).unwrap();
         assert!(has(&l, "/home/u/p/inc.cfg ReadOnly present"));
         assert!(!l.notes.iter().any(|n| n.contains("git is not installed")));
+    }
+
+    /// A workspace in a subdirectory of a repository: git names the repository's
+    /// files relative to the worktree's top, not to the workspace.
+    #[test]
+    fn git_agrees_for_a_subdirectory_workspace() {
+        let fs = repo_with_include()
+            .dir("/home/u/p/crates/cli")
+            .git_answer(&[
+                ("local", ".git/config", "core.hookspath", Some(".husky")),
+                ("local", ".git/config", "include.path", Some("../inc.cfg")),
+                ("local", ".git/../inc.cfg", "user.name", Some("x")),
+            ]);
+        let l = compute(&policy("/home/u/p/crates/cli"), Path::new("/home/u"), &fs).unwrap();
+        assert!(has(&l, "/home/u/p/.git/config ReadOnly present"), "{l:#?}");
     }
 
     #[test]
