@@ -257,7 +257,7 @@ pub(crate) fn run_for_caller(
     check_keep_fds(&req.keep_fds)?;
     if !crate::helper::single_threaded() {
         return Err(LinuxError::BadArgument(
-            "the helper is not single-threaded".into(),
+            "the helper has more than one thread (or cannot read /proc/self/status): its main must call workfence::helper_main_if_requested() first, before any thread starts (no #[tokio::main] around it)".into(),
         ));
     }
     run_single_threaded(plan, req, Some(lifeline.as_raw_fd()))
@@ -857,7 +857,8 @@ fn install_brokered_filters(plan: &LinuxPlan, prep: &Prepared, err: RawFd) {
     // The broker: forked now, so that it shares the command's uid, Landlock domain,
     // missing capabilities and no_new_privs, but none of its seccomp filters.
     let broker = spawn_broker(plan, err);
-    // After the broker: the cap is for the command's tree, not for the broker's threads.
+    // After the broker: RLIMIT_NPROC is for the command's tree, not for the broker's
+    // threads (pid_max counts them, within PID_MAX_HEADROOM).
     step(
         err,
         "setrlimit(RLIMIT_NPROC)",
@@ -1163,9 +1164,11 @@ fn build_root(plan: &LinuxPlan, cwd: &CString) -> io::Result<()> {
                 // No nested user namespaces (a second layer besides seccomp).
                 let _ = std::fs::write(p.join("sys/user/max_user_namespaces"), "0");
                 if let Some(m) = plan.pid_max {
-                    // The task cap of the plan (fail closed): only this pid namespace's
-                    // init, which holds CAP_SYS_ADMIN over it, may set it, and nothing
-                    // else runs in the namespace yet. `/proc/sys` is made read-only next.
+                    // The task cap of the plan (fail closed), written while nothing else
+                    // runs in the namespace. The kernel lets the namespace's uid 0 and
+                    // holders of CAP_SYS_ADMIN over it write it; what keeps the command
+                    // (uid 0 in a root run) from raising it again is `/proc/sys`, made
+                    // read-only next, and no capability to remount or mount a procfs.
                     ctx(
                         || format!("setting kernel.pid_max {m} of the sandbox's pid namespace"),
                         std::fs::write(p.join("sys/kernel/pid_max"), m.to_string()),

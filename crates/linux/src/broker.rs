@@ -122,12 +122,15 @@ struct Shared {
 /// What `/proc/TID/status` tells (thread group, umask), kept per thread: reading it
 /// costs about as much as the rest of a brokered `open`.
 ///
-/// A thread's umask changes only through `umask(2)` (by it, or by a process sharing
-/// its `fs_struct`), which is brokered for exactly this: it empties the cache and
-/// keeps it from filling until the changing thread has been seen again (then its
-/// call has completed) or has exited. A reused thread id (after the pid space
-/// wrapped without it being seen in between) could see its predecessor's umask:
-/// that only sets the modes of files it creates itself, which it controls anyway.
+/// * Each entry holds a pidfd of its thread (`PIDFD_THREAD`, Linux 6.9; without it
+///   nothing is cached) and is dropped once that thread has exited, so a reused
+///   thread id never gets its predecessor's values.
+/// * A thread's umask changes only through `umask(2)` (by it, or by a process
+///   sharing its `fs_struct`), which is brokered for exactly this: it empties the
+///   cache, starts a new epoch (a read that began before it is not stored), and keeps
+///   the cache from filling until the changing thread has been seen again (then its
+///   call has completed) or has exited.
+/// * Values the broker could not read (it fell back to defaults) are not stored.
 #[derive(Default)]
 struct StatusCache {
     inner: Mutex<CacheState>,
@@ -135,42 +138,83 @@ struct StatusCache {
 
 #[derive(Default)]
 struct CacheState {
-    known: HashMap<libc::pid_t, (libc::pid_t, u32)>,
+    known: HashMap<libc::pid_t, Cached>,
     /// Threads whose `umask(2)` may not have completed, with a pidfd each to see
-    /// them exit (None: the thread was already gone).
+    /// them exit (None: no pidfd could be opened; kept until the thread is seen).
     changing: Vec<(libc::pid_t, Option<OwnedFd>)>,
+    epoch: u64,
 }
 
-/// Enough for every thread a build keeps alive; past it the cache starts again.
-const STATUS_CACHE_MAX: usize = 4096;
+struct Cached {
+    tgid: libc::pid_t,
+    umask: u32,
+    thread: OwnedFd,
+}
+
+/// Bounds the broker's fds spent on the cache; past it, dead entries go first.
+const STATUS_CACHE_MAX: usize = 256;
 
 impl StatusCache {
-    fn get(&self, tid: libc::pid_t) -> Option<(libc::pid_t, u32)> {
-        let mut st = self.inner.lock().ok()?;
+    /// The cached values for `tid`, and the epoch to store a fresh read under.
+    fn get(&self, tid: libc::pid_t) -> (Option<(libc::pid_t, u32)>, u64) {
+        let Ok(mut st) = self.inner.lock() else {
+            return (None, u64::MAX);
+        };
         if !st.changing.is_empty() {
             // Seen again: its umask call is over. Gone: it will not change anything.
-            st.changing.retain(|(t, fd)| {
-                *t != tid && fd.as_ref().is_some_and(|fd| !sys::pidfd_exited(fd))
-            });
-            return None;
-        }
-        st.known.get(&tid).copied()
-    }
-
-    fn put(&self, tid: libc::pid_t, v: (libc::pid_t, u32)) {
-        if let Ok(mut st) = self.inner.lock() {
-            if st.changing.is_empty() {
-                if st.known.len() >= STATUS_CACHE_MAX {
-                    st.known.clear();
-                }
-                st.known.insert(tid, v);
+            st.changing
+                .retain(|(t, fd)| *t != tid && fd.as_ref().is_none_or(|fd| !sys::pidfd_exited(fd)));
+            if !st.changing.is_empty() {
+                return (None, st.epoch);
             }
         }
+        let epoch = st.epoch;
+        match st.known.get(&tid) {
+            Some(c) if !sys::pidfd_exited(&c.thread) => (Some((c.tgid, c.umask)), epoch),
+            Some(_) => {
+                st.known.remove(&tid);
+                (None, epoch)
+            }
+            None => (None, epoch),
+        }
+    }
+
+    /// Stores what was read for `tid` during `epoch`, if nothing changed since.
+    fn put(&self, tid: libc::pid_t, v: (libc::pid_t, u32), epoch: u64) {
+        // First the pidfd, then the check that its thread is alive: then the status
+        // read earlier was this thread's (a live thread's id is not reused).
+        let Ok(thread) = sys::pidfd_open_thread(tid) else {
+            return;
+        };
+        if sys::pidfd_exited(&thread) {
+            return;
+        }
+        let Ok(mut st) = self.inner.lock() else {
+            return;
+        };
+        if st.epoch != epoch || !st.changing.is_empty() {
+            return;
+        }
+        if st.known.len() >= STATUS_CACHE_MAX {
+            st.known.retain(|_, c| !sys::pidfd_exited(&c.thread));
+            if st.known.len() >= STATUS_CACHE_MAX {
+                st.known.clear();
+            }
+        }
+        st.known.insert(
+            tid,
+            Cached {
+                tgid: v.0,
+                umask: v.1,
+                thread,
+            },
+        );
     }
 
     fn umask_changing(&self, tid: libc::pid_t) {
         let fd = sys::pidfd_open_thread(tid).ok();
         if let Ok(mut st) = self.inner.lock() {
+            st.epoch = st.epoch.wrapping_add(1);
             st.known.clear();
             st.changing.push((tid, fd));
         }
@@ -232,14 +276,14 @@ impl Shared {
         };
         let nr = i64::from(n.nr);
         let a = n.args;
-        let known = self.status.get(c.tid);
         if nr == libc::SYS_umask {
             // Decides nothing: the kernel sets the umask; we only forget old ones.
             self.status.umask_changing(c.tid);
             return Answer::Continue;
         }
-        if let Some(v) = known {
-            let _ = c.status.set(v);
+        let (known, epoch) = self.status.get(c.tid);
+        if let Some((tgid, umask)) = known {
+            let _ = c.status.set((tgid, umask, true));
         }
         let fs = Fs { s: self, c: &c };
         let r = match nr {
@@ -283,8 +327,8 @@ impl Shared {
             // Not ours (cannot happen with our filter): refuse rather than guess.
             _ => Err(libc::ENOSYS),
         };
-        if let (None, Some(v)) = (known, c.status.get()) {
-            self.status.put(c.tid, *v);
+        if let (None, Some((tgid, umask, true))) = (known, c.status.get()) {
+            self.status.put(c.tid, (*tgid, *umask), epoch);
         }
         match r {
             Ok(a) => a,
@@ -299,13 +343,14 @@ struct Caller {
     tid: libc::pid_t,
     /// The notification's id: still valid means the thread is still the caller.
     id: u64,
-    status: std::cell::OnceCell<(libc::pid_t, u32)>,
+    /// (tgid, umask, read from procfs: false when defaults stood in).
+    status: std::cell::OnceCell<(libc::pid_t, u32, bool)>,
 }
 
 impl Caller {
     /// (thread group id, umask) from one read of `/proc/TID/status`.
     fn status(&self) -> (libc::pid_t, u32) {
-        *self.status.get_or_init(|| {
+        let (tgid, umask, _) = *self.status.get_or_init(|| {
             let mut buf = [0u8; 4096];
             let n = std::fs::File::open(format!("/proc/{}/status", self.tid))
                 .and_then(|mut f| std::io::Read::read(&mut f, &mut buf))
@@ -316,14 +361,14 @@ impl Caller {
                     .find_map(|l| l.strip_prefix(name))
                     .map(|v| v.trim().to_string())
             };
-            let tgid = field("Tgid:")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(self.tid);
-            let umask = field("Umask:")
-                .and_then(|v| u32::from_str_radix(&v, 8).ok())
-                .unwrap_or(0o022);
-            (tgid, umask)
-        })
+            let tgid = field("Tgid:").and_then(|v| v.parse().ok());
+            let umask = field("Umask:").and_then(|v| u32::from_str_radix(&v, 8).ok());
+            match (tgid, umask) {
+                (Some(t), Some(u)) => (t, u, true),
+                (t, u) => (t.unwrap_or(self.tid), u.unwrap_or(0o022), false),
+            }
+        });
+        (tgid, umask)
     }
 
     fn tgid(&self) -> libc::pid_t {

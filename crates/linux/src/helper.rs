@@ -44,13 +44,15 @@ enum Outcome {
     Error(String),
 }
 
-/// Whether this process has exactly one thread.
+/// Whether this process has exactly one thread (false also when
+/// `/proc/self/status` cannot be read: then nothing proves it).
 ///
 /// A thread that has just finished (joined, or a detached one past its last
 /// statement) is still counted for a few microseconds while the kernel releases
-/// it: a short wait for the count to settle keeps such programs (the CLI's own git
-/// probe reads its pipes on threads) off the helper's slower path. A process with
-/// more than one thread after that is multi-threaded.
+/// it: while the count keeps falling, wait briefly (50 us at a time, a few times at
+/// most) for it to settle, which keeps such programs (the CLI's own git probe reads
+/// its pipes on threads) off the helper's slower path. A count that does not fall
+/// is a multi-threaded process: it costs one extra read and one short sleep.
 pub fn single_threaded() -> bool {
     let threads = || {
         std::fs::read_to_string("/proc/self/status")
@@ -61,11 +63,15 @@ pub fn single_threaded() -> bool {
                     .and_then(|v| v.trim().parse::<u32>().ok())
             })
     };
-    for _ in 0..10 {
+    let mut last = u32::MAX;
+    for _ in 0..8 {
         match threads() {
             Some(1) => return true,
-            Some(_) => std::thread::sleep(std::time::Duration::from_micros(50)),
-            None => return false,
+            Some(n) if n < last => {
+                last = n;
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+            _ => return false,
         }
     }
     false

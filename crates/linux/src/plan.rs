@@ -49,14 +49,26 @@ pub struct HostFacts {
     /// its number of tasks without a cgroup.
     #[serde(default)]
     pub pid_max_per_pidns: bool,
+    /// The smallest `kernel.pid_max` this kernel accepts: `max(RESERVED_PIDS + 1,
+    /// 8 per possible CPU)` (0: unknown, taken as [`PID_MAX_MIN`]).
+    #[serde(default)]
+    pub pid_max_min: u32,
     /// workfence runs as the real root (uid 0 of the initial user namespace), which
     /// RLIMIT_NPROC does not bind.
     #[serde(default)]
     pub nproc_exempt: bool,
 }
 
-/// The smallest `kernel.pid_max` the kernel accepts (`RESERVED_PIDS + 1`).
+/// The smallest `kernel.pid_max` any kernel accepts (`RESERVED_PIDS + 1`).
 pub const PID_MAX_MIN: u32 = 301;
+
+/// The largest `kernel.pid_max` (`PID_MAX_LIMIT` on 64-bit kernels).
+pub const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+
+/// What pid_max adds to the cap: once the pids wrap, a pid namespace allocates only
+/// from `RESERVED_PIDS` (300) up, and workfence's own tasks (the supervisor, the
+/// broker and its up to 64 threads) count too.
+pub const PID_MAX_HEADROOM: u32 = 300 + 70;
 
 /// How the sandbox is isolated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -811,18 +823,35 @@ pub fn plan(
             namespaces.push("net".into());
         }
     }
-    // The task cap: the pid namespace's own pid_max where the kernel has one (pids
-    // 1..pid_max-1 are all the sandbox can hold, threads included), else a cgroup.
-    // A cgroup costs a synchronous RCU grace period per run on v1 (10-30 ms on a
-    // 2-core VM) and is root's only cap: root is exempt from RLIMIT_NPROC.
-    let pid_max = (ns && facts.pid_max_per_pidns)
-        .then(|| policy.limits.max_processes.saturating_add(1))
-        .filter(|m| *m >= PID_MAX_MIN);
+    // The task cap. RLIMIT_NPROC is exact for ordinary users but does not bind root.
+    // The pid namespace's own pid_max (Linux 6.14) binds everyone, threads included,
+    // with PID_MAX_HEADROOM of slack, and costs nothing; a cgroup is exact but costs
+    // a synchronous RCU grace period per run on v1 (10-30 ms on a 2-core VM). So:
+    // pid_max wherever the kernel has it, and a cgroup as well only for root when
+    // pid_max is much looser than the cap asked for (a small cap, or a kernel whose
+    // minimum pid_max is large).
+    let pid_max_min = facts.pid_max_min.max(PID_MAX_MIN);
+    let pid_max = (ns && facts.pid_max_per_pidns).then(|| {
+        policy
+            .limits
+            .max_processes
+            .saturating_add(PID_MAX_HEADROOM)
+            .clamp(pid_max_min, PID_MAX_LIMIT)
+    });
+    // Near the cap: at most PID_MAX_HEADROOM over it, for a cap of 300 or more.
+    let pid_max_binds = pid_max.is_some_and(|m| {
+        policy.limits.max_processes >= 300
+            && m == policy.limits.max_processes.saturating_add(PID_MAX_HEADROOM)
+    });
     let need_v2 = policy.limits.memory_bytes.is_some() || policy.limits.cpu_percent.is_some();
     let cgroup = facts
         .pids_cgroup
         .as_ref()
-        .filter(|_| pid_max.is_none() || (need_v2 && facts.v2_cgroup.is_some()))
+        .filter(|_| {
+            pid_max.is_none()
+                || (facts.nproc_exempt && !pid_max_binds)
+                || (need_v2 && facts.v2_cgroup.is_some())
+        })
         .map(|parent| CgroupPlan {
             parent: parent.clone(),
             pids_max: Some(policy.limits.max_processes),
@@ -838,11 +867,11 @@ pub fn plan(
             "no delegated cgroup v2 subtree: run under a systemd user session (systemd-run --user --scope) or as root",
         ));
     }
-    if facts.nproc_exempt && cgroup.is_none() && pid_max.is_none() {
+    if facts.nproc_exempt && cgroup.is_none() && !pid_max_binds {
         gaps.push(gap(
             "process limit",
             Enforcement::None,
-            "running as root, RLIMIT_NPROC does not apply to uid 0, the kernel has no per-namespace pid_max (Linux 6.14) and no writable pids cgroup exists: run as an ordinary user",
+            "running as root, RLIMIT_NPROC does not apply to uid 0, no writable pids cgroup exists, and the kernel has no per-namespace pid_max (Linux 6.14) or it cannot come near the cap (below 300, or many CPUs): run as an ordinary user",
         ));
     }
     let mut seccomp = seccomp_rules(policy, isolation);
@@ -1043,7 +1072,7 @@ impl fmt::Display for LinuxPlan {
         if let Some(m) = self.pid_max {
             writeln!(
                 f,
-                "  kernel.pid_max {m} in the sandbox's pid namespace: at most {} tasks",
+                "  kernel.pid_max {m} in the sandbox's pid namespace: at most {} tasks, workfence's included",
                 m - 1
             )?;
         }
@@ -1056,7 +1085,9 @@ impl fmt::Display for LinuxPlan {
                 c.memory_max,
                 c.cpu_percent
             )?,
-            None if self.pid_max.is_some() => writeln!(f, "  cgroup: none (not needed)")?,
+            None if self.pid_max.is_some() => {
+                writeln!(f, "  cgroup: none (pid_max caps the tasks)")?
+            }
             None => writeln!(f, "  cgroup: none (no writable cgroup on this host)")?,
         }
         if !self.gaps.is_empty() {

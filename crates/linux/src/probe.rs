@@ -189,8 +189,34 @@ pub fn facts_for(
             .join(format!("workfence-{uid}-{}-{nanos:x}", std::process::id())),
         foreign_procfs: !procfs_is_ours(),
         pid_max_per_pidns: kernel_at_least(6, 14),
+        pid_max_min: pid_max_min(),
         nproc_exempt: crate::is_global_root(),
     }
+}
+
+/// The kernel's smallest accepted pid_max: `max(301, 8 * possible CPUs)`
+/// (`pid_idr_init`), 0 when the CPU list cannot be read.
+fn pid_max_min() -> u32 {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| possible_cpus(&s))
+        .map_or(0, |n| n.saturating_mul(8).max(301))
+}
+
+/// Counts the CPUs of a kernel CPU list (`0-3,8,10-11`).
+fn possible_cpus(list: &str) -> Option<u32> {
+    let mut n = 0u32;
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let a = part.parse::<u32>().ok()?;
+                (a, a)
+            }
+        };
+        n = n.checked_add(b.checked_sub(a)? + 1)?;
+    }
+    (n > 0).then_some(n)
 }
 
 /// The running kernel's release is at least `major.minor` (from `uname`).
@@ -213,6 +239,17 @@ fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::release_at_least;
+
+    #[test]
+    fn cpu_lists() {
+        use super::possible_cpus;
+        assert_eq!(possible_cpus("0-1\n"), Some(2));
+        assert_eq!(possible_cpus("0"), Some(1));
+        assert_eq!(possible_cpus("0-3,8,10-11"), Some(7));
+        assert_eq!(possible_cpus("0-255"), Some(256));
+        assert_eq!(possible_cpus(""), None);
+        assert_eq!(possible_cpus("3-1"), None);
+    }
 
     #[test]
     fn kernel_releases() {

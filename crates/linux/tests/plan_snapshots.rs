@@ -378,5 +378,13 @@ fn task_cap_mechanism() {
         "root, cap 64 (below pid_max's minimum), cgroup:\n{}\n",
         limits(&low, &root(true, true), Isolation::Namespaces)
     ));
+    let many_cpus = HostFacts {
+        pid_max_min: 8 * 256,
+        ..root(true, false)
+    };
+    out.push_str(&format!(
+        "root, cap 400, 256 CPUs (pid_max at least 2048), no cgroup:\n{}\n",
+        limits(&with_cap(Some(400)), &many_cpus, Isolation::Namespaces)
+    ));
     insta::assert_snapshot!(out);
 }
