@@ -30,7 +30,15 @@ if ((${#need[@]})); then
 fi
 cargo build --release -q -p workfence-cli
 bin=$PWD/target/release/workfence
-ws=$(mktemp -d /var/tmp/workfence-bench.XXXXXX)
+# The workspace lives on tmpfs when there is one: on a disk, the file system's own
+# behaviour (ext4 without a journal scans past recently deleted inodes, so each run
+# pays for the files the previous one removed) swamps what the sandbox adds and
+# penalises whichever command hyperfine runs later.
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    ws=$(mktemp -d /dev/shm/workfence-bench.XXXXXX)
+else
+    ws=$(mktemp -d /var/tmp/workfence-bench.XXXXXX)
+fi
 data=$(mktemp -d /var/tmp/workfence-bench-data.XXXXXX)
 trap 'rm -rf "$ws" "$data"' EXIT
 git -C "$ws" init -q
