@@ -109,6 +109,24 @@ PY
     assert_eq!(mode("a002"), 0o664);
     assert_eq!(mode("t027"), 0o640);
     assert_eq!(mode("t007"), 0o660, "a umask set by another thread");
+    // The umask workfence was started with holds inside when nothing changes it (the
+    // broker then applies it without reading any process's status).
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("umask 027 && exec \"$0\" run -C \"$1\" -- sh -c ': > inherited; mkdir inherited.d'")
+        .arg(bin())
+        .arg(&sc.ws)
+        .env("HOME", &sc.h)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "workfence under umask 027: {st}");
+    assert_eq!(
+        mode("inherited"),
+        0o640,
+        "the umask workfence was started with"
+    );
+    assert_eq!(mode("inherited.d"), 0o750);
     work_passed("umask");
 }
 

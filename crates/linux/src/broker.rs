@@ -27,7 +27,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, CWD};
@@ -77,8 +77,9 @@ const START_THREADS: usize = 1;
 pub fn serve(listener: OwnedFd, rules: Rules) -> ! {
     // Latency, not CPU, is the cost of a brokered call: switch CPUs synchronously.
     let _ = sys::notif_sync_wakeup(listener.as_raw_fd());
-    // Modes arrive already masked with the caller's umask.
-    rustix::process::umask(Mode::empty());
+    // The command's umask, inherited: every process of the sandbox has it until one
+    // calls umask(2) (brokered). The broker's own is 0: it applies the caller's itself.
+    let initial_umask = rustix::process::umask(Mode::empty()).bits();
     let root = match rustix::fs::openat(
         CWD,
         "/",
@@ -95,6 +96,8 @@ pub fn serve(listener: OwnedFd, rules: Rules) -> ! {
         idle: AtomicUsize::new(0),
         threads: AtomicUsize::new(0),
         status: StatusCache::default(),
+        initial_umask,
+        umask_seen: AtomicBool::new(false),
     });
     for _ in 0..START_THREADS {
         Shared::spawn(&shared);
@@ -117,6 +120,12 @@ struct Shared {
     idle: AtomicUsize,
     threads: AtomicUsize,
     status: StatusCache,
+    /// The sandbox's umask while nobody changed it (see `umask_seen`).
+    initial_umask: u32,
+    /// A umask(2) was brokered: from then on umasks are read per thread. Before, all
+    /// sandbox processes descend from the command with the initial umask, and only
+    /// umask(2) changes one, so no read is needed (most sessions never call it).
+    umask_seen: AtomicBool,
 }
 
 /// What `/proc/TID/status` tells (thread group, umask), kept per thread: reading it
@@ -278,6 +287,7 @@ impl Shared {
         let a = n.args;
         if nr == libc::SYS_umask {
             // Decides nothing: the kernel sets the umask; we only forget old ones.
+            self.umask_seen.store(true, Ordering::SeqCst);
             self.status.umask_changing(c.tid);
             return Answer::Continue;
         }
@@ -619,7 +629,12 @@ impl Fs<'_> {
     }
 
     fn umask(&self, mode: u32) -> u32 {
-        mode & 0o7777 & !self.c.umask()
+        let umask = if self.s.umask_seen.load(Ordering::SeqCst) {
+            self.c.umask()
+        } else {
+            self.s.initial_umask
+        };
+        mode & 0o7777 & !umask
     }
 
     /// Opens `path` for the caller with `flags` (write intent), following a final
