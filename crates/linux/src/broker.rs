@@ -946,7 +946,7 @@ impl UnixGate<'_> {
                 Ok(t) if t != libc::SOCK_DGRAM => Answer::Continue,
                 // A datagram may name its peer in memory we cannot pin: send it
                 // ourselves, from a copy, to the connected peer only.
-                _ if nr == libc::SYS_sendmsg => self.send_connected_dgram(n, c, &dup),
+                _ if nr == libc::SYS_sendmsg => self.send_connected_dgram(listener, n, c, &dup),
                 _ => Answer::Errno(libc::EPERM),
             };
         }
@@ -999,6 +999,10 @@ impl UnixGate<'_> {
             let Ok(buf) = sys::read_process_memory(c.tid, n.args[1], blen) else {
                 return Answer::Errno(libc::EFAULT);
             };
+            // Still the caller's memory (and socket) that was read.
+            if !sys::notif_id_valid(listener, n.id) {
+                return Answer::Errno(libc::EINTR);
+            }
             match sys::sendto_unix(dup.as_raw_fd(), &buf, n.args[3] as libc::c_int, &target) {
                 Ok(sent) => Answer::Val(sent as i64),
                 Err(e) => Answer::Errno(e),
@@ -1011,7 +1015,13 @@ impl UnixGate<'_> {
     /// in SCM_RIGHTS are the caller's numbers, meaningless here). The message is
     /// copied once and sent by the broker, so nothing the caller changes afterwards
     /// matters.
-    fn send_connected_dgram(&self, n: &sys::Notif, c: &Caller, sock: &OwnedFd) -> Answer {
+    fn send_connected_dgram(
+        &self,
+        listener: RawFd,
+        n: &sys::Notif,
+        c: &Caller,
+        sock: &OwnedFd,
+    ) -> Answer {
         let Ok(hdr) = sys::read_process_msghdr(c.tid, n.args[1]) else {
             return Answer::Errno(libc::EFAULT);
         };
@@ -1028,6 +1038,10 @@ impl UnixGate<'_> {
                 Ok(b) => data.extend_from_slice(&b),
                 Err(_) => return Answer::Errno(libc::EFAULT),
             }
+        }
+        // Still the caller's memory (and socket) that was read.
+        if !sys::notif_id_valid(listener, n.id) {
+            return Answer::Errno(libc::EINTR);
         }
         match sys::send(sock.as_raw_fd(), &data, n.args[2] as libc::c_int) {
             Ok(sent) => Answer::Val(sent as i64),
