@@ -125,9 +125,16 @@ impl Scene {
         c.home = self.h.clone();
         let c = ctx(c);
         let prof = profile(policy, &layout, &c).expect("profile");
+        // The private temp dir this run gets, so that a script can check its
+        // TMPDIR against the profile instead of against a naming convention.
+        let mut env = self.env();
+        env.push((
+            "WF_PROFILE_TMP".into(),
+            prof.tmp_dir().to_string_lossy().into_owned(),
+        ));
         let req = RunRequest {
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            env: self.env(),
+            env,
             cwd: self.ws.clone(),
             timeout,
             pty: false,
@@ -394,7 +401,7 @@ fn fw15_shared_tmp() {
     // The private TMPDIR works and is not the host's.
     let code = sc.sandboxed(
         &p,
-        r#"case "$TMPDIR" in */workfence-*) ;; *) exit 3;; esac; echo ok > "$TMPDIR/x" && test "$(cat "$TMPDIR/x")" = ok"#,
+        r#"test -n "$WF_PROFILE_TMP" || exit 4; test "$TMPDIR" = "$WF_PROFILE_TMP/" || exit 3; echo ok > "$TMPDIR/x" && test "$(cat "$TMPDIR/x")" = ok"#,
         None,
     );
     assert_eq!(code, 0);
