@@ -395,7 +395,7 @@ pub fn profile(
             exprs: vec![format!("(literal (param \"{probe_param}\"))")],
         });
         except.push(Filter {
-            comment: "nested repositories anywhere in the roots: host git reads their config and runs their hooks when it later runs there. A `.git` entry itself cannot be created, renamed or removed (else a prepared directory could be renamed into place), nor anything written to a `.git/config` or into `.git/hooks`".into(),
+            comment: "nested repositories anywhere in the roots: host git reads their config and runs their hooks when it later runs there. A `.git` entry itself cannot be created, renamed or removed (else a prepared directory could be renamed into place), nor anything written to the config, config.worktree, commondir or hooks of any gitdir (a repository's .git, its submodules' and linked worktrees' gitdirs)".into(),
             exprs: nested_git_filters(),
         });
         // Renaming any directory between a root and a protected path (or the root
@@ -529,28 +529,45 @@ fn owner_probes(tmp: &str, token: &str) -> (String, String) {
     (format!("{tmp}/.wf-{twin}x"), format!("{tmp}/.wf-{token}y"))
 }
 
-/// `.git` entries anywhere, `.git/config` and everything in `.git/hooks`, in any
-/// letter case (srt's `**/.git/config`, `**/.git/hooks/**`), and the same for the
-/// submodule repositories under `.git/modules/NAME/` (NAME may hold slashes).
+/// What host git reads from a repository it finds in the roots and that runs code
+/// or redirects it: `.git` entries anywhere (a gitfile or a prepared directory
+/// cannot be created, renamed or removed), and in every gitdir, in any letter case
+/// (srt's `**/.git/config`, `**/.git/hooks/**`, widened):
+/// - `config` and `config.worktree` (core.fsmonitor, core.hooksPath, aliases and
+///   filters run commands; `config.worktree` is read with extensions.worktreeConfig),
+/// - `commondir` (`X/.git/commondir` -> `../evil` makes git read `evil/config`
+///   and run `evil/hooks`),
+/// - `hooks` and everything in it.
+///
+/// The gitdirs: `X/.git`, its submodule repositories `X/.git/modules/NAME/` (NAME may
+/// hold slashes, and nested submodules are `modules/A/modules/B/`) and linked
+/// worktrees `X/.git/worktrees/NAME/` (also under a submodule's gitdir).
+///
+/// Seatbelt's regexes have no lookahead, so `modules/.+/` cannot tell where a
+/// submodule's name ends and its gitdir begins: a branch or tag named `config`,
+/// `commondir` or `hooks` inside a submodule's gitdir (`.git/modules/m/refs/heads/config`)
+/// is refused as well. That errs towards refusing; docs/macos.md says so.
 fn nested_git_filters() -> Vec<String> {
-    let git = case_insensitive_regex("/.git");
-    let modules = format!("({}/.+/)?", case_insensitive_regex("modules"));
+    nested_git_regexes()
+        .iter()
+        .map(|re| format!("(regex {})", sbpl_string(re)))
+        .collect()
+}
+
+/// The regexes of [`nested_git_filters`], before SBPL string escaping.
+fn nested_git_regexes() -> Vec<String> {
+    let ci = case_insensitive_regex;
+    let git = ci("/.git");
+    let gitdir = format!("{git}/({}/.+/|{}/[^/]+/)?", ci("modules"), ci("worktrees"));
     vec![
-        format!("(regex {})", sbpl_string(&format!("{git}$"))),
+        format!("{git}$"),
         format!(
-            "(regex {})",
-            sbpl_string(&format!(
-                "{git}/{modules}{}$",
-                case_insensitive_regex("config")
-            ))
+            "{gitdir}({}|{}|{})$",
+            ci("config"),
+            ci("config.worktree"),
+            ci("commondir")
         ),
-        format!(
-            "(regex {})",
-            sbpl_string(&format!(
-                "{git}/{modules}{}(/.*)?$",
-                case_insensitive_regex("hooks")
-            ))
-        ),
+        format!("{gitdir}{}(/.*)?$", ci("hooks")),
     ]
 }
 
@@ -926,6 +943,67 @@ mod tests {
         comment_line(&mut c, "  ", "x\n(allow default)\r\u{2029};");
         assert_eq!(c, "  ;; x\\n(allow default)\\r\\u{2029};\n");
         assert_eq!(c.lines().count(), 1);
+    }
+
+    /// Whether `path` is refused by one of the nested-repository regexes, with
+    /// the `regex` crate standing in for Seatbelt's matcher (the constructs used,
+    /// classes, groups, alternation, `.+`, `[^/]`, anchors, mean the same in both).
+    fn nested_git_denies(path: &str) -> bool {
+        nested_git_regexes()
+            .iter()
+            .any(|re| regex::Regex::new(re).unwrap().is_match(path))
+    }
+
+    #[test]
+    fn nested_repositories_every_gitdir_file_that_runs_code() {
+        let ws = "/Users/dev/proj";
+        for rel in [
+            ".git",
+            "sub/.GIT",
+            ".git/config",
+            "sub/.git/config",
+            "sub/.git/config.worktree",
+            "sub/.git/commondir",
+            "sub/.git/CommonDir",
+            "sub/.git/hooks",
+            "sub/.git/hooks/post-checkout",
+            ".git/modules/m/config",
+            ".git/modules/a/b/commondir",
+            ".git/modules/a/modules/b/config.worktree",
+            ".git/modules/m/hooks/pre-commit",
+            ".git/worktrees/wt/commondir",
+            ".git/worktrees/wt/config.worktree",
+            ".git/worktrees/wt/config",
+            ".git/worktrees/wt/hooks/x",
+            ".git/modules/m/worktrees/wt/commondir",
+        ] {
+            assert!(nested_git_denies(&format!("{ws}/{rel}")), "{rel} allowed");
+        }
+        // What git writes in ordinary work stays writable.
+        for rel in [
+            ".git/index",
+            ".git/index.lock",
+            ".git/HEAD",
+            ".git/objects/ab/cdef",
+            ".git/refs/heads/config",
+            ".git/refs/heads/hooks",
+            ".git/logs/refs/heads/commondir",
+            ".git/worktrees/wt/refs/heads/config",
+            ".git/worktrees/wt/index",
+            ".git/modules/m/index",
+            ".git/config.lock.d",
+            ".gitignore",
+            "src/config",
+            "hooks/x",
+            "commondir",
+        ] {
+            assert!(!nested_git_denies(&format!("{ws}/{rel}")), "{rel} refused");
+        }
+        // The documented cost of `modules/.+/` (no lookahead in Seatbelt's regexes):
+        // a branch named like a gitdir file inside a submodule's gitdir is refused.
+        assert!(nested_git_denies(&format!(
+            "{ws}/.git/modules/m/refs/heads/config"
+        )));
     }
 
     #[test]

@@ -897,6 +897,72 @@ mkdir -p sub4 && ln -s "$OUT" sub4/.GIT"#,
     );
 }
 
+/// Repositories that exist before the run (a vendored checkout, a submodule, a
+/// linked worktree): the files of their gitdirs that make host git run code or
+/// read another config (`commondir` -> `../evil` with `core.fsmonitor`) stay
+/// read-only.
+#[test]
+fn fw_nested_gitdir_redirection() {
+    let script = r#"mkdir -p evil && printf '[core]\n\tfsmonitor = touch PWNED\n' > evil/config
+printf '../../evil\n' > sub/.git/commondir
+printf '[core]\n\tfsmonitor = touch PWNED\n' > sub/.git/config.worktree
+printf '../../../../evil\n' > .git/worktrees/wt/commondir
+printf '[core]\n\tfsmonitor = touch PWNED\n' > .git/modules/m/config.worktree
+printf '#!/bin/sh\n' > .git/modules/m/hooks/post-checkout
+true"#;
+    let setup = |sc: &Scene| {
+        git(&sc.ws, &["commit", "-q", "--allow-empty", "-m", "init"]);
+        fs::create_dir_all(sc.ws.join("sub")).unwrap();
+        git(&sc.ws.join("sub"), &["init", "-q"]);
+        git(&sc.ws, &["worktree", "add", "-q", "--detach", "../wt"]);
+        fs::create_dir_all(sc.ws.join(".git/modules/m/hooks")).unwrap();
+    };
+    let effect = |sc: &Scene| {
+        vec![
+            (
+                "sub/.git/commondir",
+                sc.ws.join("sub/.git/commondir").exists(),
+            ),
+            (
+                "sub/.git/config.worktree",
+                sc.ws.join("sub/.git/config.worktree").exists(),
+            ),
+            (
+                ".git/worktrees/wt/commondir",
+                read(&sc.ws.join(".git/worktrees/wt/commondir")).contains("evil"),
+            ),
+            (
+                ".git/modules/m/config.worktree",
+                sc.ws.join(".git/modules/m/config.worktree").exists(),
+            ),
+            (
+                ".git/modules/m/hooks/post-checkout",
+                sc.ws.join(".git/modules/m/hooks/post-checkout").exists(),
+            ),
+        ]
+    };
+    let sc = scene(true);
+    setup(&sc);
+    sc.control(script);
+    for (what, worked) in effect(&sc) {
+        assert!(worked, "control: `{what}` should work without the sandbox");
+    }
+    let sc = scene(true);
+    setup(&sc);
+    let p = sc.policy();
+    sc.sandboxed(&p, script, Some(Duration::from_secs(60)));
+    for (what, worked) in effect(&sc) {
+        assert!(!worked, "sandboxed: `{what}` must be blocked");
+    }
+    // The work that must keep working next to those rules.
+    let code = sc.sandboxed(
+        &p,
+        "echo c > c.txt && git add c.txt && git -c user.name=t -c user.email=t@example.invalid commit -qm c && git -C sub status --short >/dev/null",
+        None,
+    );
+    assert_eq!(code, 0, "commit next to a nested repository");
+}
+
 /// A pty of the user's that the command was not given (another terminal tab),
 /// held open by a helper outside the sandbox; returns it and its path.
 fn foreign_tty() -> (std::process::Child, String) {

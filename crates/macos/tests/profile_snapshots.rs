@@ -547,8 +547,8 @@ fn nested_repositories_and_data_volume_are_denied() {
         .unwrap()..];
     for re in [
         r#"(regex "/\\.[Gg][Ii][Tt]$")"#,
-        r#"(regex "/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee][Ss]/.+/)?[Cc][Oo][Nn][Ff][Ii][Gg]$")"#,
-        r#"(regex "/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee][Ss]/.+/)?[Hh][Oo][Oo][Kk][Ss](/.*)?$")"#,
+        r#"(regex (string-append "/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee][Ss]/.+/|[Ww][Oo][Rr][Kk][Tt][Rr][Ee][Ee][Ss]/[^/]+/)?([Cc][Oo][Nn][Ff][Ii][Gg]|[Cc][Oo][Nn][Ff][Ii][Gg]\\.[Ww][Oo][Rr][Kk][Tt][Rr][Ee][Ee]|[Cc][Oo][Mm][Mm][O" "o][Nn][Dd][Ii][Rr])$"))"#,
+        r#"(regex "/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee][Ss]/.+/|[Ww][Oo][Rr][Kk][Tt][Rr][Ee][Ee][Ss]/[^/]+/)?[Hh][Oo][Oo][Kk][Ss](/.*)?$")"#,
     ] {
         assert!(writes.contains(re), "missing {re}");
     }
