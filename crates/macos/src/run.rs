@@ -215,6 +215,13 @@ impl Tracker {
             .collect();
     }
 
+    /// Whether any process of the run is alive (the root counts until it exits;
+    /// as a zombie it is gone). Only `known` is asked: `poll` adopts escaped
+    /// processes into it.
+    fn any_alive(&self) -> bool {
+        self.known.iter().any(|(p, u)| self.alive(*p, *u).is_some())
+    }
+
     /// pids for the reaper: the process group first, then every known process.
     fn reaper_line(&self) -> String {
         let mut s = format!("-{}", self.root);
@@ -671,7 +678,8 @@ fn run_inner(
 }
 
 /// A stop (signal or timeout): the polite signal to the whole tree, up to
-/// [`launch::STOP_GRACE`] for the command to exit (git removes its index.lock), then
+/// [`launch::STOP_GRACE`] for every process of the run to exit, the command's
+/// children too (git removes its index.lock after the shell above it died), then
 /// every remaining process is killed. A second signal cuts the grace short.
 fn stop(
     tracker: &mut Tracker,
@@ -683,15 +691,21 @@ fn stop(
     let sig = launch::polite_signal(received, libc::SIGINT, libc::SIGTERM);
     let seen = signals.count();
     tracker.signal_all(sig);
-    let until = Instant::now() + launch::STOP_GRACE;
-    while Instant::now() < until && signals.count() == seen {
-        if !matches!(child.try_wait(), Ok(None)) {
-            break;
-        }
-        tracker.poll();
-        reaper.update(tracker.reaper_line());
-        std::thread::sleep(TICK);
-    }
+    launch::grace_wait(
+        launch::STOP_GRACE,
+        Instant::now,
+        || {
+            // Reap the root when it exits (a zombie counts as gone), but keep
+            // waiting for the rest of the tree: the root is usually a shell that
+            // dies at once, while its git child still removes index.lock.
+            let _ = child.try_wait();
+            tracker.poll();
+            reaper.update(tracker.reaper_line());
+            tracker.any_alive()
+        },
+        || signals.count() != seen,
+        || std::thread::sleep(TICK),
+    );
     tracker.kill_all(true);
     let _ = child.wait();
 }

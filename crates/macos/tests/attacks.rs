@@ -1118,6 +1118,37 @@ while :; do sleep 0.1; done"#,
 }
 
 #[test]
+fn stop_grace_waits_for_children_after_the_root_died() {
+    // `sh -c '... git ...'`: the shell (the root) dies at once on SIGTERM, its
+    // child traps SIGTERM and needs a moment to clean up (git's index.lock). The
+    // grace period lasts until the child is gone, not only the root.
+    let sc = scene(false);
+    let p = sc.policy();
+    let start = Instant::now();
+    let code = sc.sandboxed(
+        &p,
+        r#"/bin/sh -c 'trap "sleep 0.5; rm -f "$WS/index.lock"; echo cleaned > "$WS/cleaned"; exit 143" TERM
+touch "$WS/index.lock"
+while :; do sleep 0.1; done' &
+wait"#,
+        Some(Duration::from_secs(1)),
+    );
+    assert_eq!(code, 124);
+    assert!(
+        sc.ws.join("cleaned").exists(),
+        "the child was killed while it cleaned up"
+    );
+    assert!(!sc.ws.join("index.lock").exists());
+    // And not longer than needed: about 1 s timeout + 0.5 s cleanup, well below
+    // the timeout plus the whole grace period plus slack.
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
 fn pty_forwards_stdin_eof() {
     // `cat` under --pty ends when workfence's (non-terminal) stdin ends.
     let sc = scene(false);
