@@ -737,6 +737,10 @@ if __name__ == "__main__":
         assert pool.map(abs, [-1, -2]) == [1, 2]
     m = shared_memory.SharedMemory(create=True, size=16)
     m.buf[0] = 7
+    # Attaching by name sizes the segment with fstat (ipc-posix-shm-read-metadata).
+    other = shared_memory.SharedMemory(name=m.name)
+    assert other.size >= 16 and other.buf[0] == 7
+    other.close()
     m.close(); m.unlink()
     master, slave = os.openpty()
     os.write(slave, b"x")

@@ -584,3 +584,30 @@ fn the_owner_probe_is_denied_only_here() {
     ctx.probe_token = "../../x".into();
     assert!(profile(&p, &workspace_layout(WS), &ctx).is_err());
 }
+
+/// python's SharedMemory calls fstat right after shm_open (XNU checks it as
+/// ipc-posix-shm-read-metadata): the rule that lets the command create its own
+/// segments must allow it for the same names, and only those.
+#[test]
+fn own_shared_memory_segments_may_be_stat_ed() {
+    let text = workfence_macos::BASE_PROFILE;
+    let start = text
+        .find("(allow ipc-posix-shm-read-data")
+        .expect("the segment rule");
+    let rule = &text[start..start + text[start..].find("))\n").unwrap() + 2];
+    for op in [
+        "ipc-posix-shm-read-data",
+        "ipc-posix-shm-read-metadata",
+        "ipc-posix-shm-write-create",
+        "ipc-posix-shm-write-data",
+        "ipc-posix-shm-write-unlink",
+    ] {
+        assert!(rule.contains(op), "{op} missing from {rule}");
+    }
+    assert!(rule.contains(r#"(ipc-posix-name-regex "^/psm_[0-9a-f]+$")"#));
+    assert!(rule.contains(r#"(ipc-posix-name-regex "^/__KMP_REGISTERED_LIB_[0-9]+$")"#));
+    // No other rule opens segments' metadata by a wider filter.
+    let others = text.replace(rule, "");
+    assert!(!others.contains("ipc-posix-shm-read-metadata"));
+    assert!(!others.contains("(allow ipc-posix-shm-read*)"));
+}
