@@ -746,6 +746,23 @@ fn compose(base: char, mark: char) -> Option<char> {
         .map(|(_, c)| c)
 }
 
+/// LATIN SMALL LETTER LONG S: case folding (and so APFS) maps it to `s`.
+const LONG_S: char = '\u{17f}';
+/// KELVIN SIGN: case folding (and so APFS) maps it to `k`.
+const KELVIN: char = '\u{212a}';
+
+/// The non-ASCII letter that names the same file as ASCII letter `c` on a
+/// case-insensitive volume: Unicode's simple case folding maps exactly two
+/// characters onto ASCII letters, `ſ` onto `s` and `K` (Kelvin) onto `k`, so
+/// `~/.ſſh` is `~/.ssh` and `.git/hooKs` is `.git/hooks`.
+fn folded_alias(c: char) -> Option<char> {
+    match c.to_ascii_lowercase() {
+        's' => Some(LONG_S),
+        'k' => Some(KELVIN),
+        _ => None,
+    }
+}
+
 /// Escapes regex metacharacters and turns each letter into a class of both cases.
 /// Seatbelt's regex dialect has no `(?i)` flag, so case-insensitivity is spelt out;
 /// accented Latin letters also match their decomposed spelling.
@@ -757,7 +774,22 @@ pub(crate) fn case_insensitive_regex(s: &str) -> String {
             chars.next();
             c = composed;
         }
-        if c.is_ascii_alphabetic() {
+        // The two non-ASCII letters that case folding maps onto ASCII ones: the
+        // path is matched as if it were spelt with the ASCII letter.
+        c = match c {
+            LONG_S => 's',
+            KELVIN => 'k',
+            c => c,
+        };
+        if let Some(alias) = folded_alias(c) {
+            // A group, not a class: the alias is a multi-byte UTF-8 character.
+            let _ = write!(
+                out,
+                "({}|{}|{alias})",
+                c.to_ascii_uppercase(),
+                c.to_ascii_lowercase()
+            );
+        } else if c.is_ascii_alphabetic() {
             out.push('[');
             out.push(c.to_ascii_uppercase());
             out.push(c.to_ascii_lowercase());
@@ -913,7 +945,7 @@ mod tests {
         assert_eq!(case_insensitive_regex("日"), "日");
         assert_eq!(case_insensitive_regex("1 (x)"), "1 \\([Xx]\\)");
         // A backslash is escaped for the regex, then again for the string.
-        let data = r"(/[Ss][Yy][Ss][Tt][Ee][Mm]/[Vv][Oo][Ll][Uu][Mm][Ee][Ss]/[Dd][Aa][Tt][Aa])?";
+        let data = "(/(S|s|\u{17f})[Yy](S|s|\u{17f})[Tt][Ee][Mm]/[Vv][Oo][Ll][Uu][Mm][Ee](S|s|\u{17f})/[Dd][Aa][Tt][Aa])?";
         assert_eq!(
             regex_filter("/a\\b", Tail::Exact),
             format!(r#"(regex "^{data}/[Aa]\\\\[Bb]$")"#)
@@ -1004,6 +1036,47 @@ mod tests {
         assert!(nested_git_denies(&format!(
             "{ws}/.git/modules/m/refs/heads/config"
         )));
+    }
+
+    #[test]
+    fn case_folding_onto_ascii_long_s_and_kelvin() {
+        assert_eq!(case_insensitive_regex("s"), "(S|s|\u{17f})");
+        assert_eq!(case_insensitive_regex("K"), "(K|k|\u{212a})");
+        // Written with the alias itself, the same alternatives.
+        assert_eq!(
+            case_insensitive_regex("\u{17f}"),
+            case_insensitive_regex("s")
+        );
+        assert_eq!(
+            case_insensitive_regex("\u{212a}"),
+            case_insensitive_regex("k")
+        );
+        let raw = |f: String| {
+            // `(regex "...")` -> the regex, unescaped (no long-string pieces here).
+            let lit = f
+                .strip_prefix("(regex \"")
+                .unwrap()
+                .strip_suffix("\")")
+                .unwrap();
+            regex::Regex::new(&lit.replace("\\\\", "\\")).unwrap()
+        };
+        let ssh = raw(regex_filter("/Users/dev/.ssh", Tail::Subtree));
+        for p in [
+            "/Users/dev/.ssh/id_rsa",
+            "/Users/dev/.\u{17f}\u{17f}h/id_rsa",
+            "/Users/dev/.S\u{17f}H",
+            "/System/Volumes/Data/U\u{17f}ers/dev/.ssh",
+        ] {
+            assert!(ssh.is_match(p), "{p}");
+        }
+        assert!(!ssh.is_match("/Users/dev/.sh"));
+        for p in [
+            ".git/hoo\u{212a}s/pre-commit",
+            ".git/hooks/x",
+            "sub/.git/HOO\u{212a}\u{17f}",
+        ] {
+            assert!(nested_git_denies(&format!("/w/{p}")), "{p}");
+        }
     }
 
     #[test]

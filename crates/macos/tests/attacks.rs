@@ -387,6 +387,50 @@ fn fw14_case_aliases() {
     });
 }
 
+/// Case folding maps `ſ` (U+017F) onto `s` and the Kelvin sign (U+212A) onto `k`.
+/// Where the volume folds them (the control says so), the sandbox must refuse
+/// those spellings of `.git/hooks` and read none of `~/.ssh` through them.
+#[test]
+fn fw14_case_folding_onto_ascii() {
+    let script = "mkdir -p .git/hooks; echo evil > \".git/hoo\u{212a}s/post-checkout\"; echo evil > \".git/hook\u{17f}/pre-commit\"; cat \"$H/.\u{17f}\u{17f}h/id_rsa\" > leak; true";
+    let effect = |sc: &Scene| {
+        vec![
+            (
+                "hook via the Kelvin sign",
+                sc.ws.join(".git/hooks/post-checkout").exists(),
+            ),
+            (
+                "hook via long s",
+                sc.ws.join(".git/hooks/pre-commit").exists(),
+            ),
+            (
+                "~/.ssh via long s",
+                read(&sc.ws.join("leak")).contains(SECRET),
+            ),
+        ]
+    };
+    let sc = scene(true);
+    sc.control(script);
+    let folds: Vec<&str> = effect(&sc)
+        .into_iter()
+        .filter(|(_, worked)| *worked)
+        .map(|(what, _)| what)
+        .collect();
+    if folds.is_empty() {
+        eprintln!("NOTE: this volume does not fold U+017F or U+212A: nothing to block");
+        return;
+    }
+    let sc = scene(true);
+    let p = sc.policy();
+    sc.sandboxed(&p, script, Some(Duration::from_secs(60)));
+    for (what, worked) in effect(&sc) {
+        assert!(
+            !(worked && folds.contains(&what)),
+            "sandboxed: `{what}` must be blocked"
+        );
+    }
+}
+
 #[test]
 fn fw15_shared_tmp() {
     let sc = scene(false);

@@ -142,7 +142,7 @@ fn awkward_paths_read_back_as_intended() {
     let lines = read_back(&ts, &sb, "awkward");
     // The regex as Seatbelt's regex compiler receives it: one backslash before each
     // metacharacter, quotes plain, UTF-8 intact.
-    let want = "REGEX ^(/[Ss][Yy][Ss][Tt][Ee][Mm]/[Vv][Oo][Ll][Uu][Mm][Ee][Ss]/[Dd][Aa][Tt][Aa])?/[Uu][Ss][Ee][Rr][Ss]/[Dd](E\u{301}|e\u{301}|É|é)[Vv]/[Mm][Yy] \"[Qq][Uu][Oo][Tt][Ee][Dd]\" [Pp][Rr][Oo][Jj]\\\\ \\([Vv]2\\)/日本/\\.[Cc][Oo][Dd][Ee][Xx](/.*)?$";
+    let want = "REGEX ^(/(S|s|ſ)[Yy](S|s|ſ)[Tt][Ee][Mm]/[Vv][Oo][Ll][Uu][Mm][Ee](S|s|ſ)/[Dd][Aa][Tt][Aa])?/[Uu](S|s|ſ)[Ee][Rr](S|s|ſ)/[Dd](E\u{301}|e\u{301}|É|é)[Vv]/[Mm][Yy] \"[Qq][Uu][Oo][Tt][Ee][Dd]\" [Pp][Rr][Oo][Jj]\\\\ \\([Vv]2\\)/日本/\\.[Cc][Oo][Dd][Ee][Xx](/.*)?$";
     assert!(
         lines.iter().any(|l| l == want),
         "missing {want}\n{}",
@@ -309,10 +309,20 @@ fn deny_regexes_read_back_match_the_attack_paths() {
         ".git/modules/m/commondir",
         ".git/worktrees/wt/config.worktree",
         ".git/modules/a/modules/b/hooks/x",
+        // Kelvin sign and long s: case folding maps them onto k and s.
+        "vendor/lib/.git/hoo\u{212a}\u{17f}/x",
     ] {
         assert!(denied(rel), "{rel} is writable");
     }
     for rel in [".git/index", ".git/refs/heads/config", "src/config"] {
         assert!(!denied(rel), "{rel} is refused");
     }
+    // The hidden ~/.ssh in the spelling case folding makes of it.
+    let ssh = "/Users/dev/.\u{17f}\u{17f}h/id_rsa";
+    assert!(
+        regexes
+            .iter()
+            .any(|r| r.as_str().starts_with('^') && r.is_match(ssh)),
+        "{ssh} is readable"
+    );
 }
