@@ -483,6 +483,50 @@ fn rs1_rs2_secrets() {
     }
 }
 
+/// A clone or a hard link of a hidden secret under a name in the workspace would
+/// be readable by that name. Settles on a Mac whether Seatbelt checks `file-clone`
+/// and `file-link` against the source (the hidden path: refused) or only the
+/// destination (the workspace: then the read rules must still stop the leak).
+#[test]
+fn rs_clone_or_link_a_hidden_secret_into_the_workspace() {
+    let script = r#"cp -c "$H/.ssh/id_rsa" "$WS/k1"; cat "$WS/k1" > "$WS/leak1"
+ln "$H/.ssh/id_rsa" "$WS/k2"; cat "$WS/k2" > "$WS/leak2"
+cp -c "$H/.SSH/ID_RSA" "$WS/k3"; cat "$WS/k3" > "$WS/leak3"
+true"#;
+    attack(false, script, |sc| {
+        vec![
+            (
+                "clone, then read",
+                read(&sc.ws.join("leak1")).contains(SECRET),
+            ),
+            (
+                "hard link, then read",
+                read(&sc.ws.join("leak2")).contains(SECRET),
+            ),
+            (
+                "clone via .SSH, then read",
+                read(&sc.ws.join("leak3")).contains(SECRET),
+            ),
+        ]
+    });
+    // Which step stopped it, for the record (the docs' open question).
+    let sc = scene(false);
+    let p = sc.policy();
+    sc.sandboxed(&p, script, Some(Duration::from_secs(60)));
+    for f in ["k1", "k2", "k3"] {
+        let made = fs::symlink_metadata(sc.ws.join(f)).is_ok();
+        eprintln!(
+            "NOTE: sandboxed {f} was {}created",
+            if made { "" } else { "not " }
+        );
+        // Whatever was created must not hold the secret under a readable name.
+        assert!(
+            !made || !read(&sc.ws.join(f)).contains(SECRET),
+            "{f} holds the secret"
+        );
+    }
+}
+
 #[test]
 fn rs6_keychain() {
     let sc = scene(false);
