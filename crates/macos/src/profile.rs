@@ -473,7 +473,9 @@ pub fn profile(
             );
             b.line(";; through mDNSResponder. Host daemons' unix sockets stay closed. Host");
             b.line(";; loopback services (a Docker TCP port, a browser's debugging port, Redis)");
-            b.line(";; are reachable: Seatbelt cannot except them from \"*:*\" (docs/macos.md).");
+            b.line(";; are reachable: this mode does not except them, although Seatbelt could");
+            b.line(";; ((require-not (remote ip \"localhost:*\")), docs/macos.md); use network");
+            b.line(";; proxy when such services run.");
             b.line("(allow system-socket)");
             b.line("(allow network-outbound (remote ip \"*:*\"))");
             b.line("(allow network-bind (local ip \"*:*\"))");
