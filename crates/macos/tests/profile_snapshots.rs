@@ -524,9 +524,10 @@ fn only_the_commands_own_terminals_are_open() {
         .unwrap()..];
     let reads = &reads[..reads.find("terminals\n").unwrap()];
     assert!(reads.contains("(regex \"^/dev/(tty|pty)\")"), "{reads}");
-    // Any pty by number only for ioctls (which need an open descriptor).
-    assert_eq!(t.matches("(regex \"^/dev/ttys[0-9]+$\")").count(), 2);
-    assert!(t.contains("(allow file-ioctl\n  (regex \"^/dev/ttys[0-9]+$\"))"));
+    // A pty by number only together with the sandbox's pty extension: no ioctl
+    // rule by name alone.
+    assert_eq!(t.matches("(regex \"^/dev/ttys[0-9]+$\")").count(), 1);
+    assert!(!t.contains("(allow file-ioctl\n  (regex \"^/dev/ttys[0-9]+$\"))"));
     assert!(t.contains("(require-all\n    (regex \"^/dev/ttys[0-9]+$\")\n    (extension"));
     assert!(t.contains("(extension \"com.apple.sandbox.pty\")"));
     assert_eq!(sb.param("HANDED_TTY_0"), Some("/dev/ttys004"));
@@ -622,4 +623,41 @@ fn own_shared_memory_segments_may_be_stat_ed() {
     let others = text.replace(rule, "");
     assert!(!others.contains("ipc-posix-shm-read-metadata"));
     assert!(!others.contains("(allow ipc-posix-shm-read*)"));
+}
+
+/// ioctls on terminals only where opening them is allowed: the command's own
+/// ptys (the sandbox's pty extension), /dev/tty, /dev/ptmx and the handed-over
+/// ones. No rule allows file-ioctl on /dev/ttysNNN by name alone (TIOCSETA or
+/// TIOCSTOP on another tab).
+#[test]
+fn terminal_ioctls_need_an_allowed_terminal() {
+    let sb = build(&Policy::new(WS), &workspace_layout(WS));
+    let t = sb.text();
+    for (i, _) in t.match_indices("(allow ") {
+        let form = &t[i..];
+        // The form up to its closing parenthesis at depth 0.
+        let mut depth = 0;
+        let mut end = form.len();
+        for (j, c) in form.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = j + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let form = &form[..end];
+        let head = form.lines().next().unwrap_or("");
+        if head.contains("file-ioctl") && form.contains("/dev/ttys") {
+            assert!(
+                form.contains("(extension \"com.apple.sandbox.pty\")"),
+                "terminal ioctls by name: {form}"
+            );
+        }
+    }
 }
