@@ -889,7 +889,8 @@ pub(crate) fn comment_line(out: &mut String, indent: &str, text: &str) {
     out.push('\n');
 }
 
-/// The path as Seatbelt sees it: absolute, UTF-8, without control characters, with
+/// The path as Seatbelt sees it: absolute, UTF-8, without control characters or
+/// Unicode line separators (every character [`sbpl_string`] would replace), with
 /// the `/tmp`, `/var` and `/etc` symlinks replaced by their `/private` targets.
 pub(crate) fn real_path(p: &Path) -> Result<String, MacError> {
     let bad = |reason: &str| MacError::BadPath {
@@ -902,6 +903,13 @@ pub(crate) fn real_path(p: &Path) -> Result<String, MacError> {
     }
     if s.chars().any(|c| c.is_control()) {
         return Err(bad("it contains a control character"));
+    }
+    // sbpl_string would turn these into U+FFFD (they could end a comment or confuse
+    // a reader), and a rule for a path that is not the real one protects nothing.
+    if s.chars().any(|c| c == '\u{2028}' || c == '\u{2029}') {
+        return Err(bad(
+            "it contains a Unicode line or paragraph separator (U+2028/U+2029), which a Seatbelt profile cannot carry",
+        ));
     }
     let mut s = s.trim_end_matches('/').to_string();
     if s.is_empty() {
@@ -1115,5 +1123,18 @@ mod tests {
         assert_eq!(ok("/tmpfoo"), "/tmpfoo");
         assert!(real_path(Path::new("rel")).is_err());
         assert!(real_path(Path::new("/a\nb")).is_err());
+        for sep in ['\u{2028}', '\u{2029}'] {
+            let p = format!("/Users/dev/a{sep}b");
+            let err = real_path(Path::new(&p)).unwrap_err().to_string();
+            assert!(err.contains("U+2028/U+2029"), "{err}");
+        }
+        // Everything real_path accepts, sbpl_string keeps verbatim.
+        let odd = "/Users/dev/a\"b(c);d\\e\u{200b}\u{feff}é";
+        let p = real_path(Path::new(odd)).unwrap();
+        assert!(!sbpl_string(&p).contains('\u{fffd}'), "{p}");
+        assert!(
+            real_path(Path::new("/a\u{85}b")).is_err(),
+            "NEL is a control"
+        );
     }
 }
