@@ -31,6 +31,20 @@ fi
 exit 0
 "#;
 
+/// One line for the reaper: the command's process group (`-ROOT`) first, then
+/// every pid in `known`. Once workfence has reaped the command's own process, its
+/// pid, and the group named after it once that group empties, may belong to
+/// someone else: the line then drops the group, and the tracker drops the pid from
+/// `known` (a process adopted later under the same pid is a member again).
+pub(crate) fn reaper_line(root: i32, root_reaped: bool, known: &[i32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !root_reaped {
+        parts.push(format!("-{root}"));
+    }
+    parts.extend(known.iter().map(|p| p.to_string()));
+    parts.join(" ")
+}
+
 /// How long a stopped run (Ctrl-C, SIGTERM, the timeout) may take to exit after
 /// the polite signal before everything is killed: enough for git to remove its
 /// `index.lock` and for test runners to print their summary.
@@ -285,6 +299,19 @@ mod tests {
         assert!(STOP_GRACE >= Duration::from_secs(1));
     }
 
+    #[test]
+    fn the_reaper_forgets_the_root_once_it_is_reaped() {
+        assert_eq!(
+            reaper_line(100, false, &[100, 101, 205]),
+            "-100 100 101 205"
+        );
+        assert_eq!(reaper_line(100, true, &[101, 205]), "101 205");
+        // Nothing left: an empty line, on which the reaper kills nothing.
+        assert_eq!(reaper_line(100, true, &[]), "");
+        let script = REAPER;
+        assert!(script.contains(r#"if [ -n "$pids" ]"#));
+    }
+
     /// A fake clock for [`grace_wait`]: each sleep advances it by 100 ms.
     struct Clock(std::cell::Cell<std::time::Instant>);
 
@@ -466,6 +493,23 @@ mod tests {
         assert!(
             spared.try_wait().unwrap().is_none(),
             "reaper killed after done"
+        );
+        spared.kill().unwrap();
+        spared.wait().unwrap();
+
+        // The root was reaped: the fresh line without it (here: empty) replaces
+        // the old one, and EOF kills nothing of the old list.
+        let mut spared = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let mut r = reaper();
+        let mut input = r.stdin.take().unwrap();
+        writeln!(input, "{}", spared.id()).unwrap();
+        writeln!(input, "{}", reaper_line(spared.id() as i32, true, &[])).unwrap();
+        drop(input);
+        r.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            spared.try_wait().unwrap().is_none(),
+            "reaper killed a pid it was told to forget"
         );
         spared.kill().unwrap();
         spared.wait().unwrap();
