@@ -912,7 +912,7 @@ fn t1_no_controlling_terminal_without_pty_and_a_private_one_with() {
         argv: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "test -t 0 && test -t 1 && exec 3</dev/tty".into(),
+            "test -t 0 && test -t 1 && stty -a >/dev/null && exec 3</dev/tty".into(),
         ],
         env: sc.env(),
         cwd: sc.ws.clone(),
