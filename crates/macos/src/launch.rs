@@ -31,10 +31,64 @@ fi
 exit 0
 "#;
 
+/// One line for the reaper: the command's process group (`-ROOT`) first, then
+/// every pid in `known`. Once workfence has reaped the command's own process, its
+/// pid, and the group named after it once that group empties, may belong to
+/// someone else: the line then drops the group, and the tracker drops the pid from
+/// `known` (a process adopted later under the same pid is a member again).
+pub(crate) fn reaper_line(root: i32, root_reaped: bool, known: &[i32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !root_reaped {
+        parts.push(format!("-{root}"));
+    }
+    parts.extend(known.iter().map(|p| p.to_string()));
+    parts.join(" ")
+}
+
 /// How long a stopped run (Ctrl-C, SIGTERM, the timeout) may take to exit after
 /// the polite signal before everything is killed: enough for git to remove its
 /// `index.lock` and for test runners to print their summary.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How the grace period of a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GraceEnd {
+    /// No process of the run is alive any more: nothing needs killing.
+    AllExited,
+    /// A second stop signal arrived: kill now.
+    CutShort,
+    /// [`STOP_GRACE`] ran out with processes still alive.
+    TimedOut,
+}
+
+/// The grace period of a stop, after the polite signal went to the whole tree.
+/// It ends when no process of the run is alive, not when the command's own
+/// process exits: agents run `sh -c '... git ...'`, the shell dies at once on
+/// SIGTERM, and git, its child, is still removing `index.lock`.
+///
+/// `any_alive` polls the tracking (it reaps the root and adopts new processes);
+/// `cut_short` says whether a second signal arrived; `sleep` waits one tick.
+pub(crate) fn grace_wait(
+    grace: Duration,
+    mut now: impl FnMut() -> std::time::Instant,
+    mut any_alive: impl FnMut() -> bool,
+    mut cut_short: impl FnMut() -> bool,
+    mut sleep: impl FnMut(),
+) -> GraceEnd {
+    let until = now() + grace;
+    loop {
+        if !any_alive() {
+            return GraceEnd::AllExited;
+        }
+        if cut_short() {
+            return GraceEnd::CutShort;
+        }
+        if now() >= until {
+            return GraceEnd::TimedOut;
+        }
+        sleep();
+    }
+}
 
 /// What the shim writes on the marker fd, and nothing else: any other content
 /// (or none, when sandbox-exec failed before exec'ing the shim) means that the
@@ -245,6 +299,103 @@ mod tests {
         assert!(STOP_GRACE >= Duration::from_secs(1));
     }
 
+    #[test]
+    fn the_reaper_forgets_the_root_once_it_is_reaped() {
+        assert_eq!(
+            reaper_line(100, false, &[100, 101, 205]),
+            "-100 100 101 205"
+        );
+        assert_eq!(reaper_line(100, true, &[101, 205]), "101 205");
+        // Nothing left: an empty line, on which the reaper kills nothing.
+        assert_eq!(reaper_line(100, true, &[]), "");
+        let script = REAPER;
+        assert!(script.contains(r#"if [ -n "$pids" ]"#));
+    }
+
+    /// A fake clock for [`grace_wait`]: each sleep advances it by 100 ms.
+    struct Clock(std::cell::Cell<std::time::Instant>);
+
+    impl Clock {
+        fn new() -> Clock {
+            Clock(std::cell::Cell::new(std::time::Instant::now()))
+        }
+        fn now(&self) -> std::time::Instant {
+            self.0.get()
+        }
+        fn tick(&self) {
+            self.0.set(self.0.get() + Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn grace_waits_for_the_children_not_only_the_root() {
+        // The root (sh) exits at once on SIGTERM; its child (git) needs 5 ticks to
+        // remove index.lock. The grace period lasts until the child is gone too.
+        let clock = Clock::new();
+        let mut polls = 0;
+        let (mut root_alive, mut child_alive) = (true, true);
+        let end = grace_wait(
+            STOP_GRACE,
+            || clock.now(),
+            || {
+                polls += 1;
+                root_alive = false;
+                if polls > 5 {
+                    child_alive = false;
+                }
+                root_alive || child_alive
+            },
+            || false,
+            || clock.tick(),
+        );
+        assert_eq!(end, GraceEnd::AllExited);
+        assert_eq!(polls, 6, "stopped waiting while the child still ran");
+        assert!(!child_alive);
+    }
+
+    #[test]
+    fn grace_ends_at_the_deadline_or_on_a_second_signal() {
+        let clock = Clock::new();
+        let start = clock.now();
+        let end = grace_wait(
+            STOP_GRACE,
+            || clock.now(),
+            || true,
+            || false,
+            || clock.tick(),
+        );
+        assert_eq!(end, GraceEnd::TimedOut);
+        assert!(clock.now() - start >= STOP_GRACE);
+        assert!(clock.now() - start < STOP_GRACE + Duration::from_millis(200));
+
+        let clock = Clock::new();
+        let mut n = 0;
+        let end = grace_wait(
+            STOP_GRACE,
+            || clock.now(),
+            || true,
+            || {
+                n += 1;
+                n == 3
+            },
+            || clock.tick(),
+        );
+        assert_eq!(end, GraceEnd::CutShort);
+
+        // Nothing alive when the grace starts: no wait at all.
+        let clock = Clock::new();
+        let start = clock.now();
+        let end = grace_wait(
+            STOP_GRACE,
+            || clock.now(),
+            || false,
+            || true,
+            || clock.tick(),
+        );
+        assert_eq!(end, GraceEnd::AllExited);
+        assert_eq!(clock.now(), start);
+    }
+
     /// Runs the shim the way sandbox-exec would, with fd 7 open on a file.
     fn shim_run(dir: &Path, argv: &[&str]) -> (i32, String) {
         let mark = dir.join("mark");
@@ -342,6 +493,23 @@ mod tests {
         assert!(
             spared.try_wait().unwrap().is_none(),
             "reaper killed after done"
+        );
+        spared.kill().unwrap();
+        spared.wait().unwrap();
+
+        // The root was reaped: the fresh line without it (here: empty) replaces
+        // the old one, and EOF kills nothing of the old list.
+        let mut spared = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let mut r = reaper();
+        let mut input = r.stdin.take().unwrap();
+        writeln!(input, "{}", spared.id()).unwrap();
+        writeln!(input, "{}", reaper_line(spared.id() as i32, true, &[])).unwrap();
+        drop(input);
+        r.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            spared.try_wait().unwrap().is_none(),
+            "reaper killed a pid it was told to forget"
         );
         spared.kill().unwrap();
         spared.wait().unwrap();

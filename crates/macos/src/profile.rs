@@ -395,7 +395,7 @@ pub fn profile(
             exprs: vec![format!("(literal (param \"{probe_param}\"))")],
         });
         except.push(Filter {
-            comment: "nested repositories anywhere in the roots: host git reads their config and runs their hooks when it later runs there. A `.git` entry itself cannot be created, renamed or removed (else a prepared directory could be renamed into place), nor anything written to a `.git/config` or into `.git/hooks`".into(),
+            comment: "nested repositories anywhere in the roots: host git reads their config and runs their hooks when it later runs there. A `.git` entry itself cannot be created, renamed or removed (else a prepared directory could be renamed into place), nor anything written to the config, config.worktree, commondir or hooks of any gitdir (a repository's .git, its submodules' and linked worktrees' gitdirs)".into(),
             exprs: nested_git_filters(),
         });
         // Renaming any directory between a root and a protected path (or the root
@@ -473,7 +473,9 @@ pub fn profile(
             );
             b.line(";; through mDNSResponder. Host daemons' unix sockets stay closed. Host");
             b.line(";; loopback services (a Docker TCP port, a browser's debugging port, Redis)");
-            b.line(";; are reachable: Seatbelt cannot except them from \"*:*\" (docs/macos.md).");
+            b.line(";; are reachable: this mode does not except them, although Seatbelt could");
+            b.line(";; ((require-not (remote ip \"localhost:*\")), docs/macos.md); use network");
+            b.line(";; proxy when such services run.");
             b.line("(allow system-socket)");
             b.line("(allow network-outbound (remote ip \"*:*\"))");
             b.line("(allow network-bind (local ip \"*:*\"))");
@@ -529,28 +531,45 @@ fn owner_probes(tmp: &str, token: &str) -> (String, String) {
     (format!("{tmp}/.wf-{twin}x"), format!("{tmp}/.wf-{token}y"))
 }
 
-/// `.git` entries anywhere, `.git/config` and everything in `.git/hooks`, in any
-/// letter case (srt's `**/.git/config`, `**/.git/hooks/**`), and the same for the
-/// submodule repositories under `.git/modules/NAME/` (NAME may hold slashes).
+/// What host git reads from a repository it finds in the roots and that runs code
+/// or redirects it: `.git` entries anywhere (a gitfile or a prepared directory
+/// cannot be created, renamed or removed), and in every gitdir, in any letter case
+/// (srt's `**/.git/config`, `**/.git/hooks/**`, widened):
+/// - `config` and `config.worktree` (core.fsmonitor, core.hooksPath, aliases and
+///   filters run commands; `config.worktree` is read with extensions.worktreeConfig),
+/// - `commondir` (`X/.git/commondir` -> `../evil` makes git read `evil/config`
+///   and run `evil/hooks`),
+/// - `hooks` and everything in it.
+///
+/// The gitdirs: `X/.git`, its submodule repositories `X/.git/modules/NAME/` (NAME may
+/// hold slashes, and nested submodules are `modules/A/modules/B/`) and linked
+/// worktrees `X/.git/worktrees/NAME/` (also under a submodule's gitdir).
+///
+/// Seatbelt's regexes have no lookahead, so `modules/.+/` cannot tell where a
+/// submodule's name ends and its gitdir begins: a branch or tag named `config`,
+/// `commondir` or `hooks` inside a submodule's gitdir (`.git/modules/m/refs/heads/config`)
+/// is refused as well. That errs towards refusing; docs/macos.md says so.
 fn nested_git_filters() -> Vec<String> {
-    let git = case_insensitive_regex("/.git");
-    let modules = format!("({}/.+/)?", case_insensitive_regex("modules"));
+    nested_git_regexes()
+        .iter()
+        .map(|re| format!("(regex {})", sbpl_string(re)))
+        .collect()
+}
+
+/// The regexes of [`nested_git_filters`], before SBPL string escaping.
+fn nested_git_regexes() -> Vec<String> {
+    let ci = case_insensitive_regex;
+    let git = ci("/.git");
+    let gitdir = format!("{git}/({}/.+/|{}/[^/]+/)?", ci("modules"), ci("worktrees"));
     vec![
-        format!("(regex {})", sbpl_string(&format!("{git}$"))),
+        format!("{git}$"),
         format!(
-            "(regex {})",
-            sbpl_string(&format!(
-                "{git}/{modules}{}$",
-                case_insensitive_regex("config")
-            ))
+            "{gitdir}({}|{}|{})$",
+            ci("config"),
+            ci("config.worktree"),
+            ci("commondir")
         ),
-        format!(
-            "(regex {})",
-            sbpl_string(&format!(
-                "{git}/{modules}{}(/.*)?$",
-                case_insensitive_regex("hooks")
-            ))
-        ),
+        format!("{gitdir}{}(/.*)?$", ci("hooks")),
     ]
 }
 
@@ -729,6 +748,23 @@ fn compose(base: char, mark: char) -> Option<char> {
         .map(|(_, c)| c)
 }
 
+/// LATIN SMALL LETTER LONG S: case folding (and so APFS) maps it to `s`.
+const LONG_S: char = '\u{17f}';
+/// KELVIN SIGN: case folding (and so APFS) maps it to `k`.
+const KELVIN: char = '\u{212a}';
+
+/// The non-ASCII letter that names the same file as ASCII letter `c` on a
+/// case-insensitive volume: Unicode's simple case folding maps exactly two
+/// characters onto ASCII letters, `ſ` onto `s` and `K` (Kelvin) onto `k`, so
+/// `~/.ſſh` is `~/.ssh` and `.git/hooKs` is `.git/hooks`.
+fn folded_alias(c: char) -> Option<char> {
+    match c.to_ascii_lowercase() {
+        's' => Some(LONG_S),
+        'k' => Some(KELVIN),
+        _ => None,
+    }
+}
+
 /// Escapes regex metacharacters and turns each letter into a class of both cases.
 /// Seatbelt's regex dialect has no `(?i)` flag, so case-insensitivity is spelt out;
 /// accented Latin letters also match their decomposed spelling.
@@ -740,7 +776,22 @@ pub(crate) fn case_insensitive_regex(s: &str) -> String {
             chars.next();
             c = composed;
         }
-        if c.is_ascii_alphabetic() {
+        // The two non-ASCII letters that case folding maps onto ASCII ones: the
+        // path is matched as if it were spelt with the ASCII letter.
+        c = match c {
+            LONG_S => 's',
+            KELVIN => 'k',
+            c => c,
+        };
+        if let Some(alias) = folded_alias(c) {
+            // A group, not a class: the alias is a multi-byte UTF-8 character.
+            let _ = write!(
+                out,
+                "({}|{}|{alias})",
+                c.to_ascii_uppercase(),
+                c.to_ascii_lowercase()
+            );
+        } else if c.is_ascii_alphabetic() {
             out.push('[');
             out.push(c.to_ascii_uppercase());
             out.push(c.to_ascii_lowercase());
@@ -838,7 +889,8 @@ pub(crate) fn comment_line(out: &mut String, indent: &str, text: &str) {
     out.push('\n');
 }
 
-/// The path as Seatbelt sees it: absolute, UTF-8, without control characters, with
+/// The path as Seatbelt sees it: absolute, UTF-8, without control characters or
+/// Unicode line separators (every character [`sbpl_string`] would replace), with
 /// the `/tmp`, `/var` and `/etc` symlinks replaced by their `/private` targets.
 pub(crate) fn real_path(p: &Path) -> Result<String, MacError> {
     let bad = |reason: &str| MacError::BadPath {
@@ -851,6 +903,13 @@ pub(crate) fn real_path(p: &Path) -> Result<String, MacError> {
     }
     if s.chars().any(|c| c.is_control()) {
         return Err(bad("it contains a control character"));
+    }
+    // sbpl_string would turn these into U+FFFD (they could end a comment or confuse
+    // a reader), and a rule for a path that is not the real one protects nothing.
+    if s.chars().any(|c| c == '\u{2028}' || c == '\u{2029}') {
+        return Err(bad(
+            "it contains a Unicode line or paragraph separator (U+2028/U+2029), which a Seatbelt profile cannot carry",
+        ));
     }
     let mut s = s.trim_end_matches('/').to_string();
     if s.is_empty() {
@@ -896,7 +955,7 @@ mod tests {
         assert_eq!(case_insensitive_regex("日"), "日");
         assert_eq!(case_insensitive_regex("1 (x)"), "1 \\([Xx]\\)");
         // A backslash is escaped for the regex, then again for the string.
-        let data = r"(/[Ss][Yy][Ss][Tt][Ee][Mm]/[Vv][Oo][Ll][Uu][Mm][Ee][Ss]/[Dd][Aa][Tt][Aa])?";
+        let data = "(/(S|s|\u{17f})[Yy](S|s|\u{17f})[Tt][Ee][Mm]/[Vv][Oo][Ll][Uu][Mm][Ee](S|s|\u{17f})/[Dd][Aa][Tt][Aa])?";
         assert_eq!(
             regex_filter("/a\\b", Tail::Exact),
             format!(r#"(regex "^{data}/[Aa]\\\\[Bb]$")"#)
@@ -926,6 +985,108 @@ mod tests {
         comment_line(&mut c, "  ", "x\n(allow default)\r\u{2029};");
         assert_eq!(c, "  ;; x\\n(allow default)\\r\\u{2029};\n");
         assert_eq!(c.lines().count(), 1);
+    }
+
+    /// Whether `path` is refused by one of the nested-repository regexes, with
+    /// the `regex` crate standing in for Seatbelt's matcher (the constructs used,
+    /// classes, groups, alternation, `.+`, `[^/]`, anchors, mean the same in both).
+    fn nested_git_denies(path: &str) -> bool {
+        nested_git_regexes()
+            .iter()
+            .any(|re| regex::Regex::new(re).unwrap().is_match(path))
+    }
+
+    #[test]
+    fn nested_repositories_every_gitdir_file_that_runs_code() {
+        let ws = "/Users/dev/proj";
+        for rel in [
+            ".git",
+            "sub/.GIT",
+            ".git/config",
+            "sub/.git/config",
+            "sub/.git/config.worktree",
+            "sub/.git/commondir",
+            "sub/.git/CommonDir",
+            "sub/.git/hooks",
+            "sub/.git/hooks/post-checkout",
+            ".git/modules/m/config",
+            ".git/modules/a/b/commondir",
+            ".git/modules/a/modules/b/config.worktree",
+            ".git/modules/m/hooks/pre-commit",
+            ".git/worktrees/wt/commondir",
+            ".git/worktrees/wt/config.worktree",
+            ".git/worktrees/wt/config",
+            ".git/worktrees/wt/hooks/x",
+            ".git/modules/m/worktrees/wt/commondir",
+        ] {
+            assert!(nested_git_denies(&format!("{ws}/{rel}")), "{rel} allowed");
+        }
+        // What git writes in ordinary work stays writable.
+        for rel in [
+            ".git/index",
+            ".git/index.lock",
+            ".git/HEAD",
+            ".git/objects/ab/cdef",
+            ".git/refs/heads/config",
+            ".git/refs/heads/hooks",
+            ".git/logs/refs/heads/commondir",
+            ".git/worktrees/wt/refs/heads/config",
+            ".git/worktrees/wt/index",
+            ".git/modules/m/index",
+            ".git/config.lock.d",
+            ".gitignore",
+            "src/config",
+            "hooks/x",
+            "commondir",
+        ] {
+            assert!(!nested_git_denies(&format!("{ws}/{rel}")), "{rel} refused");
+        }
+        // The documented cost of `modules/.+/` (no lookahead in Seatbelt's regexes):
+        // a branch named like a gitdir file inside a submodule's gitdir is refused.
+        assert!(nested_git_denies(&format!(
+            "{ws}/.git/modules/m/refs/heads/config"
+        )));
+    }
+
+    #[test]
+    fn case_folding_onto_ascii_long_s_and_kelvin() {
+        assert_eq!(case_insensitive_regex("s"), "(S|s|\u{17f})");
+        assert_eq!(case_insensitive_regex("K"), "(K|k|\u{212a})");
+        // Written with the alias itself, the same alternatives.
+        assert_eq!(
+            case_insensitive_regex("\u{17f}"),
+            case_insensitive_regex("s")
+        );
+        assert_eq!(
+            case_insensitive_regex("\u{212a}"),
+            case_insensitive_regex("k")
+        );
+        let raw = |f: String| {
+            // `(regex "...")` -> the regex, unescaped (no long-string pieces here).
+            let lit = f
+                .strip_prefix("(regex \"")
+                .unwrap()
+                .strip_suffix("\")")
+                .unwrap();
+            regex::Regex::new(&lit.replace("\\\\", "\\")).unwrap()
+        };
+        let ssh = raw(regex_filter("/Users/dev/.ssh", Tail::Subtree));
+        for p in [
+            "/Users/dev/.ssh/id_rsa",
+            "/Users/dev/.\u{17f}\u{17f}h/id_rsa",
+            "/Users/dev/.S\u{17f}H",
+            "/System/Volumes/Data/U\u{17f}ers/dev/.ssh",
+        ] {
+            assert!(ssh.is_match(p), "{p}");
+        }
+        assert!(!ssh.is_match("/Users/dev/.sh"));
+        for p in [
+            ".git/hoo\u{212a}s/pre-commit",
+            ".git/hooks/x",
+            "sub/.git/HOO\u{212a}\u{17f}",
+        ] {
+            assert!(nested_git_denies(&format!("/w/{p}")), "{p}");
+        }
     }
 
     #[test]
@@ -962,5 +1123,18 @@ mod tests {
         assert_eq!(ok("/tmpfoo"), "/tmpfoo");
         assert!(real_path(Path::new("rel")).is_err());
         assert!(real_path(Path::new("/a\nb")).is_err());
+        for sep in ['\u{2028}', '\u{2029}'] {
+            let p = format!("/Users/dev/a{sep}b");
+            let err = real_path(Path::new(&p)).unwrap_err().to_string();
+            assert!(err.contains("U+2028/U+2029"), "{err}");
+        }
+        // Everything real_path accepts, sbpl_string keeps verbatim.
+        let odd = "/Users/dev/a\"b(c);d\\e\u{200b}\u{feff}é";
+        let p = real_path(Path::new(odd)).unwrap();
+        assert!(!sbpl_string(&p).contains('\u{fffd}'), "{p}");
+        assert!(
+            real_path(Path::new("/a\u{85}b")).is_err(),
+            "NEL is a control"
+        );
     }
 }

@@ -122,6 +122,8 @@ fn syscall(call: &'static str, hint: &'static str) -> impl FnOnce(std::io::Error
 /// unique ids not), so that a process whose parent died is still recognised.
 struct Tracker {
     root: libc::pid_t,
+    /// workfence has reaped the root: its pid (and maybe its group) may be reused.
+    root_reaped: bool,
     known: BTreeMap<libc::pid_t, u64>,
     lineage: Lineage,
     check: Option<SandboxCheck>,
@@ -147,6 +149,7 @@ impl Tracker {
         };
         Tracker {
             root,
+            root_reaped: false,
             known,
             lineage: Lineage::new(root_uid, sys::getuid()),
             check: SandboxCheck::load(),
@@ -211,18 +214,29 @@ impl Tracker {
         let known = std::mem::take(&mut self.known);
         self.known = known
             .into_iter()
-            .filter(|(p, u)| *p == self.root || self.alive(*p, *u).is_some())
+            .filter(|(p, u)| (*p == self.root && !self.root_reaped) || self.alive(*p, *u).is_some())
             .collect();
     }
 
-    /// pids for the reaper: the process group first, then every known process.
+    /// The root was reaped (`wait` returned its status): from now on neither its
+    /// pid nor its process group is named to the reaper or signalled as a group.
+    fn mark_root_reaped(&mut self) {
+        self.root_reaped = true;
+        self.known.remove(&self.root);
+    }
+
+    /// Whether any process of the run is alive (the root counts until it exits;
+    /// as a zombie it is gone). Only `known` is asked: `poll` adopts escaped
+    /// processes into it.
+    fn any_alive(&self) -> bool {
+        self.known.iter().any(|(p, u)| self.alive(*p, *u).is_some())
+    }
+
+    /// pids for the reaper: the process group first (until the root is reaped),
+    /// then every known process.
     fn reaper_line(&self) -> String {
-        let mut s = format!("-{}", self.root);
-        for p in self.known.keys() {
-            s.push(' ');
-            s.push_str(&p.to_string());
-        }
-        s
+        let known: Vec<libc::pid_t> = self.known.keys().copied().collect();
+        launch::reaper_line(self.root, self.root_reaped, &known)
     }
 
     /// Sends `sig` to the command's process group and every known descendant:
@@ -230,7 +244,9 @@ impl Tracker {
     fn signal_all(&mut self, sig: libc::c_int) {
         self.scan();
         self.sweep();
-        let _ = sys::kill(-self.root, sig);
+        if !self.root_reaped {
+            let _ = sys::kill(-self.root, sig);
+        }
         let victims: Vec<(libc::pid_t, u64)> = self.known.iter().map(|(p, u)| (*p, *u)).collect();
         for (p, u) in victims {
             if self.alive(p, u).is_some() {
@@ -640,7 +656,12 @@ fn run_inner(
     // Phase 2: the command runs under the sandbox.
     let code = loop {
         match child.try_wait() {
-            Ok(Some(st)) => break status_code(st),
+            Ok(Some(st)) => {
+                // Before anything else: the reaper must not name the reaped pid.
+                tracker.mark_root_reaped();
+                reaper.update(tracker.reaper_line());
+                break status_code(st);
+            }
             Ok(None) => {}
             Err(e) => {
                 tracker.kill_all(true);
@@ -671,7 +692,8 @@ fn run_inner(
 }
 
 /// A stop (signal or timeout): the polite signal to the whole tree, up to
-/// [`launch::STOP_GRACE`] for the command to exit (git removes its index.lock), then
+/// [`launch::STOP_GRACE`] for every process of the run to exit, the command's
+/// children too (git removes its index.lock after the shell above it died), then
 /// every remaining process is killed. A second signal cuts the grace short.
 fn stop(
     tracker: &mut Tracker,
@@ -683,15 +705,23 @@ fn stop(
     let sig = launch::polite_signal(received, libc::SIGINT, libc::SIGTERM);
     let seen = signals.count();
     tracker.signal_all(sig);
-    let until = Instant::now() + launch::STOP_GRACE;
-    while Instant::now() < until && signals.count() == seen {
-        if !matches!(child.try_wait(), Ok(None)) {
-            break;
-        }
-        tracker.poll();
-        reaper.update(tracker.reaper_line());
-        std::thread::sleep(TICK);
-    }
+    launch::grace_wait(
+        launch::STOP_GRACE,
+        Instant::now,
+        || {
+            // Reap the root when it exits (a zombie counts as gone), but keep
+            // waiting for the rest of the tree: the root is usually a shell that
+            // dies at once, while its git child still removes index.lock.
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                tracker.mark_root_reaped();
+            }
+            tracker.poll();
+            reaper.update(tracker.reaper_line());
+            tracker.any_alive()
+        },
+        || signals.count() != seen,
+        || std::thread::sleep(TICK),
+    );
     tracker.kill_all(true);
     let _ = child.wait();
 }

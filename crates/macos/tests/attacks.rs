@@ -125,9 +125,16 @@ impl Scene {
         c.home = self.h.clone();
         let c = ctx(c);
         let prof = profile(policy, &layout, &c).expect("profile");
+        // The private temp dir this run gets, so that a script can check its
+        // TMPDIR against the profile instead of against a naming convention.
+        let mut env = self.env();
+        env.push((
+            "WF_PROFILE_TMP".into(),
+            prof.tmp_dir().to_string_lossy().into_owned(),
+        ));
         let req = RunRequest {
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            env: self.env(),
+            env,
             cwd: self.ws.clone(),
             timeout,
             pty: false,
@@ -380,6 +387,50 @@ fn fw14_case_aliases() {
     });
 }
 
+/// Case folding maps `ſ` (U+017F) onto `s` and the Kelvin sign (U+212A) onto `k`.
+/// Where the volume folds them (the control says so), the sandbox must refuse
+/// those spellings of `.git/hooks` and read none of `~/.ssh` through them.
+#[test]
+fn fw14_case_folding_onto_ascii() {
+    let script = "mkdir -p .git/hooks; echo evil > \".git/hoo\u{212a}s/post-checkout\"; echo evil > \".git/hook\u{17f}/pre-commit\"; cat \"$H/.\u{17f}\u{17f}h/id_rsa\" > leak; true";
+    let effect = |sc: &Scene| {
+        vec![
+            (
+                "hook via the Kelvin sign",
+                sc.ws.join(".git/hooks/post-checkout").exists(),
+            ),
+            (
+                "hook via long s",
+                sc.ws.join(".git/hooks/pre-commit").exists(),
+            ),
+            (
+                "~/.ssh via long s",
+                read(&sc.ws.join("leak")).contains(SECRET),
+            ),
+        ]
+    };
+    let sc = scene(true);
+    sc.control(script);
+    let folds: Vec<&str> = effect(&sc)
+        .into_iter()
+        .filter(|(_, worked)| *worked)
+        .map(|(what, _)| what)
+        .collect();
+    if folds.is_empty() {
+        eprintln!("NOTE: this volume does not fold U+017F or U+212A: nothing to block");
+        return;
+    }
+    let sc = scene(true);
+    let p = sc.policy();
+    sc.sandboxed(&p, script, Some(Duration::from_secs(60)));
+    for (what, worked) in effect(&sc) {
+        assert!(
+            !(worked && folds.contains(&what)),
+            "sandboxed: `{what}` must be blocked"
+        );
+    }
+}
+
 #[test]
 fn fw15_shared_tmp() {
     let sc = scene(false);
@@ -394,7 +445,7 @@ fn fw15_shared_tmp() {
     // The private TMPDIR works and is not the host's.
     let code = sc.sandboxed(
         &p,
-        r#"case "$TMPDIR" in */workfence-*) ;; *) exit 3;; esac; echo ok > "$TMPDIR/x" && test "$(cat "$TMPDIR/x")" = ok"#,
+        r#"test -n "$WF_PROFILE_TMP" || exit 4; test "$TMPDIR" = "$WF_PROFILE_TMP/" || exit 3; echo ok > "$TMPDIR/x" && test "$(cat "$TMPDIR/x")" = ok"#,
         None,
     );
     assert_eq!(code, 0);
@@ -429,6 +480,50 @@ fn rs1_rs2_secrets() {
     );
     for f in ["leak1", "leak2", "leak3"] {
         assert!(!read(&sc.ws.join(f)).contains(SECRET), "{f}");
+    }
+}
+
+/// A clone or a hard link of a hidden secret under a name in the workspace would
+/// be readable by that name. Settles on a Mac whether Seatbelt checks `file-clone`
+/// and `file-link` against the source (the hidden path: refused) or only the
+/// destination (the workspace: then the read rules must still stop the leak).
+#[test]
+fn rs_clone_or_link_a_hidden_secret_into_the_workspace() {
+    let script = r#"cp -c "$H/.ssh/id_rsa" "$WS/k1"; cat "$WS/k1" > "$WS/leak1"
+ln "$H/.ssh/id_rsa" "$WS/k2"; cat "$WS/k2" > "$WS/leak2"
+cp -c "$H/.SSH/ID_RSA" "$WS/k3"; cat "$WS/k3" > "$WS/leak3"
+true"#;
+    attack(false, script, |sc| {
+        vec![
+            (
+                "clone, then read",
+                read(&sc.ws.join("leak1")).contains(SECRET),
+            ),
+            (
+                "hard link, then read",
+                read(&sc.ws.join("leak2")).contains(SECRET),
+            ),
+            (
+                "clone via .SSH, then read",
+                read(&sc.ws.join("leak3")).contains(SECRET),
+            ),
+        ]
+    });
+    // Which step stopped it, for the record (the docs' open question).
+    let sc = scene(false);
+    let p = sc.policy();
+    sc.sandboxed(&p, script, Some(Duration::from_secs(60)));
+    for f in ["k1", "k2", "k3"] {
+        let made = fs::symlink_metadata(sc.ws.join(f)).is_ok();
+        eprintln!(
+            "NOTE: sandboxed {f} was {}created",
+            if made { "" } else { "not " }
+        );
+        // Whatever was created must not hold the secret under a readable name.
+        assert!(
+            !made || !read(&sc.ws.join(f)).contains(SECRET),
+            "{f} holds the secret"
+        );
     }
 }
 
@@ -730,6 +825,10 @@ if __name__ == "__main__":
         assert pool.map(abs, [-1, -2]) == [1, 2]
     m = shared_memory.SharedMemory(create=True, size=16)
     m.buf[0] = 7
+    # Attaching by name sizes the segment with fstat (ipc-posix-shm-read-metadata).
+    other = shared_memory.SharedMemory(name=m.name)
+    assert other.size >= 16 and other.buf[0] == 7
+    other.close()
     m.close(); m.unlink()
     master, slave = os.openpty()
     os.write(slave, b"x")
@@ -813,7 +912,7 @@ fn t1_no_controlling_terminal_without_pty_and_a_private_one_with() {
         argv: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "test -t 0 && test -t 1 && exec 3</dev/tty".into(),
+            "test -t 0 && test -t 1 && stty -a >/dev/null && exec 3</dev/tty".into(),
         ],
         env: sc.env(),
         cwd: sc.ws.clone(),
@@ -888,6 +987,72 @@ mkdir -p sub4 && ln -s "$OUT" sub4/.GIT"#,
             ]
         },
     );
+}
+
+/// Repositories that exist before the run (a vendored checkout, a submodule, a
+/// linked worktree): the files of their gitdirs that make host git run code or
+/// read another config (`commondir` -> `../evil` with `core.fsmonitor`) stay
+/// read-only.
+#[test]
+fn fw_nested_gitdir_redirection() {
+    let script = r#"mkdir -p evil && printf '[core]\n\tfsmonitor = touch PWNED\n' > evil/config
+printf '../../evil\n' > sub/.git/commondir
+printf '[core]\n\tfsmonitor = touch PWNED\n' > sub/.git/config.worktree
+printf '../../../../evil\n' > .git/worktrees/wt/commondir
+printf '[core]\n\tfsmonitor = touch PWNED\n' > .git/modules/m/config.worktree
+printf '#!/bin/sh\n' > .git/modules/m/hooks/post-checkout
+true"#;
+    let setup = |sc: &Scene| {
+        git(&sc.ws, &["commit", "-q", "--allow-empty", "-m", "init"]);
+        fs::create_dir_all(sc.ws.join("sub")).unwrap();
+        git(&sc.ws.join("sub"), &["init", "-q"]);
+        git(&sc.ws, &["worktree", "add", "-q", "--detach", "../wt"]);
+        fs::create_dir_all(sc.ws.join(".git/modules/m/hooks")).unwrap();
+    };
+    let effect = |sc: &Scene| {
+        vec![
+            (
+                "sub/.git/commondir",
+                sc.ws.join("sub/.git/commondir").exists(),
+            ),
+            (
+                "sub/.git/config.worktree",
+                sc.ws.join("sub/.git/config.worktree").exists(),
+            ),
+            (
+                ".git/worktrees/wt/commondir",
+                read(&sc.ws.join(".git/worktrees/wt/commondir")).contains("evil"),
+            ),
+            (
+                ".git/modules/m/config.worktree",
+                sc.ws.join(".git/modules/m/config.worktree").exists(),
+            ),
+            (
+                ".git/modules/m/hooks/post-checkout",
+                sc.ws.join(".git/modules/m/hooks/post-checkout").exists(),
+            ),
+        ]
+    };
+    let sc = scene(true);
+    setup(&sc);
+    sc.control(script);
+    for (what, worked) in effect(&sc) {
+        assert!(worked, "control: `{what}` should work without the sandbox");
+    }
+    let sc = scene(true);
+    setup(&sc);
+    let p = sc.policy();
+    sc.sandboxed(&p, script, Some(Duration::from_secs(60)));
+    for (what, worked) in effect(&sc) {
+        assert!(!worked, "sandboxed: `{what}` must be blocked");
+    }
+    // The work that must keep working next to those rules.
+    let code = sc.sandboxed(
+        &p,
+        "echo c > c.txt && git add c.txt && git -c user.name=t -c user.email=t@example.invalid commit -qm c && git -C sub status --short >/dev/null",
+        None,
+    );
+    assert_eq!(code, 0, "commit next to a nested repository");
 }
 
 /// A pty of the user's that the command was not given (another terminal tab),
@@ -1042,6 +1207,37 @@ while :; do sleep 0.1; done"#,
     assert_eq!(code, 124);
     assert!(sc.ws.join("cleaned").exists(), "no SIGTERM before SIGKILL");
     assert!(!sc.ws.join("index.lock").exists());
+}
+
+#[test]
+fn stop_grace_waits_for_children_after_the_root_died() {
+    // `sh -c '... git ...'`: the shell (the root) dies at once on SIGTERM, its
+    // child traps SIGTERM and needs a moment to clean up (git's index.lock). The
+    // grace period lasts until the child is gone, not only the root.
+    let sc = scene(false);
+    let p = sc.policy();
+    let start = Instant::now();
+    let code = sc.sandboxed(
+        &p,
+        r#"/bin/sh -c 'trap "sleep 0.5; rm -f "$WS/index.lock"; echo cleaned > "$WS/cleaned"; exit 143" TERM
+touch "$WS/index.lock"
+while :; do sleep 0.1; done' &
+wait"#,
+        Some(Duration::from_secs(1)),
+    );
+    assert_eq!(code, 124);
+    assert!(
+        sc.ws.join("cleaned").exists(),
+        "the child was killed while it cleaned up"
+    );
+    assert!(!sc.ws.join("index.lock").exists());
+    // And not longer than needed: about 1 s timeout + 0.5 s cleanup, well below
+    // the timeout plus the whole grace period plus slack.
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]

@@ -124,6 +124,13 @@ fn build(policy: &Policy, layout: &FsLayout) -> SeatbeltProfile {
 }
 
 /// The generated part only: the base profile is snapshotted once, separately.
+/// `text` with the literals of every `string-append` joined (the generator cuts
+/// long strings into pieces the reader accepts), so that a regex can be searched
+/// for whole.
+fn joined(text: &str) -> String {
+    text.replace("\" \"", "")
+}
+
 fn generated(sb: &SeatbeltProfile) -> String {
     let s = sb.to_string();
     let cut = s.find(";;; ====").expect("generated marker");
@@ -360,7 +367,7 @@ fn awkward_paths_are_escaped() {
     assert_eq!(sb.param("WRITABLE_ROOT_0"), Some(ws));
     // In regexes: metacharacters escaped, then `"` and `\` escaped for the string.
     assert!(
-        sb.text()
+        joined(sb.text())
             .contains(r#"[Qq][Uu][Oo][Tt][Ee][Dd]\" [Pp][Rr][Oo][Jj]\\\\ \\([Vv]2\\)/日本"#),
         "{}",
         sb.text()
@@ -497,7 +504,7 @@ fn missing_and_wildcard_secrets_are_denied_by_name() {
         .to_string();
     assert!(reads.contains("(subpath (param \"HIDDEN_0\"))"), "{reads}");
     assert!(
-        reads.contains("[Cc][Rr][Ee][Dd][Ee][Nn][Tt][Ii][Aa][Ll][Ss][^/]*(/.*)?$"),
+        joined(&reads).contains("[Cc][Rr][Ee][Dd][Ee][Nn][Tt][Ii][Aa][Ll](S|s|ſ)[^/]*(/.*)?$"),
         "{reads}"
     );
 }
@@ -517,9 +524,10 @@ fn only_the_commands_own_terminals_are_open() {
         .unwrap()..];
     let reads = &reads[..reads.find("terminals\n").unwrap()];
     assert!(reads.contains("(regex \"^/dev/(tty|pty)\")"), "{reads}");
-    // Any pty by number only for ioctls (which need an open descriptor).
-    assert_eq!(t.matches("(regex \"^/dev/ttys[0-9]+$\")").count(), 2);
-    assert!(t.contains("(allow file-ioctl\n  (regex \"^/dev/ttys[0-9]+$\"))"));
+    // A pty by number only together with the sandbox's pty extension: no ioctl
+    // rule by name alone.
+    assert_eq!(t.matches("(regex \"^/dev/ttys[0-9]+$\")").count(), 1);
+    assert!(!t.contains("(allow file-ioctl\n  (regex \"^/dev/ttys[0-9]+$\"))"));
     assert!(t.contains("(require-all\n    (regex \"^/dev/ttys[0-9]+$\")\n    (extension"));
     assert!(t.contains("(extension \"com.apple.sandbox.pty\")"));
     assert_eq!(sb.param("HANDED_TTY_0"), Some("/dev/ttys004"));
@@ -542,15 +550,20 @@ fn only_the_commands_own_terminals_are_open() {
 fn nested_repositories_and_data_volume_are_denied() {
     let sb = build(&Policy::new(WS), &workspace_layout(WS));
     let t = sb.text();
-    let writes = &t[t
-        .find("(allow file-write* file-link file-clone\n  (require-all\n    (require-any")
-        .unwrap()..];
+    let writes = joined(
+        &t[t.find("(allow file-write* file-link file-clone\n  (require-all\n    (require-any")
+            .unwrap()..],
+    );
+    // `(S|s|ſ)` and `(K|k|K)` (Kelvin sign): case folding maps both onto ASCII.
+    let gitdir = r"/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee](S|s|ſ)/.+/|[Ww][Oo][Rr](K|k|K)[Tt][Rr][Ee][Ee](S|s|ſ)/[^/]+/)?";
     for re in [
-        r#"(regex "/\\.[Gg][Ii][Tt]$")"#,
-        r#"(regex "/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee][Ss]/.+/)?[Cc][Oo][Nn][Ff][Ii][Gg]$")"#,
-        r#"(regex "/\\.[Gg][Ii][Tt]/([Mm][Oo][Dd][Uu][Ll][Ee][Ss]/.+/)?[Hh][Oo][Oo][Kk][Ss](/.*)?$")"#,
+        r#"(regex "/\\.[Gg][Ii][Tt]$")"#.to_string(),
+        format!(
+            r#"{gitdir}([Cc][Oo][Nn][Ff][Ii][Gg]|[Cc][Oo][Nn][Ff][Ii][Gg]\\.[Ww][Oo][Rr](K|k|K)[Tt][Rr][Ee][Ee]|[Cc][Oo][Mm][Mm][Oo][Nn][Dd][Ii][Rr])$""#
+        ),
+        format!(r#"{gitdir}[Hh][Oo][Oo](K|k|K)(S|s|ſ)(/.*)?$""#),
     ] {
-        assert!(writes.contains(re), "missing {re}");
+        assert!(writes.contains(&re), "missing {re}");
     }
     // Every anchored deny regex also matches the Data-volume spelling.
     for line in t
@@ -558,7 +571,7 @@ fn nested_repositories_and_data_volume_are_denied() {
         .filter(|l| l.trim_start().starts_with("(regex \"^/"))
     {
         assert!(
-            !line.contains("[Uu][Ss][Ee][Rr][Ss]") || line.contains("[Dd][Aa][Tt][Aa])?"),
+            !line.contains("[Uu](S|s|ſ)[Ee][Rr](S|s|ſ)") || line.contains("[Dd][Aa][Tt][Aa])?"),
             "{line}"
         );
     }
@@ -583,4 +596,68 @@ fn the_owner_probe_is_denied_only_here() {
     assert_ne!(other.owner_probes().1, denied);
     ctx.probe_token = "../../x".into();
     assert!(profile(&p, &workspace_layout(WS), &ctx).is_err());
+}
+
+/// python's SharedMemory calls fstat right after shm_open (XNU checks it as
+/// ipc-posix-shm-read-metadata): the rule that lets the command create its own
+/// segments must allow it for the same names, and only those.
+#[test]
+fn own_shared_memory_segments_may_be_stat_ed() {
+    let text = workfence_macos::BASE_PROFILE;
+    let start = text
+        .find("(allow ipc-posix-shm-read-data")
+        .expect("the segment rule");
+    let rule = &text[start..start + text[start..].find("))\n").unwrap() + 2];
+    for op in [
+        "ipc-posix-shm-read-data",
+        "ipc-posix-shm-read-metadata",
+        "ipc-posix-shm-write-create",
+        "ipc-posix-shm-write-data",
+        "ipc-posix-shm-write-unlink",
+    ] {
+        assert!(rule.contains(op), "{op} missing from {rule}");
+    }
+    assert!(rule.contains(r#"(ipc-posix-name-regex "^/psm_[0-9a-f]+$")"#));
+    assert!(rule.contains(r#"(ipc-posix-name-regex "^/__KMP_REGISTERED_LIB_[0-9]+$")"#));
+    // No other rule opens segments' metadata by a wider filter.
+    let others = text.replace(rule, "");
+    assert!(!others.contains("ipc-posix-shm-read-metadata"));
+    assert!(!others.contains("(allow ipc-posix-shm-read*)"));
+}
+
+/// ioctls on terminals only where opening them is allowed: the command's own
+/// ptys (the sandbox's pty extension), /dev/tty, /dev/ptmx and the handed-over
+/// ones. No rule allows file-ioctl on /dev/ttysNNN by name alone (TIOCSETA or
+/// TIOCSTOP on another tab).
+#[test]
+fn terminal_ioctls_need_an_allowed_terminal() {
+    let sb = build(&Policy::new(WS), &workspace_layout(WS));
+    let t = sb.text();
+    for (i, _) in t.match_indices("(allow ") {
+        let form = &t[i..];
+        // The form up to its closing parenthesis at depth 0.
+        let mut depth = 0;
+        let mut end = form.len();
+        for (j, c) in form.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = j + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let form = &form[..end];
+        let head = form.lines().next().unwrap_or("");
+        if head.contains("file-ioctl") && form.contains("/dev/ttys") {
+            assert!(
+                form.contains("(extension \"com.apple.sandbox.pty\")"),
+                "terminal ioctls by name: {form}"
+            );
+        }
+    }
 }

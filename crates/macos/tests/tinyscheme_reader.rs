@@ -142,7 +142,7 @@ fn awkward_paths_read_back_as_intended() {
     let lines = read_back(&ts, &sb, "awkward");
     // The regex as Seatbelt's regex compiler receives it: one backslash before each
     // metacharacter, quotes plain, UTF-8 intact.
-    let want = "REGEX ^(/[Ss][Yy][Ss][Tt][Ee][Mm]/[Vv][Oo][Ll][Uu][Mm][Ee][Ss]/[Dd][Aa][Tt][Aa])?/[Uu][Ss][Ee][Rr][Ss]/[Dd](E\u{301}|e\u{301}|É|é)[Vv]/[Mm][Yy] \"[Qq][Uu][Oo][Tt][Ee][Dd]\" [Pp][Rr][Oo][Jj]\\\\ \\([Vv]2\\)/日本/\\.[Cc][Oo][Dd][Ee][Xx](/.*)?$";
+    let want = "REGEX ^(/(S|s|ſ)[Yy](S|s|ſ)[Tt][Ee][Mm]/[Vv][Oo][Ll][Uu][Mm][Ee](S|s|ſ)/[Dd][Aa][Tt][Aa])?/[Uu](S|s|ſ)[Ee][Rr](S|s|ſ)/[Dd](E\u{301}|e\u{301}|É|é)[Vv]/[Mm][Yy] \"[Qq][Uu][Oo][Tt][Ee][Dd]\" [Pp][Rr][Oo][Jj]\\\\ \\([Vv]2\\)/日本/\\.[Cc][Oo][Dd][Ee][Xx](/.*)?$";
     assert!(
         lines.iter().any(|l| l == want),
         "missing {want}\n{}",
@@ -270,4 +270,59 @@ fn control_characters_in_the_workspace_are_refused_in_every_mode() {
             Err(workfence_macos::MacError::BadPath { .. })
         ));
     }
+}
+
+/// The profile's deny regexes as TinyScheme reads them back (so the SBPL escaping
+/// is part of what is tested), matched with the `regex` crate standing in for
+/// Seatbelt's matcher against paths an attack would write and paths ordinary work
+/// writes.
+#[test]
+fn deny_regexes_read_back_match_the_attack_paths() {
+    let Some(ts) = tinyscheme() else {
+        skip("tinyscheme not installed (apt-get install tinyscheme): SBPL reader check skipped");
+        return;
+    };
+    let ws = "/Users/dev/src/proj";
+    let p = Policy::new(ws);
+    let sb = profile(&p, &layout(ws), &MacContext::example(&p)).unwrap();
+    let lines = read_back(&ts, &sb, "deny-regexes");
+    let regexes: Vec<regex::Regex> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("REGEX "))
+        .map(|r| regex::Regex::new(r).unwrap_or_else(|e| panic!("{r}: {e}")))
+        .collect();
+    // The nested-repository rules are the unanchored ones.
+    let nested: Vec<&regex::Regex> = regexes
+        .iter()
+        .filter(|r| r.as_str().starts_with("/\\.[Gg][Ii][Tt]"))
+        .collect();
+    assert_eq!(nested.len(), 3, "{nested:?}");
+    let denied = |rel: &str| {
+        let path = format!("{ws}/{rel}");
+        nested.iter().any(|r| r.is_match(&path))
+    };
+    for rel in [
+        "vendor/lib/.git/commondir",
+        "vendor/lib/.git/config.worktree",
+        "vendor/lib/.GIT/CONFIG",
+        "vendor/lib/.git/hooks/pre-commit",
+        ".git/modules/m/commondir",
+        ".git/worktrees/wt/config.worktree",
+        ".git/modules/a/modules/b/hooks/x",
+        // Kelvin sign and long s: case folding maps them onto k and s.
+        "vendor/lib/.git/hoo\u{212a}\u{17f}/x",
+    ] {
+        assert!(denied(rel), "{rel} is writable");
+    }
+    for rel in [".git/index", ".git/refs/heads/config", "src/config"] {
+        assert!(!denied(rel), "{rel} is refused");
+    }
+    // The hidden ~/.ssh in the spelling case folding makes of it.
+    let ssh = "/Users/dev/.\u{17f}\u{17f}h/id_rsa";
+    assert!(
+        regexes
+            .iter()
+            .any(|r| r.as_str().starts_with('^') && r.is_match(ssh)),
+        "{ssh} is readable"
+    );
 }
