@@ -155,6 +155,10 @@ fn text_response(status: StatusCode, body: String) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // Every text response is a refusal or an error; the connection ends with it, so a
+    // refused client does not hold a slot open.
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
@@ -803,13 +807,10 @@ fn tunnel_after_upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let counters = Counters::default();
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                let mut up = Counted::new(upstream, counters.clone());
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
-            }
-            Err(_) => {}
+        if let Ok(upgraded) = on_upgrade.await {
+            let mut client = TokioIo::new(upgraded);
+            let mut up = Counted::new(upstream, counters.clone());
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
         }
         audit.finish(&*sink, counters.get());
     });

@@ -9,8 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use workfence_proxy::{
-    AuditRecord, Decision, MemorySink, NamedLists, Protocol, Proxy, ProxyAuth, ProxyConfig,
-    RuleSet,
+    AuditRecord, Decision, MemorySink, NamedLists, Protocol, Proxy, ProxyAuth, ProxyConfig, RuleSet,
 };
 
 const LOCAL: &str = "127.0.0.1";
@@ -132,22 +131,24 @@ async fn http_server() -> u16 {
                 return;
             };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let host = req
-                        .headers()
-                        .get("host")
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or("-")
-                        .to_string();
-                    let leaked = req.headers().contains_key("proxy-authorization");
-                    let body = format!(
-                        "origin saw {} host={host} proxy-auth-leaked={leaked}",
-                        req.uri()
-                    );
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        bytes::Bytes::from(body),
-                    )))
-                });
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string();
+                        let leaked = req.headers().contains_key("proxy-authorization");
+                        let body = format!(
+                            "origin saw {} host={host} proxy-auth-leaked={leaked}",
+                            req.uri()
+                        );
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            bytes::Bytes::from(body),
+                        )))
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                     .await;
@@ -295,7 +296,11 @@ async fn a_denied_host_gets_403_naming_the_flag() {
 async fn deny_wins_over_allow_and_wildcards_and_ports_hold() {
     let echo = echo_server().await;
     let p = Setup::new()
-        .local(&["**.x.test", "*.sub.test", &*format!("port.test:{echo}").leak()])
+        .local(&[
+            "**.x.test",
+            "*.sub.test",
+            &*format!("port.test:{echo}").leak(),
+        ])
         .deny(&["bad.x.test"])
         .pin("bad.x.test", LOCAL)
         .pin("x.test", LOCAL)
@@ -356,7 +361,9 @@ async fn a_name_resolving_to_loopback_needs_an_explicit_local_allow() {
     assert_eq!(s, 403);
     assert!(text.contains("cloud metadata"), "{text}");
     let r = p.records(2).await;
-    assert!(r.iter().all(|r| r.decision == Decision::Deny && r.resolved.is_none()));
+    assert!(r
+        .iter()
+        .all(|r| r.decision == Decision::Deny && r.resolved.is_none()));
     assert_eq!(r[0].rule.as_deref(), Some("allow=sneaky.test"));
     // Listing the address itself is explicit.
     let p = Setup::new()
@@ -364,11 +371,15 @@ async fn a_name_resolving_to_loopback_needs_an_explicit_local_allow() {
         .start()
         .await;
     assert_eq!(
-        connect_echo(p.addr, &format!("127.0.0.1:{echo}"), b"x").await.0,
+        connect_echo(p.addr, &format!("127.0.0.1:{echo}"), b"x")
+            .await
+            .0,
         200
     );
     assert_eq!(
-        connect_echo(p.addr, &format!("[::ffff:127.0.0.1]:{echo}"), b"").await.0,
+        connect_echo(p.addr, &format!("[::ffff:127.0.0.1]:{echo}"), b"")
+            .await
+            .0,
         403
     );
 }
@@ -427,7 +438,10 @@ async fn contradictions_and_control_characters_are_rejected() {
         format!("GET http://origin%2etest:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
         format!("GET https://origin.test:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
         format!("GET / HTTP/1.1\r\nHost: origin.test:{port}\r\nConnection: close\r\n\r\n"),
-        format!("GET http://{}.test/ HTTP/1.1\r\nConnection: close\r\n\r\n", "a".repeat(300)),
+        format!(
+            "GET http://{}.test/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "a".repeat(300)
+        ),
     ] {
         let (s, text) = raw(p.addr, req.as_bytes()).await;
         assert_eq!(s, 400, "{req:?} -> {text}");
@@ -463,8 +477,9 @@ async fn socks5_hostname_connect_allowed_and_denied() {
     let allow = r.iter().find(|r| r.decision == Decision::Allow).unwrap();
     assert_eq!(allow.protocol, Protocol::Socks5);
     assert_eq!((allow.bytes_up, allow.bytes_down), (5, 5));
-    assert!(r.iter().any(|r| r.decision == Decision::Deny
-        && r.host.as_deref() == Some("other.test")));
+    assert!(r
+        .iter()
+        .any(|r| r.decision == Decision::Deny && r.host.as_deref() == Some("other.test")));
     assert!(r.iter().any(|r| r.decision == Decision::Reject));
     assert_eq!(p.proxy.denials().len(), 1);
 }
@@ -495,9 +510,11 @@ async fn per_run_secret_is_required_when_configured() {
     assert_eq!(s, 407);
     let good = base64::engine::general_purpose::STANDARD.encode("wf:s3cret");
     let mut c = TcpStream::connect(p.addr).await.unwrap();
-    c.write_all(format!("CONNECT {a} HTTP/1.1\r\nProxy-Authorization: Basic {good}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    c.write_all(
+        format!("CONNECT {a} HTTP/1.1\r\nProxy-Authorization: Basic {good}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut head = [0u8; 12];
     c.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
@@ -620,7 +637,9 @@ async fn audit_lines_go_to_a_file() {
 async fn proxy_credentials_are_not_forwarded() {
     use base64::Engine as _;
     let port = http_server().await;
-    let mut setup = Setup::new().local(&["origin.test"]).pin("origin.test", LOCAL);
+    let mut setup = Setup::new()
+        .local(&["origin.test"])
+        .pin("origin.test", LOCAL);
     setup.auth = Some(ProxyAuth {
         user: "wf".into(),
         password: "pw".into(),
