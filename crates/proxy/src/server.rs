@@ -895,20 +895,37 @@ async fn forward(
     };
     // The record is written when the upstream connection ends, that is, after the
     // response body has been relayed, so its byte counts are final.
+    // The handler tells the task how the exchange went: `None` for a response, the
+    // reason for a failure; a dropped sender means the client went away first.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Option<String>>();
     let conn_counters = counters.clone();
     tokio::spawn(async move {
-        let _ = conn.await;
+        let conn_result = conn.await;
+        let mut audit = audit;
+        let failure = match done_rx.await {
+            Ok(None) => conn_result
+                .err()
+                .map(|e| format!("relaying the response from the destination: {e}")),
+            Ok(Some(reason)) => Some(reason),
+            Err(_) => Some("the client closed the connection before the response".into()),
+        };
+        if let Some(reason) = failure {
+            let rule = audit.record.rule.take();
+            audit.outcome(Decision::Error, rule, Some(reason));
+        }
         audit.finish(&*sink, conn_counters.get());
     });
     match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
+            let _ = done_tx.send(None);
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
         }
-        Err(e) => text_response(
-            StatusCode::BAD_GATEWAY,
-            format!("workfence: forwarding to {target} failed: {e}\n"),
-        ),
+        Err(e) => {
+            let reason = format!("forwarding to {target} failed: {e}");
+            let _ = done_tx.send(Some(reason.clone()));
+            text_response(StatusCode::BAD_GATEWAY, format!("workfence: {reason}\n"))
+        }
     }
 }

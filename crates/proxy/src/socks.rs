@@ -282,4 +282,40 @@ mod tests {
         );
         assert_eq!(SocksError::Command(3).reply(), Reply::CommandNotSupported);
     }
+
+    /// A cheap stand-in for the fuzz target (not yet written): random and mutated
+    /// inputs never panic, and a request that parses also parses from every longer buffer
+    /// to the same value and length.
+    #[test]
+    fn random_inputs_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seed = req(3, &name(b"git.allowed.test"), 22);
+        for i in 0..20_000 {
+            let mut buf = if i % 2 == 0 {
+                seed.clone()
+            } else {
+                (0..(next() % 300)).map(|_| next() as u8).collect()
+            };
+            for _ in 0..(next() % 4) {
+                if !buf.is_empty() {
+                    let at = (next() as usize) % buf.len();
+                    buf[at] = next() as u8;
+                }
+            }
+            let _ = parse_greeting(&buf);
+            let _ = parse_userpass(&buf);
+            if let Ok(Some((t, n))) = parse_request(&buf) {
+                assert!(n <= buf.len());
+                let mut longer = buf.clone();
+                longer.extend_from_slice(b"trailing");
+                assert_eq!(parse_request(&longer), Ok(Some((t, n))));
+            }
+        }
+    }
 }

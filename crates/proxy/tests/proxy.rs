@@ -431,6 +431,9 @@ async fn contradictions_and_control_characters_are_rejected() {
         format!("GET http://origin.test\0.evil.test:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
         format!("GET http://origin\x01.test:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
         format!("CONNECT origin.test\0:{port} HTTP/1.1\r\n\r\n"),
+        // CONNECT with an absolute-form target, or without a port.
+        format!("CONNECT http://origin.test:{port}/ HTTP/1.1\r\nHost: origin.test:{port}\r\n\r\n"),
+        "CONNECT origin.test HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_string(),
         format!("GET {url} HTTP/1.1\r\nHost: origin.test\0.evil.test\r\nConnection: close\r\n\r\n"),
         format!("GET {url} HTTP/1.1\r\nHost: origin\x7f.test:{port}\r\nConnection: close\r\n\r\n"),
         // User info, percent-encoding, https in absolute form, origin form.
@@ -719,4 +722,33 @@ async fn curl_through_the_proxy() {
     assert!(protos.contains(&Protocol::Http));
     assert!(protos.contains(&Protocol::Connect));
     assert!(protos.contains(&Protocol::Socks5));
+}
+
+#[tokio::test]
+async fn unreachable_destinations_are_errors_not_denials() {
+    // A port nothing listens on, and a server that hangs up at once.
+    let closed = {
+        let l = std::net::TcpListener::bind((LOCAL, 0)).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let hangup = TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let hangup_port = hangup.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = hangup.accept().await {
+            drop(s);
+        }
+    });
+    let p = Setup::new()
+        .local(&["down.test"])
+        .pin("down.test", LOCAL)
+        .start()
+        .await;
+    let (s, text) = connect_echo(p.addr, &format!("down.test:{closed}"), b"").await;
+    assert_eq!(s, 502, "{text}");
+    let url = format!("http://down.test:{hangup_port}/");
+    let (s, text) = get(p.addr, &url, &format!("down.test:{hangup_port}")).await;
+    assert_eq!(s, 502, "{text}");
+    let r = p.records(2).await;
+    assert!(r.iter().all(|r| r.decision == Decision::Error), "{r:?}");
+    assert!(p.proxy.denials().is_empty());
 }
