@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::addr::classify;
 use crate::audit::{now_rfc3339, AuditRecord, AuditSink, Decision, Denial, Protocol};
@@ -59,6 +60,10 @@ pub struct ProxyConfig {
     pub handshake_timeout: Duration,
     /// How long a connection to a destination may take.
     pub connect_timeout: Duration,
+    /// At most this many client connections are served at once by `serve_tcp` and
+    /// `serve_unix`; past it they wait in the listen backlog. Keeps a sandboxed command
+    /// from spending the host's file descriptors through the proxy.
+    pub max_connections: usize,
 }
 
 impl ProxyConfig {
@@ -71,6 +76,7 @@ impl ProxyConfig {
             auth: None,
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -143,6 +149,9 @@ impl std::fmt::Debug for Proxy {
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A `max_connections` permit, shared by everything one client connection started.
+type Slot = Option<Arc<OwnedSemaphorePermit>>;
 
 fn full(text: impl Into<Bytes>) -> Body {
     Full::new(text.into()).map_err(|e| match e {}).boxed()
@@ -265,12 +274,17 @@ impl Proxy {
     /// Serves connections accepted on a TCP listener (loopback, for tests and for the
     /// platforms that reach the proxy over a loopback port). Runs until accept fails.
     pub async fn serve_tcp(&self, listener: TcpListener) -> Result<(), ProxyError> {
+        let slots = Arc::new(Semaphore::new(self.inner.config.max_connections.max(1)));
         loop {
+            // acquire fails only on a closed semaphore, and this one is never closed.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return Ok(());
+            };
             match listener.accept().await {
                 Ok((s, _)) => {
                     let _ = s.set_nodelay(true);
                     let p = self.clone();
-                    tokio::spawn(async move { p.serve_connection(s).await });
+                    tokio::spawn(async move { p.serve(s, Some(Arc::new(slot))).await });
                 }
                 Err(e) if transient(&e) => continue,
                 Err(e) => return Err(ProxyError::Accept(e)),
@@ -282,11 +296,16 @@ impl Proxy {
     /// sandbox connection over one). Runs until accept fails.
     #[cfg(unix)]
     pub async fn serve_unix(&self, listener: tokio::net::UnixListener) -> Result<(), ProxyError> {
+        let slots = Arc::new(Semaphore::new(self.inner.config.max_connections.max(1)));
         loop {
+            // acquire fails only on a closed semaphore, and this one is never closed.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return Ok(());
+            };
             match listener.accept().await {
                 Ok((s, _)) => {
                     let p = self.clone();
-                    tokio::spawn(async move { p.serve_connection(s).await });
+                    tokio::spawn(async move { p.serve(s, Some(Arc::new(slot))).await });
                 }
                 Err(e) if transient(&e) => continue,
                 Err(e) => return Err(ProxyError::Accept(e)),
@@ -298,7 +317,16 @@ impl Proxy {
     /// to its end: sniffs SOCKS5 (first byte 0x05) or HTTP, then handles it. Every
     /// outcome, including a malformed request, leaves one audit record per proxied
     /// connection or request.
-    pub async fn serve_connection<S>(&self, mut stream: S)
+    pub async fn serve_connection<S>(&self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve(stream, None).await
+    }
+
+    /// `slot` is held until everything this connection started (a tunnel, an upstream
+    /// HTTP connection) has ended, so `max_connections` counts tunnels too.
+    async fn serve<S>(&self, mut stream: S, slot: Slot)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -312,18 +340,20 @@ impl Proxy {
         if first[0] == socks::VERSION {
             self.serve_socks(stream, first[0]).await;
         } else {
-            self.serve_http(Prefixed::new(first.to_vec(), stream)).await;
+            self.serve_http(Prefixed::new(first.to_vec(), stream), slot)
+                .await;
         }
     }
 
-    async fn serve_http<S>(&self, stream: S)
+    async fn serve_http<S>(&self, stream: S, slot: Slot)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let p = self.clone();
         let svc = hyper::service::service_fn(move |req| {
             let p = p.clone();
-            async move { Ok::<_, std::convert::Infallible>(p.handle_http(req).await) }
+            let slot = slot.clone();
+            async move { Ok::<_, std::convert::Infallible>(p.handle_http(req, slot).await) }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -350,7 +380,7 @@ impl Proxy {
             .is_ok_and(|got| ct_eq(&got, expected))
     }
 
-    async fn handle_http(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle_http(&self, req: Request<Incoming>, slot: Slot) -> Response<Body> {
         let protocol = if req.method() == Method::CONNECT {
             Protocol::Connect
         } else {
@@ -411,9 +441,9 @@ impl Proxy {
         audit.outcome(Decision::Allow, Some(rule), None);
         match self.handling(&target) {
             Handling::PassThrough if protocol == Protocol::Connect => {
-                tunnel_after_upgrade(req, upstream, audit, sink)
+                tunnel_after_upgrade(req, upstream, audit, sink, slot)
             }
-            Handling::PassThrough => forward(req, &target, upstream, audit, sink).await,
+            Handling::PassThrough => forward(req, &target, upstream, audit, sink, slot).await,
         }
     }
 
@@ -803,6 +833,7 @@ fn tunnel_after_upgrade(
     upstream: TcpStream,
     audit: Audit,
     sink: Arc<dyn AuditSink>,
+    slot: Slot,
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -813,6 +844,7 @@ fn tunnel_after_upgrade(
             let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
         }
         audit.finish(&*sink, counters.get());
+        drop(slot);
     });
     Response::new(full(Bytes::new()))
 }
@@ -853,6 +885,7 @@ async fn forward(
     upstream: TcpStream,
     audit: Audit,
     sink: Arc<dyn AuditSink>,
+    slot: Slot,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let path = parts
@@ -914,6 +947,7 @@ async fn forward(
             audit.outcome(Decision::Error, rule, Some(reason));
         }
         audit.finish(&*sink, conn_counters.get());
+        drop(slot);
     });
     match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(resp) => {

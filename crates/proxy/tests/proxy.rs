@@ -752,3 +752,34 @@ async fn unreachable_destinations_are_errors_not_denials() {
     assert!(r.iter().all(|r| r.decision == Decision::Error), "{r:?}");
     assert!(p.proxy.denials().is_empty());
 }
+
+#[tokio::test]
+async fn max_connections_counts_open_tunnels() {
+    let echo = echo_server().await;
+    let setup = Setup::new().local(&["echo.test"]).pin("echo.test", LOCAL);
+    let mut cfg = setup.config();
+    cfg.max_connections = 1;
+    let proxy = Proxy::new(cfg, Arc::new(MemorySink::default())).unwrap();
+    let l = TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let p = proxy.clone();
+    tokio::spawn(async move { p.serve_tcp(l).await });
+    let req = format!("CONNECT echo.test:{echo} HTTP/1.1\r\nHost: echo.test:{echo}\r\n\r\n");
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    first.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // The tunnel is open: a second client waits in the backlog.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(req.as_bytes()).await.unwrap();
+    let waited =
+        tokio::time::timeout(Duration::from_millis(300), second.read_exact(&mut head)).await;
+    assert!(waited.is_err(), "served past max_connections");
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(3), second.read_exact(&mut head))
+        .await
+        .expect("not served after the first tunnel closed")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+}
