@@ -307,4 +307,25 @@ mod tests {
             assert!(Target::parse_authority(bad, None).is_err(), "{bad:?}");
         }
     }
+
+    /// Random strings from a hostile alphabet never panic, and whatever parses is
+    /// canonical: it parses again to itself.
+    #[test]
+    fn random_hosts_are_canonical_or_refused() {
+        let alphabet: Vec<char> = "aZ09-._:[]%@\0\n\u{7f}xn--ü。ß*/ ".chars().collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 24) as usize;
+            let s: String = (0..len)
+                .map(|i| alphabet[((x >> (i % 8 * 8)) as usize + i) % alphabet.len()])
+                .collect();
+            if let Ok(h) = Host::parse(&s) {
+                assert_eq!(Host::parse(&h.to_string()), Ok(h.clone()), "{s:?}");
+            }
+            let _ = Target::parse_authority(&s, Some(80));
+        }
+    }
 }
