@@ -173,6 +173,37 @@ pub fn default_dacl_sddl(token_user: &str, cap: &str, invoking_user: &str, logon
     s
 }
 
+/// The DACL workfence puts on the runner's process and main thread while it is still
+/// suspended (`SetSecurityInfo`), replacing the one they got from the seclogon token's
+/// default DACL, which grants the sandbox user full access. The sandbox user's SID is
+/// a restricting SID of every command that runs as that user, so with that DACL
+/// another run's command would pass both access checks for `PROCESS_ALL_ACCESS` on
+/// this unrestricted runner: inject code, duplicate its control pipe handle, read the
+/// request or forge the reply. Only SYSTEM and the invoking user (never a restricting
+/// SID) get access; `OWNER RIGHTS` with `READ_CONTROL` only takes away the owner's
+/// (the sandbox user's) implicit `WRITE_DAC`. Protected, so nothing is inherited.
+pub fn runner_object_sddl(invoking_user: &str) -> String {
+    format!(
+        "D:P(A;;GA;;;{})(A;;GA;;;{invoking_user})(A;;RC;;;{})",
+        sids::SYSTEM,
+        sids::OWNER_RIGHTS
+    )
+}
+
+/// The default DACL the runner sets on its own token as its first action after it has
+/// read the request, before it creates a job, a ConPTY (whose console host is a
+/// process of the runner's token) or the command: the per-run one of
+/// [`default_dacl_entries`] (this run's logon SID, the capability SID, SYSTEM, the
+/// invoking user, `OWNER RIGHTS` read-only), never the sandbox user.
+pub fn runner_default_dacl_sddl(
+    sandbox_user: &str,
+    cap: &str,
+    invoking_user: &str,
+    logon: &str,
+) -> String {
+    default_dacl_sddl(sandbox_user, cap, invoking_user, logon)
+}
+
 /// Account rights `workfence setup` gives both sandbox users: they must never log on
 /// over the network, by Remote Desktop, as a batch job or as a service. Interactive
 /// logon stays allowed: `CreateProcessWithLogonW` needs it.
@@ -1237,6 +1268,7 @@ pub fn plan(
     match &run_as {
         RunAs::OfflineUser { name, .. } | RunAs::OnlineUser { name, .. } => {
             launch.push(format!("CreateProcessWithLogonW as .\\{name} (LOGON_WITH_PROFILE, CREATE_SUSPENDED, window hidden) starts workfence-windows-runner; it is put in the job before it runs"));
+            launch.push("while the runner is suspended, workfence replaces the DACL of its process and thread (SetSecurityInfo: SYSTEM and the invoking user only, OWNER RIGHTS read-only), so no other run's command can open it; the runner's first action is to set its own token's default DACL to the per-run one, before it creates the job, the ConPTY or the command".into());
             launch.push("the runner reads the request from a single-instance named pipe that only SYSTEM, the invoking user and the sandbox user may open, and whose client must be the runner's process id (GetNamedPipeClientProcessId); it builds the restricted token from its own token and creates the command suspended".into());
             launch.push("the runner hands workfence the command's process and thread handles; workfence resumes the command itself once it holds them, and the runner exits".into());
         }

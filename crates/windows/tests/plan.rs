@@ -789,3 +789,30 @@ fn webdav_client_makes_the_network_partial() {
     let net = on.layers.iter().find(|l| l.layer == "network").unwrap();
     assert_eq!(net.state, Enforcement::Full);
 }
+
+#[test]
+fn runner_objects_are_closed_to_other_runs() {
+    use workfence_windows::{restricting_sids, runner_default_dacl_sddl, runner_object_sddl};
+    let (user, sandbox, cap) = ("S-1-5-21-1-1001", "S-1-5-21-1-1011", "S-1-5-21-9-9-9-9");
+    let sd = runner_object_sddl(user);
+    assert_eq!(
+        sd,
+        "D:P(A;;GA;;;S-1-5-18)(A;;GA;;;S-1-5-21-1-1001)(A;;RC;;;S-1-3-4)"
+    );
+    // No SID any command's token restricts with may get access to the runner: not the
+    // sandbox user, not a capability SID, not a logon SID, not RESTRICTED or Everyone.
+    for set in RestrictingSet::ALL {
+        for sid in restricting_sids(cap, Some(sandbox), set) {
+            assert!(!sd.contains(&format!(";;;{sid})")), "{sid} in {sd}");
+        }
+    }
+    // The runner's own default DACL (job, console host, command when unrestricted):
+    // the run's logon SID, never the sandbox user.
+    let d = runner_default_dacl_sddl(sandbox, cap, user, "S-1-5-5-0-7");
+    assert!(
+        d.contains("(A;;GA;;;S-1-5-5-0-7)") && d.contains(user),
+        "{d}"
+    );
+    assert!(!d.contains(sandbox), "{d}");
+    assert!(d.ends_with("(A;;RC;;;S-1-3-4)"), "{d}");
+}

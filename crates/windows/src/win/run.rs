@@ -356,6 +356,26 @@ fn run_as_user(
         }
     };
     drop(password);
+    // The runner's process and thread got the seclogon token's default DACL, which
+    // grants the sandbox user (a restricting SID of every run as that user) full
+    // access: replace it before the runner runs, or stop (fail closed).
+    let dacl = crate::plan::runner_object_sddl(&req.owner_sid);
+    if let Err(e) = sys::set_kernel_object_dacl(
+        &runner.process,
+        &dacl,
+        "closing the runner's process to other runs",
+    )
+    .and_then(|_| {
+        sys::set_kernel_object_dacl(
+            &runner.thread,
+            &dacl,
+            "closing the runner's thread to other runs",
+        )
+    }) {
+        sys::terminate_process(&runner.process, EXIT_SETUP as u32);
+        stdio.finish();
+        return Err(e);
+    }
     // Nested under seclogon's job. Should Windows refuse, the runner makes the job.
     if job.assign(&runner.process).is_err() {
         req.own_job = Some(launch::JobLimits::of(spec));

@@ -1122,6 +1122,62 @@ pub fn spawn_with_logon(
     })
 }
 
+/// Replaces the DACL of a process or thread (a kernel object) with `sddl`, protected,
+/// through a handle that holds `WRITE_DAC`.
+pub fn set_kernel_object_dacl(h: &OwnedHandle, sddl: &str, step: &str) -> Result<()> {
+    let sd = SecurityDescriptor::from_sddl(sddl)?;
+    let (acl, _) = sd.dacl()?;
+    // SAFETY: the handle is open (the caller needs WRITE_DAC on it, else the call
+    // fails with an error code and changes nothing); acl points into sd, alive for the
+    // call; owner, group and SACL are not set, so their null pointers are not read.
+    let code = unsafe {
+        A::SetSecurityInfo(
+            raw(h),
+            A::SE_KERNEL_OBJECT,
+            S::DACL_SECURITY_INFORMATION | S::PROTECTED_DACL_SECURITY_INFORMATION,
+            null_mut(),
+            null_mut(),
+            acl,
+            null(),
+        )
+    };
+    if code != 0 {
+        return Err(api(
+            step,
+            "SetSecurityInfo",
+            code,
+            "the runner is stopped; run again, and report the error if it persists",
+        ));
+    }
+    Ok(())
+}
+
+/// Sets the default DACL of the current process's own primary token, so that every
+/// object the process creates from now on without an explicit descriptor (threads,
+/// a job, a ConPTY's console host, pipes) gets `sddl` instead of the logon's default.
+pub fn set_own_default_dacl(sddl: &str) -> Result<()> {
+    let token = process_token()?;
+    let sd = SecurityDescriptor::from_sddl(sddl)?;
+    let (acl, _) = sd.dacl()?;
+    let dd = S::TOKEN_DEFAULT_DACL { DefaultDacl: acl };
+    // SAFETY: the token handle is open with TOKEN_ALL_ACCESS (TOKEN_ADJUST_DEFAULT
+    // included); dd points into sd, which lives until after the call.
+    let ok = unsafe {
+        S::SetTokenInformation(
+            raw(&token),
+            S::TokenDefaultDacl,
+            &dd as *const _ as *const c_void,
+            std::mem::size_of::<S::TOKEN_DEFAULT_DACL>() as u32,
+        )
+    };
+    check(
+        ok,
+        "setting the runner's default DACL",
+        "SetTokenInformation",
+        "",
+    )
+}
+
 /// Waits for a handle; `Ok(true)` when it was signaled, `Ok(false)` on timeout.
 pub fn wait(h: &OwnedHandle, timeout_ms: Option<u32>) -> Result<bool> {
     // SAFETY: the handle is open.
