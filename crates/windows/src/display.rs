@@ -141,6 +141,7 @@ impl fmt::Display for WindowsPlan {
                         rights::describe(a.ace.mask),
                         match a.ace.inherit {
                             Inherit::Tree => " (inherited by the tree)",
+                            Inherit::InheritOnly => " (inherit-only: what is created below)",
                             Inherit::None => "",
                         },
                         if a.per_run { "  [per run]" } else { "" }

@@ -199,10 +199,22 @@ pub fn covered(
         .filter(|c| c.applied && c.created == created && crate::path::fold_case(&c.path) == key)
         .flat_map(|c| c.aces.iter().map(String::as_str))
         .collect();
+    let flat = |a: &crate::sddl::Ace| {
+        let mut f = a.clone();
+        f.inherit = crate::sddl::Inherit::None;
+        f.sddl()
+    };
+    // A tree grant journaled without its inheritance flags shows the object is a file,
+    // where inherit-only ACEs are left out (they would become effective there).
+    let is_file = aces.iter().any(|a| {
+        a.inherit == crate::sddl::Inherit::Tree
+            && !have.contains(a.sddl().as_str())
+            && have.contains(flat(a).as_str())
+    });
     aces.iter().all(|a| {
-        let mut flat = a.clone();
-        flat.inherit = crate::sddl::Inherit::None;
-        have.contains(a.sddl().as_str()) || have.contains(flat.sddl().as_str())
+        (is_file && a.inherit == crate::sddl::Inherit::InheritOnly)
+            || have.contains(a.sddl().as_str())
+            || have.contains(flat(a).as_str())
     })
 }
 
@@ -387,6 +399,21 @@ mod tests {
             std::slice::from_ref(&grant),
             Some(7)
         ));
+        // The OWNER RIGHTS inherit-only ACE is left out on a file: still recognised
+        // there, but not on a directory that lacks it.
+        let owner = Ace {
+            kind: AceKind::Allow,
+            sid: "S-1-3-4".into(),
+            mask: 0x1301bf,
+            inherit: Inherit::InheritOnly,
+        };
+        assert!(covered(
+            &outstanding(&file),
+            "C:\\w\\f.txt",
+            &[grant.clone(), owner.clone()],
+            Some(7)
+        ));
+        assert!(!covered(&o, "C:\\w", &[grant.clone(), owner], Some(7)));
         // The path was deleted and re-created (another creation time), or the time is
         // unknown: visit.
         assert!(must_visit(

@@ -1090,6 +1090,23 @@ pub fn plan(
                 why,
                 false,
             );
+            // What the command creates here is owned by its token user (with setup the
+            // sandbox user, a restricting SID), so the owner's implicit READ_CONTROL and
+            // WRITE_DAC would pass both checks: lock the user out, grant Everyone, or
+            // plant protected-DACL files that later denies never reach. An OWNER RIGHTS
+            // ACE replaces those implicit rights; inherit-only, so the root itself (the
+            // user's) keeps its owner's rights.
+            sink.push(
+                p,
+                AceKind::Allow,
+                sids::OWNER_RIGHTS,
+                "OWNER RIGHTS",
+                rights::MODIFY,
+                Inherit::InheritOnly,
+                AcePurpose::Write,
+                "owner of what the command creates gets MODIFY only: no implicit WRITE_DAC",
+                false,
+            );
         }
         // Read grants: the sandbox users cannot read the invoking user's profile.
         if let Some((gsid, gname)) = group {

@@ -234,8 +234,12 @@ fn without_setup_is_degraded() {
         degraded,
         ["filesystem writes", "secrets (deny-read)", "network"]
     );
-    // No group exists: every ACE is for the capability SID.
-    assert!(plan.aces.iter().all(|a| a.ace.sid == plan.capability_sid));
+    // No group exists: every ACE is for the capability SID, but the inherit-only
+    // OWNER RIGHTS ACE on the writable roots.
+    assert!(plan
+        .aces
+        .iter()
+        .all(|a| a.ace.sid == plan.capability_sid || a.ace.sid == sids::OWNER_RIGHTS));
     snap("no-setup", &plan);
 }
 
@@ -487,9 +491,15 @@ fn linked_worktree_gitdir_gets_both_grants() {
     let grants: Vec<_> = plan
         .aces
         .iter()
-        .filter(|a| a.path == gitdir && a.purpose == AcePurpose::Write)
+        .filter(|a| {
+            a.path == gitdir && a.purpose == AcePurpose::Write && a.ace.sid != sids::OWNER_RIGHTS
+        })
         .collect();
     assert_eq!(grants.len(), 2, "group and capability SID");
+    assert!(plan
+        .aces
+        .iter()
+        .any(|a| a.path == gitdir && a.ace.sid == sids::OWNER_RIGHTS));
     // The hooks of the main repository are outside every writable root: denied, but
     // their parent gets no DELETE_CHILD deny (nothing there is writable anyway).
     assert!(
@@ -815,4 +825,36 @@ fn runner_objects_are_closed_to_other_runs() {
     );
     assert!(!d.contains(sandbox), "{d}");
     assert!(d.ends_with("(A;;RC;;;S-1-3-4)"), "{d}");
+}
+
+#[test]
+fn writable_roots_take_the_owners_implicit_write_dac_away() {
+    let p = policy(WS);
+    for ctx in [
+        WindowsContext::example(&p),
+        WindowsContext::example(&p).without_setup(),
+    ] {
+        let mut allowed = p.clone();
+        allowed.allow_degraded = true;
+        let plan = plan(&allowed, &repo_layout(WS), &ctx).unwrap();
+        let temp = plan.temp_dir.clone();
+        for root in [WS.to_string(), temp] {
+            let ow: Vec<_> = plan
+                .aces
+                .iter()
+                .filter(|a| a.path == root && a.ace.sid == sids::OWNER_RIGHTS)
+                .collect();
+            assert_eq!(ow.len(), 1, "{root}: {ow:?}");
+            let a = &ow[0].ace;
+            assert_eq!(a.sddl(), "(A;OICIIO;0x1301bf;;;S-1-3-4)");
+            assert_eq!(a.mask & (rights::WRITE_DAC | rights::WRITE_OWNER), 0);
+            assert_eq!(a.inherit, Inherit::InheritOnly);
+        }
+        // Never on a read root or a protected path.
+        assert!(plan
+            .aces
+            .iter()
+            .filter(|a| a.ace.sid == sids::OWNER_RIGHTS)
+            .all(|a| a.purpose == AcePurpose::Write));
+    }
 }

@@ -136,8 +136,10 @@ fn add_aces(
         source,
     })?;
     // Inheritance flags mean nothing on a file (an extra writable root may be one).
+    // An inherit-only ACE on a file would become an effective one: it is left out.
     let wanted: Vec<_> = aces
         .iter()
+        .filter(|a| t.dir || a.ace.inherit != Inherit::InheritOnly)
         .map(|a| {
             let mut ace = a.ace.clone();
             if !t.dir {
@@ -161,7 +163,7 @@ fn add_aces(
     let new = dacl.to_sddl();
     let mut note = None;
     if let Err(e) = t.set_dacl_sddl(&new) {
-        let tree = added.iter().any(|a| a.inherit == Inherit::Tree);
+        let tree = added.iter().any(|a| a.inherit != Inherit::None);
         if !(tree && sys::is_access_denied(&e)) {
             return Err(e);
         }
