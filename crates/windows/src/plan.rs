@@ -1457,6 +1457,14 @@ fn network_plan(policy: &Policy, ctx: &WindowsContext, full: bool) -> NetworkPla
     }
 }
 
+/// What the offline user's WFP filters cannot stop, because a system service or the
+/// kernel does the network access on the command's behalf: name lookups through the
+/// DNS Client service (`getaddrinfo` asks Dnscache, which resolves as NETWORK SERVICE,
+/// so a lookup of `<data>.attacker.example` leaks data), and SMB to remote hosts,
+/// opened by the kernel redirector (`\\host\share` paths) outside the user's
+/// filters. Direct connections to DNS and SMB ports are blocked; these are not.
+pub const NETWORK_SERVICE_LEAKS: &str = "name lookups through the DNS Client service (Dnscache resolves as NETWORK SERVICE, so a lookup can carry data out) and SMB to remote hosts (\\\\host\\share, opened by the kernel redirector), both outside the offline user's filters";
+
 fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus> {
     let l = |layer: &str, state, detail: &str| LayerStatus {
         layer: layer.into(),
@@ -1486,8 +1494,8 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
     let setup = ctx.users.is_some();
     let net = match (&policy.network, setup) {
         (Network::On, _) => l("network", Enforcement::Full, "on: nothing to restrict"),
-        (_, true) if ctx.webdav_client == Some(true) => l("network", Enforcement::Partial, "offline user + WFP filters on its SID; NOT covered: WebDAV paths (\\\\host@80\\x) go through the WebClient service, outside the filters. Disable it to close this: `sc config WebClient start= disabled` (elevated)"),
-        (_, true) => l("network", Enforcement::Full, "offline user + WFP filters on its SID"),
+        (_, true) if ctx.webdav_client == Some(true) => l("network", Enforcement::Partial, &format!("offline user + WFP filters on its SID; NOT covered: {NETWORK_SERVICE_LEAKS}; and WebDAV paths (\\\\host@80\\x) go through the WebClient service, outside the filters. Disable it to close this: `sc config WebClient start= disabled` (elevated)")),
+        (_, true) => l("network", Enforcement::Partial, &format!("offline user + WFP filters on its SID; NOT covered: {NETWORK_SERVICE_LEAKS}")),
         (_, false) => l("network", Enforcement::None, "not enforced: run `workfence setup` (elevated) to install the offline user and its WFP filters"),
     };
     let writes = if !setup {
@@ -1499,6 +1507,19 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
             "filesystem writes",
             Enforcement::Full,
             "sandbox user + write-restricted token + capability SID ACEs; deny ACEs on protected paths",
+        )
+    };
+    let processes = if setup {
+        l(
+            "processes",
+            Enforcement::Full,
+            "job object: kill on close, no breakaway, process limit; private window station and desktop",
+        )
+    } else {
+        l(
+            "processes",
+            Enforcement::Partial,
+            "job object: kill on close, no breakaway, process limit; NOT covered without setup: the command's logon SID is the interactive session's, which WinSta0 and its Default desktop grant, so it can open them by name (OpenWindowStation(\"WinSta0\")) and hook or inject input (SetWindowsHookEx, SendInput) into the user's desktop; run `workfence setup`",
         )
     };
     vec![
@@ -1513,11 +1534,7 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
             l("secrets (deny-read)", Enforcement::None, "not enforced: a write-restricted token of the invoking user still reads its files; run `workfence setup` to run as a sandbox user")
         },
         net,
-        l(
-            "processes",
-            Enforcement::Full,
-            "job object: kill on close, no breakaway, process limit; private desktop",
-        ),
+        processes,
     ]
 }
 

@@ -124,8 +124,11 @@ fn workspace_write_repo_network_off() {
     let l = repo_layout(WS);
     let plan = build(&p, &l);
     assert!(matches!(plan.run_as, RunAs::OfflineUser { .. }));
-    assert!(plan.degraded().is_empty());
-    assert!(plan.refusal().is_none() && plan.degraded_warning().is_none());
+    // Only the network is partly enforced (DNS through Dnscache, SMB through the
+    // redirector), so the strict default is refused without --allow-degraded.
+    let degraded: Vec<_> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
+    assert_eq!(degraded, ["network"]);
+    assert!(plan.refusal().is_some() && plan.degraded_warning().is_some());
     snap("workspace-write", &plan);
 }
 
@@ -232,7 +235,12 @@ fn without_setup_is_degraded() {
     let degraded: Vec<_> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
     assert_eq!(
         degraded,
-        ["filesystem writes", "secrets (deny-read)", "network"]
+        [
+            "filesystem writes",
+            "secrets (deny-read)",
+            "network",
+            "processes"
+        ]
     );
     // No group exists: every ACE is for the capability SID, but the inherit-only
     // OWNER RIGHTS ACE on the writable roots.
@@ -433,7 +441,10 @@ fn wfp_filters_cover_the_issue_list() {
         plan.network.filters.len(),
         "filter keys are unique"
     );
-    let layers = plan.layers.iter().all(|l| l.state == Enforcement::Full);
+    let layers = plan
+        .layers
+        .iter()
+        .all(|l| l.state == Enforcement::Full || l.layer == "network");
     assert!(layers);
     // No permit of any kind: the fixed loopback permit reached any listener on the port.
     assert!(plan
@@ -666,7 +677,8 @@ fn wider_restricting_sets() {
     let mut ctx = WindowsContext::example(&p);
     ctx.restricting = RestrictingSet::Everyone;
     let plan = plan(&p, &repo_layout(WS), &ctx).unwrap();
-    assert_eq!(plan.degraded().len(), 1, "{:?}", plan.degraded());
+    let degraded: Vec<_> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
+    assert_eq!(degraded, ["filesystem writes", "network"]);
     assert!(plan.to_string().contains("restricting set: everyone"));
 }
 
@@ -857,4 +869,62 @@ fn writable_roots_take_the_owners_implicit_write_dac_away() {
             .filter(|a| a.ace.sid == sids::OWNER_RIGHTS)
             .all(|a| a.purpose == AcePurpose::Write));
     }
+}
+
+#[test]
+fn no_setup_desktop_is_not_a_boundary() {
+    let p = policy(WS);
+    let mut allowed = p.clone();
+    allowed.allow_degraded = true;
+    let without = plan(
+        &allowed,
+        &repo_layout(WS),
+        &WindowsContext::example(&p).without_setup(),
+    )
+    .unwrap();
+    let procs = without
+        .layers
+        .iter()
+        .find(|l| l.layer == "processes")
+        .unwrap();
+    assert_eq!(procs.state, Enforcement::Partial);
+    assert!(procs.detail.contains("WinSta0"), "{}", procs.detail);
+    assert!(procs.detail.contains("workfence setup"), "{}", procs.detail);
+    // With setup the run's own logon SID is not granted on WinSta0: full.
+    let with = build(&p, &repo_layout(WS));
+    let procs = with.layers.iter().find(|l| l.layer == "processes").unwrap();
+    assert_eq!(procs.state, Enforcement::Full);
+    // Full access has only the job, which is full.
+    let mut full = p.clone();
+    full.mode = Mode::FullAccess;
+    assert!(build(&full, &repo_layout(WS)).degraded().is_empty());
+}
+
+#[test]
+fn network_off_names_the_service_leaks() {
+    let p = policy(WS);
+    let plan = build(&p, &repo_layout(WS));
+    let net = plan.layers.iter().find(|l| l.layer == "network").unwrap();
+    assert_eq!(net.state, Enforcement::Partial);
+    for want in ["DNS Client", "Dnscache", "SMB", "redirector"] {
+        assert!(net.detail.contains(want), "{want}: {}", net.detail);
+    }
+    let err = plan.refusal().unwrap();
+    assert!(matches!(err, WindowsError::NotEnforced { .. }), "{err}");
+    assert!(err.to_string().contains("Dnscache"), "{err}");
+    // Direct DNS and SMB connections stay blocked by the filters.
+    let names: Vec<_> = plan
+        .network
+        .filters
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    assert!(names.iter().any(|n| n.contains("DNS")));
+    assert!(names.iter().any(|n| n.contains("SMB")));
+    // Network on: nothing to restrict.
+    let mut on = p.clone();
+    on.network = Network::On;
+    let on = build(&on, &repo_layout(WS));
+    let net = on.layers.iter().find(|l| l.layer == "network").unwrap();
+    assert_eq!(net.state, Enforcement::Full);
 }
