@@ -568,6 +568,29 @@ impl AcePurpose {
     }
 }
 
+/// What to do when a tree ACE reached an object but Windows refused to propagate it
+/// to some existing child (`ERROR_ACCESS_DENIED`: a child without `WRITE_DAC` for the
+/// user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialPropagation {
+    /// Set the DACL on the object only and go on with a note: new children inherit,
+    /// existing ones keep theirs. Only for grants: such a child is merely unusable.
+    ThisObjectOnly,
+    /// Stop the run ([`WindowsError::PartialDeny`]): existing children of a protected
+    /// or hidden tree would keep their old ACEs, writable or readable from the sandbox.
+    Refuse,
+}
+
+/// [`PartialPropagation`] for the ACEs of one object, whatever else they are for: one
+/// deny among them decides.
+pub fn on_partial_propagation(purposes: &[AcePurpose]) -> PartialPropagation {
+    if purposes.iter().any(|p| p.fails_closed()) {
+        PartialPropagation::Refuse
+    } else {
+        PartialPropagation::ThisObjectOnly
+    }
+}
+
 /// One ACE on one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AcePlan {

@@ -928,3 +928,45 @@ fn network_off_names_the_service_leaks() {
     let net = on.layers.iter().find(|l| l.layer == "network").unwrap();
     assert_eq!(net.state, Enforcement::Full);
 }
+
+#[test]
+fn partial_propagation_of_a_deny_stops_the_run() {
+    use workfence_windows::{on_partial_propagation, PartialPropagation};
+    use AcePurpose::*;
+    assert_eq!(
+        on_partial_propagation(&[Write, Write]),
+        PartialPropagation::ThisObjectOnly
+    );
+    assert_eq!(
+        on_partial_propagation(&[Read]),
+        PartialPropagation::ThisObjectOnly
+    );
+    for deny in [Protect, ProtectChild, Hide] {
+        assert_eq!(on_partial_propagation(&[deny]), PartialPropagation::Refuse);
+        // A grant on the same object does not soften it.
+        assert_eq!(
+            on_partial_propagation(&[Write, deny]),
+            PartialPropagation::Refuse
+        );
+    }
+    // Every tree deny the plan makes is one that refuses.
+    let plan = build(&policy(WS), &repo_layout(WS));
+    for a in plan
+        .aces
+        .iter()
+        .filter(|a| a.ace.kind == AceKind::Deny && a.ace.inherit == Inherit::Tree)
+    {
+        assert_eq!(
+            on_partial_propagation(&[a.purpose]),
+            PartialPropagation::Refuse,
+            "{}",
+            a.path
+        );
+    }
+    let e = WindowsError::PartialDeny {
+        path: r"C:\w\.git\hooks".into(),
+        cause: "access denied".into(),
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("stopped") && msg.contains("cleanup"), "{msg}");
+}

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::WindowsError;
 use crate::journal::{self, Entry, Outstanding};
 use crate::path::WinPath;
-use crate::plan::{AcePlan, AcePurpose, WindowsPlan, JOURNAL_FILE};
+use crate::plan::{AcePlan, AcePurpose, PartialPropagation, WindowsPlan, JOURNAL_FILE};
 use crate::sddl::Dacl;
 use crate::sddl::Inherit;
 use crate::win::state::{self, io, Lock};
@@ -166,6 +166,15 @@ fn add_aces(
         let tree = added.iter().any(|a| a.inherit != Inherit::None);
         if !(tree && sys::is_access_denied(&e)) {
             return Err(e);
+        }
+        let purposes: Vec<AcePurpose> = aces.iter().map(|a| a.purpose).collect();
+        if crate::plan::on_partial_propagation(&purposes) == PartialPropagation::Refuse {
+            // Fail closed: the intent stays journaled, so `cleanup` (or the next run's
+            // recovery) undoes whatever part of the tree did change.
+            return Err(WindowsError::PartialDeny {
+                path: path.to_string(),
+                cause: e.to_string(),
+            });
         }
         // The object itself is ours (the handle has WRITE_DAC): set it there without
         // propagation; new children inherit, existing ones keep their DACL.
