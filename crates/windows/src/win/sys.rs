@@ -1943,6 +1943,12 @@ pub fn pipe_client_pid(server: &OwnedHandle) -> Result<u32> {
 
 // ---------------------------------------------------------------- private desktop
 
+/// Held while the process is switched to a run's window station around
+/// `CreateDesktopW`: the window station is the whole process's, so two sandboxes
+/// started at once from different threads would otherwise create a desktop on the
+/// other's window station, or switch back to the wrong one.
+static WINSTA_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A window station and a desktop in it, created for one run and closed on drop
 /// (Windows destroys them when the last handle and the last process on them are gone).
 /// A window station of its own, not only a desktop, because the clipboard, global atoms
@@ -1978,11 +1984,17 @@ impl PrivateDesktop {
                 hint,
             ));
         }
+        // Poisoning only means another thread panicked while holding it; the switch
+        // back below has no early return, so the state is still consistent.
+        let switch = WINSTA_SWITCH
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // SAFETY: returns the current window station (not to be closed).
         let old = unsafe { SD::GetProcessWindowStation() };
         // SAFETY: ws is a window station handle just created.
         if unsafe { SD::SetProcessWindowStation(ws) } == 0 {
             let code = last_error();
+            drop(switch);
             // SAFETY: ws is open and closed once here.
             unsafe { SD::CloseWindowStation(ws) };
             return Err(api(
@@ -2001,6 +2013,7 @@ impl PrivateDesktop {
         // SAFETY: old is the window station we were on; switching back cannot leave us
         // without one.
         unsafe { SD::SetProcessWindowStation(old) };
+        drop(switch);
         if desktop.is_null() {
             // SAFETY: ws is open and closed once here.
             unsafe { SD::CloseWindowStation(ws) };
