@@ -282,6 +282,38 @@ pub fn outstanding(entries: &[Entry]) -> Outstanding {
     }
 }
 
+/// The entries a journal still needs: every entry of a change or placeholder that is
+/// outstanding (an intent without its `Restored`, a placeholder without its `Removed`),
+/// in their order. The entries of finished changes say nothing a recovery or cleanup
+/// could use. Rewriting the journal with these (atomically) is what keeps it from
+/// growing with every run: each run adds and removes placeholders, so without it the
+/// journal, read twice per run, only grows.
+pub fn compacted(entries: &[Entry]) -> Vec<Entry> {
+    let o = outstanding(entries);
+    let live: std::collections::BTreeSet<u64> = o
+        .changes
+        .iter()
+        .map(|c| c.id)
+        .chain(o.placeholders.iter().map(|(id, _, _)| *id))
+        .collect();
+    entries
+        .iter()
+        .filter(|e| live.contains(&e.id()))
+        .cloned()
+        .collect()
+}
+
+/// Whether an entry must reach the disk before the next step (`FlushFileBuffers`):
+/// an intent (`Intent`, `Created`) must, since it is written *before* the change and is
+/// what lets a crash be undone. A completion record (`Applied`, `Restored`,
+/// `Removed`) need not: if a crash loses one, recovery takes the change for
+/// half-done and undoes it again, which is idempotent (undo removes exactly
+/// workfence's ACEs, an absent placeholder is skipped), and the next run re-applies
+/// what it needs. So a run pays one flush per change instead of two.
+pub fn must_sync(e: &Entry) -> bool {
+    matches!(e, Entry::Intent { .. } | Entry::Created { .. })
+}
+
 /// The next free change id.
 pub fn next_id(entries: &[Entry]) -> u64 {
     entries.iter().map(Entry::id).max().map_or(1, |m| m + 1)
@@ -290,6 +322,59 @@ pub fn next_id(entries: &[Entry]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compaction_keeps_exactly_what_is_outstanding() {
+        let mut entries = Vec::new();
+        // Ten runs' worth of finished work: a grant applied then restored, and a
+        // placeholder created then removed.
+        for run in 0..10u64 {
+            let (a, b) = (100 + 2 * run, 101 + 2 * run);
+            entries.push(intent(a, "C:\\w\\x", "D:"));
+            entries.push(Entry::Applied {
+                id: a,
+                time: 0,
+                created: Some(1),
+            });
+            entries.push(Entry::Restored { id: a, time: 0 });
+            entries.push(Entry::Created {
+                id: b,
+                time: 0,
+                path: "C:\\w\\.codex".into(),
+                dir: true,
+            });
+            entries.push(Entry::Removed { id: b, time: 0 });
+        }
+        // Outstanding: an applied grant, a half-applied one, a live placeholder.
+        entries.push(intent(1, "C:\\w", "D:(A;;FA;;;SY)"));
+        entries.push(Entry::Applied {
+            id: 1,
+            time: 0,
+            created: Some(7),
+        });
+        entries.push(intent(2, "C:\\w\\y", "D:"));
+        entries.push(Entry::Created {
+            id: 3,
+            time: 0,
+            path: "C:\\w\\.mcp.json".into(),
+            dir: false,
+        });
+        let c = compacted(&entries);
+        assert_eq!(c.len(), 4, "{c:?}");
+        // Same meaning: recovery and recognition see exactly what they saw before.
+        assert_eq!(outstanding(&c), outstanding(&entries));
+        // Idempotent, and it round-trips through the file format.
+        assert_eq!(compacted(&c), c);
+        let text: String = c.iter().map(|e| format!("{}\n", e.to_line())).collect();
+        assert_eq!(parse(&text).unwrap(), c);
+        // Ids stay unique after compaction (a dropped id may be reused: nothing names it).
+        assert!(next_id(&c) > 3);
+        // Nothing outstanding: the journal becomes empty.
+        assert!(compacted(&entries[..50]).is_empty());
+        // Only intents are flushed before going on.
+        assert!(must_sync(&entries[0]) && must_sync(&entries[3]));
+        assert!(!must_sync(&entries[1]) && !must_sync(&entries[2]) && !must_sync(&entries[4]));
+    }
 
     fn intent(id: u64, path: &str, before: &str) -> Entry {
         Entry::Intent {

@@ -65,7 +65,8 @@ impl Journal {
         id
     }
 
-    /// Appends and flushes one entry *before* the change it describes is made.
+    /// Appends one entry; an intent is flushed *before* the change it describes is
+    /// made, a completion record is not (see [`journal::must_sync`]).
     fn append(&mut self, e: Entry) -> Result<(), WindowsError> {
         let mut f = fs::OpenOptions::new()
             .create(true)
@@ -73,7 +74,13 @@ impl Journal {
             .open(&self.path)
             .map_err(io("writing the ACL journal", &self.path))?;
         f.write_all(format!("{}\n", e.to_line()).as_bytes())
-            .and_then(|_| f.sync_data())
+            .and_then(|_| {
+                if journal::must_sync(&e) {
+                    f.sync_data()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(io("writing the ACL journal", &self.path))?;
         self.entries.push(e);
         Ok(())
@@ -83,12 +90,16 @@ impl Journal {
         journal::outstanding(&self.entries)
     }
 
-    /// Rewrites the journal empty once nothing is outstanding.
+    /// Rewrites the journal with only what is outstanding ([`journal::compacted`]),
+    /// atomically (a temp file, flushed, renamed over it), when that drops anything.
     fn compact(&mut self) -> Result<(), WindowsError> {
-        if self.outstanding().is_empty() && !self.entries.is_empty() {
-            state::write_atomic(&self.path, b"")?;
-            self.entries.clear();
+        let keep = journal::compacted(&self.entries);
+        if keep.len() == self.entries.len() {
+            return Ok(());
         }
+        let text: String = keep.iter().map(|e| format!("{}\n", e.to_line())).collect();
+        state::write_atomic(&self.path, text.as_bytes())?;
+        self.entries = keep;
         Ok(())
     }
 }
@@ -317,17 +328,18 @@ fn placeholder(j: &mut Journal, path: &str, dir: bool) -> Result<(), WindowsErro
     }
 }
 
-/// Removes this run's placeholders unless another run on the workspace still needs them.
+/// Removes this run's placeholders unless another run on the workspace still needs
+/// them, then compacts the journal (also while other runs live: the state lock is
+/// held, and only finished entries are dropped).
 pub fn finish_run(plan: &WindowsPlan, others_alive: bool) -> Result<(), WindowsError> {
-    if others_alive || plan.placeholders.is_empty() {
-        return Ok(());
-    }
     let mut j = Journal::open()?;
-    remove_placeholders(&mut j, |p| {
-        plan.placeholders
-            .iter()
-            .any(|ph| crate::path::fold_case(&ph.path) == crate::path::fold_case(p))
-    })?;
+    if !others_alive && !plan.placeholders.is_empty() {
+        remove_placeholders(&mut j, |p| {
+            plan.placeholders
+                .iter()
+                .any(|ph| crate::path::fold_case(&ph.path) == crate::path::fold_case(p))
+        })?;
+    }
     j.compact()
 }
 
