@@ -102,6 +102,25 @@ pub fn api(step: &str, api: &'static str, code: u32, hint: &str) -> WindowsError
     }
 }
 
+/// [`check`] with a step text built only after the thread's last error was read:
+/// formatting allocates, and an allocation may overwrite `GetLastError`.
+fn check_lazy(
+    ok: i32,
+    step: impl FnOnce() -> String,
+    name: &'static str,
+    hint: &str,
+) -> Result<()> {
+    if ok == 0 {
+        let code = last_error();
+        Err(api(&step(), name, code, hint))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a `BOOL` result. `step` must be a plain string: arguments are evaluated
+/// before the call, so a `format!` here would run between the API and `GetLastError`
+/// (use [`check_lazy`]).
 fn check(ok: i32, step: &str, name: &'static str, hint: &str) -> Result<()> {
     if ok == 0 {
         Err(api(step, name, last_error(), hint))
@@ -243,7 +262,7 @@ impl Sid {
         let mut p: S::PSID = null_mut();
         // SAFETY: w is NUL-terminated; p receives a LocalAlloc'd SID.
         let ok = unsafe { A::ConvertStringSidToSidW(w.as_ptr(), &mut p) };
-        check(ok, &format!("parsing SID {s}"), "ConvertStringSidToSidW", "the state directory may be corrupt; run `workfence cleanup` and `workfence setup` again")?;
+        check_lazy(ok, || format!("parsing SID {s}"), "ConvertStringSidToSidW", "the state directory may be corrupt; run `workfence cleanup` and `workfence setup` again")?;
         Ok(Sid(LocalBox(p)))
     }
 
@@ -363,7 +382,7 @@ impl SecurityDescriptor {
                 &mut len,
             )
         };
-        check(ok, &format!("parsing the security descriptor {sddl}"), "ConvertStringSecurityDescriptorToSecurityDescriptorW", "the journal may hold a DACL this Windows version cannot parse; fix the ACL by hand with icacls")?;
+        check_lazy(ok, || format!("parsing the security descriptor {sddl}"), "ConvertStringSecurityDescriptorToSecurityDescriptorW", "the journal may hold a DACL this Windows version cannot parse; fix the ACL by hand with icacls")?;
         Ok(SecurityDescriptor {
             sd: LocalBox(sd),
             len,
@@ -523,9 +542,9 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
     let mut info: FS::BY_HANDLE_FILE_INFORMATION = Default::default();
     // SAFETY: handle is open; info is a valid output.
     let ok = unsafe { FS::GetFileInformationByHandle(raw(&handle), &mut info) };
-    check(
+    check_lazy(
         ok,
-        &format!("inspecting {path}"),
+        || format!("inspecting {path}"),
         "GetFileInformationByHandle",
         "",
     )?;
@@ -541,10 +560,11 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
             )
         } as usize;
         if n == 0 {
+            let code = last_error();
             return Err(api(
                 &format!("resolving {path}"),
                 "GetFinalPathNameByHandleW",
-                last_error(),
+                code,
                 "",
             ));
         }
@@ -1111,7 +1131,7 @@ pub fn spawn_with_logon(
             &mut pi,
         )
     };
-    check(ok, &format!("starting the runner as {user}"), "CreateProcessWithLogonW", "the Secondary Logon service must run (sc start seclogon); if the password was changed, run `workfence setup` again")?;
+    check_lazy(ok, || format!("starting the runner as {user}"), "CreateProcessWithLogonW", "the Secondary Logon service must run (sc start seclogon); if the password was changed, run `workfence setup` again")?;
     Child::from(pi).ok_or_else(|| {
         api(
             "starting the runner",
@@ -1515,9 +1535,9 @@ pub fn lookup_sid(name: &str) -> Result<String> {
             &mut use_,
         )
     };
-    check(
+    check_lazy(
         ok,
-        &format!("looking up {name}"),
+        || format!("looking up {name}"),
         "LookupAccountNameW",
         "run `workfence setup` again",
     )?;
