@@ -313,6 +313,15 @@ pub fn runner_exe() -> Result<PathBuf, WindowsError> {
         .unwrap_or(exe))
 }
 
+/// Terminates a process when dropped (a no-op for one that has exited).
+struct TerminateOnDrop<'a>(&'a std::os::windows::io::OwnedHandle);
+
+impl Drop for TerminateOnDrop<'_> {
+    fn drop(&mut self) {
+        sys::terminate_process(self.0, EXIT_SETUP as u32);
+    }
+}
+
 fn run_as_user(
     job: &sys::Job,
     spec: &crate::plan::JobSpec,
@@ -356,6 +365,11 @@ fn run_as_user(
         }
     };
     drop(password);
+    // Whatever way this function returns (a timeout while waiting for the runner, a
+    // failed duplication, the end of the run), the runner does not outlive it: when
+    // Windows refused to nest it in our job it is in no job of ours, and with its own
+    // job it holds the only other handle to it (closing it kills the command).
+    let _runner_guard = TerminateOnDrop(&runner.process);
     // The runner's process and thread got the seclogon token's default DACL, which
     // grants the sandbox user (a restricting SID of every run as that user) full
     // access: replace it before the runner runs, or stop (fail closed).
