@@ -1300,7 +1300,11 @@ pub fn plan(
         required: REQUIRED_ENV.to_vec(),
         set,
         git_safe_directory,
-        removed: vec!["names ending in ^ (they would defeat cmd.exe escaping of %VAR%)".into()],
+        removed: vec![
+            "names ending in ^ (they defeated the cmd.exe escaping of earlier versions)".into(),
+            "CD (it would stand in for the dynamic %CD% that cmd.exe escaping of % relies on)"
+                .into(),
+        ],
     };
 
     let needs_setup = ctx.users.is_none() && !full;

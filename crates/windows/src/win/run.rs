@@ -59,8 +59,10 @@ fn build_env(plan: &WindowsPlan, req: &RunRequest, temp: Option<&Path>) -> Vec<(
     let mut env: Vec<(String, String)> = req
         .env
         .iter()
-        // A name ending in `^` would defeat cmd.exe's escaping of %VAR%.
-        .filter(|(k, _)| !k.ends_with('^') && !k.is_empty())
+        // A name ending in `^` defeated the escaping of %VAR% of earlier versions; a
+        // variable named CD would stand in for the dynamic one that cmd.exe's escaping
+        // of `%` relies on (cmdline::cmd_escape): neither reaches the command.
+        .filter(|(k, _)| !k.ends_with('^') && !k.is_empty() && !k.eq_ignore_ascii_case("CD"))
         .cloned()
         .collect();
     for name in REQUIRED_ENV {
