@@ -116,6 +116,22 @@ pub fn restricting_sids(cap: &str, sandbox_user: Option<&str>, set: RestrictingS
     out
 }
 
+/// The Medium mandatory integrity level (`S-1-16-8192`). A restricted token keeps its
+/// base token's integrity level, so an elevated invoking user without setup would run
+/// the command at High: above every Medium process of the user's desktop session,
+/// which integrity checks (UIPI, process and object access) then do not protect from
+/// it. The command's token is lowered to Medium whenever its base is above it.
+pub const MEDIUM_INTEGRITY_SID: &str = "S-1-16-8192";
+
+/// The integrity level RID (the last sub-authority of an `S-1-16-x` label SID) a
+/// command's token must be set to, given its base token's: `Some(Medium)` when the base
+/// is above Medium, `None` to leave it (never raised: that needs a privilege and
+/// would give the command more than its caller has).
+pub fn lowered_integrity(base_rid: u32) -> Option<u32> {
+    const MEDIUM: u32 = 0x2000;
+    (base_rid > MEDIUM).then_some(MEDIUM)
+}
+
 /// SIDs made deny-only in every command's token (`SidsToDisable`): an elevated
 /// invoking user without setup would otherwise pass write checks as Administrators
 /// (`LUA_TOKEN` filters privileges, not every group). Absent SIDs are ignored.

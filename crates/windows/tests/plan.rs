@@ -970,3 +970,16 @@ fn partial_propagation_of_a_deny_stops_the_run() {
     let msg = e.to_string();
     assert!(msg.contains("stopped") && msg.contains("cleanup"), "{msg}");
 }
+
+#[test]
+fn elevated_tokens_are_lowered_to_medium_never_raised() {
+    use workfence_windows::{lowered_integrity, MEDIUM_INTEGRITY_SID};
+    assert_eq!(MEDIUM_INTEGRITY_SID, format!("S-1-16-{}", 0x2000));
+    // High (elevated without setup) and System: lowered to Medium.
+    assert_eq!(lowered_integrity(0x3000), Some(0x2000));
+    assert_eq!(lowered_integrity(0x4000), Some(0x2000));
+    // Medium (the sandbox users, a normal prompt) and below: left alone.
+    assert_eq!(lowered_integrity(0x2000), None);
+    assert_eq!(lowered_integrity(0x2100), Some(0x2000));
+    assert_eq!(lowered_integrity(0x1000), None);
+}

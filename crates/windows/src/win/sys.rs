@@ -361,6 +361,52 @@ pub fn is_elevated() -> bool {
     e.TokenIsElevated != 0
 }
 
+/// The integrity level RID of a token (`S-1-16-x`: 0x2000 Medium, 0x3000 High).
+fn token_integrity_rid(token: &OwnedHandle) -> Result<u32> {
+    let buf = token_info(token, S::TokenIntegrityLevel)?;
+    // SAFETY: GetTokenInformation(TokenIntegrityLevel) filled buf with a
+    // TOKEN_MANDATORY_LABEL whose SID points into buf.
+    let label = unsafe { &*(buf.as_ptr() as *const S::TOKEN_MANDATORY_LABEL) };
+    let sid = sid_string(label.Label.Sid)?;
+    sid.strip_prefix("S-1-16-")
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| {
+            WindowsError::Runner(format!(
+                "the token's integrity label {sid} is not a mandatory label; run workfence from a normal user session"
+            ))
+        })
+}
+
+/// Sets a token's integrity level to `S-1-16-<rid>` (lowering needs no privilege).
+fn set_token_integrity(token: &OwnedHandle, rid: u32) -> Result<()> {
+    let sid = Sid::parse(&format!("S-1-16-{rid}"))?;
+    let label = S::TOKEN_MANDATORY_LABEL {
+        Label: S::SID_AND_ATTRIBUTES {
+            Sid: sid.ptr(),
+            Attributes: windows_sys::Win32::System::SystemServices::SE_GROUP_INTEGRITY as u32,
+        },
+    };
+    // SAFETY: sid.ptr() is a valid SID owned by `sid`.
+    let sid_len = unsafe { S::GetLengthSid(sid.ptr()) };
+    // SAFETY: the token handle is open (without TOKEN_ADJUST_DEFAULT the call fails with
+    // an error code); label is a valid TOKEN_MANDATORY_LABEL whose SID is kept alive by
+    // `sid` for the call, and the length covers the structure and the SID.
+    let ok = unsafe {
+        S::SetTokenInformation(
+            raw(token),
+            S::TokenIntegrityLevel,
+            &label as *const _ as *const c_void,
+            std::mem::size_of::<S::TOKEN_MANDATORY_LABEL>() as u32 + sid_len,
+        )
+    };
+    check(
+        ok,
+        "lowering the command's token to Medium integrity",
+        "SetTokenInformation",
+        "",
+    )
+}
+
 /// A self-relative security descriptor built from SDDL.
 pub struct SecurityDescriptor {
     sd: LocalBox,
@@ -477,6 +523,9 @@ pub fn restricted_token(
             "",
         )
     })?;
+    if let Some(rid) = crate::plan::lowered_integrity(token_integrity_rid(&token)?) {
+        set_token_integrity(&token, rid)?;
+    }
     let sd = SecurityDescriptor::from_sddl(default_dacl)?;
     let (acl, _) = sd.dacl()?;
     let dd = S::TOKEN_DEFAULT_DACL { DefaultDacl: acl };
