@@ -1746,13 +1746,27 @@ fn ignore_exists(r: u32) -> u32 {
     }
 }
 
-/// Installs workfence's provider, sublayer and filters (replacing older copies).
-pub fn wfp_install(filters: &[WfpFilter]) -> Result<()> {
+/// Deletes the filters with these keys (absent ones are fine), inside the caller's
+/// transaction.
+fn delete_filters(engine: &Engine, keys: &[String]) {
+    for k in keys {
+        let key = guid(k);
+        // SAFETY: key is a valid GUID; a missing filter is not an error here.
+        unsafe { WFP::FwpmFilterDeleteByKey0(engine.0, &key) };
+    }
+}
+
+/// Installs workfence's provider, sublayer and filters, after deleting the filters
+/// with the keys `replace` (earlier versions' included), all in **one transaction**:
+/// a re-run of setup never leaves a moment in which the sandbox users have no filters,
+/// and a failure leaves the old ones in place.
+pub fn wfp_install(replace: &[String], filters: &[WfpFilter]) -> Result<()> {
     let engine = Engine::open()?;
     let mut provider_key = guid(crate::plan::WFP_PROVIDER_KEY);
     let mut pname = wide("workfence");
     let mut sname = wide("workfence sandbox users");
     engine.txn(|| {
+        delete_filters(&engine, replace);
         let provider = WFP::FWPM_PROVIDER0 {
             providerKey: provider_key,
             displayData: WFP::FWPM_DISPLAY_DATA0 {
@@ -1894,11 +1908,7 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
 pub fn wfp_uninstall(keys: &[String]) -> Result<()> {
     let engine = Engine::open()?;
     engine.txn(|| {
-        for k in keys {
-            let key = guid(k);
-            // SAFETY: key is a valid GUID; a missing filter is not an error here.
-            unsafe { WFP::FwpmFilterDeleteByKey0(engine.0, &key) };
-        }
+        delete_filters(&engine, keys);
         let sub = guid(crate::plan::WFP_SUBLAYER_KEY);
         let prov = guid(crate::plan::WFP_PROVIDER_KEY);
         // SAFETY: valid GUIDs; missing objects are not errors here.
