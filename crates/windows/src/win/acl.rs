@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::WindowsError;
-use crate::journal::{self, Entry, Outstanding};
+use crate::journal::{self, Entry, ObjectId, Outstanding};
 use crate::path::WinPath;
 use crate::plan::{AcePlan, AcePurpose, PartialPropagation, WindowsPlan, JOURNAL_FILE};
 use crate::sddl::Dacl;
@@ -20,11 +20,18 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// An object's creation time (Windows file time), to tell a re-created path from the
-/// object the journal describes.
-fn created(path: &str) -> Option<u64> {
-    use std::os::windows::fs::MetadataExt;
-    fs::symlink_metadata(path).ok().map(|m| m.creation_time())
+/// What identifies the object at `path` now (creation time, volume serial and file
+/// ID), to tell a re-created path from the object the journal describes.
+fn identity(path: &str) -> ObjectId {
+    // One open for all three (the creation time is the same value as
+    // `MetadataExt::creation_time`, which earlier versions journaled).
+    match sys::file_identity(path) {
+        Some((volume, index, created)) => ObjectId {
+            created: Some(created),
+            file_id: Some(ObjectId::file_id_text(volume, index)),
+        },
+        None => ObjectId::default(),
+    }
 }
 
 /// The journal, open for appending while the state lock is held.
@@ -161,6 +168,35 @@ fn add_aces(
         .collect();
     let added = dacl.add(&wanted);
     if added.is_empty() {
+        // Every ACE is explicitly in place, but the journal did not recognise the
+        // object (an entry of an earlier version without a file ID, or an object
+        // re-created with the same grants): record what it is now, so later runs need
+        // not open it.
+        let cur = identity(path);
+        if cur.file_id.is_some() {
+            let texts: Vec<String> = wanted.iter().map(|a| a.sddl()).collect();
+            let key = crate::path::fold_case(path);
+            let stale: Vec<u64> = j
+                .outstanding()
+                .changes
+                .iter()
+                .filter(|c| {
+                    c.applied
+                        && !cur.is(c)
+                        && crate::path::fold_case(&c.path) == key
+                        && c.aces.iter().all(|a| texts.contains(a))
+                })
+                .map(|c| c.id)
+                .collect();
+            for id in stale {
+                j.append(Entry::Applied {
+                    id,
+                    time: now(),
+                    created: cur.created,
+                    file_id: cur.file_id.clone(),
+                })?;
+            }
+        }
         return Ok(None);
     }
     let id = j.id();
@@ -194,10 +230,12 @@ fn add_aces(
             "{path}: the new ACEs did not reach every existing file below it ({e}); files created from now on get them"
         ));
     }
+    let obj = identity(path);
     j.append(Entry::Applied {
         id,
         time: now(),
-        created: created(path),
+        created: obj.created,
+        file_id: obj.file_id,
     })?;
     Ok(note)
 }
@@ -214,7 +252,7 @@ fn apply_aces(
     let o = j.outstanding();
     for (path, group) in by_path(aces.iter().copied()) {
         let plain: Vec<crate::sddl::Ace> = group.iter().map(|a| a.ace.clone()).collect();
-        if !journal::must_visit(&o, &path, &plain, created(&path)) {
+        if !journal::must_visit(&o, &path, &plain, &identity(&path)) {
             continue;
         }
         let fail_closed = group.iter().any(|a| a.purpose.fails_closed());

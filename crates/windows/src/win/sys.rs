@@ -561,6 +561,37 @@ pub struct AclTarget {
     pub dir: bool,
 }
 
+/// The volume serial number, file index and creation time (Windows file time) of
+/// `path` (not following a final reparse point), opened for no access at all
+/// (`GetFileInformationByHandle` needs none); `None` when it cannot be opened.
+pub fn file_identity(path: &str) -> Option<(u32, u64, u64)> {
+    let w = wide(path);
+    // SAFETY: w is NUL-terminated; the other arguments are plain flags.
+    let h = unsafe {
+        FS::CreateFileW(
+            w.as_ptr(),
+            0,
+            FS::FILE_SHARE_READ | FS::FILE_SHARE_WRITE | FS::FILE_SHARE_DELETE,
+            null(),
+            FS::OPEN_EXISTING,
+            FS::FILE_FLAG_BACKUP_SEMANTICS | FS::FILE_FLAG_OPEN_REPARSE_POINT,
+            null_mut(),
+        )
+    };
+    let handle = owned(h)?;
+    let mut info: FS::BY_HANDLE_FILE_INFORMATION = Default::default();
+    // SAFETY: handle is open; info is a valid output.
+    let ok = unsafe { FS::GetFileInformationByHandle(raw(&handle), &mut info) };
+    let t = info.ftCreationTime;
+    (ok != 0).then(|| {
+        (
+            info.dwVolumeSerialNumber,
+            (u64::from(info.nFileIndexHigh) << 32) | u64::from(info.nFileIndexLow),
+            (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime),
+        )
+    })
+}
+
 /// Opens `path` (not following a final reparse point).
 pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
     let w = wide(path);
