@@ -69,6 +69,11 @@ enum Cmd {
         /// Keep the temporary directory for inspection.
         #[arg(long)]
         keep: bool,
+        /// Windows: measure which restricting set the compatibility cases need
+        /// (narrow, then restricted; never everyone) and record it for every later
+        /// run on this machine. Without it the set in use is only reported.
+        #[arg(long)]
+        measure_restricting_set: bool,
     },
     /// Print the effective policy (and where each value came from) and the platform plan.
     Explain {
@@ -312,12 +317,14 @@ fn selftest(
     cases: Vec<String>,
     dir: Option<PathBuf>,
     keep: bool,
+    measure_restricting_set: bool,
 ) -> anyhow::Result<i32> {
     let report = workfence::selftest::run(&workfence::selftest::Options {
         dir,
         probe: None,
         only: cases,
         keep,
+        measure_restricting_set,
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -407,7 +414,8 @@ fn main() -> ExitCode {
             cases,
             dir,
             keep,
-        } => selftest(json, cases, dir, keep),
+            measure_restricting_set,
+        } => selftest(json, cases, dir, keep, measure_restricting_set),
         Cmd::Setup { uninstall } => workfence::setup(uninstall)
             .map(|m| {
                 println!("{m}");

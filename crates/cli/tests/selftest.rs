@@ -174,6 +174,7 @@ fn without_the_sandbox_every_attack_fails() {
         probe: Some(bin()),
         only: vec!["attack/".into(), "sandbox/".into()],
         keep: false,
+        measure_restricting_set: false,
     };
     let report = selftest::run_with(&opts, &mut Unsandboxed).expect("selftest runs");
     assert_eq!(report.runner, "unsandboxed");
@@ -213,6 +214,7 @@ fn a_control_that_does_not_succeed_fails_the_case() {
         probe: Some(PathBuf::from("/bin/true")),
         only: vec!["attack/write-outside".into(), "attack/read-secret".into()],
         keep: false,
+        measure_restricting_set: false,
     };
     let report = selftest::run_with(&opts, &mut Unsandboxed).expect("selftest runs");
     let attacks: Vec<_> = report
@@ -265,6 +267,7 @@ fn a_host_that_cannot_enforce_is_reported_degraded_and_fails() {
         probe: Some(bin()),
         only: vec!["compat/shell".into()],
         keep: false,
+        measure_restricting_set: false,
     };
     let report = selftest::run_with(&opts, &mut RefusesStrict).expect("selftest runs");
     assert!(!report.ok);

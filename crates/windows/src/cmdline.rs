@@ -98,18 +98,30 @@ pub fn command_line<S: AsRef<str>>(argv: &[S]) -> Result<String, CmdLineError> {
     check_len(out)
 }
 
-/// Characters `cmd.exe` interprets outside quotes; `"` is escaped too so that cmd's own
-/// quote tracking never turns escaping off halfway through an argument.
-const CMD_META: &[char] = &['(', ')', '%', '!', '^', '"', '<', '>', '&', '|'];
+/// Characters `cmd.exe` interprets outside quotes and that a caret escapes; `"` is
+/// escaped too so that cmd's own quote tracking never turns escaping off halfway
+/// through an argument. `%` is not among them: a caret does not stop `%` expansion
+/// (see [`PERCENT`]).
+const CMD_META: &[char] = &['(', ')', '!', '^', '"', '<', '>', '&', '|'];
 
-/// Escapes a CRT-quoted argument for cmd.exe: a `^` before every metacharacter.
-///
-/// `%VAR%` becomes `^%VAR^%`: cmd looks up a variable named `VAR^`, leaves the text
-/// alone when none exists, then drops the carets. A variable whose name ends in `^`
-/// would defeat this; workfence removes such names from the environment.
+/// What every `%` of an argument becomes: `%` followed by `%cd:~,%`. cmd expands
+/// `%...%` before it looks at carets, so `^%VAR^%` was not safe: `%PATH:a=b^%` is the
+/// variable PATH with a substitution, and expands. Here the first `%` is followed
+/// directly by another, an empty name, which cmd leaves alone, and `%cd:~,%` is a
+/// zero-length substring of the always-defined `CD`: nothing. So no `%` of the
+/// argument ever pairs with another around a variable name. This is the Rust standard
+/// library's rule for batch-file arguments (it needs command extensions: `/e:on`).
+const PERCENT: &str = "%%cd:~,%";
+
+/// Escapes a CRT-quoted argument for cmd.exe: a `^` before every metacharacter, and
+/// every `%` as [`PERCENT`].
 pub fn cmd_escape(quoted: &str) -> String {
     let mut out = String::with_capacity(quoted.len() * 2);
     for c in quoted.chars() {
+        if c == '%' {
+            out.push_str(PERCENT);
+            continue;
+        }
         if CMD_META.contains(&c) {
             out.push('^');
         }
@@ -119,9 +131,10 @@ pub fn cmd_escape(quoted: &str) -> String {
 }
 
 /// The command line to run a batch file or shell builtin through `cmd.exe`:
-/// `cmd.exe /d /v:off /s /c "<escaped argv>"`.
+/// `cmd.exe /d /e:on /v:off /s /c "<escaped argv>"`.
 ///
-/// `/d` skips the AutoRun registry commands, `/v:off` turns off `!VAR!` expansion, and
+/// `/d` skips the AutoRun registry commands, `/e:on` turns on the command extensions
+/// that [`PERCENT`] relies on, `/v:off` turns off `!VAR!` expansion, and
 /// `/s` makes cmd strip exactly the outer quotes.
 pub fn cmd_line<S: AsRef<str>>(cmd_exe: &str, argv: &[S]) -> Result<String, CmdLineError> {
     if argv.is_empty() {
@@ -148,7 +161,7 @@ pub fn cmd_line<S: AsRef<str>>(cmd_exe: &str, argv: &[S]) -> Result<String, CmdL
         inner.push_str(&cmd_escape(&q));
     }
     check_len(format!(
-        "{} /d /v:off /s /c \"{inner}\"",
+        "{} /d /e:on /v:off /s /c \"{inner}\"",
         quote_program(cmd_exe)?
     ))
 }
@@ -340,23 +353,23 @@ mod tests {
         let table: &[(&[&str], &str)] = &[
             (
                 &["build.bat", "x"],
-                "cmd.exe /d /v:off /s /c \"build.bat x\"",
+                "cmd.exe /d /e:on /v:off /s /c \"build.bat x\"",
             ),
             (
                 &["build.bat", "a&calc"],
-                "cmd.exe /d /v:off /s /c \"build.bat a^&calc\"",
+                "cmd.exe /d /e:on /v:off /s /c \"build.bat a^&calc\"",
             ),
             (
                 &["build.bat", "%PATH%"],
-                "cmd.exe /d /v:off /s /c \"build.bat ^%PATH^%\"",
+                "cmd.exe /d /e:on /v:off /s /c \"build.bat %%cd:~,%PATH%%cd:~,%\"",
             ),
             (
                 &["build.bat", "\" & calc & \""],
-                "cmd.exe /d /v:off /s /c \"build.bat ^\"\\^\" ^& calc ^& \\^\"^\"\"",
+                "cmd.exe /d /e:on /v:off /s /c \"build.bat ^\"\\^\" ^& calc ^& \\^\"^\"\"",
             ),
             (
                 &["C:\\my tools\\b.cmd", "!x!", "(y)", "a|b", "<in>", "^"],
-                "cmd.exe /d /v:off /s /c \"^\"C:\\my tools\\b.cmd^\" ^!x^! ^(y^) a^|b ^<in^> ^^\"",
+                "cmd.exe /d /e:on /v:off /s /c \"^\"C:\\my tools\\b.cmd^\" ^!x^! ^(y^) a^|b ^<in^> ^^\"",
             ),
         ];
         for (argv, want) in table {
@@ -368,30 +381,84 @@ mod tests {
         );
         assert_eq!(
             cmd_line("C:\\Windows\\System32\\cmd.exe", &["x.bat"]).unwrap(),
-            "C:\\Windows\\System32\\cmd.exe /d /v:off /s /c \"x.bat\""
+            "C:\\Windows\\System32\\cmd.exe /d /e:on /v:off /s /c \"x.bat\""
         );
+    }
+
+    /// cmd's first phase on a `/c` line, for a hostile environment in which every
+    /// variable name is defined: panics if any `%...%` would expand, other than the
+    /// empty `%cd:~,%`. An empty name (`%%`) is left alone on a command line.
+    fn expand_percent(s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('%') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            match after.find('%') {
+                None => {
+                    out.push_str(&rest[i..]);
+                    return out;
+                }
+                Some(0) => {
+                    out.push('%');
+                    rest = after;
+                }
+                Some(j) => {
+                    let name = &after[..j];
+                    assert_eq!(name, "cd:~,", "{s:?}: %{name}% would expand");
+                    rest = &after[j + 1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// cmd's caret phase: a caret makes the next character literal.
+    fn drop_carets(s: &str) -> String {
+        let mut out = String::new();
+        let mut it = s.chars();
+        while let Some(c) = it.next() {
+            if c == '^' {
+                let n = it.next().unwrap();
+                assert!(CMD_META.contains(&n), "{s:?}: ^{n}");
+                out.push(n);
+            } else {
+                assert!(!CMD_META.contains(&c), "{s:?}: bare {c}");
+                out.push(c);
+            }
+        }
+        out
     }
 
     #[test]
     fn cmd_escaping_leaves_no_bare_metacharacter() {
-        // After cmd removes one caret before each escaped character, the text is the
-        // CRT-quoted argument again, and no metacharacter was ever unescaped.
-        for a in ["a&b", "%x%", "\"&\"", "^^", "!a!", "a b", "(|)<>"] {
+        // After cmd's percent phase and the removal of one caret before each escaped
+        // character, the text is the CRT-quoted argument again: no variable expanded
+        // and no metacharacter was ever unescaped.
+        for a in [
+            "a&b",
+            "%x%",
+            "\"&\"",
+            "^^",
+            "!a!",
+            "a b",
+            "(|)<>",
+            "%PATH:a=b^%",
+            "%PATH:~0,1%",
+            "%%",
+            "%",
+            "100%",
+            "%cd%",
+            "%~dp0",
+            "a%b%c%d",
+            "^%PATH^%",
+            "%=C:%",
+            "\"%PATH%\" & calc",
+        ] {
             let q = quote_arg(a);
             let e = cmd_escape(&q);
-            let mut unescaped = String::new();
-            let mut it = e.chars();
-            while let Some(c) = it.next() {
-                if c == '^' {
-                    let n = it.next().unwrap();
-                    assert!(CMD_META.contains(&n));
-                    unescaped.push(n);
-                } else {
-                    assert!(!CMD_META.contains(&c), "{a:?}: bare {c}");
-                    unescaped.push(c);
-                }
-            }
-            assert_eq!(unescaped, q);
+            assert_eq!(drop_carets(&expand_percent(&e)), q, "{a:?}");
         }
     }
 

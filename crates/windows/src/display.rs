@@ -141,6 +141,7 @@ impl fmt::Display for WindowsPlan {
                         rights::describe(a.ace.mask),
                         match a.ace.inherit {
                             Inherit::Tree => " (inherited by the tree)",
+                            Inherit::InheritOnly => " (inherit-only: what is created below)",
                             Inherit::None => "",
                         },
                         if a.per_run { "  [per run]" } else { "" }
@@ -250,7 +251,7 @@ impl fmt::Display for WindowsPlan {
         writeln!(f, "  stdio: {}", self.stdio)?;
         writeln!(
             f,
-            "  batch files run through: {} /d /v:off /s /c (escaped)",
+            "  batch files run through: {} /d /e:on /v:off /s /c (escaped)",
             self.cmd_exe
         )?;
         writeln!(f, "  private temp dir: {}", self.temp_dir)?;

@@ -115,6 +115,16 @@ pub enum WindowsError {
         why: String,
     },
 
+    /// A deny (protected or hidden path) reached the object but not all of its existing
+    /// children: the run stops (fail closed).
+    #[error("the deny ACEs on {path} did not reach every existing file below it ({cause}), so some of them would stay writable or readable from the sandbox; the run is stopped. Find the files below it whose permissions you cannot change (owned by another account; `icacls \"{path}\" /t` lists them), take them over (takeown) or remove them, then run again; `workfence cleanup` undoes the partial change")]
+    PartialDeny {
+        /// The object.
+        path: String,
+        /// The error propagation stopped with.
+        cause: String,
+    },
+
     /// Setup or uninstall needs administrator rights.
     #[error("`workfence setup` needs administrator rights: run it from an elevated prompt (Run as administrator)")]
     NotElevated,

@@ -57,12 +57,14 @@ mod win;
 pub use error::WindowsError;
 pub use plan::{
     all_filter_keys, capability_sid_from_bytes, control_pipe_sddl, default_dacl_entries,
-    default_dacl_sddl, default_shared_roots, desktop_sddl, git_safe_directory_env, null_device_ace,
-    plan, restricting_sids, sids, to_win, wfp_filters, workspace_id, AcePlan, AcePurpose, EnvPlan,
-    JobSpec, NamedSid, NetworkPlan, Placeholder, RestrictingSet, RunAs, SandboxUsers, TokenSpec,
-    WfpAction, WfpCondition, WfpFilter, WfpLayer, WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT,
-    DENY_LOGON_RIGHTS, DISABLED_SIDS, GROUP_NAME, JOB_NESTING, JOURNAL_FILE, LOGON_SID,
-    OFFLINE_USER, ONLINE_USER, REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
+    default_dacl_sddl, default_shared_roots, desktop_sddl, git_safe_directory_env,
+    lowered_integrity, null_device_ace, on_partial_propagation, plan, restricting_sids,
+    runner_default_dacl_sddl, runner_object_sddl, sids, to_win, wfp_filters, workspace_id, AcePlan,
+    AcePurpose, EnvPlan, JobSpec, NamedSid, NetworkPlan, PartialPropagation, Placeholder,
+    RestrictingSet, RunAs, SandboxUsers, TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer,
+    WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS, DISABLED_SIDS, GROUP_NAME,
+    JOB_NESTING, JOURNAL_FILE, LOGON_SID, MEDIUM_INTEGRITY_SID, OFFLINE_USER, ONLINE_USER,
+    REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
 };
 
 use workfence_policy::run::{RunOutcome, RunRequest};

@@ -116,6 +116,22 @@ pub fn restricting_sids(cap: &str, sandbox_user: Option<&str>, set: RestrictingS
     out
 }
 
+/// The Medium mandatory integrity level (`S-1-16-8192`). A restricted token keeps its
+/// base token's integrity level, so an elevated invoking user without setup would run
+/// the command at High: above every Medium process of the user's desktop session,
+/// which integrity checks (UIPI, process and object access) then do not protect from
+/// it. The command's token is lowered to Medium whenever its base is above it.
+pub const MEDIUM_INTEGRITY_SID: &str = "S-1-16-8192";
+
+/// The integrity level RID (the last sub-authority of an `S-1-16-x` label SID) a
+/// command's token must be set to, given its base token's: `Some(Medium)` when the base
+/// is above Medium, `None` to leave it (never raised: that needs a privilege and
+/// would give the command more than its caller has).
+pub fn lowered_integrity(base_rid: u32) -> Option<u32> {
+    const MEDIUM: u32 = 0x2000;
+    (base_rid > MEDIUM).then_some(MEDIUM)
+}
+
 /// SIDs made deny-only in every command's token (`SidsToDisable`): an elevated
 /// invoking user without setup would otherwise pass write checks as Administrators
 /// (`LUA_TOKEN` filters privileges, not every group). Absent SIDs are ignored.
@@ -171,6 +187,37 @@ pub fn default_dacl_sddl(token_user: &str, cap: &str, invoking_user: &str, logon
         s.push_str(&format!("(A;;{mask};;;{sid})"));
     }
     s
+}
+
+/// The DACL workfence puts on the runner's process and main thread while it is still
+/// suspended (`SetSecurityInfo`), replacing the one they got from the seclogon token's
+/// default DACL, which grants the sandbox user full access. The sandbox user's SID is
+/// a restricting SID of every command that runs as that user, so with that DACL
+/// another run's command would pass both access checks for `PROCESS_ALL_ACCESS` on
+/// this unrestricted runner: inject code, duplicate its control pipe handle, read the
+/// request or forge the reply. Only SYSTEM and the invoking user (never a restricting
+/// SID) get access; `OWNER RIGHTS` with `READ_CONTROL` only takes away the owner's
+/// (the sandbox user's) implicit `WRITE_DAC`. Protected, so nothing is inherited.
+pub fn runner_object_sddl(invoking_user: &str) -> String {
+    format!(
+        "D:P(A;;GA;;;{})(A;;GA;;;{invoking_user})(A;;RC;;;{})",
+        sids::SYSTEM,
+        sids::OWNER_RIGHTS
+    )
+}
+
+/// The default DACL the runner sets on its own token as its first action after it has
+/// read the request, before it creates a job, a ConPTY (whose console host is a
+/// process of the runner's token) or the command: the per-run one of
+/// [`default_dacl_entries`] (this run's logon SID, the capability SID, SYSTEM, the
+/// invoking user, `OWNER RIGHTS` read-only), never the sandbox user.
+pub fn runner_default_dacl_sddl(
+    sandbox_user: &str,
+    cap: &str,
+    invoking_user: &str,
+    logon: &str,
+) -> String {
+    default_dacl_sddl(sandbox_user, cap, invoking_user, logon)
 }
 
 /// Account rights `workfence setup` gives both sandbox users: they must never log on
@@ -534,6 +581,29 @@ impl AcePurpose {
             self,
             AcePurpose::Protect | AcePurpose::ProtectChild | AcePurpose::Hide
         )
+    }
+}
+
+/// What to do when a tree ACE reached an object but Windows refused to propagate it
+/// to some existing child (`ERROR_ACCESS_DENIED`: a child without `WRITE_DAC` for the
+/// user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialPropagation {
+    /// Set the DACL on the object only and go on with a note: new children inherit,
+    /// existing ones keep theirs. Only for grants: such a child is merely unusable.
+    ThisObjectOnly,
+    /// Stop the run ([`WindowsError::PartialDeny`]): existing children of a protected
+    /// or hidden tree would keep their old ACEs, writable or readable from the sandbox.
+    Refuse,
+}
+
+/// [`PartialPropagation`] for the ACEs of one object, whatever else they are for: one
+/// deny among them decides.
+pub fn on_partial_propagation(purposes: &[AcePurpose]) -> PartialPropagation {
+    if purposes.iter().any(|p| p.fails_closed()) {
+        PartialPropagation::Refuse
+    } else {
+        PartialPropagation::ThisObjectOnly
     }
 }
 
@@ -1059,6 +1129,23 @@ pub fn plan(
                 why,
                 false,
             );
+            // What the command creates here is owned by its token user (with setup the
+            // sandbox user, a restricting SID), so the owner's implicit READ_CONTROL and
+            // WRITE_DAC would pass both checks: lock the user out, grant Everyone, or
+            // plant protected-DACL files that later denies never reach. An OWNER RIGHTS
+            // ACE replaces those implicit rights; inherit-only, so the root itself (the
+            // user's) keeps its owner's rights.
+            sink.push(
+                p,
+                AceKind::Allow,
+                sids::OWNER_RIGHTS,
+                "OWNER RIGHTS",
+                rights::MODIFY,
+                Inherit::InheritOnly,
+                AcePurpose::Write,
+                "owner of what the command creates gets MODIFY only: no implicit WRITE_DAC",
+                false,
+            );
         }
         // Read grants: the sandbox users cannot read the invoking user's profile.
         if let Some((gsid, gname)) = group {
@@ -1229,7 +1316,11 @@ pub fn plan(
         required: REQUIRED_ENV.to_vec(),
         set,
         git_safe_directory,
-        removed: vec!["names ending in ^ (they would defeat cmd.exe escaping of %VAR%)".into()],
+        removed: vec![
+            "names ending in ^ (they defeated the cmd.exe escaping of earlier versions)".into(),
+            "CD (it would stand in for the dynamic %CD% that cmd.exe escaping of % relies on)"
+                .into(),
+        ],
     };
 
     let needs_setup = ctx.users.is_none() && !full;
@@ -1237,6 +1328,7 @@ pub fn plan(
     match &run_as {
         RunAs::OfflineUser { name, .. } | RunAs::OnlineUser { name, .. } => {
             launch.push(format!("CreateProcessWithLogonW as .\\{name} (LOGON_WITH_PROFILE, CREATE_SUSPENDED, window hidden) starts workfence-windows-runner; it is put in the job before it runs"));
+            launch.push("while the runner is suspended, workfence replaces the DACL of its process and thread (SetSecurityInfo: SYSTEM and the invoking user only, OWNER RIGHTS read-only), so no other run's command can open it; the runner's first action is to set its own token's default DACL to the per-run one, before it creates the job, the ConPTY or the command".into());
             launch.push("the runner reads the request from a single-instance named pipe that only SYSTEM, the invoking user and the sandbox user may open, and whose client must be the runner's process id (GetNamedPipeClientProcessId); it builds the restricted token from its own token and creates the command suspended".into());
             launch.push("the runner hands workfence the command's process and thread handles; workfence resumes the command itself once it holds them, and the runner exits".into());
         }
@@ -1408,6 +1500,14 @@ fn network_plan(policy: &Policy, ctx: &WindowsContext, full: bool) -> NetworkPla
     }
 }
 
+/// What the offline user's WFP filters cannot stop, because a system service or the
+/// kernel does the network access on the command's behalf: name lookups through the
+/// DNS Client service (`getaddrinfo` asks Dnscache, which resolves as NETWORK SERVICE,
+/// so a lookup of `<data>.attacker.example` leaks data), and SMB to remote hosts,
+/// opened by the kernel redirector (`\\host\share` paths) outside the user's
+/// filters. Direct connections to DNS and SMB ports are blocked; these are not.
+pub const NETWORK_SERVICE_LEAKS: &str = "name lookups through the DNS Client service (Dnscache resolves as NETWORK SERVICE, so a lookup can carry data out) and SMB to remote hosts (\\\\host\\share, opened by the kernel redirector), both outside the offline user's filters";
+
 fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus> {
     let l = |layer: &str, state, detail: &str| LayerStatus {
         layer: layer.into(),
@@ -1437,8 +1537,8 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
     let setup = ctx.users.is_some();
     let net = match (&policy.network, setup) {
         (Network::On, _) => l("network", Enforcement::Full, "on: nothing to restrict"),
-        (_, true) if ctx.webdav_client == Some(true) => l("network", Enforcement::Partial, "offline user + WFP filters on its SID; NOT covered: WebDAV paths (\\\\host@80\\x) go through the WebClient service, outside the filters. Disable it to close this: `sc config WebClient start= disabled` (elevated)"),
-        (_, true) => l("network", Enforcement::Full, "offline user + WFP filters on its SID"),
+        (_, true) if ctx.webdav_client == Some(true) => l("network", Enforcement::Partial, &format!("offline user + WFP filters on its SID; NOT covered: {NETWORK_SERVICE_LEAKS}; and WebDAV paths (\\\\host@80\\x) go through the WebClient service, outside the filters. Disable it to close this: `sc config WebClient start= disabled` (elevated)")),
+        (_, true) => l("network", Enforcement::Partial, &format!("offline user + WFP filters on its SID; NOT covered: {NETWORK_SERVICE_LEAKS}")),
         (_, false) => l("network", Enforcement::None, "not enforced: run `workfence setup` (elevated) to install the offline user and its WFP filters"),
     };
     let writes = if !setup {
@@ -1450,6 +1550,19 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
             "filesystem writes",
             Enforcement::Full,
             "sandbox user + write-restricted token + capability SID ACEs; deny ACEs on protected paths",
+        )
+    };
+    let processes = if setup {
+        l(
+            "processes",
+            Enforcement::Full,
+            "job object: kill on close, no breakaway, process limit; private window station and desktop",
+        )
+    } else {
+        l(
+            "processes",
+            Enforcement::Partial,
+            "job object: kill on close, no breakaway, process limit; NOT covered without setup: the command's logon SID is the interactive session's, which WinSta0 and its Default desktop grant, so it can open them by name (OpenWindowStation(\"WinSta0\")) and hook or inject input (SetWindowsHookEx, SendInput) into the user's desktop; run `workfence setup`",
         )
     };
     vec![
@@ -1464,11 +1577,7 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
             l("secrets (deny-read)", Enforcement::None, "not enforced: a write-restricted token of the invoking user still reads its files; run `workfence setup` to run as a sandbox user")
         },
         net,
-        l(
-            "processes",
-            Enforcement::Full,
-            "job object: kill on close, no breakaway, process limit; private desktop",
-        ),
+        processes,
     ]
 }
 

@@ -108,6 +108,8 @@ pub enum Inherit {
     None,
     /// This directory, its subdirectories and files (`OICI`).
     Tree,
+    /// Not this directory, only what is created below it, recursively (`OICIIO`).
+    InheritOnly,
 }
 
 /// One access-control entry.
@@ -135,6 +137,7 @@ impl Ace {
             match self.inherit {
                 Inherit::None => "",
                 Inherit::Tree => "OICI",
+                Inherit::InheritOnly => "OICIIO",
             },
             self.mask,
             self.sid
@@ -227,10 +230,12 @@ fn parse_ace(text: &str) -> ParsedAce {
         codes.push(std::str::from_utf8(c).unwrap_or(""));
     }
     let inherited = codes.contains(&"ID");
-    let rest: Vec<&str> = codes.iter().copied().filter(|c| *c != "ID").collect();
+    let mut rest: Vec<&str> = codes.iter().copied().filter(|c| *c != "ID").collect();
+    rest.sort_unstable();
     let inherit = match rest.as_slice() {
         [] => Some(Inherit::None),
-        ["OI", "CI"] | ["CI", "OI"] => Some(Inherit::Tree),
+        ["CI", "OI"] => Some(Inherit::Tree),
+        ["CI", "IO", "OI"] => Some(Inherit::InheritOnly),
         _ => None,
     };
     ParsedAce {
@@ -239,8 +244,27 @@ fn parse_ace(text: &str) -> ParsedAce {
         inherited,
         inherit,
         mask: f.get(2).and_then(|m| parse_mask(m)),
-        sid: f.get(5).map(|s| s.to_ascii_uppercase()).unwrap_or_default(),
+        sid: f
+            .get(5)
+            .map(|s| sid_from_alias(&s.to_ascii_uppercase()))
+            .unwrap_or_default(),
     }
+}
+
+/// The SID an SDDL alias stands for, for the well-known SIDs plans name (Windows
+/// prints `S-1-3-4` as `OW` when it converts a DACL to text); other text unchanged.
+fn sid_from_alias(s: &str) -> String {
+    match s {
+        "OW" => "S-1-3-4",
+        "SY" => "S-1-5-18",
+        "WD" => "S-1-1-0",
+        "BU" => "S-1-5-32-545",
+        "AU" => "S-1-5-11",
+        "RC" => "S-1-5-12",
+        "BA" => "S-1-5-32-544",
+        other => other,
+    }
+    .to_string()
 }
 
 impl ParsedAce {
@@ -396,6 +420,7 @@ impl Ace {
             inherit: match f[1] {
                 "" => Inherit::None,
                 "OICI" => Inherit::Tree,
+                "OICIIO" => Inherit::InheritOnly,
                 _ => return None,
             },
             mask: parse_mask(f[2])?,
@@ -546,6 +571,24 @@ mod tests {
             rights::MODIFY
         );
         assert!(Ace::parse_own("(XA;;FA;;;WD)").is_none());
+    }
+
+    #[test]
+    fn inherit_only_owner_rights() {
+        let ow = Ace {
+            kind: AceKind::Allow,
+            sid: "S-1-3-4".into(),
+            mask: rights::MODIFY,
+            inherit: Inherit::InheritOnly,
+        };
+        assert_eq!(ow.sddl(), "(A;OICIIO;0x1301bf;;;S-1-3-4)");
+        assert_eq!(Ace::parse_own(&ow.sddl()), Some(ow.clone()));
+        // Windows may order the flags differently and spell OW for the SID: found.
+        let d = Dacl::parse("D:(A;CIOIIO;0x1301bf;;;OW)(A;;FA;;;SY)").unwrap();
+        assert!(d.contains(&ow));
+        // An inherited copy on a child is not ours, nor is an effective one.
+        let d = Dacl::parse("D:(A;OICIID;0x1301bf;;;S-1-3-4)(A;OICI;0x1301bf;;;S-1-3-4)").unwrap();
+        assert!(!d.contains(&ow));
     }
 
     #[test]

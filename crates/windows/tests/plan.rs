@@ -124,8 +124,11 @@ fn workspace_write_repo_network_off() {
     let l = repo_layout(WS);
     let plan = build(&p, &l);
     assert!(matches!(plan.run_as, RunAs::OfflineUser { .. }));
-    assert!(plan.degraded().is_empty());
-    assert!(plan.refusal().is_none() && plan.degraded_warning().is_none());
+    // Only the network is partly enforced (DNS through Dnscache, SMB through the
+    // redirector), so the strict default is refused without --allow-degraded.
+    let degraded: Vec<_> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
+    assert_eq!(degraded, ["network"]);
+    assert!(plan.refusal().is_some() && plan.degraded_warning().is_some());
     snap("workspace-write", &plan);
 }
 
@@ -232,10 +235,19 @@ fn without_setup_is_degraded() {
     let degraded: Vec<_> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
     assert_eq!(
         degraded,
-        ["filesystem writes", "secrets (deny-read)", "network"]
+        [
+            "filesystem writes",
+            "secrets (deny-read)",
+            "network",
+            "processes"
+        ]
     );
-    // No group exists: every ACE is for the capability SID.
-    assert!(plan.aces.iter().all(|a| a.ace.sid == plan.capability_sid));
+    // No group exists: every ACE is for the capability SID, but the inherit-only
+    // OWNER RIGHTS ACE on the writable roots.
+    assert!(plan
+        .aces
+        .iter()
+        .all(|a| a.ace.sid == plan.capability_sid || a.ace.sid == sids::OWNER_RIGHTS));
     snap("no-setup", &plan);
 }
 
@@ -429,7 +441,10 @@ fn wfp_filters_cover_the_issue_list() {
         plan.network.filters.len(),
         "filter keys are unique"
     );
-    let layers = plan.layers.iter().all(|l| l.state == Enforcement::Full);
+    let layers = plan
+        .layers
+        .iter()
+        .all(|l| l.state == Enforcement::Full || l.layer == "network");
     assert!(layers);
     // No permit of any kind: the fixed loopback permit reached any listener on the port.
     assert!(plan
@@ -487,9 +502,15 @@ fn linked_worktree_gitdir_gets_both_grants() {
     let grants: Vec<_> = plan
         .aces
         .iter()
-        .filter(|a| a.path == gitdir && a.purpose == AcePurpose::Write)
+        .filter(|a| {
+            a.path == gitdir && a.purpose == AcePurpose::Write && a.ace.sid != sids::OWNER_RIGHTS
+        })
         .collect();
     assert_eq!(grants.len(), 2, "group and capability SID");
+    assert!(plan
+        .aces
+        .iter()
+        .any(|a| a.path == gitdir && a.ace.sid == sids::OWNER_RIGHTS));
     // The hooks of the main repository are outside every writable root: denied, but
     // their parent gets no DELETE_CHILD deny (nothing there is writable anyway).
     assert!(
@@ -656,7 +677,8 @@ fn wider_restricting_sets() {
     let mut ctx = WindowsContext::example(&p);
     ctx.restricting = RestrictingSet::Everyone;
     let plan = plan(&p, &repo_layout(WS), &ctx).unwrap();
-    assert_eq!(plan.degraded().len(), 1, "{:?}", plan.degraded());
+    let degraded: Vec<_> = plan.degraded().iter().map(|l| l.layer.clone()).collect();
+    assert_eq!(degraded, ["filesystem writes", "network"]);
     assert!(plan.to_string().contains("restricting set: everyone"));
 }
 
@@ -788,4 +810,176 @@ fn webdav_client_makes_the_network_partial() {
     let on = plan(&p_on, &repo_layout(WS), &ctx).unwrap();
     let net = on.layers.iter().find(|l| l.layer == "network").unwrap();
     assert_eq!(net.state, Enforcement::Full);
+}
+
+#[test]
+fn runner_objects_are_closed_to_other_runs() {
+    use workfence_windows::{restricting_sids, runner_default_dacl_sddl, runner_object_sddl};
+    let (user, sandbox, cap) = ("S-1-5-21-1-1001", "S-1-5-21-1-1011", "S-1-5-21-9-9-9-9");
+    let sd = runner_object_sddl(user);
+    assert_eq!(
+        sd,
+        "D:P(A;;GA;;;S-1-5-18)(A;;GA;;;S-1-5-21-1-1001)(A;;RC;;;S-1-3-4)"
+    );
+    // No SID any command's token restricts with may get access to the runner: not the
+    // sandbox user, not a capability SID, not a logon SID, not RESTRICTED or Everyone.
+    for set in RestrictingSet::ALL {
+        for sid in restricting_sids(cap, Some(sandbox), set) {
+            assert!(!sd.contains(&format!(";;;{sid})")), "{sid} in {sd}");
+        }
+    }
+    // The runner's own default DACL (job, console host, command when unrestricted):
+    // the run's logon SID, never the sandbox user.
+    let d = runner_default_dacl_sddl(sandbox, cap, user, "S-1-5-5-0-7");
+    assert!(
+        d.contains("(A;;GA;;;S-1-5-5-0-7)") && d.contains(user),
+        "{d}"
+    );
+    assert!(!d.contains(sandbox), "{d}");
+    assert!(d.ends_with("(A;;RC;;;S-1-3-4)"), "{d}");
+}
+
+#[test]
+fn writable_roots_take_the_owners_implicit_write_dac_away() {
+    let p = policy(WS);
+    for ctx in [
+        WindowsContext::example(&p),
+        WindowsContext::example(&p).without_setup(),
+    ] {
+        let mut allowed = p.clone();
+        allowed.allow_degraded = true;
+        let plan = plan(&allowed, &repo_layout(WS), &ctx).unwrap();
+        let temp = plan.temp_dir.clone();
+        for root in [WS.to_string(), temp] {
+            let ow: Vec<_> = plan
+                .aces
+                .iter()
+                .filter(|a| a.path == root && a.ace.sid == sids::OWNER_RIGHTS)
+                .collect();
+            assert_eq!(ow.len(), 1, "{root}: {ow:?}");
+            let a = &ow[0].ace;
+            assert_eq!(a.sddl(), "(A;OICIIO;0x1301bf;;;S-1-3-4)");
+            assert_eq!(a.mask & (rights::WRITE_DAC | rights::WRITE_OWNER), 0);
+            assert_eq!(a.inherit, Inherit::InheritOnly);
+        }
+        // Never on a read root or a protected path.
+        assert!(plan
+            .aces
+            .iter()
+            .filter(|a| a.ace.sid == sids::OWNER_RIGHTS)
+            .all(|a| a.purpose == AcePurpose::Write));
+    }
+}
+
+#[test]
+fn no_setup_desktop_is_not_a_boundary() {
+    let p = policy(WS);
+    let mut allowed = p.clone();
+    allowed.allow_degraded = true;
+    let without = plan(
+        &allowed,
+        &repo_layout(WS),
+        &WindowsContext::example(&p).without_setup(),
+    )
+    .unwrap();
+    let procs = without
+        .layers
+        .iter()
+        .find(|l| l.layer == "processes")
+        .unwrap();
+    assert_eq!(procs.state, Enforcement::Partial);
+    assert!(procs.detail.contains("WinSta0"), "{}", procs.detail);
+    assert!(procs.detail.contains("workfence setup"), "{}", procs.detail);
+    // With setup the run's own logon SID is not granted on WinSta0: full.
+    let with = build(&p, &repo_layout(WS));
+    let procs = with.layers.iter().find(|l| l.layer == "processes").unwrap();
+    assert_eq!(procs.state, Enforcement::Full);
+    // Full access has only the job, which is full.
+    let mut full = p.clone();
+    full.mode = Mode::FullAccess;
+    assert!(build(&full, &repo_layout(WS)).degraded().is_empty());
+}
+
+#[test]
+fn network_off_names_the_service_leaks() {
+    let p = policy(WS);
+    let plan = build(&p, &repo_layout(WS));
+    let net = plan.layers.iter().find(|l| l.layer == "network").unwrap();
+    assert_eq!(net.state, Enforcement::Partial);
+    for want in ["DNS Client", "Dnscache", "SMB", "redirector"] {
+        assert!(net.detail.contains(want), "{want}: {}", net.detail);
+    }
+    let err = plan.refusal().unwrap();
+    assert!(matches!(err, WindowsError::NotEnforced { .. }), "{err}");
+    assert!(err.to_string().contains("Dnscache"), "{err}");
+    // Direct DNS and SMB connections stay blocked by the filters.
+    let names: Vec<_> = plan
+        .network
+        .filters
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    assert!(names.iter().any(|n| n.contains("DNS")));
+    assert!(names.iter().any(|n| n.contains("SMB")));
+    // Network on: nothing to restrict.
+    let mut on = p.clone();
+    on.network = Network::On;
+    let on = build(&on, &repo_layout(WS));
+    let net = on.layers.iter().find(|l| l.layer == "network").unwrap();
+    assert_eq!(net.state, Enforcement::Full);
+}
+
+#[test]
+fn partial_propagation_of_a_deny_stops_the_run() {
+    use workfence_windows::{on_partial_propagation, PartialPropagation};
+    use AcePurpose::*;
+    assert_eq!(
+        on_partial_propagation(&[Write, Write]),
+        PartialPropagation::ThisObjectOnly
+    );
+    assert_eq!(
+        on_partial_propagation(&[Read]),
+        PartialPropagation::ThisObjectOnly
+    );
+    for deny in [Protect, ProtectChild, Hide] {
+        assert_eq!(on_partial_propagation(&[deny]), PartialPropagation::Refuse);
+        // A grant on the same object does not soften it.
+        assert_eq!(
+            on_partial_propagation(&[Write, deny]),
+            PartialPropagation::Refuse
+        );
+    }
+    // Every tree deny the plan makes is one that refuses.
+    let plan = build(&policy(WS), &repo_layout(WS));
+    for a in plan
+        .aces
+        .iter()
+        .filter(|a| a.ace.kind == AceKind::Deny && a.ace.inherit == Inherit::Tree)
+    {
+        assert_eq!(
+            on_partial_propagation(&[a.purpose]),
+            PartialPropagation::Refuse,
+            "{}",
+            a.path
+        );
+    }
+    let e = WindowsError::PartialDeny {
+        path: r"C:\w\.git\hooks".into(),
+        cause: "access denied".into(),
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("stopped") && msg.contains("cleanup"), "{msg}");
+}
+
+#[test]
+fn elevated_tokens_are_lowered_to_medium_never_raised() {
+    use workfence_windows::{lowered_integrity, MEDIUM_INTEGRITY_SID};
+    assert_eq!(MEDIUM_INTEGRITY_SID, format!("S-1-16-{}", 0x2000));
+    // High (elevated without setup) and System: lowered to Medium.
+    assert_eq!(lowered_integrity(0x3000), Some(0x2000));
+    assert_eq!(lowered_integrity(0x4000), Some(0x2000));
+    // Medium (the sandbox users, a normal prompt) and below: left alone.
+    assert_eq!(lowered_integrity(0x2000), None);
+    assert_eq!(lowered_integrity(0x2100), Some(0x2000));
+    assert_eq!(lowered_integrity(0x1000), None);
 }

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::WindowsError;
-use crate::journal::{self, Entry, Outstanding};
+use crate::journal::{self, Entry, ObjectId, Outstanding};
 use crate::path::WinPath;
-use crate::plan::{AcePlan, AcePurpose, WindowsPlan, JOURNAL_FILE};
+use crate::plan::{AcePlan, AcePurpose, PartialPropagation, WindowsPlan, JOURNAL_FILE};
 use crate::sddl::Dacl;
 use crate::sddl::Inherit;
 use crate::win::state::{self, io, Lock};
@@ -20,11 +20,18 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// An object's creation time (Windows file time), to tell a re-created path from the
-/// object the journal describes.
-fn created(path: &str) -> Option<u64> {
-    use std::os::windows::fs::MetadataExt;
-    fs::symlink_metadata(path).ok().map(|m| m.creation_time())
+/// What identifies the object at `path` now (creation time, volume serial and file
+/// ID), to tell a re-created path from the object the journal describes.
+fn identity(path: &str) -> ObjectId {
+    // One open for all three (the creation time is the same value as
+    // `MetadataExt::creation_time`, which earlier versions journaled).
+    match sys::file_identity(path) {
+        Some((volume, index, created)) => ObjectId {
+            created: Some(created),
+            file_id: Some(ObjectId::file_id_text(volume, index)),
+        },
+        None => ObjectId::default(),
+    }
 }
 
 /// The journal, open for appending while the state lock is held.
@@ -65,7 +72,8 @@ impl Journal {
         id
     }
 
-    /// Appends and flushes one entry *before* the change it describes is made.
+    /// Appends one entry; an intent is flushed *before* the change it describes is
+    /// made, a completion record is not (see [`journal::must_sync`]).
     fn append(&mut self, e: Entry) -> Result<(), WindowsError> {
         let mut f = fs::OpenOptions::new()
             .create(true)
@@ -73,7 +81,13 @@ impl Journal {
             .open(&self.path)
             .map_err(io("writing the ACL journal", &self.path))?;
         f.write_all(format!("{}\n", e.to_line()).as_bytes())
-            .and_then(|_| f.sync_data())
+            .and_then(|_| {
+                if journal::must_sync(&e) {
+                    f.sync_data()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(io("writing the ACL journal", &self.path))?;
         self.entries.push(e);
         Ok(())
@@ -83,12 +97,16 @@ impl Journal {
         journal::outstanding(&self.entries)
     }
 
-    /// Rewrites the journal empty once nothing is outstanding.
+    /// Rewrites the journal with only what is outstanding ([`journal::compacted`]),
+    /// atomically (a temp file, flushed, renamed over it), when that drops anything.
     fn compact(&mut self) -> Result<(), WindowsError> {
-        if self.outstanding().is_empty() && !self.entries.is_empty() {
-            state::write_atomic(&self.path, b"")?;
-            self.entries.clear();
+        let keep = journal::compacted(&self.entries);
+        if keep.len() == self.entries.len() {
+            return Ok(());
         }
+        let text: String = keep.iter().map(|e| format!("{}\n", e.to_line())).collect();
+        state::write_atomic(&self.path, text.as_bytes())?;
+        self.entries = keep;
         Ok(())
     }
 }
@@ -136,8 +154,10 @@ fn add_aces(
         source,
     })?;
     // Inheritance flags mean nothing on a file (an extra writable root may be one).
+    // An inherit-only ACE on a file would become an effective one: it is left out.
     let wanted: Vec<_> = aces
         .iter()
+        .filter(|a| t.dir || a.ace.inherit != Inherit::InheritOnly)
         .map(|a| {
             let mut ace = a.ace.clone();
             if !t.dir {
@@ -148,6 +168,35 @@ fn add_aces(
         .collect();
     let added = dacl.add(&wanted);
     if added.is_empty() {
+        // Every ACE is explicitly in place, but the journal did not recognise the
+        // object (an entry of an earlier version without a file ID, or an object
+        // re-created with the same grants): record what it is now, so later runs need
+        // not open it.
+        let cur = identity(path);
+        if cur.file_id.is_some() {
+            let texts: Vec<String> = wanted.iter().map(|a| a.sddl()).collect();
+            let key = crate::path::fold_case(path);
+            let stale: Vec<u64> = j
+                .outstanding()
+                .changes
+                .iter()
+                .filter(|c| {
+                    c.applied
+                        && !cur.is(c)
+                        && crate::path::fold_case(&c.path) == key
+                        && c.aces.iter().all(|a| texts.contains(a))
+                })
+                .map(|c| c.id)
+                .collect();
+            for id in stale {
+                j.append(Entry::Applied {
+                    id,
+                    time: now(),
+                    created: cur.created,
+                    file_id: cur.file_id.clone(),
+                })?;
+            }
+        }
         return Ok(None);
     }
     let id = j.id();
@@ -161,9 +210,18 @@ fn add_aces(
     let new = dacl.to_sddl();
     let mut note = None;
     if let Err(e) = t.set_dacl_sddl(&new) {
-        let tree = added.iter().any(|a| a.inherit == Inherit::Tree);
+        let tree = added.iter().any(|a| a.inherit != Inherit::None);
         if !(tree && sys::is_access_denied(&e)) {
             return Err(e);
+        }
+        let purposes: Vec<AcePurpose> = aces.iter().map(|a| a.purpose).collect();
+        if crate::plan::on_partial_propagation(&purposes) == PartialPropagation::Refuse {
+            // Fail closed: the intent stays journaled, so `cleanup` (or the next run's
+            // recovery) undoes whatever part of the tree did change.
+            return Err(WindowsError::PartialDeny {
+                path: path.to_string(),
+                cause: e.to_string(),
+            });
         }
         // The object itself is ours (the handle has WRITE_DAC): set it there without
         // propagation; new children inherit, existing ones keep their DACL.
@@ -172,10 +230,12 @@ fn add_aces(
             "{path}: the new ACEs did not reach every existing file below it ({e}); files created from now on get them"
         ));
     }
+    let obj = identity(path);
     j.append(Entry::Applied {
         id,
         time: now(),
-        created: created(path),
+        created: obj.created,
+        file_id: obj.file_id,
     })?;
     Ok(note)
 }
@@ -192,7 +252,7 @@ fn apply_aces(
     let o = j.outstanding();
     for (path, group) in by_path(aces.iter().copied()) {
         let plain: Vec<crate::sddl::Ace> = group.iter().map(|a| a.ace.clone()).collect();
-        if !journal::must_visit(&o, &path, &plain, created(&path)) {
+        if !journal::must_visit(&o, &path, &plain, &identity(&path)) {
             continue;
         }
         let fail_closed = group.iter().any(|a| a.purpose.fails_closed());
@@ -306,17 +366,18 @@ fn placeholder(j: &mut Journal, path: &str, dir: bool) -> Result<(), WindowsErro
     }
 }
 
-/// Removes this run's placeholders unless another run on the workspace still needs them.
+/// Removes this run's placeholders unless another run on the workspace still needs
+/// them, then compacts the journal (also while other runs live: the state lock is
+/// held, and only finished entries are dropped).
 pub fn finish_run(plan: &WindowsPlan, others_alive: bool) -> Result<(), WindowsError> {
-    if others_alive || plan.placeholders.is_empty() {
-        return Ok(());
-    }
     let mut j = Journal::open()?;
-    remove_placeholders(&mut j, |p| {
-        plan.placeholders
-            .iter()
-            .any(|ph| crate::path::fold_case(&ph.path) == crate::path::fold_case(p))
-    })?;
+    if !others_alive && !plan.placeholders.is_empty() {
+        remove_placeholders(&mut j, |p| {
+            plan.placeholders
+                .iter()
+                .any(|ph| crate::path::fold_case(&ph.path) == crate::path::fold_case(p))
+        })?;
+    }
     j.compact()
 }
 

@@ -59,8 +59,10 @@ fn build_env(plan: &WindowsPlan, req: &RunRequest, temp: Option<&Path>) -> Vec<(
     let mut env: Vec<(String, String)> = req
         .env
         .iter()
-        // A name ending in `^` would defeat cmd.exe's escaping of %VAR%.
-        .filter(|(k, _)| !k.ends_with('^') && !k.is_empty())
+        // A name ending in `^` defeated the escaping of %VAR% of earlier versions; a
+        // variable named CD would stand in for the dynamic one that cmd.exe's escaping
+        // of `%` relies on (cmdline::cmd_escape): neither reaches the command.
+        .filter(|(k, _)| !k.ends_with('^') && !k.is_empty() && !k.eq_ignore_ascii_case("CD"))
         .cloned()
         .collect();
     for name in REQUIRED_ENV {
@@ -313,6 +315,15 @@ pub fn runner_exe() -> Result<PathBuf, WindowsError> {
         .unwrap_or(exe))
 }
 
+/// Terminates a process when dropped (a no-op for one that has exited).
+struct TerminateOnDrop<'a>(&'a std::os::windows::io::OwnedHandle);
+
+impl Drop for TerminateOnDrop<'_> {
+    fn drop(&mut self) {
+        sys::terminate_process(self.0, EXIT_SETUP as u32);
+    }
+}
+
 fn run_as_user(
     job: &sys::Job,
     spec: &crate::plan::JobSpec,
@@ -356,6 +367,31 @@ fn run_as_user(
         }
     };
     drop(password);
+    // Whatever way this function returns (a timeout while waiting for the runner, a
+    // failed duplication, the end of the run), the runner does not outlive it: when
+    // Windows refused to nest it in our job it is in no job of ours, and with its own
+    // job it holds the only other handle to it (closing it kills the command).
+    let _runner_guard = TerminateOnDrop(&runner.process);
+    // The runner's process and thread got the seclogon token's default DACL, which
+    // grants the sandbox user (a restricting SID of every run as that user) full
+    // access: replace it before the runner runs, or stop (fail closed).
+    let dacl = crate::plan::runner_object_sddl(&req.owner_sid);
+    if let Err(e) = sys::set_kernel_object_dacl(
+        &runner.process,
+        &dacl,
+        "closing the runner's process to other runs",
+    )
+    .and_then(|_| {
+        sys::set_kernel_object_dacl(
+            &runner.thread,
+            &dacl,
+            "closing the runner's thread to other runs",
+        )
+    }) {
+        sys::terminate_process(&runner.process, EXIT_SETUP as u32);
+        stdio.finish();
+        return Err(e);
+    }
     // Nested under seclogon's job. Should Windows refuse, the runner makes the job.
     if job.assign(&runner.process).is_err() {
         req.own_job = Some(launch::JobLimits::of(spec));

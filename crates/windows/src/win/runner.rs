@@ -21,6 +21,19 @@ fn pipe_name() -> Option<String> {
         .then(|| name.clone())
 }
 
+fn own_default_dacl(req: &Request) -> Result<(), crate::error::WindowsError> {
+    let token = sys::process_token()?;
+    let user = sys::token_user_sid(&token)?;
+    let logon = sys::token_logon_sid(&token)?;
+    drop(token);
+    sys::set_own_default_dacl(&crate::plan::runner_default_dacl_sddl(
+        &user,
+        &req.capability_sid,
+        &req.owner_sid,
+        &logon,
+    ))
+}
+
 pub fn main() -> i32 {
     let Some(name) = pipe_name() else {
         eprintln!("workfence-windows-runner: started without its control pipe; it is run by workfence, not by hand");
@@ -63,6 +76,17 @@ pub fn main() -> i32 {
             return EXIT_SETUP;
         }
     };
+    // First action: objects this process creates from now on (the job, a ConPTY's
+    // console host, threads, the command when unrestricted) get the per-run default
+    // DACL instead of the logon's, which grants the sandbox user and so every other
+    // run's command.
+    if let Err(e) = own_default_dacl(&req) {
+        send(&Reply::Failed {
+            status: EXIT_SETUP,
+            message: e.to_string(),
+        });
+        return EXIT_SETUP;
+    }
     // When workfence could not put us in its job, the kill-on-close job is made here,
     // the command is created in it, and workfence takes over a handle to it.
     let own_job = match req.own_job.as_ref().map(|l| sys::Job::new(&l.spec())) {

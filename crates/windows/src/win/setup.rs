@@ -125,10 +125,10 @@ pub fn install() -> Result<String, WindowsError> {
         "denied the sandbox users {}",
         DENY_LOGON_RIGHTS.join(", ")
     ));
-    // Filters of earlier versions (other keys, the old loopback permit) go first.
-    sys::wfp_uninstall(&all_filter_keys())?;
+    // Filters of earlier versions (other keys, the old loopback permit) are replaced in
+    // the same transaction that adds the new ones: no window without filters.
     let filters = wfp_filters(&info.offline_sid, &info.online_sid, info.proxy_port);
-    sys::wfp_install(&filters)?;
+    sys::wfp_install(&all_filter_keys(), &filters)?;
     notes.push(format!(
         "installed {} WFP filters for {} ({}): all its traffic and listens are blocked, loopback included; the online user may not listen on the proxy port",
         filters.len(),

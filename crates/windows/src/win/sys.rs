@@ -102,6 +102,25 @@ pub fn api(step: &str, api: &'static str, code: u32, hint: &str) -> WindowsError
     }
 }
 
+/// [`check`] with a step text built only after the thread's last error was read:
+/// formatting allocates, and an allocation may overwrite `GetLastError`.
+fn check_lazy(
+    ok: i32,
+    step: impl FnOnce() -> String,
+    name: &'static str,
+    hint: &str,
+) -> Result<()> {
+    if ok == 0 {
+        let code = last_error();
+        Err(api(&step(), name, code, hint))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a `BOOL` result. `step` must be a plain string: arguments are evaluated
+/// before the call, so a `format!` here would run between the API and `GetLastError`
+/// (use [`check_lazy`]).
 fn check(ok: i32, step: &str, name: &'static str, hint: &str) -> Result<()> {
     if ok == 0 {
         Err(api(step, name, last_error(), hint))
@@ -243,7 +262,7 @@ impl Sid {
         let mut p: S::PSID = null_mut();
         // SAFETY: w is NUL-terminated; p receives a LocalAlloc'd SID.
         let ok = unsafe { A::ConvertStringSidToSidW(w.as_ptr(), &mut p) };
-        check(ok, &format!("parsing SID {s}"), "ConvertStringSidToSidW", "the state directory may be corrupt; run `workfence cleanup` and `workfence setup` again")?;
+        check_lazy(ok, || format!("parsing SID {s}"), "ConvertStringSidToSidW", "the state directory may be corrupt; run `workfence cleanup` and `workfence setup` again")?;
         Ok(Sid(LocalBox(p)))
     }
 
@@ -342,6 +361,52 @@ pub fn is_elevated() -> bool {
     e.TokenIsElevated != 0
 }
 
+/// The integrity level RID of a token (`S-1-16-x`: 0x2000 Medium, 0x3000 High).
+fn token_integrity_rid(token: &OwnedHandle) -> Result<u32> {
+    let buf = token_info(token, S::TokenIntegrityLevel)?;
+    // SAFETY: GetTokenInformation(TokenIntegrityLevel) filled buf with a
+    // TOKEN_MANDATORY_LABEL whose SID points into buf.
+    let label = unsafe { &*(buf.as_ptr() as *const S::TOKEN_MANDATORY_LABEL) };
+    let sid = sid_string(label.Label.Sid)?;
+    sid.strip_prefix("S-1-16-")
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| {
+            WindowsError::Runner(format!(
+                "the token's integrity label {sid} is not a mandatory label; run workfence from a normal user session"
+            ))
+        })
+}
+
+/// Sets a token's integrity level to `S-1-16-<rid>` (lowering needs no privilege).
+fn set_token_integrity(token: &OwnedHandle, rid: u32) -> Result<()> {
+    let sid = Sid::parse(&format!("S-1-16-{rid}"))?;
+    let label = S::TOKEN_MANDATORY_LABEL {
+        Label: S::SID_AND_ATTRIBUTES {
+            Sid: sid.ptr(),
+            Attributes: windows_sys::Win32::System::SystemServices::SE_GROUP_INTEGRITY as u32,
+        },
+    };
+    // SAFETY: sid.ptr() is a valid SID owned by `sid`.
+    let sid_len = unsafe { S::GetLengthSid(sid.ptr()) };
+    // SAFETY: the token handle is open (without TOKEN_ADJUST_DEFAULT the call fails with
+    // an error code); label is a valid TOKEN_MANDATORY_LABEL whose SID is kept alive by
+    // `sid` for the call, and the length covers the structure and the SID.
+    let ok = unsafe {
+        S::SetTokenInformation(
+            raw(token),
+            S::TokenIntegrityLevel,
+            &label as *const _ as *const c_void,
+            std::mem::size_of::<S::TOKEN_MANDATORY_LABEL>() as u32 + sid_len,
+        )
+    };
+    check(
+        ok,
+        "lowering the command's token to Medium integrity",
+        "SetTokenInformation",
+        "",
+    )
+}
+
 /// A self-relative security descriptor built from SDDL.
 pub struct SecurityDescriptor {
     sd: LocalBox,
@@ -363,7 +428,7 @@ impl SecurityDescriptor {
                 &mut len,
             )
         };
-        check(ok, &format!("parsing the security descriptor {sddl}"), "ConvertStringSecurityDescriptorToSecurityDescriptorW", "the journal may hold a DACL this Windows version cannot parse; fix the ACL by hand with icacls")?;
+        check_lazy(ok, || format!("parsing the security descriptor {sddl}"), "ConvertStringSecurityDescriptorToSecurityDescriptorW", "the journal may hold a DACL this Windows version cannot parse; fix the ACL by hand with icacls")?;
         Ok(SecurityDescriptor {
             sd: LocalBox(sd),
             len,
@@ -458,6 +523,9 @@ pub fn restricted_token(
             "",
         )
     })?;
+    if let Some(rid) = crate::plan::lowered_integrity(token_integrity_rid(&token)?) {
+        set_token_integrity(&token, rid)?;
+    }
     let sd = SecurityDescriptor::from_sddl(default_dacl)?;
     let (acl, _) = sd.dacl()?;
     let dd = S::TOKEN_DEFAULT_DACL { DefaultDacl: acl };
@@ -493,6 +561,37 @@ pub struct AclTarget {
     pub dir: bool,
 }
 
+/// The volume serial number, file index and creation time (Windows file time) of
+/// `path` (not following a final reparse point), opened for no access at all
+/// (`GetFileInformationByHandle` needs none); `None` when it cannot be opened.
+pub fn file_identity(path: &str) -> Option<(u32, u64, u64)> {
+    let w = wide(path);
+    // SAFETY: w is NUL-terminated; the other arguments are plain flags.
+    let h = unsafe {
+        FS::CreateFileW(
+            w.as_ptr(),
+            0,
+            FS::FILE_SHARE_READ | FS::FILE_SHARE_WRITE | FS::FILE_SHARE_DELETE,
+            null(),
+            FS::OPEN_EXISTING,
+            FS::FILE_FLAG_BACKUP_SEMANTICS | FS::FILE_FLAG_OPEN_REPARSE_POINT,
+            null_mut(),
+        )
+    };
+    let handle = owned(h)?;
+    let mut info: FS::BY_HANDLE_FILE_INFORMATION = Default::default();
+    // SAFETY: handle is open; info is a valid output.
+    let ok = unsafe { FS::GetFileInformationByHandle(raw(&handle), &mut info) };
+    let t = info.ftCreationTime;
+    (ok != 0).then(|| {
+        (
+            info.dwVolumeSerialNumber,
+            (u64::from(info.nFileIndexHigh) << 32) | u64::from(info.nFileIndexLow),
+            (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime),
+        )
+    })
+}
+
 /// Opens `path` (not following a final reparse point).
 pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
     let w = wide(path);
@@ -523,9 +622,9 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
     let mut info: FS::BY_HANDLE_FILE_INFORMATION = Default::default();
     // SAFETY: handle is open; info is a valid output.
     let ok = unsafe { FS::GetFileInformationByHandle(raw(&handle), &mut info) };
-    check(
+    check_lazy(
         ok,
-        &format!("inspecting {path}"),
+        || format!("inspecting {path}"),
         "GetFileInformationByHandle",
         "",
     )?;
@@ -541,10 +640,11 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
             )
         } as usize;
         if n == 0 {
+            let code = last_error();
             return Err(api(
                 &format!("resolving {path}"),
                 "GetFinalPathNameByHandleW",
-                last_error(),
+                code,
                 "",
             ));
         }
@@ -1111,7 +1211,7 @@ pub fn spawn_with_logon(
             &mut pi,
         )
     };
-    check(ok, &format!("starting the runner as {user}"), "CreateProcessWithLogonW", "the Secondary Logon service must run (sc start seclogon); if the password was changed, run `workfence setup` again")?;
+    check_lazy(ok, || format!("starting the runner as {user}"), "CreateProcessWithLogonW", "the Secondary Logon service must run (sc start seclogon); if the password was changed, run `workfence setup` again")?;
     Child::from(pi).ok_or_else(|| {
         api(
             "starting the runner",
@@ -1120,6 +1220,62 @@ pub fn spawn_with_logon(
             "",
         )
     })
+}
+
+/// Replaces the DACL of a process or thread (a kernel object) with `sddl`, protected,
+/// through a handle that holds `WRITE_DAC`.
+pub fn set_kernel_object_dacl(h: &OwnedHandle, sddl: &str, step: &str) -> Result<()> {
+    let sd = SecurityDescriptor::from_sddl(sddl)?;
+    let (acl, _) = sd.dacl()?;
+    // SAFETY: the handle is open (the caller needs WRITE_DAC on it, else the call
+    // fails with an error code and changes nothing); acl points into sd, alive for the
+    // call; owner, group and SACL are not set, so their null pointers are not read.
+    let code = unsafe {
+        A::SetSecurityInfo(
+            raw(h),
+            A::SE_KERNEL_OBJECT,
+            S::DACL_SECURITY_INFORMATION | S::PROTECTED_DACL_SECURITY_INFORMATION,
+            null_mut(),
+            null_mut(),
+            acl,
+            null(),
+        )
+    };
+    if code != 0 {
+        return Err(api(
+            step,
+            "SetSecurityInfo",
+            code,
+            "the runner is stopped; run again, and report the error if it persists",
+        ));
+    }
+    Ok(())
+}
+
+/// Sets the default DACL of the current process's own primary token, so that every
+/// object the process creates from now on without an explicit descriptor (threads,
+/// a job, a ConPTY's console host, pipes) gets `sddl` instead of the logon's default.
+pub fn set_own_default_dacl(sddl: &str) -> Result<()> {
+    let token = process_token()?;
+    let sd = SecurityDescriptor::from_sddl(sddl)?;
+    let (acl, _) = sd.dacl()?;
+    let dd = S::TOKEN_DEFAULT_DACL { DefaultDacl: acl };
+    // SAFETY: the token handle is open with TOKEN_ALL_ACCESS (TOKEN_ADJUST_DEFAULT
+    // included); dd points into sd, which lives until after the call.
+    let ok = unsafe {
+        S::SetTokenInformation(
+            raw(&token),
+            S::TokenDefaultDacl,
+            &dd as *const _ as *const c_void,
+            std::mem::size_of::<S::TOKEN_DEFAULT_DACL>() as u32,
+        )
+    };
+    check(
+        ok,
+        "setting the runner's default DACL",
+        "SetTokenInformation",
+        "",
+    )
 }
 
 /// Waits for a handle; `Ok(true)` when it was signaled, `Ok(false)` on timeout.
@@ -1459,9 +1615,9 @@ pub fn lookup_sid(name: &str) -> Result<String> {
             &mut use_,
         )
     };
-    check(
+    check_lazy(
         ok,
-        &format!("looking up {name}"),
+        || format!("looking up {name}"),
         "LookupAccountNameW",
         "run `workfence setup` again",
     )?;
@@ -1621,13 +1777,27 @@ fn ignore_exists(r: u32) -> u32 {
     }
 }
 
-/// Installs workfence's provider, sublayer and filters (replacing older copies).
-pub fn wfp_install(filters: &[WfpFilter]) -> Result<()> {
+/// Deletes the filters with these keys (absent ones are fine), inside the caller's
+/// transaction.
+fn delete_filters(engine: &Engine, keys: &[String]) {
+    for k in keys {
+        let key = guid(k);
+        // SAFETY: key is a valid GUID; a missing filter is not an error here.
+        unsafe { WFP::FwpmFilterDeleteByKey0(engine.0, &key) };
+    }
+}
+
+/// Installs workfence's provider, sublayer and filters, after deleting the filters
+/// with the keys `replace` (earlier versions' included), all in **one transaction**:
+/// a re-run of setup never leaves a moment in which the sandbox users have no filters,
+/// and a failure leaves the old ones in place.
+pub fn wfp_install(replace: &[String], filters: &[WfpFilter]) -> Result<()> {
     let engine = Engine::open()?;
     let mut provider_key = guid(crate::plan::WFP_PROVIDER_KEY);
     let mut pname = wide("workfence");
     let mut sname = wide("workfence sandbox users");
     engine.txn(|| {
+        delete_filters(&engine, replace);
         let provider = WFP::FWPM_PROVIDER0 {
             providerKey: provider_key,
             displayData: WFP::FWPM_DISPLAY_DATA0 {
@@ -1769,11 +1939,7 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
 pub fn wfp_uninstall(keys: &[String]) -> Result<()> {
     let engine = Engine::open()?;
     engine.txn(|| {
-        for k in keys {
-            let key = guid(k);
-            // SAFETY: key is a valid GUID; a missing filter is not an error here.
-            unsafe { WFP::FwpmFilterDeleteByKey0(engine.0, &key) };
-        }
+        delete_filters(&engine, keys);
         let sub = guid(crate::plan::WFP_SUBLAYER_KEY);
         let prov = guid(crate::plan::WFP_PROVIDER_KEY);
         // SAFETY: valid GUIDs; missing objects are not errors here.
@@ -1887,6 +2053,12 @@ pub fn pipe_client_pid(server: &OwnedHandle) -> Result<u32> {
 
 // ---------------------------------------------------------------- private desktop
 
+/// Held while the process is switched to a run's window station around
+/// `CreateDesktopW`: the window station is the whole process's, so two sandboxes
+/// started at once from different threads would otherwise create a desktop on the
+/// other's window station, or switch back to the wrong one.
+static WINSTA_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A window station and a desktop in it, created for one run and closed on drop
 /// (Windows destroys them when the last handle and the last process on them are gone).
 /// A window station of its own, not only a desktop, because the clipboard, global atoms
@@ -1922,11 +2094,17 @@ impl PrivateDesktop {
                 hint,
             ));
         }
+        // Poisoning only means another thread panicked while holding it; the switch
+        // back below has no early return, so the state is still consistent.
+        let switch = WINSTA_SWITCH
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // SAFETY: returns the current window station (not to be closed).
         let old = unsafe { SD::GetProcessWindowStation() };
         // SAFETY: ws is a window station handle just created.
         if unsafe { SD::SetProcessWindowStation(ws) } == 0 {
             let code = last_error();
+            drop(switch);
             // SAFETY: ws is open and closed once here.
             unsafe { SD::CloseWindowStation(ws) };
             return Err(api(
@@ -1945,6 +2123,7 @@ impl PrivateDesktop {
         // SAFETY: old is the window station we were on; switching back cannot leave us
         // without one.
         unsafe { SD::SetProcessWindowStation(old) };
+        drop(switch);
         if desktop.is_null() {
             // SAFETY: ws is open and closed once here.
             unsafe { SD::CloseWindowStation(ws) };

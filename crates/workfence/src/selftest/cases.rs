@@ -1000,6 +1000,18 @@ pub(super) fn pending() -> Vec<Pending> {
             id: "attack/windows-desktop-input".into(),
             why: "SendInput / SetWindowsHookEx across the desktop need user32 on both sides; to be written with the private-desktop change".into(),
         });
+        v.push(Pending {
+            id: "attack/windows-own-file-dacl".into(),
+            why: "the command creates a file in the workspace and grants Everyone on it through the owner's implicit WRITE_DAC (judged by icacls from outside); needs a two-step probe action; until written, the OWNER RIGHTS inherit-only ACE is only plan-tested".into(),
+        });
+        v.push(Pending {
+            id: "attack/windows-integrity".into(),
+            why: "from an elevated prompt without setup, the command's token must be Medium integrity (whoami /groups); needs an elevated runner to mean anything; until written, plan::lowered_integrity is only unit-tested".into(),
+        });
+        v.push(Pending {
+            id: "attack/windows-runner-open".into(),
+            why: "opening another run's runner (OpenProcess with PROCESS_VM_WRITE or PROCESS_DUP_HANDLE, and its ConPTY console host) needs two concurrent sandboxed runs and a probe that finds the other runner's pid; until written, the runner's process DACL (plan: runner_object_sddl) is only plan-tested".into(),
+        });
     }
     if cfg!(target_os = "macos") {
         v.push(Pending {

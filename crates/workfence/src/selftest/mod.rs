@@ -167,6 +167,11 @@ pub struct Options {
     pub only: Vec<String>,
     /// Keep the temporary directory (for debugging).
     pub keep: bool,
+    /// Windows: measure which restricting set the compatibility cases need and record
+    /// it machine-wide for later runs (`selftest --measure-restricting-set`). Without
+    /// it the set in use is reported and never changed: widening it is a deliberate
+    /// step, never a side effect of a failing case.
+    pub measure_restricting_set: bool,
 }
 
 /// Runs the sandboxed half of every case. [`Sandbox`] is the real one; workfence's own
@@ -270,26 +275,79 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
     run_with(opts, &mut Sandbox)
 }
 
-/// Windows: finds the narrowest restricting set (issue 8: which SIDs real tools need
-/// can only be measured on the machine) with which every compatibility case that can
-/// run here passes, records it for later runs, and says so. The cases then run (and
-/// are reported) under that set. When none works, the narrowest is kept: a wider set
-/// must be earned by working tools, never assumed.
+/// What the self-test does about the restricting set (pure, so it is tested on every
+/// OS): the sets to try, narrowest first, or why it does not measure.
+#[cfg_attr(not(windows), allow(dead_code))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MeasurePlan {
+    /// Do not measure or record anything; the fact says why.
+    Skip(String),
+    /// Try these sets in order and record the first with which every compatibility
+    /// case passes.
+    Try(Vec<workfence_windows::RestrictingSet>),
+}
+
+/// Decides whether to measure the restricting set. `null_granted` is
+/// `workfence_windows::null_device_granted()`: setup's grant on the null device does
+/// not survive a reboot, and without it `compat/null-device` fails under `narrow` but
+/// passes under `restricted` (the device's default DACL grants RESTRICTED), which
+/// would widen the machine-wide set for good. Only with the explicit flag, and never
+/// to `everyone` (that makes every world-writable directory writable from the
+/// sandbox: a user may choose it by hand, a failing case must not).
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn measure_plan(
+    flag: bool,
+    null_granted: Option<bool>,
+    in_use: workfence_windows::RestrictingSet,
+) -> MeasurePlan {
+    use workfence_windows::RestrictingSet;
+    if null_granted == Some(false) {
+        return MeasurePlan::Skip(format!(
+            "not measured ({} in use): the null device no longer grants the sandbox users (the grant is lost at every reboot); run `workfence setup` to restore the null device grant",
+            in_use.name()
+        ));
+    }
+    if !flag {
+        return MeasurePlan::Skip(format!(
+            "not measured ({} in use); `workfence selftest --measure-restricting-set` measures and records it",
+            in_use.name()
+        ));
+    }
+    MeasurePlan::Try(
+        RestrictingSet::ALL
+            .into_iter()
+            .filter(|s| *s != RestrictingSet::Everyone)
+            .collect(),
+    )
+}
+
+/// Windows, with `--measure-restricting-set` (see [`measure_plan`]): finds the
+/// narrowest restricting set (issue 8: which SIDs real tools need can only be measured
+/// on the machine) with which every compatibility case that can run here passes,
+/// records it for later runs, and says so. The cases then run (and are reported)
+/// under that set. When none works, the narrowest is kept: a wider set must be earned
+/// by working tools, never assumed.
 #[cfg(windows)]
 fn measure_restricting_set(st: &mut State<'_>, opts: &Options) -> Fact {
     use workfence_windows::RestrictingSet;
+    const NAME: &str = "restricting set that worked";
+    let sets = match measure_plan(
+        opts.measure_restricting_set,
+        workfence_windows::null_device_granted(),
+        workfence_windows::restricting_set(),
+    ) {
+        MeasurePlan::Skip(why) => return fact(NAME, why),
+        MeasurePlan::Try(sets) => sets,
+    };
     let compat: Vec<Case> = catalogue()
         .into_iter()
         .filter(|c| c.kind == Kind::Compat)
         .filter(|c| opts.only.is_empty() || opts.only.iter().any(|p| c.id.starts_with(p.as_str())))
         .collect();
     let mut tried = Vec::new();
-    for set in RestrictingSet::ALL {
+    for set in sets {
         if let Err(e) = workfence_windows::record_restricting_set(set) {
-            return fact(
-                "restricting set that worked",
-                format!("not measured: cannot record a set: {e}"),
-            );
+            return fact(NAME, format!("not measured: cannot record a set: {e}"));
         }
         let failed: Vec<String> = compat
             .iter()
@@ -304,7 +362,7 @@ fn measure_restricting_set(st: &mut State<'_>, opts: &Options) -> Fact {
                 format!("; narrower sets failed: {}", tried.join("; "))
             };
             return fact(
-                "restricting set that worked",
+                NAME,
                 format!("{} (recorded: later runs use it){before}", set.name()),
             );
         }
@@ -312,8 +370,11 @@ fn measure_restricting_set(st: &mut State<'_>, opts: &Options) -> Fact {
     }
     let _ = workfence_windows::record_restricting_set(RestrictingSet::Narrow);
     fact(
-        "restricting set that worked",
-        format!("none (narrow kept): {}", tried.join("; ")),
+        NAME,
+        format!(
+            "none (narrow kept; everyone is never chosen automatically): {}",
+            tried.join("; ")
+        ),
     )
 }
 
@@ -1062,6 +1123,41 @@ fn log_tail(env: &Env, id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restricting_set_is_widened_only_on_request_and_never_to_everyone() {
+        use workfence_windows::RestrictingSet::{Everyone, Narrow, Restricted};
+        // After a reboot the null device grant is gone: never measure (compat/null-device
+        // would fail under narrow and pass under restricted), say how to fix it.
+        for flag in [false, true] {
+            match measure_plan(flag, Some(false), Narrow) {
+                MeasurePlan::Skip(why) => {
+                    assert!(why.contains("run `workfence setup`"), "{why}");
+                    assert!(why.contains("null device"), "{why}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Without the flag: report, change nothing.
+        for granted in [None, Some(true)] {
+            match measure_plan(false, granted, Restricted) {
+                MeasurePlan::Skip(why) => {
+                    assert!(why.contains("restricted in use"), "{why}");
+                    assert!(why.contains("--measure-restricting-set"), "{why}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // With it: narrowest first, and never everyone.
+        assert_eq!(
+            measure_plan(true, Some(true), Narrow),
+            MeasurePlan::Try(vec![Narrow, Restricted])
+        );
+        assert_eq!(
+            measure_plan(true, None, Everyone),
+            MeasurePlan::Try(vec![Narrow, Restricted])
+        );
+    }
 
     #[test]
     fn catalogue_ids_are_unique_and_name_their_set() {
