@@ -64,7 +64,7 @@ pub use plan::{
     RestrictingSet, RunAs, SandboxUsers, TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer,
     WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS, DISABLED_SIDS, GROUP_NAME,
     JOB_NESTING, JOURNAL_FILE, LOGON_SID, MEDIUM_INTEGRITY_SID, OFFLINE_USER, ONLINE_USER,
-    REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
+    PLATFORM_LIMIT_NETWORK, REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
 };
 
 use workfence_policy::run::{RunOutcome, RunRequest};

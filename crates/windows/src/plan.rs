@@ -1537,8 +1537,8 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
     let setup = ctx.users.is_some();
     let net = match (&policy.network, setup) {
         (Network::On, _) => l("network", Enforcement::Full, "on: nothing to restrict"),
-        (_, true) if ctx.webdav_client == Some(true) => l("network", Enforcement::Partial, &format!("offline user + WFP filters on its SID; NOT covered: {NETWORK_SERVICE_LEAKS}; and WebDAV paths (\\\\host@80\\x) go through the WebClient service, outside the filters. Disable it to close this: `sc config WebClient start= disabled` (elevated)")),
-        (_, true) => l("network", Enforcement::Partial, &format!("offline user + WFP filters on its SID; NOT covered: {NETWORK_SERVICE_LEAKS}")),
+        (_, true) if ctx.webdav_client == Some(true) => l("network", Enforcement::Partial, "offline user + WFP filters on its SID; NOT covered: WebDAV paths (\\\\host@80\\x) go through the WebClient service, outside the filters. Disable it to close this: `sc config WebClient start= disabled` (elevated)"),
+        (_, true) => l("network", Enforcement::Full, "offline user + WFP filters on its SID: its own connections and listeners are blocked"),
         (_, false) => l("network", Enforcement::None, "not enforced: run `workfence setup` (elevated) to install the offline user and its WFP filters"),
     };
     let writes = if !setup {
@@ -1579,7 +1579,24 @@ fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus>
         net,
         processes,
     ]
+    .into_iter()
+    .chain(
+        (policy.network != Network::On && setup).then(|| {
+            l(
+                PLATFORM_LIMIT_NETWORK,
+                Enforcement::Partial,
+                &format!("NOT covered: {NETWORK_SERVICE_LEAKS}: a limitation of Windows (README, Limitations), reported and not refused"),
+            )
+        }),
+    )
+    .collect()
 }
+
+/// The layer that names what Windows itself does for the command outside the
+/// offline user's filters. Like macOS's built-in process cap it is a limitation of the
+/// OS, shown by `explain` and `doctor` and listed in the README, not a host gap the
+/// user can fix: it does not refuse a run (the rest of `degraded()` does).
+pub const PLATFORM_LIMIT_NETWORK: &str = "network through system services";
 
 impl WindowsPlan {
     /// Why `run` must refuse this plan (fail closed): a layer is not fully enforced
@@ -1628,7 +1645,7 @@ impl WindowsPlan {
         }
         self.layers
             .iter()
-            .filter(|l| l.state != Enforcement::Full)
+            .filter(|l| l.state != Enforcement::Full && l.layer != PLATFORM_LIMIT_NETWORK)
             .collect()
     }
 }
