@@ -665,49 +665,7 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
 impl AclTarget {
     /// The DACL as SDDL (`D:...`).
     pub fn dacl_sddl(&self) -> Result<String> {
-        let mut sd: S::PSECURITY_DESCRIPTOR = null_mut();
-        // SAFETY: the handle has READ_CONTROL; sd receives a LocalAlloc'd descriptor.
-        let code = unsafe {
-            A::GetSecurityInfo(
-                raw(&self.handle),
-                A::SE_FILE_OBJECT,
-                S::DACL_SECURITY_INFORMATION,
-                null_mut(),
-                null_mut(),
-                null_mut(),
-                null_mut(),
-                &mut sd,
-            )
-        };
-        if code != 0 {
-            return Err(api(
-                &format!("reading the DACL of {}", self.final_path),
-                "GetSecurityInfo",
-                code,
-                "check that you own it",
-            ));
-        }
-        let sd = LocalBox(sd);
-        let mut s: PWSTR = null_mut();
-        // SAFETY: sd is valid; s receives a LocalAlloc'd string.
-        let ok = unsafe {
-            A::ConvertSecurityDescriptorToStringSecurityDescriptorW(
-                sd.0,
-                A::SDDL_REVISION_1,
-                S::DACL_SECURITY_INFORMATION,
-                &mut s,
-                null_mut(),
-            )
-        };
-        check(
-            ok,
-            "formatting a DACL",
-            "ConvertSecurityDescriptorToStringSecurityDescriptorW",
-            "",
-        )?;
-        let _s = LocalBox(s as *mut c_void);
-        // SAFETY: s is NUL-terminated.
-        Ok(unsafe { from_wide_ptr(s) })
+        handle_dacl_sddl(&self.handle, &self.final_path, "check that you own it")
     }
 
     /// Sets the DACL from SDDL, by path while this handle pins the object, so that
@@ -2194,7 +2152,8 @@ fn open_null(access: u32) -> Result<OwnedHandle> {
     })
 }
 
-fn handle_dacl_sddl(h: &OwnedHandle, what: &str) -> Result<String> {
+/// The DACL of an open file or device handle (with READ_CONTROL) as SDDL (`D:...`).
+fn handle_dacl_sddl(h: &OwnedHandle, what: &str, fix: &str) -> Result<String> {
     let mut sd: S::PSECURITY_DESCRIPTOR = null_mut();
     // SAFETY: the handle has READ_CONTROL; sd receives a LocalAlloc'd descriptor.
     let code = unsafe {
@@ -2214,7 +2173,7 @@ fn handle_dacl_sddl(h: &OwnedHandle, what: &str) -> Result<String> {
             &format!("reading the DACL of {what}"),
             "GetSecurityInfo",
             code,
-            "",
+            fix,
         ));
     }
     let sd = LocalBox(sd);
@@ -2243,7 +2202,7 @@ fn handle_dacl_sddl(h: &OwnedHandle, what: &str) -> Result<String> {
 /// The null device's DACL as SDDL (readable without elevation).
 pub fn null_device_dacl() -> Result<String> {
     let h = open_null(FS::READ_CONTROL)?;
-    handle_dacl_sddl(&h, "the null device")
+    handle_dacl_sddl(&h, "the null device", "")
 }
 
 /// Replaces the null device's DACL (elevated; lasts until the next boot).
