@@ -110,6 +110,25 @@ impl MacContext {
     }
 }
 
+/// A hint for a command that cannot work inside Seatbelt as it is written: SwiftPM
+/// (`swift build`, `swift test`, `swift run`, `swift package`) applies its own
+/// `sandbox-exec` profile to manifests and plugins, and the kernel refuses a sandbox
+/// inside a sandbox ("sandbox_apply: Operation not permitted"). Pure: the facade shows
+/// it before the run, on macOS.
+pub fn command_hint(argv: &[std::ffi::OsString]) -> Option<String> {
+    let name = std::path::Path::new(argv.first()?).file_name()?.to_str()?;
+    let sub = argv.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let swiftpm = (name == "swift" && matches!(sub, "build" | "test" | "run" | "package"))
+        || matches!(
+            name,
+            "swift-build" | "swift-test" | "swift-run" | "swift-package"
+        );
+    let disabled = argv.iter().any(|a| a == "--disable-sandbox");
+    (swiftpm && !disabled).then(|| {
+        "SwiftPM runs its own sandbox-exec, which macOS refuses inside workfence's sandbox (\"sandbox_apply: Operation not permitted\"): add --disable-sandbox (workfence's sandbox still applies)".to_string()
+    })
+}
+
 /// The limits the user asked for that this backend cannot enforce on any Mac, for
 /// the caller to refuse (unless `allow_degraded`) or report: macOS has no cgroups.
 ///
@@ -289,5 +308,28 @@ pub fn doctor() -> Vec<workfence_policy::LayerStatus> {
             state: workfence_policy::Enforcement::None,
             detail: "unsupported: this host is not macOS; the Seatbelt backend runs only there (`workfence explain --target macos` still prints the profile)".into(),
         }]
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::command_hint;
+    use std::ffi::OsString;
+
+    fn argv(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn swiftpm_gets_the_disable_sandbox_hint() {
+        assert!(command_hint(&argv(&["swift", "build"]))
+            .unwrap()
+            .contains("--disable-sandbox"));
+        assert!(command_hint(&argv(&["/usr/bin/swift", "test", "-v"])).is_some());
+        assert!(command_hint(&argv(&["swift-build", "-c", "release"])).is_some());
+        assert!(command_hint(&argv(&["swift", "build", "--disable-sandbox"])).is_none());
+        assert!(command_hint(&argv(&["swift", "--version"])).is_none());
+        assert!(command_hint(&argv(&["swiftc", "x.swift"])).is_none());
+        assert!(command_hint(&argv(&[])).is_none());
     }
 }

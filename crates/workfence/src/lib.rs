@@ -473,6 +473,9 @@ fn run_backend(
         }
         warn(Warning::Degraded(gaps));
     }
+    if let Some(hint) = workfence_macos::command_hint(&req.argv) {
+        warn(Warning::Backend(hint));
+    }
     let ctx = workfence_macos::MacContext::detect(policy)?;
     let profile = workfence_macos::profile(policy, layout, &ctx)?;
     let r = workfence_macos::run(&profile, req);
