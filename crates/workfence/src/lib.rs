@@ -426,9 +426,7 @@ fn run_backend(
     warn: &mut dyn FnMut(Warning),
 ) -> Result<RunOutcome, Error> {
     use workfence_linux::{Isolation, LinuxError};
-    let facts = linux_facts(policy, layout, false);
-    let plan = workfence_linux::plan(policy, layout, &facts, Isolation::Namespaces)
-        .map_err(LinuxError::from)?;
+    let plan = linux_plan(policy, layout)?;
     if !plan.gaps.is_empty() {
         if !policy.allow_degraded {
             return Err(Error::NotEnforceable(gaps_text(&plan.gaps)));
@@ -558,7 +556,8 @@ fn linux_facts(p: &Policy, layout: &FsLayout, degraded: bool) -> workfence_linux
     )
 }
 
-/// The Linux plan `explain` shows: the namespace plan for this host's facts.
+/// The namespace plan for this host's facts: the one `run` starts from, `explain`
+/// shows and `refusal` judges.
 fn linux_plan(p: &Policy, layout: &FsLayout) -> Result<workfence_linux::LinuxPlan, Error> {
     let facts = linux_facts(p, layout, false);
     Ok(
@@ -813,14 +812,7 @@ pub fn refusal(policy: &Policy) -> Result<Option<String>, Error> {
     let layout = compute_layout(policy)?;
     #[cfg(target_os = "linux")]
     {
-        let facts = linux_facts(policy, &layout, false);
-        let plan = workfence_linux::plan(
-            policy,
-            &layout,
-            &facts,
-            workfence_linux::Isolation::Namespaces,
-        )
-        .map_err(workfence_linux::LinuxError::from)?;
+        let plan = linux_plan(policy, &layout)?;
         Ok((!plan.gaps.is_empty()).then(|| gaps_text(&plan.gaps)))
     }
     #[cfg(target_os = "macos")]
