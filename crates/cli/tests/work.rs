@@ -130,6 +130,32 @@ PY
     work_passed("umask");
 }
 
+/// `/proc/self` reached without being named (`self/fd/N` from a cwd of `/proc`,
+/// `../proc/self`) still means the caller, not the broker that opens it on the
+/// caller's behalf.
+#[test]
+fn work_proc_self_reached_relatively() {
+    let mut sc = Scenario::new("work-proc-self");
+    let o = sandboxed(
+        &mut sc,
+        r#"set -e
+exec 5>>fd5.txt
+ws=$(pwd)
+cd /proc && echo relative >> self/fd/5
+cd / && echo dotdot >> ../proc/self/fd/5
+cd /proc && echo thread >> thread-self/fd/5
+cd "$ws" && echo absolute >> /proc/self/fd/5
+"#,
+        &[],
+    );
+    assert_ok(&o, "proc self");
+    assert_eq!(
+        read_lossy(&sc.ws.join("fd5.txt")),
+        "relative\ndotdot\nthread\nabsolute\n"
+    );
+    work_passed("proc-self-relative");
+}
+
 fn git_commit_script() -> &'static str {
     r#"set -e
 echo change > new.txt

@@ -598,7 +598,41 @@ impl Fs<'_> {
             0,
         )?;
         let real = fd_path(fd.as_fd())?;
+        if let Some(caller) = self.callers_proc_dir(&real) {
+            // The broker's own /proc entry, reached without naming `/proc/self`
+            // (`self/fd` from a cwd of /proc, `../proc/self`): it meant the caller's.
+            let fd = rustix::fs::openat(
+                &self.s.root,
+                caller.as_slice(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno)?;
+            let real = fd_path(fd.as_fd())?;
+            return Ok(Parent { fd, real });
+        }
         Ok(Parent { fd, real })
+    }
+
+    /// When `real` lies in the broker's own `/proc/PID` (thread dirs included), the
+    /// same place in the caller's.
+    fn callers_proc_dir(&self, real: &[u8]) -> Option<Vec<u8>> {
+        let mine = format!("/proc/{}", std::process::id()).into_bytes();
+        let rest = real.strip_prefix(mine.as_slice())?;
+        if !(rest.is_empty() || rest.starts_with(b"/")) {
+            return None;
+        }
+        let my_task =
+            format!("/task/{}", rustix::thread::gettid().as_raw_nonzero().get()).into_bytes();
+        let mut out = format!("/proc/{}", self.c.tgid()).into_bytes();
+        match rest.strip_prefix(my_task.as_slice()) {
+            Some(r) if r.is_empty() || r.starts_with(b"/") => {
+                out.extend_from_slice(format!("/task/{}", self.c.tid).as_bytes());
+                out.extend_from_slice(r);
+            }
+            _ => out.extend_from_slice(rest),
+        }
+        Some(out)
     }
 
     /// A path from the caller's memory, as it is there.
