@@ -189,13 +189,20 @@ impl StatusCache {
     }
 
     /// Stores what was read for `tid` during `epoch`, if nothing changed since.
-    fn put(&self, tid: libc::pid_t, v: (libc::pid_t, u32), epoch: u64) {
-        // First the pidfd, then the check that its thread is alive: then the status
-        // read earlier was this thread's (a live thread's id is not reused).
+    /// `still_caller` tells whether the notification is still pending: then its
+    /// thread has been waiting all along, the status read was its own, and the
+    /// pidfd opened first refers to it (a waiting thread's id cannot be reused).
+    fn put(
+        &self,
+        tid: libc::pid_t,
+        v: (libc::pid_t, u32),
+        epoch: u64,
+        still_caller: impl Fn() -> bool,
+    ) {
         let Ok(thread) = sys::pidfd_open_thread(tid) else {
             return;
         };
-        if sys::pidfd_exited(&thread) {
+        if !still_caller() {
             return;
         }
         let Ok(mut st) = self.inner.lock() else {
@@ -338,7 +345,10 @@ impl Shared {
             _ => Err(libc::ENOSYS),
         };
         if let (None, Some((tgid, umask, true))) = (known, c.status.get()) {
-            self.status.put(c.tid, (*tgid, *umask), epoch);
+            let listener = self.listener.as_raw_fd();
+            self.status.put(c.tid, (*tgid, *umask), epoch, || {
+                sys::notif_id_valid(listener, c.id)
+            });
         }
         match r {
             Ok(a) => a,
