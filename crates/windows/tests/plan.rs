@@ -996,3 +996,29 @@ fn elevated_tokens_are_lowered_to_medium_never_raised() {
     assert_eq!(lowered_integrity(0x2100), Some(0x2000));
     assert_eq!(lowered_integrity(0x1000), None);
 }
+
+/// The apply layer's launch decisions, as `win/` executes them: the handover order and
+/// the creation flags of each launch (a change to either shows in review).
+#[test]
+fn apply_launch_decisions_snapshot() {
+    use workfence_windows::decisions::{launch_flags, Launch, HANDOVER};
+    let flags: Vec<String> = [Launch::Pipes, Launch::Pty, Launch::Seclogon]
+        .into_iter()
+        .map(|l| {
+            let f = launch_flags(l);
+            format!(
+                "{l:?}: creation={:#010x} startf={:#06x} show={} std={:?} inherit={} logon={:#x}",
+                f.creation, f.startf, f.show_window, f.std_handles, f.inherit_handles, f.logon
+            )
+        })
+        .collect();
+    let steps: Vec<String> = HANDOVER.iter().map(|s| format!("{s:?}")).collect();
+    insta::assert_snapshot!(
+        "apply-launch-decisions",
+        format!(
+            "handover:\n  {}\nflags:\n  {}",
+            steps.join("\n  "),
+            flags.join("\n  ")
+        )
+    );
+}
