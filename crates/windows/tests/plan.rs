@@ -1022,3 +1022,32 @@ fn apply_launch_decisions_snapshot() {
         )
     );
 }
+
+/// `GetLastError` is read before anything that may allocate: in the apply layer's one
+/// FFI module, no `last_error()` call shares a statement with a `format!`, `to_string`
+/// or `String` built before it (the helpers `check`, `check_lazy` and
+/// `decisions::check_last_error` take the message as `'static` text or a closure).
+#[test]
+fn last_error_is_read_before_formatting() {
+    let src = include_str!("../src/win/sys.rs");
+    let mut checked = 0;
+    for (i, _) in src.match_indices("last_error()") {
+        let before = &src[..i];
+        // Statement boundaries of rustfmt'd code end a line (a `{` inside a format
+        // string does not).
+        let start = [";\n", "{\n", "}\n"]
+            .iter()
+            .filter_map(|d| before.rfind(d).map(|s| s + d.len()))
+            .max()
+            .unwrap_or(0);
+        let stmt = &src[start..i];
+        for bad in ["format!", "to_string", "String::", "to_owned", "vec!"] {
+            assert!(
+                !stmt.contains(bad),
+                "sys.rs: `{bad}` runs before last_error() in:\n{stmt}last_error()"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 10, "found only {checked} reads of last_error()");
+}

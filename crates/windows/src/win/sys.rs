@@ -136,7 +136,7 @@ fn check_lazy(
     ok: i32,
     step: impl FnOnce() -> String,
     name: &'static str,
-    hint: &str,
+    hint: &'static str,
 ) -> Result<()> {
     check_last_error(ok == 0, last_error, |code| api(&step(), name, code, hint))
 }
