@@ -43,6 +43,7 @@
 //! ```
 
 pub mod cmdline;
+pub mod decisions;
 mod display;
 mod error;
 pub mod journal;

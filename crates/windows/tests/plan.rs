@@ -996,3 +996,58 @@ fn elevated_tokens_are_lowered_to_medium_never_raised() {
     assert_eq!(lowered_integrity(0x2100), Some(0x2000));
     assert_eq!(lowered_integrity(0x1000), None);
 }
+
+/// The apply layer's launch decisions, as `win/` executes them: the handover order and
+/// the creation flags of each launch (a change to either shows in review).
+#[test]
+fn apply_launch_decisions_snapshot() {
+    use workfence_windows::decisions::{launch_flags, Launch, HANDOVER};
+    let flags: Vec<String> = [Launch::Pipes, Launch::Pty, Launch::Seclogon]
+        .into_iter()
+        .map(|l| {
+            let f = launch_flags(l);
+            format!(
+                "{l:?}: creation={:#010x} startf={:#06x} show={} std={:?} inherit={} logon={:#x}",
+                f.creation, f.startf, f.show_window, f.std_handles, f.inherit_handles, f.logon
+            )
+        })
+        .collect();
+    let steps: Vec<String> = HANDOVER.iter().map(|s| format!("{s:?}")).collect();
+    insta::assert_snapshot!(
+        "apply-launch-decisions",
+        format!(
+            "handover:\n  {}\nflags:\n  {}",
+            steps.join("\n  "),
+            flags.join("\n  ")
+        )
+    );
+}
+
+/// `GetLastError` is read before anything that may allocate: in the apply layer's one
+/// FFI module, no `last_error()` call shares a statement with a `format!`, `to_string`
+/// or `String` built before it (the helpers `check`, `check_lazy` and
+/// `decisions::check_last_error` take the message as `'static` text or a closure).
+#[test]
+fn last_error_is_read_before_formatting() {
+    let src = include_str!("../src/win/sys.rs");
+    let mut checked = 0;
+    for (i, _) in src.match_indices("last_error()") {
+        let before = &src[..i];
+        // Statement boundaries of rustfmt'd code end a line (a `{` inside a format
+        // string does not).
+        let start = [";\n", "{\n", "}\n"]
+            .iter()
+            .filter_map(|d| before.rfind(d).map(|s| s + d.len()))
+            .max()
+            .unwrap_or(0);
+        let stmt = &src[start..i];
+        for bad in ["format!", "to_string", "String::", "to_owned", "vec!"] {
+            assert!(
+                !stmt.contains(bad),
+                "sys.rs: `{bad}` runs before last_error() in:\n{stmt}last_error()"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 10, "found only {checked} reads of last_error()");
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use workfence_policy::run::{RunOutcome, RunRequest, EXIT_NOT_FOUND, EXIT_SETUP, EXIT_TIMEOUT};
 
 use crate::cmdline;
+use crate::decisions::{pipe_client_allowed, Handover, HandoverStep as Step, TerminateOnDrop};
 use crate::error::WindowsError;
 use crate::path::WinPath;
 use crate::plan::{workspace_id, RunAs, WindowsPlan, REQUIRED_ENV};
@@ -315,13 +316,9 @@ pub fn runner_exe() -> Result<PathBuf, WindowsError> {
         .unwrap_or(exe))
 }
 
-/// Terminates a process when dropped (a no-op for one that has exited).
-struct TerminateOnDrop<'a>(&'a std::os::windows::io::OwnedHandle);
-
-impl Drop for TerminateOnDrop<'_> {
-    fn drop(&mut self) {
-        sys::terminate_process(self.0, EXIT_SETUP as u32);
-    }
+/// Takes the next handover step, refusing one out of order (decisions::HANDOVER).
+fn step(h: &mut Handover, s: Step) -> Result<(), WindowsError> {
+    h.step(s).map_err(|e| WindowsError::Runner(e.to_string()))
 }
 
 fn run_as_user(
@@ -351,6 +348,8 @@ fn run_as_user(
         cmdline::command_line(&[exe_s.as_str(), crate::RUNNER_FLAG, "--pipe", name.as_str()])?;
     let stdio = launch::ChildStdio::new()?;
     let [a, b, c] = &stdio.handles;
+    let mut handover = Handover::new();
+    step(&mut handover, Step::StartRunnerSuspended)?;
     let runner = match sys::spawn_with_logon(
         user,
         &password,
@@ -371,7 +370,10 @@ fn run_as_user(
     // failed duplication, the end of the run), the runner does not outlive it: when
     // Windows refused to nest it in our job it is in no job of ours, and with its own
     // job it holds the only other handle to it (closing it kills the command).
-    let _runner_guard = TerminateOnDrop(&runner.process);
+    let _runner_guard = TerminateOnDrop::new(|| {
+        sys::terminate_process(&runner.process, EXIT_SETUP as u32);
+    });
+    step(&mut handover, Step::CloseRunnerObjects)?;
     // The runner's process and thread got the seclogon token's default DACL, which
     // grants the sandbox user (a restricting SID of every run as that user) full
     // access: replace it before the runner runs, or stop (fail closed).
@@ -393,9 +395,11 @@ fn run_as_user(
         return Err(e);
     }
     // Nested under seclogon's job. Should Windows refuse, the runner makes the job.
+    step(&mut handover, Step::PlaceRunnerInJob)?;
     if job.assign(&runner.process).is_err() {
         req.own_job = Some(launch::JobLimits::of(spec));
     }
+    step(&mut handover, Step::ResumeRunner)?;
     runner.resume()?;
 
     // Wait for the runner to connect, without hanging if it dies first.
@@ -430,8 +434,9 @@ fn run_as_user(
             }
         }
     };
+    step(&mut handover, Step::CheckPipeClient)?;
     let client = sys::pipe_client_pid(&server)?;
-    if client != runner.pid {
+    if !pipe_client_allowed(runner.pid, client) {
         sys::terminate_process(&runner.process, EXIT_SETUP as u32);
         return Err(WindowsError::Runner(format!(
             "process {client} opened the runner's control pipe instead of the runner ({}); another sandboxed command may be interfering. Run again",
@@ -442,6 +447,7 @@ fn run_as_user(
     let mut writer = pipe
         .try_clone()
         .map_err(state::io("using the control pipe", Path::new(&name)))?;
+    step(&mut handover, Step::SendRequest)?;
     let request = serde_json::to_string(&req).unwrap_or_default();
     writer
         .write_all(format!("{request}\n").as_bytes())
@@ -471,6 +477,7 @@ fn run_as_user(
             job: j,
             ..
         }) => {
+            step(&mut handover, Step::TakeOverHandles)?;
             let child = sys::duplicate_from(&runner.process, handle)?;
             let thread = sys::duplicate_from(&runner.process, thread)?;
             let j = match j {
@@ -492,7 +499,9 @@ fn run_as_user(
         }
     };
     // Everything that can kill the command is in our hands: now it may run.
+    step(&mut handover, Step::ReleaseRunner)?;
     let _ = writer.write_all(b"ok\n");
+    step(&mut handover, Step::ResumeCommand)?;
     sys::resume_thread(&thread)?;
     let kill = |code: u32| {
         job.terminate(code);

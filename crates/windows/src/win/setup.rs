@@ -87,7 +87,13 @@ pub fn install() -> Result<String, WindowsError> {
         let pw = password()?;
         let created = sys::user_add(user, &pw, "workfence sandbox user (hidden)")?;
         // Re-running setup repairs an account someone disabled, locked or changed.
-        sys::user_set_flags(user)?;
+        let current = sys::user_flags(user)?;
+        let repairs = crate::decisions::account_flag_repairs(current);
+        sys::user_set_flags(user, crate::decisions::account_flags(current))?;
+        if !created && !repairs.is_empty() {
+            let list: Vec<String> = repairs.iter().map(ToString::to_string).collect();
+            notes.push(format!("repaired the account {user}: {}", list.join(", ")));
+        }
         sys::group_add_member(GROUP_NAME, user)?;
         sys::hide_user(user, true)?;
         // Stored before anything depends on it; only this user can decrypt it.

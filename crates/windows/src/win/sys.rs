@@ -25,11 +25,39 @@ use windows_sys::Win32::System::StationsAndDesktops as SD;
 use windows_sys::Win32::System::Threading as T;
 use windows_sys::Win32::UI::Shell as UISH;
 
+use crate::decisions::{self as d, check_last_error, launch_flags, Launch, StdHandles};
 use crate::error::WindowsError;
 use crate::plan::{JobSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer};
 
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, WindowsError>;
+
+// The pure decisions repeat these Win32 values (windows-sys is Windows-only there):
+// they must be the same.
+const _: () = {
+    use d::win32 as w;
+    assert!(w::CREATE_SUSPENDED == T::CREATE_SUSPENDED);
+    assert!(w::CREATE_NEW_CONSOLE == T::CREATE_NEW_CONSOLE);
+    assert!(w::CREATE_UNICODE_ENVIRONMENT == T::CREATE_UNICODE_ENVIRONMENT);
+    assert!(w::EXTENDED_STARTUPINFO_PRESENT == T::EXTENDED_STARTUPINFO_PRESENT);
+    assert!(w::CREATE_NO_WINDOW == T::CREATE_NO_WINDOW);
+    assert!(w::STARTF_USESHOWWINDOW == T::STARTF_USESHOWWINDOW);
+    assert!(w::STARTF_USESTDHANDLES == T::STARTF_USESTDHANDLES);
+    // SW_HIDE (0) is in UI_WindowsAndMessaging, a feature not otherwise needed.
+    assert!(w::SW_HIDE == 0);
+    assert!(w::LOGON_WITH_PROFILE == T::LOGON_WITH_PROFILE);
+    assert!(w::UF_SCRIPT == NM::UF_SCRIPT);
+    assert!(w::UF_ACCOUNTDISABLE == NM::UF_ACCOUNTDISABLE);
+    assert!(w::UF_LOCKOUT == NM::UF_LOCKOUT);
+    assert!(w::UF_PASSWD_NOTREQD == NM::UF_PASSWD_NOTREQD);
+    assert!(w::UF_PASSWD_CANT_CHANGE == NM::UF_PASSWD_CANT_CHANGE);
+    assert!(w::UF_TEMP_DUPLICATE_ACCOUNT == NM::UF_TEMP_DUPLICATE_ACCOUNT);
+    assert!(w::UF_NORMAL_ACCOUNT == NM::UF_NORMAL_ACCOUNT);
+    assert!(w::UF_INTERDOMAIN_TRUST_ACCOUNT == NM::UF_INTERDOMAIN_TRUST_ACCOUNT);
+    assert!(w::UF_WORKSTATION_TRUST_ACCOUNT == NM::UF_WORKSTATION_TRUST_ACCOUNT);
+    assert!(w::UF_SERVER_TRUST_ACCOUNT == NM::UF_SERVER_TRUST_ACCOUNT);
+    assert!(w::UF_DONT_EXPIRE_PASSWD == NM::UF_DONT_EXPIRE_PASSWD);
+};
 
 /// NUL-terminated UTF-16.
 pub fn wide(s: &str) -> Vec<u16> {
@@ -108,25 +136,16 @@ fn check_lazy(
     ok: i32,
     step: impl FnOnce() -> String,
     name: &'static str,
-    hint: &str,
+    hint: &'static str,
 ) -> Result<()> {
-    if ok == 0 {
-        let code = last_error();
-        Err(api(&step(), name, code, hint))
-    } else {
-        Ok(())
-    }
+    check_last_error(ok == 0, last_error, |code| api(&step(), name, code, hint))
 }
 
-/// Checks a `BOOL` result. `step` must be a plain string: arguments are evaluated
-/// before the call, so a `format!` here would run between the API and `GetLastError`
-/// (use [`check_lazy`]).
-fn check(ok: i32, step: &str, name: &'static str, hint: &str) -> Result<()> {
-    if ok == 0 {
-        Err(api(step, name, last_error(), hint))
-    } else {
-        Ok(())
-    }
+/// Checks a `BOOL` result. `step` and `hint` are `'static`: arguments are evaluated
+/// before the call, so a `format!` here would run between the API and `GetLastError`;
+/// the type refuses it (use [`check_lazy`]).
+fn check(ok: i32, step: &'static str, name: &'static str, hint: &'static str) -> Result<()> {
+    check_last_error(ok == 0, last_error, |code| api(step, name, code, hint))
 }
 
 fn current_process() -> F::HANDLE {
@@ -1011,7 +1030,10 @@ pub fn spawn(
     let handle_list: Vec<F::HANDLE>;
     let hpc: CON::HPCON;
     let job_list: [F::HANDLE; 1];
-    let inherit;
+    let flags = launch_flags(match stdio {
+        Stdio::Handles(_) => Launch::Pipes,
+        Stdio::Pty(_) => Launch::Pty,
+    });
     let mut attrs = AttrList::new(1 + u32::from(place.job.is_some())).map_err(SpawnError)?;
     let mut si: T::STARTUPINFOEXW = Default::default();
     si.StartupInfo.cb = std::mem::size_of::<T::STARTUPINFOEXW>() as u32;
@@ -1022,7 +1044,7 @@ pub fn spawn(
     match stdio {
         Stdio::Handles(h) => {
             handle_list = h.iter().map(|h| raw(*h)).collect();
-            si.StartupInfo.dwFlags = T::STARTF_USESTDHANDLES;
+            debug_assert_eq!(flags.std_handles, StdHandles::Given);
             si.StartupInfo.hStdInput = handle_list[0];
             si.StartupInfo.hStdOutput = handle_list[1];
             si.StartupInfo.hStdError = handle_list[2];
@@ -1035,7 +1057,6 @@ pub fn spawn(
                 )
             }
             .map_err(SpawnError)?;
-            inherit = 1;
         }
         Stdio::Pty(pc) => {
             hpc = pc.0;
@@ -1048,15 +1069,17 @@ pub fn spawn(
                 )
             }
             .map_err(SpawnError)?;
-            // Null std handles with STARTF_USESTDHANDLES: the command takes the pseudo
-            // console's, never the handles workfence itself was started with.
-            si.StartupInfo.dwFlags = T::STARTF_USESTDHANDLES;
+            // Null std handles with STARTF_USESTDHANDLES (decisions::launch_flags): the
+            // command takes the pseudo console's, never workfence's own.
+            debug_assert_eq!(flags.std_handles, StdHandles::Null);
             si.StartupInfo.hStdInput = null_mut();
             si.StartupInfo.hStdOutput = null_mut();
             si.StartupInfo.hStdError = null_mut();
-            inherit = 0;
         }
     }
+    si.StartupInfo.dwFlags = flags.startf;
+    si.StartupInfo.wShowWindow = flags.show_window;
+    let inherit = i32::from(flags.inherit_handles);
     if let Some(job) = place.job {
         job_list = [raw(&job.0)];
         // SAFETY: job_list lives until after CreateProcess (and the list's drop).
@@ -1074,11 +1097,7 @@ pub fn spawn(
     let mut cmd_w = wide(cmdline);
     let cwd_w = wide(cwd);
     // With pipes the command gets its own hidden console, never ours; with a ConPTY
-    // the pseudo console is its console.
-    let flags = T::EXTENDED_STARTUPINFO_PRESENT
-        | T::CREATE_UNICODE_ENVIRONMENT
-        | T::CREATE_SUSPENDED
-        | if inherit == 1 { T::CREATE_NO_WINDOW } else { 0 };
+    // the pseudo console is its console (decisions::launch_flags).
     let mut pi: T::PROCESS_INFORMATION = Default::default();
     let ok = match token {
         // SAFETY: all strings are NUL-terminated and live for the call; env is a
@@ -1091,7 +1110,7 @@ pub fn spawn(
                 null(),
                 null(),
                 inherit,
-                flags,
+                flags.creation,
                 env.as_ptr() as *const c_void,
                 cwd_w.as_ptr(),
                 &si.StartupInfo,
@@ -1106,7 +1125,7 @@ pub fn spawn(
                 null(),
                 null(),
                 inherit,
-                flags,
+                flags.creation,
                 env.as_ptr() as *const c_void,
                 cwd_w.as_ptr(),
                 &si.StartupInfo,
@@ -1114,11 +1133,8 @@ pub fn spawn(
             )
         },
     };
-    if ok == 0 {
-        // First thing after the call: nothing may overwrite the thread's last error.
-        let code = last_error();
-        return Err(SpawnError(code));
-    }
+    // First thing after the call: nothing may overwrite the thread's last error.
+    check_last_error(ok == 0, last_error, SpawnError)?;
     Child::from(pi).ok_or(SpawnError(F::ERROR_INVALID_HANDLE))
 }
 
@@ -1135,12 +1151,14 @@ pub fn spawn_with_logon(
 ) -> Result<Child> {
     let mut desktop_w = desktop.map(wide);
     // CREATE_NO_WINDOW is not among the flags seclogon accepts: a new console that is
-    // hidden (SW_HIDE = 0) instead. The desktop named here is the one seclogon grants
-    // the new logon SID access to (the private desktop, never the user's).
+    // hidden instead (decisions::launch_flags). The desktop named here is the one
+    // seclogon grants the new logon SID access to (the private desktop, never the user's).
+    let flags = launch_flags(Launch::Seclogon);
+    debug_assert_eq!(flags.std_handles, StdHandles::Given);
     let si = T::STARTUPINFOW {
         cb: std::mem::size_of::<T::STARTUPINFOW>() as u32,
-        dwFlags: T::STARTF_USESTDHANDLES | T::STARTF_USESHOWWINDOW,
-        wShowWindow: 0,
+        dwFlags: flags.startf,
+        wShowWindow: flags.show_window,
         lpDesktop: desktop_w.as_mut().map_or(null_mut(), |d| d.as_mut_ptr()),
         hStdInput: raw(stdio[0]),
         hStdOutput: raw(stdio[1]),
@@ -1159,10 +1177,10 @@ pub fn spawn_with_logon(
             u.as_ptr(),
             d.as_ptr(),
             p.as_ptr(),
-            T::LOGON_WITH_PROFILE,
+            flags.logon,
             app_w.as_ptr(),
             cmd_w.as_mut_ptr(),
-            T::CREATE_SUSPENDED | T::CREATE_UNICODE_ENVIRONMENT | T::CREATE_NEW_CONSOLE,
+            flags.creation,
             null(),
             cwd_w.as_ptr(),
             &si,
@@ -2052,36 +2070,46 @@ impl PrivateDesktop {
                 hint,
             ));
         }
-        // Poisoning only means another thread panicked while holding it; the switch
-        // back below has no early return, so the state is still consistent.
-        let switch = WINSTA_SWITCH
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // SAFETY: returns the current window station (not to be closed).
-        let old = unsafe { SD::GetProcessWindowStation() };
-        // SAFETY: ws is a window station handle just created.
-        if unsafe { SD::SetProcessWindowStation(ws) } == 0 {
-            let code = last_error();
-            drop(switch);
-            // SAFETY: ws is open and closed once here.
-            unsafe { SD::CloseWindowStation(ws) };
-            return Err(api(
-                "switching to the run's window station",
-                "SetProcessWindowStation",
-                code,
-                hint,
-            ));
-        }
         let d = wide("default");
-        // SAFETY: d is NUL-terminated; sa points into sd, alive for the call; no device
-        // or mode is passed.
-        let desktop =
-            unsafe { SD::CreateDesktopW(d.as_ptr(), null(), null(), 0, F::GENERIC_ALL, &sa) };
-        let code = last_error();
-        // SAFETY: old is the window station we were on; switching back cannot leave us
-        // without one.
-        unsafe { SD::SetProcessWindowStation(old) };
-        drop(switch);
+        // The lock is held from before the switch to after the switch back
+        // (decisions::with_window_station).
+        let switched = d::with_window_station(
+            &WINSTA_SWITCH,
+            || {
+                // SAFETY: returns the current window station (not to be closed).
+                let old = unsafe { SD::GetProcessWindowStation() };
+                // SAFETY: ws is a window station handle just created.
+                let ok = unsafe { SD::SetProcessWindowStation(ws) };
+                check_last_error(ok == 0, last_error, |code| code).map(|()| old)
+            },
+            || {
+                // SAFETY: d is NUL-terminated; sa points into sd, alive for the call; no
+                // device or mode is passed.
+                let desktop = unsafe {
+                    SD::CreateDesktopW(d.as_ptr(), null(), null(), 0, F::GENERIC_ALL, &sa)
+                };
+                // Read here: the switch back would overwrite it.
+                (desktop, last_error())
+            },
+            |old| {
+                // SAFETY: old is the window station we were on; switching back cannot
+                // leave us without one.
+                unsafe { SD::SetProcessWindowStation(old) };
+            },
+        );
+        let (desktop, code) = match switched {
+            Ok(r) => r,
+            Err(code) => {
+                // SAFETY: ws is open and closed once here.
+                unsafe { SD::CloseWindowStation(ws) };
+                return Err(api(
+                    "switching to the run's window station",
+                    "SetProcessWindowStation",
+                    code,
+                    hint,
+                ));
+            }
+        };
         if desktop.is_null() {
             // SAFETY: ws is open and closed once here.
             unsafe { SD::CloseWindowStation(ws) };
@@ -2259,12 +2287,33 @@ pub fn create_profile(sid: &str, name: &str) -> Result<Option<String>> {
     Ok(Some(from_wide(&buf)))
 }
 
-/// Resets a local user's flags to workfence's (password never expires, cannot be
-/// changed, enabled, not locked out): re-running setup repairs an account.
-pub fn user_set_flags(name: &str) -> Result<()> {
+/// A local user's `UF_` flags (`NetUserGetInfo`, level 1).
+pub fn user_flags(name: &str) -> Result<u32> {
+    let n = wide(name);
+    let mut buf: *mut u8 = null_mut();
+    // SAFETY: n is NUL-terminated; buf receives a buffer the API allocates.
+    let r = unsafe { NM::NetUserGetInfo(null(), n.as_ptr(), 1, &mut buf) };
+    if r != NM::NERR_Success {
+        return Err(net_err(
+            &format!("reading the account flags of {name}"),
+            "NetUserGetInfo",
+            r,
+        ));
+    }
+    // SAFETY: on success buf points at a USER_INFO_1 the API allocated (it is aligned
+    // for it), read once before it is freed.
+    let flags = unsafe { (*(buf as *const NM::USER_INFO_1)).usri1_flags };
+    // SAFETY: buf came from NetUserGetInfo and is freed once.
+    unsafe { NM::NetApiBufferFree(buf as *const c_void) };
+    Ok(flags)
+}
+
+/// Sets a local user's flags (`NetUserSetInfo`, level 1008) to `flags`, computed by
+/// [`crate::decisions::account_flags`]: re-running setup repairs an account.
+pub fn user_set_flags(name: &str, flags: u32) -> Result<()> {
     let n = wide(name);
     let info = NM::USER_INFO_1008 {
-        usri1008_flags: NM::UF_SCRIPT | NM::UF_DONT_EXPIRE_PASSWD | NM::UF_PASSWD_CANT_CHANGE,
+        usri1008_flags: flags,
     };
     let mut parm = 0u32;
     // SAFETY: info is a valid USER_INFO_1008 alive for the call.
