@@ -854,6 +854,60 @@ fn icacls_of(p: &Path) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The DACL of `p` as SDDL, read from outside by PowerShell's `Get-Acl` (locale-free,
+/// unlike `icacls`, which prints account names in the system's language). The path is
+/// a `-File` argument (bound to `param()` as a value), never spliced into code.
+fn dacl_sddl(env: &Env, p: &Path) -> Result<String, String> {
+    let script = env.outside.join("dacl-sddl.ps1");
+    fs::write(&script, DACL_SDDL_PS1).map_err(|e| format!("write the script: {e}"))?;
+    let ps = find_program("powershell").ok_or("powershell is not installed")?;
+    let out = Command::new(ps)
+        .args([
+            "-NoProfile",
+            "-NonInteractive",
+            "-ExecutionPolicy",
+            "Bypass",
+            "-File",
+        ])
+        .arg(&script)
+        .arg(p)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("start powershell (Get-Acl): {e}"))?;
+    let sddl = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !sddl.contains("D:") {
+        return Err(format!("Get-Acl {} gave no DACL", p.display()));
+    }
+    Ok(sddl)
+}
+
+const DACL_SDDL_PS1: &str = r#"param([string]$Path)
+$ErrorActionPreference = 'Stop'
+(Get-Acl -LiteralPath $Path).Sddl
+"#;
+
+/// Whether an SDDL string holds an explicit (not inherited) allow ACE for Everyone
+/// (`WD`): what `icacls <file> /grant *S-1-1-0:(F)` adds.
+fn explicit_allow_for_everyone(sddl: &str) -> bool {
+    sddl.split('(').skip(1).any(|rest| {
+        let ace = rest.split(')').next().unwrap_or("");
+        let f: Vec<&str> = ace.split(';').collect();
+        f.len() == 6 && f[0] == "A" && !f[1].contains("ID") && f[5] == "WD"
+    })
+}
+
+/// `X:\rest` as the administrative share over loopback SMB, `\\127.0.0.1\X$\rest`.
+fn admin_share_path(p: &Path) -> Option<String> {
+    let s = p.to_string_lossy();
+    let b = s.as_bytes();
+    if b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && b[2] == b'\\' {
+        Some(format!(r"\\127.0.0.1\{}$\{}", char::from(b[0]), &s[3..]))
+    } else {
+        None
+    }
+}
+
 fn windows_cases() -> Vec<Case> {
     let not_windows = if cfg!(windows) {
         None
@@ -970,8 +1024,76 @@ fn windows_cases() -> Vec<Case> {
             judge: |_, fx| Ok(fx.listener.as_ref().is_some_and(got_connection)),
             cleanup: no_cleanup,
         },
+        Case {
+            id: "attack/windows-own-file-dacl",
+            kind: Kind::Attack,
+            what: "create a file in the workspace, then `icacls <it> /grant *S-1-1-0:(F)` (the owner's implicit WRITE_DAC)",
+            tools: &["cmd", "icacls", "powershell"],
+            unavailable: not_windows,
+            control_needs: None,
+            prepare: |env| {
+                remove_ws(env, OWNED_DACL_FILE);
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                // Fixed text only: the file is named relative to the workspace (the cwd),
+                // so no path is quoted into cmd.exe.
+                let cmd = find_program("cmd").unwrap_or_else(|| PathBuf::from("cmd"));
+                exec_to(
+                    env,
+                    id,
+                    &cmd,
+                    &[
+                        os("/d"),
+                        os("/c"),
+                        os(format!(
+                            "echo x> {OWNED_DACL_FILE} && icacls {OWNED_DACL_FILE} /grant *S-1-1-0:(F)"
+                        )),
+                    ],
+                )
+            },
+            judge: |env, _| {
+                let p = env.ws.join(OWNED_DACL_FILE);
+                if !p.is_file() {
+                    // A file that was never created says nothing about its DACL.
+                    return Err(format!(
+                        "the command did not create {OWNED_DACL_FILE}, so its DACL proves nothing"
+                    ));
+                }
+                Ok(explicit_allow_for_everyone(&dacl_sddl(env, &p)?))
+            },
+            cleanup: |env| remove_ws(env, OWNED_DACL_FILE),
+        },
+        Case {
+            id: "attack/windows-smb-loopback",
+            kind: Kind::Attack,
+            what: "overwrite a file outside the workspace through loopback SMB (\\\\127.0.0.1\\C$\\...)",
+            tools: &[],
+            unavailable: not_windows,
+            // The administrative share needs the Server service and an administrator;
+            // where the control cannot reach it, neither can the command.
+            control_needs: Some("the administrative share over loopback SMB (the Server service and an administrator)"),
+            prepare: |env| {
+                let p = outside_file(env, "victim-smb.txt")?;
+                let unc = admin_share_path(&p)
+                    .ok_or_else(|| format!("{} is not on a drive letter", p.display()))?;
+                Ok(Fixture {
+                    args: vec![os(unc)],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, fx| env.probe_argv(id, "write", &fx.args),
+            judge: |env, _| Ok(!unchanged(env, &env.outside.join("victim-smb.txt"))),
+            cleanup: |env| {
+                let _ = fs::remove_file(env.outside.join("victim-smb.txt"));
+            },
+        },
     ]
 }
+
+/// The file `attack/windows-own-file-dacl` creates (a plain name: it is written into a
+/// cmd.exe command line).
+const OWNED_DACL_FILE: &str = "owned-dacl.txt";
 
 fn pipe_name(env: &Env) -> String {
     format!("workfence-selftest-{}", env.token)
@@ -1001,10 +1123,6 @@ pub(super) fn pending() -> Vec<Pending> {
             why: "SendInput / SetWindowsHookEx across the desktop need user32 on both sides; to be written with the private-desktop change".into(),
         });
         v.push(Pending {
-            id: "attack/windows-own-file-dacl".into(),
-            why: "the command creates a file in the workspace and grants Everyone on it through the owner's implicit WRITE_DAC (judged by icacls from outside); needs a two-step probe action; until written, the OWNER RIGHTS inherit-only ACE is only plan-tested".into(),
-        });
-        v.push(Pending {
             id: "attack/windows-integrity".into(),
             why: "from an elevated prompt without setup, the command's token must be Medium integrity (whoami /groups); needs an elevated runner to mean anything; until written, plan::lowered_integrity is only unit-tested".into(),
         });
@@ -1020,4 +1138,51 @@ pub(super) fn pending() -> Vec<Pending> {
         });
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everyone_grants_are_found_only_when_explicit_and_allowing() {
+        // What `icacls /grant *S-1-1-0:(F)` adds, next to inherited ACEs.
+        let granted =
+            "O:S-1-5-21-1G:S-1-5-21-1D:AI(A;;FA;;;WD)(A;ID;FA;;;SY)(A;ID;0x1301bf;;;S-1-5-21-1)";
+        assert!(explicit_allow_for_everyone(granted));
+        // Inherited, denied, or another SID: not the attack's effect.
+        for sddl in [
+            "D:AI(A;ID;FA;;;WD)(A;ID;FA;;;SY)",
+            "D:(D;;FA;;;WD)",
+            "D:(A;;FA;;;BU)(A;;FA;;;S-1-5-21-1-WD)",
+            "D:",
+            "",
+        ] {
+            assert!(!explicit_allow_for_everyone(sddl), "{sddl}");
+        }
+    }
+
+    #[test]
+    fn admin_share_paths_keep_the_rest_of_the_path() {
+        assert_eq!(
+            admin_share_path(Path::new(r"C:\Users\me\AppData\Local\Temp\x\outside\v.txt"))
+                .as_deref(),
+            Some(r"\\127.0.0.1\C$\Users\me\AppData\Local\Temp\x\outside\v.txt")
+        );
+        assert_eq!(admin_share_path(Path::new(r"\\server\share\v.txt")), None);
+        assert_eq!(admin_share_path(Path::new("/var/tmp/v.txt")), None);
+    }
+
+    #[test]
+    fn pending_cases_are_not_in_the_catalogue() {
+        let ids = case_ids();
+        for p in pending() {
+            assert!(
+                !ids.contains(&p.id.as_str()),
+                "{} is both written and pending",
+                p.id
+            );
+            assert!(p.why.len() > 40, "{}: say precisely why", p.id);
+        }
+    }
 }

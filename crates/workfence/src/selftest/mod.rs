@@ -1175,14 +1175,17 @@ mod tests {
             assert!(c.id.starts_with(prefix), "{}", c.id);
             assert!(!c.what.is_empty(), "{}", c.id);
         }
-        // Only the WebDAV case depends on an optional service; every other control
-        // that does not succeed is a failure.
+        // Only the WebDAV and loopback SMB cases depend on an optional service; every
+        // other control that does not succeed is a failure.
         let optional: Vec<&str> = cases
             .iter()
             .filter(|c| c.control_needs.is_some())
             .map(|c| c.id)
             .collect();
-        assert_eq!(optional, ["attack/windows-webdav"]);
+        assert_eq!(
+            optional,
+            ["attack/windows-webdav", "attack/windows-smb-loopback"]
+        );
     }
 
     #[test]
@@ -1201,6 +1204,8 @@ mod tests {
             "attack/windows-icacls",
             "attack/windows-named-pipe",
             "attack/windows-webdav",
+            "attack/windows-own-file-dacl",
+            "attack/windows-smb-loopback",
         ] {
             assert!(ids.contains(&id), "{id}");
         }
