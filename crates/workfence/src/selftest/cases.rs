@@ -1088,8 +1088,113 @@ fn windows_cases() -> Vec<Case> {
                 let _ = fs::remove_file(env.outside.join("victim-smb.txt"));
             },
         },
+        Case {
+            id: "attack/windows-integrity",
+            kind: Kind::Attack,
+            what: "keep the High integrity of an elevated prompt (the token label `whoami /groups` reports)",
+            tools: &["whoami"],
+            unavailable: not_windows,
+            // Only an elevated prompt has a High label to keep: elsewhere the control
+            // shows Medium and the case proves nothing.
+            control_needs: Some("an elevated prompt (the case checks that an elevated run is lowered)"),
+            prepare: no_prepare,
+            argv: |env, id, _| {
+                let whoami = find_program("whoami").unwrap_or_else(|| PathBuf::from("whoami"));
+                exec_to(env, id, &whoami, &[os("/groups"), os("/fo"), os("csv")])
+            },
+            judge: |env, _| {
+                let log = read_ws(env, &format!(".selftest-{}.log", slug("attack/windows-integrity")));
+                if !log.contains("S-1-16-") {
+                    return Err("whoami /groups showed no mandatory label".into());
+                }
+                Ok(above_medium(&log))
+            },
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/windows-junction-grant",
+            kind: Kind::Attack,
+            what: "write through a junction (planted in an extra writable root before the run) to a directory outside it",
+            tools: &["powershell"],
+            unavailable: not_windows,
+            control_needs: None,
+            prepare: |env| {
+                let root = env.outside.join("extra-root");
+                let target = env.outside.join("junction-target");
+                let _ = fs::remove_file(target.join("via-junction.txt"));
+                fs::create_dir_all(&target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
+                if !root.join("j").exists() {
+                    fs::create_dir_all(&root).map_err(|e| format!("mkdir {}: {e}", root.display()))?;
+                    junction(env, &root.join("j"), &target)?;
+                }
+                Ok(Fixture {
+                    allow_write: vec![root],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, _| {
+                env.probe_argv(
+                    id,
+                    "create",
+                    &[os(env.outside.join("extra-root/j/via-junction.txt"))],
+                )
+            },
+            judge: |env, _| Ok(env.outside.join("junction-target/via-junction.txt").exists()),
+            cleanup: |env| {
+                let _ = fs::remove_file(env.outside.join("junction-target/via-junction.txt"));
+            },
+        },
     ]
 }
+
+/// Whether `whoami /groups /fo csv` output shows a mandatory label above Medium
+/// (`S-1-16-8192`): High is `S-1-16-12288`, System `S-1-16-16384`.
+fn above_medium(whoami: &str) -> bool {
+    whoami
+        .split(|c: char| c == '"' || c == ',' || c.is_whitespace())
+        .any(|f| {
+            f.strip_prefix("S-1-16-")
+                .and_then(|r| r.parse::<u32>().ok())
+                .is_some_and(|rid| rid > 8192)
+        })
+}
+
+/// Makes `link` a junction to `target` with PowerShell's `New-Item -ItemType Junction`
+/// (both paths are `-File` arguments, never spliced into code).
+fn junction(env: &Env, link: &Path, target: &Path) -> Result<(), String> {
+    let script = env.outside.join("junction.ps1");
+    fs::write(&script, JUNCTION_PS1).map_err(|e| format!("write the script: {e}"))?;
+    let ps = find_program("powershell").ok_or("powershell is not installed")?;
+    let st = Command::new(ps)
+        .args([
+            "-NoProfile",
+            "-NonInteractive",
+            "-ExecutionPolicy",
+            "Bypass",
+            "-File",
+        ])
+        .arg(&script)
+        .arg(link)
+        .arg(target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("start powershell (New-Item -ItemType Junction): {e}"))?;
+    if st.success() && link.exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not make the junction {} ({st})",
+            link.display()
+        ))
+    }
+}
+
+const JUNCTION_PS1: &str = r#"param([string]$Link, [string]$Target)
+$ErrorActionPreference = 'Stop'
+New-Item -ItemType Junction -Path $Link -Target $Target | Out-Null
+"#;
 
 /// The file `attack/windows-own-file-dacl` creates (a plain name: it is written into a
 /// cmd.exe command line).
@@ -1121,10 +1226,6 @@ pub(super) fn pending() -> Vec<Pending> {
         v.push(Pending {
             id: "attack/windows-desktop-input".into(),
             why: "SendInput / SetWindowsHookEx across the desktop need user32 on both sides; to be written with the private-desktop change".into(),
-        });
-        v.push(Pending {
-            id: "attack/windows-integrity".into(),
-            why: "from an elevated prompt without setup, the command's token must be Medium integrity (whoami /groups); needs an elevated runner to mean anything; until written, plan::lowered_integrity is only unit-tested".into(),
         });
         v.push(Pending {
             id: "attack/windows-runner-open".into(),
@@ -1171,6 +1272,20 @@ mod tests {
         );
         assert_eq!(admin_share_path(Path::new(r"\\server\share\v.txt")), None);
         assert_eq!(admin_share_path(Path::new("/var/tmp/v.txt")), None);
+    }
+
+    #[test]
+    fn labels_above_medium_are_found_in_whoami_csv() {
+        let high = "\"Mandatory Label\\High Mandatory Level\",\"Label\",\"S-1-16-12288\",\"\"";
+        let medium = "\"Mandatory Label\\Medium Mandatory Level\",\"Label\",\"S-1-16-8192\",\"\"";
+        assert!(above_medium(high));
+        assert!(!above_medium(medium));
+        assert!(!above_medium(
+            "\"BUILTIN\\Users\",\"Alias\",\"S-1-5-32-545\""
+        ));
+        assert!(above_medium(&format!(
+            "{medium}\n\"x\",\"Label\",\"S-1-16-16384\""
+        )));
     }
 
     #[test]
