@@ -854,6 +854,60 @@ fn icacls_of(p: &Path) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The DACL of `p` as SDDL, read from outside by PowerShell's `Get-Acl` (locale-free,
+/// unlike `icacls`, which prints account names in the system's language). The path is
+/// a `-File` argument (bound to `param()` as a value), never spliced into code.
+fn dacl_sddl(env: &Env, p: &Path) -> Result<String, String> {
+    let script = env.outside.join("dacl-sddl.ps1");
+    fs::write(&script, DACL_SDDL_PS1).map_err(|e| format!("write the script: {e}"))?;
+    let ps = find_program("powershell").ok_or("powershell is not installed")?;
+    let out = Command::new(ps)
+        .args([
+            "-NoProfile",
+            "-NonInteractive",
+            "-ExecutionPolicy",
+            "Bypass",
+            "-File",
+        ])
+        .arg(&script)
+        .arg(p)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("start powershell (Get-Acl): {e}"))?;
+    let sddl = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !sddl.contains("D:") {
+        return Err(format!("Get-Acl {} gave no DACL", p.display()));
+    }
+    Ok(sddl)
+}
+
+const DACL_SDDL_PS1: &str = r#"param([string]$Path)
+$ErrorActionPreference = 'Stop'
+(Get-Acl -LiteralPath $Path).Sddl
+"#;
+
+/// Whether an SDDL string holds an explicit (not inherited) allow ACE for Everyone
+/// (`WD`): what `icacls <file> /grant *S-1-1-0:(F)` adds.
+fn explicit_allow_for_everyone(sddl: &str) -> bool {
+    sddl.split('(').skip(1).any(|rest| {
+        let ace = rest.split(')').next().unwrap_or("");
+        let f: Vec<&str> = ace.split(';').collect();
+        f.len() == 6 && f[0] == "A" && !f[1].contains("ID") && f[5] == "WD"
+    })
+}
+
+/// `X:\rest` as the administrative share over loopback SMB, `\\127.0.0.1\X$\rest`.
+fn admin_share_path(p: &Path) -> Option<String> {
+    let s = p.to_string_lossy();
+    let b = s.as_bytes();
+    if b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && b[2] == b'\\' {
+        Some(format!(r"\\127.0.0.1\{}$\{}", char::from(b[0]), &s[3..]))
+    } else {
+        None
+    }
+}
+
 fn windows_cases() -> Vec<Case> {
     let not_windows = if cfg!(windows) {
         None
@@ -970,8 +1024,181 @@ fn windows_cases() -> Vec<Case> {
             judge: |_, fx| Ok(fx.listener.as_ref().is_some_and(got_connection)),
             cleanup: no_cleanup,
         },
+        Case {
+            id: "attack/windows-own-file-dacl",
+            kind: Kind::Attack,
+            what: "create a file in the workspace, then `icacls <it> /grant *S-1-1-0:(F)` (the owner's implicit WRITE_DAC)",
+            tools: &["cmd", "icacls", "powershell"],
+            unavailable: not_windows,
+            control_needs: None,
+            prepare: |env| {
+                remove_ws(env, OWNED_DACL_FILE);
+                Ok(Fixture::default())
+            },
+            argv: |env, id, _| {
+                // Fixed text only: the file is named relative to the workspace (the cwd),
+                // so no path is quoted into cmd.exe.
+                let cmd = find_program("cmd").unwrap_or_else(|| PathBuf::from("cmd"));
+                exec_to(
+                    env,
+                    id,
+                    &cmd,
+                    &[
+                        os("/d"),
+                        os("/c"),
+                        os(format!(
+                            "echo x> {OWNED_DACL_FILE} && icacls {OWNED_DACL_FILE} /grant *S-1-1-0:(F)"
+                        )),
+                    ],
+                )
+            },
+            judge: |env, _| {
+                let p = env.ws.join(OWNED_DACL_FILE);
+                if !p.is_file() {
+                    // A file that was never created says nothing about its DACL.
+                    return Err(format!(
+                        "the command did not create {OWNED_DACL_FILE}, so its DACL proves nothing"
+                    ));
+                }
+                Ok(explicit_allow_for_everyone(&dacl_sddl(env, &p)?))
+            },
+            cleanup: |env| remove_ws(env, OWNED_DACL_FILE),
+        },
+        Case {
+            id: "attack/windows-smb-loopback",
+            kind: Kind::Attack,
+            what: "overwrite a file outside the workspace through loopback SMB (\\\\127.0.0.1\\C$\\...)",
+            tools: &[],
+            unavailable: not_windows,
+            // The administrative share needs the Server service and an administrator;
+            // where the control cannot reach it, neither can the command.
+            control_needs: Some("the administrative share over loopback SMB (the Server service and an administrator)"),
+            prepare: |env| {
+                let p = outside_file(env, "victim-smb.txt")?;
+                let unc = admin_share_path(&p)
+                    .ok_or_else(|| format!("{} is not on a drive letter", p.display()))?;
+                Ok(Fixture {
+                    args: vec![os(unc)],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, fx| env.probe_argv(id, "write", &fx.args),
+            judge: |env, _| Ok(!unchanged(env, &env.outside.join("victim-smb.txt"))),
+            cleanup: |env| {
+                let _ = fs::remove_file(env.outside.join("victim-smb.txt"));
+            },
+        },
+        Case {
+            id: "attack/windows-integrity",
+            kind: Kind::Attack,
+            what: "keep the High integrity of an elevated prompt (the token label `whoami /groups` reports)",
+            tools: &["whoami"],
+            unavailable: not_windows,
+            // Only an elevated prompt has a High label to keep: elsewhere the control
+            // shows Medium and the case proves nothing.
+            control_needs: Some("an elevated prompt (the case checks that an elevated run is lowered)"),
+            prepare: no_prepare,
+            argv: |env, id, _| {
+                let whoami = find_program("whoami").unwrap_or_else(|| PathBuf::from("whoami"));
+                exec_to(env, id, &whoami, &[os("/groups"), os("/fo"), os("csv")])
+            },
+            judge: |env, _| {
+                let log = read_ws(env, &format!(".selftest-{}.log", slug("attack/windows-integrity")));
+                if !log.contains("S-1-16-") {
+                    return Err("whoami /groups showed no mandatory label".into());
+                }
+                Ok(above_medium(&log))
+            },
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/windows-junction-grant",
+            kind: Kind::Attack,
+            what: "write through a junction (planted in an extra writable root before the run) to a directory outside it",
+            tools: &["powershell"],
+            unavailable: not_windows,
+            control_needs: None,
+            prepare: |env| {
+                let root = env.outside.join("extra-root");
+                let target = env.outside.join("junction-target");
+                let _ = fs::remove_file(target.join("via-junction.txt"));
+                fs::create_dir_all(&target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
+                if !root.join("j").exists() {
+                    fs::create_dir_all(&root).map_err(|e| format!("mkdir {}: {e}", root.display()))?;
+                    junction(env, &root.join("j"), &target)?;
+                }
+                Ok(Fixture {
+                    allow_write: vec![root],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, _| {
+                env.probe_argv(
+                    id,
+                    "create",
+                    &[os(env.outside.join("extra-root/j/via-junction.txt"))],
+                )
+            },
+            judge: |env, _| Ok(env.outside.join("junction-target/via-junction.txt").exists()),
+            cleanup: |env| {
+                let _ = fs::remove_file(env.outside.join("junction-target/via-junction.txt"));
+            },
+        },
     ]
 }
+
+/// Whether `whoami /groups /fo csv` output shows a mandatory label above Medium
+/// (`S-1-16-8192`): High is `S-1-16-12288`, System `S-1-16-16384`.
+fn above_medium(whoami: &str) -> bool {
+    whoami
+        .split(|c: char| c == '"' || c == ',' || c.is_whitespace())
+        .any(|f| {
+            f.strip_prefix("S-1-16-")
+                .and_then(|r| r.parse::<u32>().ok())
+                .is_some_and(|rid| rid > 8192)
+        })
+}
+
+/// Makes `link` a junction to `target` with PowerShell's `New-Item -ItemType Junction`
+/// (both paths are `-File` arguments, never spliced into code).
+fn junction(env: &Env, link: &Path, target: &Path) -> Result<(), String> {
+    let script = env.outside.join("junction.ps1");
+    fs::write(&script, JUNCTION_PS1).map_err(|e| format!("write the script: {e}"))?;
+    let ps = find_program("powershell").ok_or("powershell is not installed")?;
+    let st = Command::new(ps)
+        .args([
+            "-NoProfile",
+            "-NonInteractive",
+            "-ExecutionPolicy",
+            "Bypass",
+            "-File",
+        ])
+        .arg(&script)
+        .arg(link)
+        .arg(target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("start powershell (New-Item -ItemType Junction): {e}"))?;
+    if st.success() && link.exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not make the junction {} ({st})",
+            link.display()
+        ))
+    }
+}
+
+const JUNCTION_PS1: &str = r#"param([string]$Link, [string]$Target)
+$ErrorActionPreference = 'Stop'
+New-Item -ItemType Junction -Path $Link -Target $Target | Out-Null
+"#;
+
+/// The file `attack/windows-own-file-dacl` creates (a plain name: it is written into a
+/// cmd.exe command line).
+const OWNED_DACL_FILE: &str = "owned-dacl.txt";
 
 fn pipe_name(env: &Env) -> String {
     format!("workfence-selftest-{}", env.token)
@@ -994,30 +1221,106 @@ $s.Dispose()
 
 /// Catalogue cases not written yet, with why (shown in the report).
 pub(super) fn pending() -> Vec<Pending> {
-    let mut v = Vec::new();
-    if cfg!(windows) {
-        v.push(Pending {
-            id: "attack/windows-desktop-input".into(),
-            why: "SendInput / SetWindowsHookEx across the desktop need user32 on both sides; to be written with the private-desktop change".into(),
-        });
-        v.push(Pending {
-            id: "attack/windows-own-file-dacl".into(),
-            why: "the command creates a file in the workspace and grants Everyone on it through the owner's implicit WRITE_DAC (judged by icacls from outside); needs a two-step probe action; until written, the OWNER RIGHTS inherit-only ACE is only plan-tested".into(),
-        });
-        v.push(Pending {
-            id: "attack/windows-integrity".into(),
-            why: "from an elevated prompt without setup, the command's token must be Medium integrity (whoami /groups); needs an elevated runner to mean anything; until written, plan::lowered_integrity is only unit-tested".into(),
-        });
-        v.push(Pending {
-            id: "attack/windows-runner-open".into(),
-            why: "opening another run's runner (OpenProcess with PROCESS_VM_WRITE or PROCESS_DUP_HANDLE, and its ConPTY console host) needs two concurrent sandboxed runs and a probe that finds the other runner's pid; until written, the runner's process DACL (plan: runner_object_sddl) is only plan-tested".into(),
-        });
+    pending_on(std::env::consts::OS)
+}
+
+/// The pending cases of an OS (`std::env::consts::OS`), so that every OS's list is
+/// tested everywhere.
+fn pending_on(os: &str) -> Vec<Pending> {
+    let p = |id: &str, why: &str| Pending {
+        id: id.into(),
+        why: why.into(),
+    };
+    match os {
+        "windows" => vec![
+            p(
+                "attack/windows-desktop-input",
+                "SendInput, SetWindowsHookEx, GetClipboardData and OpenWindowStation(\"WinSta0\") from the command, judged by a host window that records input: both sides need user32 calls, and the facade has no Win32 bindings (windows-sys is not a dependency of crates/workfence; workfence_windows exports no safe wrapper for them); question 4 of docs/windows.md stays open",
+            ),
+            p(
+                "attack/windows-runner-open",
+                "opening another run's runner and its ConPTY console host (OpenProcess with PROCESS_VM_WRITE or PROCESS_DUP_HANDLE, then WriteProcessMemory judged by the victim) needs OpenProcess/WriteProcessMemory in the probe (no Win32 bindings in the facade, see attack/windows-desktop-input), a second sandboxed run held open while the case runs (two workfence::run calls in one process were never tried on Windows), and the other runner's pid (found from outside only through CIM's ParentProcessId of that run's command); until written, the runner's process DACL (plan: runner_object_sddl) is only plan-tested",
+            ),
+            p(
+                "attack/windows-icmp",
+                "ping from the offline user (question 12): no host observer can see an ICMP echo to loopback without a raw socket (administrator, and not in std), and judging by ping's own exit code would be judging from inside",
+            ),
+            p(
+                "attack/windows-dns-dnscache",
+                "a name lookup the DNS Client service (Dnscache) sends on the command's behalf: seeing the query from outside needs a resolver the host controls, which means changing the machine's DNS configuration; the self-test changes nothing machine-wide but the measured restricting set",
+            ),
+            p(
+                "attack/windows-other-run-pipe",
+                "connecting to a concurrent run's control pipe or default-DACL pipes (questions 8 and 9) needs a second sandboxed run held open during the case (see attack/windows-runner-open) and the other pipe's random name",
+            ),
+        ],
+        "macos" => vec![p(
+            "attack/macos-tty-snoop",
+            "reading another terminal (/dev/ttys*) needs a second pty owned by the host; to be written with the pty fix",
+        )],
+        _ => Vec::new(),
     }
-    if cfg!(target_os = "macos") {
-        v.push(Pending {
-            id: "attack/macos-tty-snoop".into(),
-            why: "reading another terminal (/dev/ttys*) needs a second pty owned by the host; to be written with the pty fix".into(),
-        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everyone_grants_are_found_only_when_explicit_and_allowing() {
+        // What `icacls /grant *S-1-1-0:(F)` adds, next to inherited ACEs.
+        let granted =
+            "O:S-1-5-21-1G:S-1-5-21-1D:AI(A;;FA;;;WD)(A;ID;FA;;;SY)(A;ID;0x1301bf;;;S-1-5-21-1)";
+        assert!(explicit_allow_for_everyone(granted));
+        // Inherited, denied, or another SID: not the attack's effect.
+        for sddl in [
+            "D:AI(A;ID;FA;;;WD)(A;ID;FA;;;SY)",
+            "D:(D;;FA;;;WD)",
+            "D:(A;;FA;;;BU)(A;;FA;;;S-1-5-21-1-WD)",
+            "D:",
+            "",
+        ] {
+            assert!(!explicit_allow_for_everyone(sddl), "{sddl}");
+        }
     }
-    v
+
+    #[test]
+    fn admin_share_paths_keep_the_rest_of_the_path() {
+        assert_eq!(
+            admin_share_path(Path::new(r"C:\Users\me\AppData\Local\Temp\x\outside\v.txt"))
+                .as_deref(),
+            Some(r"\\127.0.0.1\C$\Users\me\AppData\Local\Temp\x\outside\v.txt")
+        );
+        assert_eq!(admin_share_path(Path::new(r"\\server\share\v.txt")), None);
+        assert_eq!(admin_share_path(Path::new("/var/tmp/v.txt")), None);
+    }
+
+    #[test]
+    fn labels_above_medium_are_found_in_whoami_csv() {
+        let high = "\"Mandatory Label\\High Mandatory Level\",\"Label\",\"S-1-16-12288\",\"\"";
+        let medium = "\"Mandatory Label\\Medium Mandatory Level\",\"Label\",\"S-1-16-8192\",\"\"";
+        assert!(above_medium(high));
+        assert!(!above_medium(medium));
+        assert!(!above_medium(
+            "\"BUILTIN\\Users\",\"Alias\",\"S-1-5-32-545\""
+        ));
+        assert!(above_medium(&format!(
+            "{medium}\n\"x\",\"Label\",\"S-1-16-16384\""
+        )));
+    }
+
+    #[test]
+    fn pending_cases_are_not_in_the_catalogue() {
+        let ids = case_ids();
+        let all = ["linux", "macos", "windows"].map(pending_on);
+        assert!(all[0].is_empty());
+        for p in all.iter().flatten() {
+            assert!(
+                !ids.contains(&p.id.as_str()),
+                "{} is both written and pending",
+                p.id
+            );
+            assert!(p.why.len() > 40, "{}: say precisely why", p.id);
+        }
+    }
 }

@@ -844,6 +844,8 @@ struct Fixture {
     args: Vec<OsString>,
     /// Extra policy tweaks: variables to set.
     env_set: Vec<(String, String)>,
+    /// Extra policy tweaks: writable roots beyond the workspace.
+    allow_write: Vec<PathBuf>,
 }
 
 /// A host process the self-test started; killed and reaped when dropped.
@@ -936,6 +938,12 @@ fn run_case(st: &mut State<'_>, case: &Case) -> CaseResult {
 fn with_env(mut policy: Policy, fx: &Fixture) -> Policy {
     for (k, v) in &fx.env_set {
         policy.env.set.insert(k.clone(), v.clone());
+    }
+    for p in &fx.allow_write {
+        policy.allow_write.push(workfence_policy::SourcedPath {
+            path: p.clone(),
+            source: workfence_policy::Source::Cli,
+        });
     }
     policy
 }
@@ -1175,14 +1183,22 @@ mod tests {
             assert!(c.id.starts_with(prefix), "{}", c.id);
             assert!(!c.what.is_empty(), "{}", c.id);
         }
-        // Only the WebDAV case depends on an optional service; every other control
-        // that does not succeed is a failure.
+        // Only WebDAV and loopback SMB (an optional service) and the integrity case (an
+        // elevated prompt) have a control that may not succeed here; every other
+        // control that does not succeed is a failure.
         let optional: Vec<&str> = cases
             .iter()
             .filter(|c| c.control_needs.is_some())
             .map(|c| c.id)
             .collect();
-        assert_eq!(optional, ["attack/windows-webdav"]);
+        assert_eq!(
+            optional,
+            [
+                "attack/windows-webdav",
+                "attack/windows-smb-loopback",
+                "attack/windows-integrity"
+            ]
+        );
     }
 
     #[test]
@@ -1201,6 +1217,10 @@ mod tests {
             "attack/windows-icacls",
             "attack/windows-named-pipe",
             "attack/windows-webdav",
+            "attack/windows-own-file-dacl",
+            "attack/windows-smb-loopback",
+            "attack/windows-integrity",
+            "attack/windows-junction-grant",
         ] {
             assert!(ids.contains(&id), "{id}");
         }
