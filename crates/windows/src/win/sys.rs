@@ -545,23 +545,10 @@ pub fn restricted_token(
     if let Some(rid) = crate::plan::lowered_integrity(token_integrity_rid(&token)?) {
         set_token_integrity(&token, rid)?;
     }
-    let sd = SecurityDescriptor::from_sddl(default_dacl)?;
-    let (acl, _) = sd.dacl()?;
-    let dd = S::TOKEN_DEFAULT_DACL { DefaultDacl: acl };
-    // SAFETY: dd points into sd, which lives until after the call.
-    let ok = unsafe {
-        S::SetTokenInformation(
-            raw(&token),
-            S::TokenDefaultDacl,
-            &dd as *const _ as *const c_void,
-            std::mem::size_of::<S::TOKEN_DEFAULT_DACL>() as u32,
-        )
-    };
-    check(
-        ok,
+    set_default_dacl(
+        &token,
+        default_dacl,
         "setting the restricted token's default DACL",
-        "SetTokenInformation",
-        "",
     )?;
     Ok(token)
 }
@@ -1232,26 +1219,27 @@ pub fn set_kernel_object_dacl(h: &OwnedHandle, sddl: &str, step: &str) -> Result
 /// object the process creates from now on without an explicit descriptor (threads,
 /// a job, a ConPTY's console host, pipes) gets `sddl` instead of the logon's default.
 pub fn set_own_default_dacl(sddl: &str) -> Result<()> {
-    let token = process_token()?;
+    set_default_dacl(&process_token()?, sddl, "setting the runner's default DACL")
+}
+
+/// Sets `token`'s default DACL (the descriptor of objects created without one) to the
+/// DACL of `sddl`. The token must be open with TOKEN_ADJUST_DEFAULT.
+fn set_default_dacl(token: &OwnedHandle, sddl: &str, what: &'static str) -> Result<()> {
     let sd = SecurityDescriptor::from_sddl(sddl)?;
     let (acl, _) = sd.dacl()?;
     let dd = S::TOKEN_DEFAULT_DACL { DefaultDacl: acl };
-    // SAFETY: the token handle is open with TOKEN_ALL_ACCESS (TOKEN_ADJUST_DEFAULT
-    // included); dd points into sd, which lives until after the call.
+    // SAFETY: the caller's token handle is valid and open with TOKEN_ADJUST_DEFAULT
+    // (a restricted token workfence just created, or its own process token opened
+    // with TOKEN_ALL_ACCESS); dd points into sd, which lives until after the call.
     let ok = unsafe {
         S::SetTokenInformation(
-            raw(&token),
+            raw(token),
             S::TokenDefaultDacl,
             &dd as *const _ as *const c_void,
             std::mem::size_of::<S::TOKEN_DEFAULT_DACL>() as u32,
         )
     };
-    check(
-        ok,
-        "setting the runner's default DACL",
-        "SetTokenInformation",
-        "",
-    )
+    check(ok, what, "SetTokenInformation", "")
 }
 
 /// Waits for a handle; `Ok(true)` when it was signaled, `Ok(false)` on timeout.
