@@ -67,15 +67,7 @@ impl Host {
     /// or a bracketed IPv6 address (`[::1]`; unbracketed IPv6 is accepted too, for SOCKS
     /// and rules).
     pub fn parse(raw: &str) -> Result<Host, HostError> {
-        if raw.is_empty() {
-            return Err(HostError::Empty);
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(HostError::ControlChar);
-        }
-        if raw.len() > MAX_RAW_LEN {
-            return Err(HostError::TooLong);
-        }
+        check_raw(raw)?;
         if let Some(inner) = raw.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
             return inner
                 .parse::<Ipv6Addr>()
@@ -100,9 +92,9 @@ impl Host {
     }
 }
 
-/// Normalizes a DNS name: IDNA (UTS #46, STD3 rules) to lower-case ASCII, one trailing
-/// dot removed, DNS lengths checked. Refuses control characters and numeric look-alikes.
-pub fn normalize_name(raw: &str) -> Result<String, HostError> {
+/// What every host text must pass before it is parsed: not empty, no control
+/// characters, not over-long.
+fn check_raw(raw: &str) -> Result<(), HostError> {
     if raw.is_empty() {
         return Err(HostError::Empty);
     }
@@ -112,6 +104,13 @@ pub fn normalize_name(raw: &str) -> Result<String, HostError> {
     if raw.len() > MAX_RAW_LEN {
         return Err(HostError::TooLong);
     }
+    Ok(())
+}
+
+/// Normalizes a DNS name: IDNA (UTS #46, STD3 rules) to lower-case ASCII, one trailing
+/// dot removed, DNS lengths checked. Refuses control characters and numeric look-alikes.
+pub fn normalize_name(raw: &str) -> Result<String, HostError> {
+    check_raw(raw)?;
     let trimmed = raw.strip_suffix('.').unwrap_or(raw);
     if trimmed.is_empty() {
         return Err(HostError::Empty);
