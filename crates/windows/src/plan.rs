@@ -648,6 +648,11 @@ pub enum WfpLayer {
     AleAuthListenV4,
     /// `FWPM_LAYER_ALE_AUTH_LISTEN_V6`.
     AleAuthListenV6,
+    /// `FWPM_LAYER_ALE_RESOURCE_ASSIGNMENT_V4`: every bind, explicit or implicit, and
+    /// the creation of a raw socket (flagged `FWP_CONDITION_FLAG_IS_RAW_ENDPOINT`).
+    AleResourceAssignmentV4,
+    /// `FWPM_LAYER_ALE_RESOURCE_ASSIGNMENT_V6`.
+    AleResourceAssignmentV6,
 }
 
 /// A filter condition (same-field conditions are OR'ed by WFP, different fields AND'ed).
@@ -666,7 +671,13 @@ pub enum WfpCondition {
     LocalPort(u16),
     /// `FWPM_CONDITION_IP_PROTOCOL` is this protocol number.
     Protocol(u8),
+    /// `FWPM_CONDITION_FLAGS` has all of these bits (`FWP_MATCH_FLAGS_ALL_SET`).
+    Flags(u32),
 }
+
+/// `FWP_CONDITION_FLAG_IS_RAW_ENDPOINT`: the bind is that of a raw socket (the value
+/// is checked against `windows-sys` in `win/sys`).
+pub const FWP_CONDITION_FLAG_IS_RAW_ENDPOINT: u32 = 0x0000_0010;
 
 /// Permit or block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -805,6 +816,32 @@ pub fn wfp_filters(offline_sid: &str, online_sid: &str, proxy_port: u16) -> Vec<
             WfpAction::Block,
             1,
             vec![],
+        );
+    }
+    // ICMP and raw sockets at the bind (resource assignment) layer too, appended so the
+    // keys above keep their numbers. AUTH_CONNECT sees only the first outbound
+    // non-error ICMP message per type, code and ID, and a raw socket can carry any
+    // protocol: blocking the socket's bind stops both before any packet exists. An
+    // unprivileged user cannot open a raw socket anyway (defence in depth); what
+    // `IcmpSendEcho` (ping) does in the kernel is an open question of
+    // docs/windows.md that `attack/windows-icmp` settles.
+    for (layer, v, icmp) in [
+        (WfpLayer::AleResourceAssignmentV4, "IPv4", 1),
+        (WfpLayer::AleResourceAssignmentV6, "IPv6", 58),
+    ] {
+        add(
+            &format!("block raw sockets at bind ({v})"),
+            layer,
+            WfpAction::Block,
+            14,
+            vec![Flags(FWP_CONDITION_FLAG_IS_RAW_ENDPOINT)],
+        );
+        add(
+            &format!("block ICMP sockets at bind ({v})"),
+            layer,
+            WfpAction::Block,
+            14,
+            vec![Protocol(icmp)],
         );
     }
     out

@@ -436,6 +436,10 @@ fn wfp_filters_cover_the_issue_list() {
         "ICMP",
         "all other outbound",
         "inbound",
+        "raw sockets at bind (IPv4)",
+        "raw sockets at bind (IPv6)",
+        "ICMP sockets at bind (IPv4)",
+        "ICMP sockets at bind (IPv6)",
     ] {
         assert!(names.iter().any(|n| n.contains(want)), "{want}: {names:?}");
     }
@@ -456,6 +460,35 @@ fn wfp_filters_cover_the_issue_list() {
         .filters
         .iter()
         .all(|f| f.action == workfence_windows::WfpAction::Block));
+    // ICMP and raw sockets are blocked at the bind layer too, for the offline user,
+    // with the same first condition as every other filter.
+    use workfence_windows::{WfpCondition, WfpLayer};
+    let offline = &plan.network.filters[0].conditions[0];
+    for (layer, icmp) in [
+        (WfpLayer::AleResourceAssignmentV4, 1),
+        (WfpLayer::AleResourceAssignmentV6, 58),
+    ] {
+        let at: Vec<_> = plan
+            .network
+            .filters
+            .iter()
+            .filter(|f| f.layer == layer)
+            .collect();
+        assert_eq!(at.len(), 2, "{layer:?}");
+        assert!(at.iter().all(|f| &f.conditions[0] == offline));
+        assert!(at
+            .iter()
+            .any(|f| f.conditions[1..] == [WfpCondition::Protocol(icmp)]));
+        assert!(at.iter().any(|f| f.conditions[1..]
+            == [WfpCondition::Flags(
+                workfence_windows::FWP_CONDITION_FLAG_IS_RAW_ENDPOINT
+            )]));
+    }
+    // The filters of earlier versions keep their keys (the new ones are appended).
+    assert_eq!(
+        plan.network.filters[0].key,
+        "6b2f3a10-77c4-4e4f-9a61-776f726b6601"
+    );
     // Uninstall deletes every key, so filters of earlier versions go too.
     let all = workfence_windows::all_filter_keys();
     assert!(plan.network.filters.iter().all(|f| all.contains(&f.key)));

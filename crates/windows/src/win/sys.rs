@@ -57,6 +57,9 @@ const _: () = {
     assert!(w::UF_WORKSTATION_TRUST_ACCOUNT == NM::UF_WORKSTATION_TRUST_ACCOUNT);
     assert!(w::UF_SERVER_TRUST_ACCOUNT == NM::UF_SERVER_TRUST_ACCOUNT);
     assert!(w::UF_DONT_EXPIRE_PASSWD == NM::UF_DONT_EXPIRE_PASSWD);
+    assert!(
+        crate::plan::FWP_CONDITION_FLAG_IS_RAW_ENDPOINT == WFP::FWP_CONDITION_FLAG_IS_RAW_ENDPOINT
+    );
 };
 
 /// NUL-terminated UTF-16.
@@ -1852,6 +1855,12 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
                 cond.conditionValue.r#type = WFP::FWP_UINT8;
                 cond.conditionValue.Anonymous.uint8 = *p;
             }
+            WfpCondition::Flags(bits) => {
+                cond.fieldKey = WFP::FWPM_CONDITION_FLAGS;
+                cond.matchType = WFP::FWP_MATCH_FLAGS_ALL_SET;
+                cond.conditionValue.r#type = WFP::FWP_UINT32;
+                cond.conditionValue.Anonymous.uint32 = *bits;
+            }
         }
         conds.push(cond);
     }
@@ -1871,6 +1880,8 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
             WfpLayer::AleAuthRecvAcceptV6 => WFP::FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V6,
             WfpLayer::AleAuthListenV4 => WFP::FWPM_LAYER_ALE_AUTH_LISTEN_V4,
             WfpLayer::AleAuthListenV6 => WFP::FWPM_LAYER_ALE_AUTH_LISTEN_V6,
+            WfpLayer::AleResourceAssignmentV4 => WFP::FWPM_LAYER_ALE_RESOURCE_ASSIGNMENT_V4,
+            WfpLayer::AleResourceAssignmentV6 => WFP::FWPM_LAYER_ALE_RESOURCE_ASSIGNMENT_V6,
         },
         subLayerKey: guid(crate::plan::WFP_SUBLAYER_KEY),
         numFilterConditions: conds.len() as u32,
