@@ -63,9 +63,10 @@ pub use plan::{
     runner_default_dacl_sddl, runner_object_sddl, sids, to_win, wfp_filters, workspace_id, AcePlan,
     AcePurpose, EnvPlan, JobSpec, NamedSid, NetworkPlan, PartialPropagation, Placeholder,
     RestrictingSet, RunAs, SandboxUsers, TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer,
-    WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS, DISABLED_SIDS, GROUP_NAME,
-    FWP_CONDITION_FLAG_IS_RAW_ENDPOINT, JOB_NESTING, JOURNAL_FILE, LOGON_SID, MEDIUM_INTEGRITY_SID, OFFLINE_USER, ONLINE_USER,
-    PLATFORM_LIMIT_NETWORK, REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
+    WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS, DISABLED_SIDS,
+    FWP_CONDITION_FLAG_IS_RAW_ENDPOINT, GROUP_NAME, JOB_NESTING, JOURNAL_FILE, LOGON_SID,
+    MEDIUM_INTEGRITY_SID, OFFLINE_USER, ONLINE_USER, PLATFORM_LIMIT_NETWORK, REQUIRED_ENV,
+    WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
 };
 
 use workfence_policy::run::{RunOutcome, RunRequest};

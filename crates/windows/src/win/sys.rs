@@ -566,6 +566,8 @@ pub struct AclTarget {
     pub final_path: String,
     /// Whether the object itself is a reparse point (junction, symlink).
     pub reparse: bool,
+    /// Its reparse tag when it is one (`Some(0)`: it could not be read).
+    pub reparse_tag: Option<u32>,
     /// Whether it is a directory.
     pub dir: bool,
 }
@@ -637,6 +639,28 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
         "GetFileInformationByHandle",
         "",
     )?;
+    let reparse = info.dwFileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT != 0;
+    let reparse_tag = reparse.then(|| {
+        let mut tag = FS::FILE_ATTRIBUTE_TAG_INFO {
+            FileAttributes: 0,
+            ReparseTag: 0,
+        };
+        // SAFETY: handle is open; tag is a valid output of the size given.
+        let ok = unsafe {
+            FS::GetFileInformationByHandleEx(
+                raw(&handle),
+                FS::FileAttributeTagInfo,
+                (&raw mut tag).cast(),
+                std::mem::size_of::<FS::FILE_ATTRIBUTE_TAG_INFO>() as u32,
+            )
+        };
+        // 0 (unknown) is treated as a link by the propagation walk.
+        if ok != 0 {
+            tag.ReparseTag
+        } else {
+            0
+        }
+    });
     let mut buf = vec![0u16; 1024];
     loop {
         // SAFETY: buf and its length match.
@@ -666,7 +690,8 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
     Ok(Some(AclTarget {
         handle,
         final_path: String::from_utf16_lossy(&buf),
-        reparse: info.dwFileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT != 0,
+        reparse,
+        reparse_tag,
         dir: info.dwFileAttributes & FS::FILE_ATTRIBUTE_DIRECTORY != 0,
     }))
 }
@@ -677,84 +702,28 @@ impl AclTarget {
         handle_dacl_sddl(&self.handle, &self.final_path, "check that you own it")
     }
 
-    /// Sets the DACL from SDDL, by path while this handle pins the object, so that
-    /// inheritable ACEs propagate to existing children.
-    pub fn set_dacl_sddl(&self, sddl: &str) -> Result<()> {
+    /// Sets the DACL from SDDL on this object only, through the pinned handle.
+    ///
+    /// `SetKernelObjectSecurity` (`NtSetSecurityObject`) writes the object's own
+    /// descriptor and nothing else. `SetNamedSecurityInfoW` and `SetSecurityInfo`
+    /// would also propagate inheritable ACEs to the existing tree below, by path,
+    /// without saying what they do at a junction: workfence propagates itself
+    /// (`acl::propagate`), deciding at every reparse point. The descriptor from SDDL
+    /// carries the `P`/`AI` control bits with the DACL.
+    pub fn set_dacl_no_propagation(&self, sddl: &str) -> Result<()> {
         let sd = SecurityDescriptor::from_sddl(sddl)?;
-        let (acl, protected) = sd.dacl()?;
-        let info = S::DACL_SECURITY_INFORMATION
-            | if protected {
-                S::PROTECTED_DACL_SECURITY_INFORMATION
-            } else {
-                S::UNPROTECTED_DACL_SECURITY_INFORMATION
-            };
-        // The plain form where it fits MAX_PATH; `\\?\` only for long paths.
-        let plain = crate::path::WinPath::parse(&self.final_path)
-            .map(|p| p.display_string())
-            .unwrap_or_else(|_| self.final_path.clone());
-        let w = wide(if plain.len() < 248 {
-            &plain
-        } else {
-            &self.final_path
-        });
-        // SAFETY: w is NUL-terminated; acl points into sd, alive for the call.
-        let code = unsafe {
-            A::SetNamedSecurityInfoW(
-                w.as_ptr(),
-                A::SE_FILE_OBJECT,
-                info,
-                null_mut(),
-                null_mut(),
-                acl,
-                null(),
-            )
+        // SAFETY: the handle is open with WRITE_DAC; sd is a valid self-relative
+        // security descriptor alive for the call.
+        let ok = unsafe {
+            S::SetKernelObjectSecurity(raw(&self.handle), S::DACL_SECURITY_INFORMATION, sd.ptr())
         };
-        if code != 0 {
-            return Err(api(&format!("changing the DACL of {}", self.final_path), "SetNamedSecurityInfoW", code, "check that you own it (icacls shows the owner); `workfence cleanup` undoes partial changes"));
-        }
-        Ok(())
+        check_lazy(
+            ok,
+            || format!("changing the DACL of {}", self.final_path),
+            "SetKernelObjectSecurity",
+            "check that you own it (icacls shows the owner); `workfence cleanup` undoes partial changes",
+        )
     }
-}
-
-impl AclTarget {
-    /// Sets the DACL on this object only, through the handle: no propagation to
-    /// existing children (the fallback when propagation fails part-way).
-    pub fn set_dacl_sddl_here(&self, sddl: &str) -> Result<()> {
-        let sd = SecurityDescriptor::from_sddl(sddl)?;
-        let (acl, protected) = sd.dacl()?;
-        let info = S::DACL_SECURITY_INFORMATION
-            | if protected {
-                S::PROTECTED_DACL_SECURITY_INFORMATION
-            } else {
-                S::UNPROTECTED_DACL_SECURITY_INFORMATION
-            };
-        // SAFETY: the handle has WRITE_DAC; acl points into sd, alive for the call.
-        let code = unsafe {
-            A::SetSecurityInfo(
-                raw(&self.handle),
-                A::SE_FILE_OBJECT,
-                info,
-                null_mut(),
-                null_mut(),
-                acl,
-                null(),
-            )
-        };
-        if code != 0 {
-            return Err(api(
-                &format!("changing the DACL of {}", self.final_path),
-                "SetSecurityInfo",
-                code,
-                "check that you own it (icacls shows the owner); `workfence cleanup` undoes partial changes",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Whether an error is `ERROR_ACCESS_DENIED` from a Win32 call.
-pub fn is_access_denied(e: &WindowsError) -> bool {
-    matches!(e, WindowsError::Api { code, .. } if *code == F::ERROR_ACCESS_DENIED)
 }
 
 // ---------------------------------------------------------------- job objects

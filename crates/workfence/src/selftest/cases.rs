@@ -1114,7 +1114,7 @@ fn windows_cases() -> Vec<Case> {
         Case {
             id: "attack/windows-junction-grant",
             kind: Kind::Attack,
-            what: "write through a junction (planted in an extra writable root before the run) to a directory outside it",
+            what: "write through a junction (planted in an extra writable root before the run) to a directory outside it; also judged by the target's DACL, which the grant's propagation must not reach (workfence walks the tree itself and never through a link)",
             tools: &["powershell"],
             unavailable: not_windows,
             control_needs: None,
@@ -1129,6 +1129,9 @@ fn windows_cases() -> Vec<Case> {
                 }
                 Ok(Fixture {
                     allow_write: vec![root],
+                    // The target's DACL before the run: a grant that propagated through
+                    // the junction would have changed it even without a write.
+                    note: dacl_sddl(env, &target)?,
                     ..Fixture::default()
                 })
             },
@@ -1139,7 +1142,11 @@ fn windows_cases() -> Vec<Case> {
                     &[os(env.outside.join("extra-root/j/via-junction.txt"))],
                 )
             },
-            judge: |env, _| Ok(env.outside.join("junction-target/via-junction.txt").exists()),
+            judge: |env, fx| {
+                let wrote = env.outside.join("junction-target/via-junction.txt").exists();
+                let after = dacl_sddl(env, &env.outside.join("junction-target"))?;
+                Ok(wrote || after != fx.note)
+            },
             cleanup: |env| {
                 let _ = fs::remove_file(env.outside.join("junction-target/via-junction.txt"));
             },
