@@ -267,6 +267,141 @@ pub fn null_device_ace(sandbox_user: &str) -> crate::sddl::Ace {
     }
 }
 
+/// The Task Scheduler task `workfence setup` registers to re-apply the null device
+/// grant at every boot ([`null_device_ace`] lasts until the next boot only).
+pub const BOOT_TASK_NAME: &str = r"\workfence\repair-null-device";
+
+/// The hidden first argument with which a workfence binary re-applies the null device
+/// grant and exits (the boot task runs it as SYSTEM). It takes no other argument: the
+/// sandbox users' SIDs are looked up from their fixed names, so nothing on the task's
+/// command line comes from anyone but setup.
+pub const REPAIR_NULL_DEVICE_FLAG: &str = "--workfence-windows-repair-null-device";
+
+/// The longest `/TR` value `schtasks /Create` accepts.
+pub const SCHTASKS_TR_MAX: usize = 261;
+
+/// Where setup copies the workfence executable for the boot task:
+/// `%ProgramFiles%\workfence\workfence-boot.exe`. A task that runs as SYSTEM must not
+/// run a file the user (or a sandboxed command) can replace: wherever the user keeps
+/// workfence (`~\.cargo\bin`) is writable without elevation, so that path would turn
+/// the task into a way to SYSTEM. Only administrators can create or change anything
+/// below Program Files, and nobody else can have created the directory beforehand.
+pub fn boot_exe_path(program_files: &str) -> String {
+    format!(
+        "{}\\workfence\\workfence-boot.exe",
+        program_files.trim_end_matches(['\\', '/'])
+    )
+}
+
+/// The `schtasks.exe` arguments that register, remove and query the boot task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootTask {
+    /// The task's action: the command line Task Scheduler runs as SYSTEM.
+    pub command_line: String,
+    /// `schtasks /Create ...` (replaces an existing task of the same name).
+    pub create: Vec<String>,
+    /// `schtasks /Delete ...`.
+    pub delete: Vec<String>,
+    /// `schtasks /Query ...` (exit status 0 when the task exists).
+    pub query: Vec<String>,
+}
+
+/// The boot task for the executable at `exe` ([`boot_exe_path`]): at startup, as
+/// SYSTEM with the highest privileges, `exe` [`REPAIR_NULL_DEVICE_FLAG`]. The command
+/// line is built by [`crate::cmdline::command_line`] (the one quoting place), and
+/// refused when it cannot be passed safely: a `%` (Task Scheduler expands
+/// `%VARIABLE%` in an action), a quote or NUL (no Windows command line carries them in
+/// a program name), a relative path, or more than `schtasks`'s 261 characters.
+pub fn boot_task(exe: &str) -> Result<BootTask, WindowsError> {
+    let err = |why: String| WindowsError::BootTask {
+        task: BOOT_TASK_NAME.into(),
+        why,
+    };
+    if exe.contains('%') {
+        return Err(err(format!("its program path {exe:?} contains %, which Task Scheduler would expand; install workfence under a path without %")));
+    }
+    if exe.contains(['\n', '\r']) {
+        return Err(err(format!(
+            "its program path {exe:?} contains a line break"
+        )));
+    }
+    match WinPath::parse(exe) {
+        Ok(p) if !p.is_unc() => {}
+        _ => {
+            return Err(err(format!(
+                "its program path {exe:?} is not an absolute path on a local drive"
+            )))
+        }
+    }
+    let line = crate::cmdline::command_line(&[exe, REPAIR_NULL_DEVICE_FLAG])
+        .map_err(|e| err(e.to_string()))?;
+    let n = line.encode_utf16().count();
+    if n > SCHTASKS_TR_MAX {
+        return Err(err(format!(
+            "its command line is {n} characters long; schtasks accepts {SCHTASKS_TR_MAX}: set ProgramFiles to a shorter path"
+        )));
+    }
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_string()).collect::<Vec<_>>();
+    let mut create = s(&[
+        "/Create",
+        "/F",
+        "/TN",
+        BOOT_TASK_NAME,
+        "/SC",
+        "ONSTART",
+        "/RU",
+        "SYSTEM",
+        "/RL",
+        "HIGHEST",
+        "/TR",
+    ]);
+    create.push(line.clone());
+    Ok(BootTask {
+        command_line: line,
+        create,
+        delete: s(&["/Delete", "/F", "/TN", BOOT_TASK_NAME]),
+        query: s(&["/Query", "/TN", BOOT_TASK_NAME]),
+    })
+}
+
+/// What a run as a sandbox user does about the null device grant, given whether the
+/// device grants the sandbox users now (`None`: unknown, or no setup) and whether
+/// the boot task is registered (`None`: unknown).
+#[derive(Debug)]
+pub enum NullDeviceCheck {
+    /// The grant is there (or cannot be judged): run.
+    Run,
+    /// Gone, and the run may be degraded: run, with this note.
+    Warn(String),
+    /// Gone: refuse with this error (it names the repair command).
+    Refuse(WindowsError),
+}
+
+/// See [`NullDeviceCheck`]. The grant is a compatibility matter (without it `> NUL`
+/// fails in the sandbox), not a boundary, but a run that breaks every build script
+/// in a confusing way is worse than a clear refusal that says how to repair it.
+pub fn null_device_check(
+    granted: Option<bool>,
+    boot_task: Option<bool>,
+    allow_degraded: bool,
+) -> NullDeviceCheck {
+    if granted != Some(false) {
+        return NullDeviceCheck::Run;
+    }
+    let why = match boot_task {
+        Some(true) => format!("and the boot task {BOOT_TASK_NAME} that re-applies the grant has not run (or failed; Task Scheduler shows its last result)"),
+        Some(false) => format!("and the boot task {BOOT_TASK_NAME} that would re-apply the grant is not registered"),
+        None => format!("and the boot task {BOOT_TASK_NAME} could not be queried"),
+    };
+    if allow_degraded {
+        NullDeviceCheck::Warn(format!(
+            "the null device does not grant the sandbox users ({why}): redirects to NUL fail in the sandbox; run `workfence setup` (elevated) to repair"
+        ))
+    } else {
+        NullDeviceCheck::Refuse(WindowsError::NullDeviceLost { why })
+    }
+}
+
 /// The environment that makes git accept a workspace owned by another account (the
 /// command runs as the sandbox user, the workspace belongs to the invoking user):
 /// `safe.directory` through `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_n`/`GIT_CONFIG_VALUE_n`,

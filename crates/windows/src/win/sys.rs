@@ -1280,6 +1280,34 @@ pub fn windows_dir() -> String {
     from_wide(&buf[..n as usize])
 }
 
+/// The Program Files directory (`FOLDERID_ProgramFiles`), from the shell rather than
+/// the `ProgramFiles` variable, which the caller's environment could point anywhere.
+pub fn program_files_dir() -> Result<String> {
+    let mut p: windows_sys::core::PWSTR = null_mut();
+    // SAFETY: the GUID is a static; p receives a CoTaskMemAlloc'd string (freed below).
+    let hr = unsafe {
+        windows_sys::Win32::UI::Shell::SHGetKnownFolderPath(
+            &windows_sys::Win32::UI::Shell::FOLDERID_ProgramFiles,
+            0,
+            null_mut(),
+            &mut p,
+        )
+    };
+    // SAFETY: on success p is a NUL-terminated string; on failure it is null or valid.
+    let s = unsafe { from_wide_ptr(p) };
+    // SAFETY: p was allocated by SHGetKnownFolderPath (null is allowed) and is not used after.
+    unsafe { windows_sys::Win32::System::Com::CoTaskMemFree(p as *const core::ffi::c_void) };
+    if hr < 0 || s.is_empty() {
+        return Err(api(
+            "finding the Program Files directory",
+            "SHGetKnownFolderPath",
+            hr as u32,
+            "",
+        ));
+    }
+    Ok(s)
+}
+
 // ---------------------------------------------------------------- pipes and ConPTY
 
 /// An anonymous pipe (read end, write end), not inheritable.
