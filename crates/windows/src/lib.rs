@@ -50,6 +50,7 @@ pub mod journal;
 pub mod lookup;
 pub mod path;
 mod plan;
+pub mod probes;
 pub mod sddl;
 
 #[cfg(windows)]

@@ -2458,3 +2458,186 @@ pub fn service_can_start(name: &str) -> Option<bool> {
     let cfg = unsafe { &*(buf.as_ptr() as *const SV::QUERY_SERVICE_CONFIGW) };
     Some(cfg.dwStartType != SV::SERVICE_DISABLED)
 }
+
+// ---------------------------------------------------------------- self-test probes
+//
+// Small actions `workfence selftest` performs from inside and outside the sandbox
+// (through the safe wrappers of `crate::probes`). None of them is used by a run.
+
+/// The number of ICMPv4 echo requests this host has sent (`GetIcmpStatistics`,
+/// `icmpOutStats.dwEchos`): system-wide, so the self-test reads it from outside.
+pub fn icmp_echo_requests_sent() -> Option<u64> {
+    let mut m = windows_sys::Win32::NetworkManagement::IpHelper::MIB_ICMP::default();
+    // SAFETY: m is a valid output of the documented type.
+    let r = unsafe { windows_sys::Win32::NetworkManagement::IpHelper::GetIcmpStatistics(&mut m) };
+    (r == 0).then_some(u64::from(m.stats.icmpOutStats.dwEchos))
+}
+
+/// The tick count of the last input event of this session (`GetLastInputInfo`).
+pub fn last_input_tick() -> Option<u32> {
+    use windows_sys::Win32::UI::Input::KeyboardAndMouse as KM;
+    let mut li = KM::LASTINPUTINFO {
+        cbSize: std::mem::size_of::<KM::LASTINPUTINFO>() as u32,
+        dwTime: 0,
+    };
+    // SAFETY: li is a valid output with cbSize set.
+    let ok = unsafe { KM::GetLastInputInfo(&mut li) };
+    (ok != 0).then_some(li.dwTime)
+}
+
+/// Tries what a command would do to reach the user's desktop: open `WinSta0` and its
+/// `Default` desktop with the rights hooks and injected input need
+/// (`DESKTOP_HOOKCONTROL | DESKTOP_JOURNALPLAYBACK | DESKTOP_WRITEOBJECTS`), switch
+/// this process and thread to them, and inject a one-pixel mouse move and its way
+/// back (`SendInput`). Returns what succeeded, or the first step that failed.
+pub fn inject_input_on_user_desktop() -> std::result::Result<String, String> {
+    use windows_sys::Win32::UI::Input::KeyboardAndMouse as KM;
+    let fail = |step: &str| format!("{step} failed: {}", message(last_error()));
+    let winsta_name = wide("WinSta0");
+    // SAFETY: the name is NUL-terminated; MAXIMUM_ALLOWED asks for what the DACL gives.
+    let ws = unsafe {
+        SD::OpenWindowStationW(
+            winsta_name.as_ptr(),
+            0,
+            windows_sys::Win32::System::SystemServices::MAXIMUM_ALLOWED,
+        )
+    };
+    if ws.is_null() {
+        return Err(fail("OpenWindowStation(WinSta0)"));
+    }
+    // This process's window station is never closed here: the process exits right after
+    // the probe, and closing the one in use would fail anyway.
+    // SAFETY: ws is a window station handle just opened.
+    if unsafe { SD::SetProcessWindowStation(ws) } == 0 {
+        let e = fail("SetProcessWindowStation(WinSta0)");
+        // SAFETY: ws is not in use by the process (the switch failed); closed once.
+        unsafe { SD::CloseWindowStation(ws) };
+        return Err(e);
+    }
+    let desk_name = wide("Default");
+    let access = SD::DESKTOP_READOBJECTS
+        | SD::DESKTOP_WRITEOBJECTS
+        | SD::DESKTOP_HOOKCONTROL
+        | SD::DESKTOP_JOURNALPLAYBACK;
+    // SAFETY: the name is NUL-terminated; the flags are plain values.
+    let desk = unsafe { SD::OpenDesktopW(desk_name.as_ptr(), 0, 0, access) };
+    if desk.is_null() {
+        return Err(fail("OpenDesktop(Default) for hooks and input"));
+    }
+    // SAFETY: desk was just opened; a new probe thread owns no windows or hooks.
+    if unsafe { SD::SetThreadDesktop(desk) } == 0 {
+        let e = fail("SetThreadDesktop(Default)");
+        // SAFETY: desk is not the thread's desktop (the switch failed); closed once.
+        unsafe { SD::CloseDesktop(desk) };
+        return Err(e);
+    }
+    let mv = |dx: i32| KM::INPUT {
+        r#type: KM::INPUT_MOUSE,
+        Anonymous: KM::INPUT_0 {
+            mi: KM::MOUSEINPUT {
+                dx,
+                dy: 0,
+                mouseData: 0,
+                dwFlags: KM::MOUSEEVENTF_MOVE,
+                time: 0,
+                dwExtraInfo: 0,
+            },
+        },
+    };
+    let inputs = [mv(1), mv(-1)];
+    // SAFETY: inputs is an array of two INPUT structures of the size given.
+    let sent = unsafe {
+        KM::SendInput(
+            inputs.len() as u32,
+            inputs.as_ptr(),
+            std::mem::size_of::<KM::INPUT>() as i32,
+        )
+    };
+    if sent != inputs.len() as u32 {
+        return Err(fail("SendInput on WinSta0\\Default"));
+    }
+    Ok("opened WinSta0\\Default with hook and journal rights and injected input".into())
+}
+
+/// Opens process `pid` with the rights code injection needs (`PROCESS_VM_WRITE`,
+/// `PROCESS_VM_OPERATION`, `PROCESS_DUP_HANDLE`) and `PROCESS_TERMINATE`, all at
+/// once, then terminates it with `code`: a visible effect the self-test judges from
+/// outside.
+pub fn open_and_terminate(pid: u32, code: u32) -> std::result::Result<(), String> {
+    let access = T::PROCESS_VM_WRITE
+        | T::PROCESS_VM_OPERATION
+        | T::PROCESS_DUP_HANDLE
+        | T::PROCESS_TERMINATE;
+    // SAFETY: plain arguments; the result is checked below.
+    let h = unsafe { T::OpenProcess(access, 0, pid) };
+    let Some(h) = owned(h) else {
+        return Err(format!(
+            "OpenProcess({pid}) for write, duplicate and terminate failed: {}",
+            message(last_error())
+        ));
+    };
+    // SAFETY: h is open with PROCESS_TERMINATE.
+    if unsafe { T::TerminateProcess(raw(&h), code) } == 0 {
+        return Err(format!(
+            "TerminateProcess({pid}) failed: {}",
+            message(last_error())
+        ));
+    }
+    Ok(())
+}
+
+/// A named pipe server created with the default security descriptor (no
+/// `SECURITY_ATTRIBUTES`), as programs in the sandbox create them, in non-blocking
+/// mode so that [`pipe_poll_client`] can poll it.
+pub fn default_pipe_server(name: &str) -> Result<OwnedHandle> {
+    let w = wide(name);
+    // SAFETY: w is NUL-terminated; a null SECURITY_ATTRIBUTES means the default descriptor.
+    let h = unsafe {
+        P::CreateNamedPipeW(
+            w.as_ptr(),
+            FS::PIPE_ACCESS_DUPLEX,
+            P::PIPE_TYPE_BYTE | P::PIPE_NOWAIT,
+            1,
+            4096,
+            4096,
+            0,
+            null(),
+        )
+    };
+    if h == F::INVALID_HANDLE_VALUE {
+        return Err(api(
+            &format!("creating the pipe {name}"),
+            "CreateNamedPipeW",
+            last_error(),
+            "",
+        ));
+    }
+    owned(h).ok_or_else(|| {
+        api(
+            &format!("creating the pipe {name}"),
+            "CreateNamedPipeW",
+            last_error(),
+            "",
+        )
+    })
+}
+
+/// Whether a client has connected to a [`default_pipe_server`] (connected now, or
+/// connected and gone already).
+pub fn pipe_poll_client(server: &OwnedHandle) -> Result<bool> {
+    // SAFETY: server is a pipe handle in non-blocking mode; no OVERLAPPED.
+    let ok = unsafe { P::ConnectNamedPipe(raw(server), null_mut()) };
+    if ok != 0 {
+        return Ok(true);
+    }
+    match last_error() {
+        F::ERROR_PIPE_CONNECTED | F::ERROR_NO_DATA => Ok(true),
+        F::ERROR_PIPE_LISTENING => Ok(false),
+        code => Err(api(
+            "waiting for a pipe client",
+            "ConnectNamedPipe",
+            code,
+            "",
+        )),
+    }
+}
