@@ -1677,8 +1677,13 @@ fn network_plan(policy: &Policy, ctx: &WindowsContext, full: bool) -> NetworkPla
 /// DNS Client service (`getaddrinfo` asks Dnscache, which resolves as NETWORK SERVICE,
 /// so a lookup of `<data>.attacker.example` leaks data), and SMB to remote hosts,
 /// opened by the kernel redirector (`\\host\share` paths) outside the user's
-/// filters. Direct connections to DNS and SMB ports are blocked; these are not.
-pub const NETWORK_SERVICE_LEAKS: &str = "name lookups through the DNS Client service (Dnscache resolves as NETWORK SERVICE, so a lookup can carry data out) and SMB to remote hosts (\\\\host\\share, opened by the kernel redirector), both outside the offline user's filters";
+/// filters, and very likely ICMP echo requests through `IcmpSendEcho` (what `ping`
+/// uses): the kernel sends them itself, with a payload the caller chooses, and
+/// third-party WFP firewalls report them as "System", not as the calling process, so
+/// a filter on the offline user's SID would not match them (M; `attack/windows-icmp`
+/// measures it). Direct connections to DNS and SMB ports and raw or ICMP sockets of
+/// the offline user are blocked; these are not.
+pub const NETWORK_SERVICE_LEAKS: &str = "name lookups through the DNS Client service (Dnscache resolves as NETWORK SERVICE, so a lookup can carry data out), SMB to remote hosts (\\\\host\\share, opened by the kernel redirector) and, very likely, ICMP echo requests through IcmpSendEcho (ping: the kernel sends them as System, with a payload the caller chooses), all outside the offline user's filters";
 
 fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus> {
     let l = |layer: &str, state, detail: &str| LayerStatus {

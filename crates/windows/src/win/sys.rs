@@ -2492,7 +2492,10 @@ pub fn last_input_tick() -> Option<u32> {
 /// back (`SendInput`). Returns what succeeded, or the first step that failed.
 pub fn inject_input_on_user_desktop() -> std::result::Result<String, String> {
     use windows_sys::Win32::UI::Input::KeyboardAndMouse as KM;
-    let fail = |step: &str| format!("{step} failed: {}", message(last_error()));
+    let fail = |step: &str| {
+        let code = last_error();
+        format!("{step} failed: {}", message(code))
+    };
     let winsta_name = wide("WinSta0");
     // SAFETY: the name is NUL-terminated; MAXIMUM_ALLOWED asks for what the DACL gives.
     let ws = unsafe {
@@ -2571,17 +2574,16 @@ pub fn open_and_terminate(pid: u32, code: u32) -> std::result::Result<(), String
     // SAFETY: plain arguments; the result is checked below.
     let h = unsafe { T::OpenProcess(access, 0, pid) };
     let Some(h) = owned(h) else {
+        let e = last_error();
         return Err(format!(
             "OpenProcess({pid}) for write, duplicate and terminate failed: {}",
-            message(last_error())
+            message(e)
         ));
     };
     // SAFETY: h is open with PROCESS_TERMINATE.
     if unsafe { T::TerminateProcess(raw(&h), code) } == 0 {
-        return Err(format!(
-            "TerminateProcess({pid}) failed: {}",
-            message(last_error())
-        ));
+        let e = last_error();
+        return Err(format!("TerminateProcess({pid}) failed: {}", message(e)));
     }
     Ok(())
 }
@@ -2605,10 +2607,11 @@ pub fn default_pipe_server(name: &str) -> Result<OwnedHandle> {
         )
     };
     if h == F::INVALID_HANDLE_VALUE {
+        let code = last_error();
         return Err(api(
             &format!("creating the pipe {name}"),
             "CreateNamedPipeW",
-            last_error(),
+            code,
             "",
         ));
     }

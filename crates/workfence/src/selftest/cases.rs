@@ -1189,7 +1189,10 @@ fn windows_cases() -> Vec<Case> {
             tools: &["ping"],
             unavailable: not_windows,
             control_needs: Some("ICMP statistics that count echo requests to 127.0.0.1 (GetIcmpStatistics)"),
-            platform_limit: None,
+            // Third-party WFP firewalls see ping's echoes as "System": the kernel sends
+            // them for the caller, so filters on the offline user's SID likely miss
+            // them. If so, a limit of Windows (reported by explain and doctor).
+            platform_limit: Some("IcmpSendEcho's echo requests are sent by the kernel (classified as System, not as the offline user), outside the offline user's WFP filters, with a payload the caller chooses (docs/windows.md, README limitations; `explain` and `doctor` report it)"),
             prepare: |_| {
                 let before = workfence_windows::probes::icmp_echo_requests_sent()
                     .ok_or("GetIcmpStatistics failed")?;
