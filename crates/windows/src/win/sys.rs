@@ -2616,10 +2616,11 @@ pub fn default_pipe_server(name: &str) -> Result<OwnedHandle> {
         ));
     }
     owned(h).ok_or_else(|| {
+        let code = last_error();
         api(
             &format!("creating the pipe {name}"),
             "CreateNamedPipeW",
-            last_error(),
+            code,
             "",
         )
     })
