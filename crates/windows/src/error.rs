@@ -49,8 +49,8 @@ pub enum WindowsError {
         gaps: String,
     },
 
-    /// `network = "proxy"` needs workfence's proxy, which does not exist yet.
-    #[error("network allowlists (network = \"proxy\") are not enforced by this version on Windows; use --network off or on")]
+    /// A network allowlist: the Windows path to the proxy is not tested end to end yet.
+    #[error("network allowlists (--network allow=...) are enforced only on Linux in this version: the Windows path (a WFP permit for the proxy port during the run, a per-run proxy secret) is not tested end to end; use --network off or on")]
     ProxyUnsupported,
 
     /// A command line cannot be represented.
