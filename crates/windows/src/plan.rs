@@ -1661,7 +1661,7 @@ fn network_plan(policy: &Policy, ctx: &WindowsContext, full: bool) -> NetworkPla
         (_, _) if full => (true, "full access: the host network".to_string()),
         (Network::On, _) => (true, "the host network, unfiltered".to_string()),
         (Network::Off, Some(u)) => (true, format!("runs as {}; its WFP filters block all its traffic, loopback included, and every listen; no port is permitted", u.offline_user)),
-        (Network::Proxy(_), Some(_)) => (false, "refused: the proxy does not exist yet".to_string()),
+        (Network::Proxy(_), Some(_)) => (false, "refused: network allowlists are enforced only on Linux in this version".to_string()),
         (_, None) => (false, "NOT ENFORCED: `workfence setup` has not installed the offline user and its filters".to_string()),
     };
     NetworkPlan {
