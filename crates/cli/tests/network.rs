@@ -359,11 +359,7 @@ fn reported(a: Attack, host: &'static str) -> Attack {
 
 /// An attack whose halves both run [`net_setup`] with `spec`.
 fn net_attack(id: &str, body: &str, spec: NetSpec) -> Attack {
-    let a = Attack::new(id, &script(body)).setup(move |sc, mode| net_setup(sc, mode, &spec));
-    if std::env::var("WF_NET_DEV").is_ok() {
-        return a.prefix(&["/work/wt-nettest/target/devwrap.sh", "{ROOT}"]);
-    } // DEVHOOK
-    a
+    Attack::new(id, &script(body)).setup(move |sc, mode| net_setup(sc, mode, &spec))
 }
 
 /// Tools every network test needs; prints a visible skip otherwise.
@@ -395,17 +391,8 @@ fn work_run(sc: &mut Scenario, spec: &NetSpec, wf_args: &[String], body: &str) -
     l.wf_args.push("--audit-log".into());
     l.wf_args.push(net_dir(sc).join("audit.jsonl").into());
     l.wf_args.extend(wf_args.iter().map(OsString::from));
-    if std::env::var("WF_NET_DEV").is_ok() {
-        l.prefix = vec!["/work/wt-nettest/target/devwrap.sh".into(), "{ROOT}".into()];
-    } // DEVHOOK
     sc.run_script(Mode::Sandboxed, &with_proof(&script(body)), &l)
 }
-
-fn dev_sandboxed(sc: &Scenario, o: &Outcome, w: &str) {
-    if std::env::var("WF_NET_DEV").is_err() {
-        assert_sandboxed(sc, o, w)
-    }
-} // DEVHOOK
 
 fn audit(sc: &Scenario) -> Vec<Value> {
     read_lossy(&net_dir(sc).join("audit.jsonl"))
@@ -485,7 +472,7 @@ fn net_work_curl_http() {
         &[],
         &format!("req w1 \"http://a.test:$PA/c/w1\"\n{DIRECT}"),
     );
-    dev_sandboxed(&sc, &o, "curl over HTTP");
+    assert_sandboxed(&sc, &o, "curl over HTTP");
     assert_fetched(&sc, &o, "A", "w1", "a.test");
     assert_direct_failed(&sc, &o);
     let a = audit_for(&sc, "a.test");
@@ -540,7 +527,7 @@ fn net_work_curl_https() {
         &[],
         &format!("req w2 \"https://tls.test:$PT/c/w2\" --cacert \"$WS/ca.pem\"\n{DIRECT}"),
     );
-    dev_sandboxed(&sc, &o, "curl over HTTPS");
+    assert_sandboxed(&sc, &o, "curl over HTTPS");
     let (code, connect, rc) = r_line(&o, "w2").unwrap();
     assert!(
         code == "200" && rc == 0 && connect == "200",
@@ -579,7 +566,7 @@ fn net_work_socks5_curl() {
             "echo \"SOCKSVAR $ALL_PROXY\"\nreq w3 \"http://a.test:$PA/c/w3\" --socks5-hostname \"$SOCKS\"\n{DIRECT}"
         ),
     );
-    dev_sandboxed(&sc, &o, "curl over SOCKS5");
+    assert_sandboxed(&sc, &o, "curl over SOCKS5");
     let var = o.field("SOCKSVAR").unwrap_or_default();
     assert!(
         var.starts_with("socks5h://") && var.ends_with(SANDBOX_PROXY),
@@ -618,7 +605,7 @@ fn net_work_cli_ip_rule() {
         &["--network".into(), format!("allow=127.0.0.1:{pa}")],
         &format!("PA={pa}\nreq w4 \"http://127.0.0.1:$PA/c/w4\"\n{DIRECT}"),
     );
-    dev_sandboxed(&sc, &o, "curl to a literal-IP rule");
+    assert_sandboxed(&sc, &o, "curl to a literal-IP rule");
     assert_fetched(&sc, &o, "A", "w4", "127.0.0.1");
     assert_direct_failed(&sc, &o);
     work_passed("net-cli-ip-rule");
@@ -668,7 +655,7 @@ fn net_work_git_clone_http() {
             "git clone -q \"http://git.test:$PG/repo.git\" \"$WS/clone\"; echo \"CLONE rc=$?\"\n{DIRECT}"
         ),
     );
-    dev_sandboxed(&sc, &o, "git clone over HTTP");
+    assert_sandboxed(&sc, &o, "git clone over HTTP");
     assert_eq!(o.field("CLONE").as_deref(), Some("rc=0"), "{}", o.show());
     assert_eq!(
         fs::read_to_string(sc.ws.join("clone/hello.txt")).unwrap_or_default(),
@@ -766,7 +753,7 @@ fn net_work_pip_download() {
         &[],
         &format!("\"$PY\" -m pip {PIP_ARGS} 2>&1 | tail -n 5; echo \"PIP rc=$?\"\n{DIRECT}"),
     );
-    dev_sandboxed(&sc, &o, "pip download");
+    assert_sandboxed(&sc, &o, "pip download");
     let got = fs::read(sc.ws.join("dl/wfdemo-0.1-py3-none-any.whl")).unwrap_or_default();
     assert!(
         got == whl,
@@ -811,7 +798,7 @@ req d1 "http://evil.test:$PB/c/d1"
 req d2 "http://bad.a.test:$PB/c/d2"
 "#,
     );
-    dev_sandboxed(&sc, &o, "audit run");
+    assert_sandboxed(&sc, &o, "audit run");
     for c in ["w1", "w3", "w5"] {
         assert_fetched(&sc, &o, "A", c, "a.test");
     }
@@ -1147,13 +1134,10 @@ fn net_policy_scoped() {
         for a in pip_args(&pp, &sc.ws.join("dl")) {
             argv.push(a);
         }
-        let mut l = Launch {
+        let l = Launch {
             env,
             ..Launch::default()
         };
-        if std::env::var("WF_NET_DEV").is_ok() {
-            l.prefix = vec!["/work/wt-nettest/target/devwrap.sh".into(), "{ROOT}".into()];
-        } // DEVHOOK
         let o = sc.workfence(&argv, &l);
         let got = fs::read(sc.ws.join("dl/wfdemo-0.1-py3-none-any.whl")).unwrap_or_default();
         assert!(
