@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::addr::classify;
+use crate::addr::classify_for_host;
 use crate::audit::{now_rfc3339, AuditRecord, AuditSink, Decision, Denial, Protocol};
 use crate::host::{normalize_name, Host, HostError, Target};
 use crate::io::{Counted, Counters, Prefixed};
@@ -51,6 +51,9 @@ pub struct ProxyConfig {
     pub rules: RuleSet,
     /// The per-command scope that chose them, recorded in each audit entry.
     pub scope: Option<Vec<String>>,
+    /// This host's own interface addresses: refused like loopback (a rebinding of an
+    /// allowed name to the host's public address must not reach its services).
+    pub host_addrs: Vec<IpAddr>,
     /// Name pins, like curl's `--resolve`: these names resolve to these addresses and are
     /// never looked up. The address policy still applies to pinned addresses.
     pub resolve: BTreeMap<String, Vec<IpAddr>>,
@@ -72,6 +75,7 @@ impl ProxyConfig {
         ProxyConfig {
             rules,
             scope: None,
+            host_addrs: Vec::new(),
             resolve: BTreeMap::new(),
             auth: None,
             handshake_timeout: Duration::from_secs(10),
@@ -554,7 +558,7 @@ impl Proxy {
         let mut refused = None;
         let mut addrs = Vec::new();
         for ip in ips {
-            let class = classify(ip);
+            let class = classify_for_host(ip, &self.inner.config.host_addrs);
             if class.is_public() || local_ok {
                 addrs.push(SocketAddr::new(ip, t.port));
             } else if refused.is_none() {

@@ -35,6 +35,16 @@ pub enum NetworkError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The allowlist needs user namespaces (a private network namespace), which this
+    /// host does not allow.
+    #[error("network allowlists (--network allow=...) need a private network namespace, and user namespaces are unavailable here ({0}); --allow-degraded cannot help: without the namespace nothing confines the network to the proxy. Enable unprivileged user namespaces (see `workfence doctor`), or use --network off or on")]
+    NeedsNamespace(String),
+    /// `--audit-log` without a network allowlist.
+    #[error("--audit-log records the network proxy's connections, and this run has no network allowlist; add --network allow=..., or drop --audit-log")]
+    AuditWithoutAllowlist,
+    /// The allowlist in full-access mode.
+    #[error("--network allow=... is not enforced in full-access mode (there is no sandbox, so the command has the host's whole network); drop one of them")]
+    FullAccess,
     /// The proxy's runtime or thread could not start.
     #[error("starting the network proxy ({step}): {source}")]
     Start {
@@ -130,7 +140,32 @@ pub fn proxy_config(net: &ProxyPolicy, argv: &[String]) -> Result<ProxyConfig, N
     let mut cfg = ProxyConfig::new(rules.rules);
     cfg.scope = rules.scope;
     cfg.resolve = net.resolve.clone();
+    cfg.host_addrs = host_addrs();
     Ok(cfg)
+}
+
+/// This host's interface addresses (refused like loopback unless allowed as local).
+#[cfg(unix)]
+fn host_addrs() -> Vec<std::net::IpAddr> {
+    let Ok(ifs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    ifs.filter_map(|i| i.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
+/// This host's interface addresses (not collected off Unix yet: no backend runs the
+/// proxy there).
+#[cfg(not(unix))]
+fn host_addrs() -> Vec<std::net::IpAddr> {
+    Vec::new()
 }
 
 /// The default audit file: `$XDG_STATE_HOME/workfence/network-audit.jsonl`, else
@@ -236,7 +271,7 @@ mod linux {
         ours: Option<UnixStream>,
         theirs: Option<UnixStream>,
         stop: Option<oneshot::Sender<()>>,
-        thread: Option<JoinHandle<()>>,
+        thread: Option<JoinHandle<Result<(), String>>>,
         waker: Option<UnixStream>,
         expected: std::net::SocketAddr,
     }
@@ -305,8 +340,9 @@ mod linux {
             Ok(())
         }
 
-        /// Stops the proxy (the sandbox is gone) and returns what it denied.
-        pub fn finish(mut self) -> Vec<workfence_proxy::Denial> {
+        /// Stops the proxy (the sandbox is gone) and returns what it denied, and why it
+        /// could not serve, if it could not.
+        pub fn finish(mut self) -> (Vec<workfence_proxy::Denial>, Option<String>) {
             if let Some(w) = &self.waker {
                 // Wakes a thread still waiting for the sandbox's sockets.
                 let _ = w.shutdown(std::net::Shutdown::Both);
@@ -314,10 +350,12 @@ mod linux {
             if let Some(s) = self.stop.take() {
                 let _ = s.send(());
             }
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-            self.proxy.denials()
+            let failure = match self.thread.take().map(JoinHandle::join) {
+                Some(Ok(Err(why))) => Some(why),
+                Some(Err(_)) => Some("the proxy thread panicked".to_string()),
+                _ => None,
+            };
+            (self.proxy.denials(), failure)
         }
     }
 
@@ -326,39 +364,47 @@ mod linux {
         ours: UnixStream,
         stop: oneshot::Receiver<()>,
         expected: std::net::SocketAddr,
-    ) {
-        let fds: Vec<OwnedFd> = match workfence_linux::receive_proxy_sockets(ours.as_fd()) {
-            Ok(f) => f,
-            Err(_) => return,
-        };
+    ) -> Result<(), String> {
+        let fds: Vec<OwnedFd> =
+            workfence_linux::receive_proxy_sockets(ours.as_fd()).map_err(|e| e.to_string())?;
         drop(ours);
         let mut fds = fds.into_iter();
-        let Some(first) = fds.next() else { return };
+        // No socket: the sandbox ended before its setup got that far (its own error
+        // says why) or the run was stopped.
+        let Some(first) = fds.next() else {
+            return Ok(());
+        };
         let listener = std::net::TcpListener::from(first);
         // Only the socket the plan describes is served.
-        if listener.local_addr().ok() != Some(expected) || listener.set_nonblocking(true).is_err() {
-            return;
+        let got = listener.local_addr().ok();
+        if got != Some(expected) {
+            return Err(format!(
+                "the sandbox handed over a socket at {got:?}, not the planned {expected}; not serving it"
+            ));
         }
-        let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("making the proxy socket non-blocking (fcntl): {e}"))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("workfence-proxy")
             .enable_all()
             .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let Ok(l) = tokio::net::TcpListener::from_std(listener) else {
-                return;
+            .map_err(|e| format!("starting the proxy's runtime: {e}"))?;
+        let result = rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| format!("registering the proxy socket (epoll): {e}"))?;
+            let served = tokio::select! {
+                r = proxy.serve_tcp(l) => r.map_err(|e| e.to_string()),
+                _ = stop => Ok(()),
             };
-            tokio::select! {
-                _ = proxy.serve_tcp(l) => {}
-                _ = stop => {}
-            }
             // The sandbox is gone, so every client socket is closed: what is still
-            // open ends at once; wait for it so that its audit record is written.
+            // open ends at once; wait for it so that its audit record is written
+            // (a connection still open after that is recorded as cut short).
             proxy.drain(std::time::Duration::from_secs(1)).await;
+            served
         });
         rt.shutdown_timeout(std::time::Duration::from_millis(200));
+        result
     }
 }
