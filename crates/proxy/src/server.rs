@@ -358,6 +358,9 @@ impl Proxy {
         let _ = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.inner.config.handshake_timeout)
+            // A client may shut down its write half once its request is sent; without
+            // this, hyper drops that request unanswered, unaudited and unrecorded.
+            .half_close(true)
             .serve_connection(TokioIo::new(stream), svc)
             .with_upgrades()
             .await;
