@@ -815,7 +815,10 @@ async fn a_half_closed_client_still_gets_its_answer_and_its_record() {
         "GET {url}/a HTTP/1.1\r\nHost: allowed.test:{http}\r\n\r\nGET {url}/b HTTP/1.1\r\nHost: allowed.test:{http}\r\n\r\n"
     ))
     .await;
-    assert!(two.contains("origin saw /a") && two.contains("origin saw /b"), "{two}");
+    assert!(
+        two.contains("origin saw /a") && two.contains("origin saw /b"),
+        "{two}"
+    );
     let records = run.records(3).await;
     assert_eq!(records[0].decision, Decision::Deny);
     assert_eq!(run.proxy.denials().len(), 1);
