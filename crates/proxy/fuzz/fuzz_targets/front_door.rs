@@ -24,7 +24,7 @@ use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
-use workfence_proxy::{MemorySink, NamedLists, Proxy, ProxyAuth, ProxyConfig, RuleSet};
+use workfence_proxy::{Decision, MemorySink, NamedLists, Proxy, ProxyAuth, ProxyConfig, RuleSet};
 
 const USER: &str = "wf";
 const PASS: &str = "s3cret-run-token";
@@ -179,8 +179,13 @@ fuzz_target!(|data: &[u8]| {
         eprintln!("mode {mode}: opened {opened}; records {records:#?}");
     }
     for r in &records {
+        // The proxy's own wording for a failed lookup (a prefix: request text that the
+        // fuzzer puts into a refusal's reason does not count).
         let reason = r.reason.as_deref().unwrap_or("");
-        assert!(!reason.contains("could not resolve"), "a DNS lookup: {r:?}");
+        assert!(
+            !(r.decision == Decision::Error && reason.starts_with("could not resolve")),
+            "a DNS lookup: {r:?}"
+        );
     }
     for r in &connected {
         assert_eq!(r.resolved, Some(w.addr), "{r:?}");
