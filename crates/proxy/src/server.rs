@@ -891,14 +891,23 @@ async fn forward(
     slot: Slot,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // The origin-form target. `http://host?q` has an empty path, which is `/` in origin
+    // form (RFC 9112 section 3.2.1), so `?q` becomes `/?q`.
+    let path = match parts.uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("") => "/".to_string(),
+        Some(p) if p.starts_with('/') => p.to_string(),
+        Some(p) => format!("/{p}"),
+    };
     parts.uri = match path.parse() {
         Ok(u) => u,
-        Err(_) => return text_response(StatusCode::BAD_REQUEST, "workfence: bad path\n".into()),
+        Err(_) => {
+            // Already connected and marked allowed: the record must still be written.
+            let mut audit = audit;
+            let reason = format!("request path '{}' is not valid", path.escape_debug());
+            audit.outcome(Decision::Reject, None, Some(reason.clone()));
+            audit.finish(&*sink, (0, 0));
+            return text_response(StatusCode::BAD_REQUEST, format!("workfence: {reason}\n"));
+        }
     };
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST) {

@@ -823,3 +823,23 @@ async fn a_half_closed_client_still_gets_its_answer_and_its_record() {
     assert_eq!(records[0].decision, Decision::Deny);
     assert_eq!(run.proxy.denials().len(), 1);
 }
+
+/// Found by the front_door fuzz target: `GET http://host:port?q` (empty path, a query)
+/// was connected, then refused as a bad path without an audit record. Its origin form is
+/// `/?q`.
+#[tokio::test]
+async fn an_empty_path_with_a_query_is_forwarded_as_slash_query() {
+    let http = http_server().await;
+    let run = Setup::new()
+        .local(&["allowed.test"])
+        .pin("allowed.test", LOCAL)
+        .start()
+        .await;
+    let host = format!("allowed.test:{http}");
+    let (status, body) = get(run.addr, &format!("http://{host}?x=1"), &host).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("origin saw /?x=1"), "{body}");
+    let r = run.records(1).await;
+    assert_eq!(r[0].decision, Decision::Allow);
+    assert!(r[0].resolved.is_some());
+}
