@@ -102,10 +102,69 @@ enum ModeArg {
     FullAccess,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy)]
+/// `--network off | on | allow | allow=RULE[,RULE...] | allow-local=RULE[,RULE...]`.
+#[derive(Debug, Clone)]
 enum NetArg {
     Off,
     On,
+    Allow(Vec<String>),
+    AllowLocal(Vec<String>),
+}
+
+fn parse_network(s: &str) -> Result<NetArg, String> {
+    match s {
+        "off" => Ok(NetArg::Off),
+        "on" => Ok(NetArg::On),
+        "allow" => Ok(NetArg::Allow(Vec::new())),
+        _ => {
+            let (local, list) = if let Some(l) = s.strip_prefix("allow=") {
+                (false, l)
+            } else if let Some(l) = s.strip_prefix("allow-local=") {
+                (true, l)
+            } else {
+                return Err(format!(
+                    "'{s}' is not off, on, allow, allow=HOST[,HOST...] or allow-local=HOST[,HOST...] (e.g. allow=example.org,*.example.org,@mylist)"
+                ));
+            };
+            let rules: Vec<String> = list.split(',').map(|r| r.trim().to_string()).collect();
+            if rules.iter().any(String::is_empty) {
+                return Err(format!(
+                    "'{s}': an empty rule; separate rules with single commas, e.g. allow=example.org,*.example.org"
+                ));
+            }
+            Ok(if local {
+                NetArg::AllowLocal(rules)
+            } else {
+                NetArg::Allow(rules)
+            })
+        }
+    }
+}
+
+/// Folds repeated `--network` values: `off`/`on` replace everything before them;
+/// `allow=` and `allow-local=` lists add up into one allowlist.
+fn fold_network(args: Vec<NetArg>) -> Option<Network> {
+    let mut out: Option<Network> = None;
+    for a in args {
+        let local = matches!(a, NetArg::AllowLocal(_));
+        out = Some(match a {
+            NetArg::Off => Network::Off,
+            NetArg::On => Network::On,
+            NetArg::Allow(v) | NetArg::AllowLocal(v) => {
+                let mut p = match out {
+                    Some(Network::Proxy(p)) => p,
+                    _ => workfence::policy::ProxyPolicy::default(),
+                };
+                if local {
+                    p.allow_local.extend(v);
+                } else {
+                    p.allow.extend(v);
+                }
+                Network::Proxy(p)
+            }
+        });
+    }
+    out
 }
 
 #[derive(Args, Debug)]
@@ -125,9 +184,15 @@ struct RunOpts {
     /// An extra hidden path (repeatable).
     #[arg(long = "deny-read", value_name = "PATH")]
     deny_read: Vec<PathBuf>,
-    /// Network access.
-    #[arg(long, value_enum)]
-    network: Option<NetArg>,
+    /// Network access: off, on, or allow=HOST[,HOST...] (through workfence's proxy;
+    /// `*.host` subdomains, `**.host` apex and subdomains, `host:PORT`, `@list` from the
+    /// config; `allow` alone uses the config's [network] rules).
+    /// Repeatable: `--network allow=a.test --network allow-local=mirror.lan`.
+    #[arg(long, value_name = "off|on|allow=HOSTS", value_parser = parse_network)]
+    network: Vec<NetArg>,
+    /// Also append the network audit (JSON lines, one per connection) to FILE.
+    #[arg(long = "audit-log", value_name = "FILE")]
+    audit_log: Option<PathBuf>,
     /// Kill the whole process tree after this long (30s, 5m, 1h30m).
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
@@ -209,10 +274,8 @@ impl RunOpts {
                 ModeArg::WorkspaceWrite => Mode::WorkspaceWrite,
                 ModeArg::FullAccess => Mode::FullAccess,
             }),
-            network: self.network.map(|n| match n {
-                NetArg::Off => Network::Off,
-                NetArg::On => Network::On,
-            }),
+            network: fold_network(self.network),
+            audit_log: self.audit_log,
             allow_write: self.allow_write,
             deny_read: self.deny_read,
             timeout,
@@ -237,6 +300,16 @@ fn run_cmd(opts: RunOpts, command: Vec<OsString>) -> anyhow::Result<i32> {
             eprintln!("workfence: {line}");
         }
     })?;
+    // What the proxy refused, with what would allow it.
+    for d in &outcome.denials {
+        match &d.allow_with {
+            Some(fix) => eprintln!(
+                "workfence: {}: denied {}: {}. {fix}",
+                d.layer, d.target, d.reason
+            ),
+            None => eprintln!("workfence: {}: denied {}: {}", d.layer, d.target, d.reason),
+        }
+    }
     // A status workfence chose (timeout, not found, not executable) comes with its reason.
     if let Some(why) = &outcome.message {
         eprintln!("workfence: {}", why.replace('\n', " "));
