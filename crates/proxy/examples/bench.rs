@@ -224,7 +224,6 @@ async fn get(
     };
     s.write_all(req.as_bytes()).await?;
     let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
     let mut body = None;
     let mut head = Vec::new();
     loop {
@@ -246,9 +245,7 @@ async fn get(
                 }
             }
         }
-        total += n as u64;
     }
-    let _ = total;
     Ok(body.unwrap_or(0))
 }
 
