@@ -25,6 +25,12 @@ impl<S> Prefixed<S> {
             inner,
         }
     }
+
+    /// The put-back bytes not yet read, and the stream.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn into_parts(self) -> (Vec<u8>, S) {
+        (self.prefix[self.pos..].to_vec(), self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
@@ -88,6 +94,12 @@ pub(crate) struct Counted<S> {
 impl<S> Counted<S> {
     pub(crate) fn new(inner: S, counters: Counters) -> Self {
         Counted { inner, counters }
+    }
+
+    /// The counted stream (bytes moved on it directly must be counted by the mover).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
     }
 }
 

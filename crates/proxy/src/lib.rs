@@ -26,6 +26,8 @@ mod io;
 pub mod rules;
 mod server;
 pub mod socks;
+#[cfg(target_os = "linux")]
+mod splice;
 
 pub use audit::{AuditRecord, AuditSink, Decision, Denial, JsonLinesSink, MemorySink, Protocol};
 pub use host::{Host, HostError, Target};

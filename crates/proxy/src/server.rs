@@ -693,6 +693,15 @@ impl Proxy {
                     audit.finish(&*sink, counters.get());
                     return;
                 }
+                // A plain TCP client (the sandbox's socket) is relayed with splice.
+                #[cfg(target_os = "linux")]
+                if let Some(tcp) =
+                    (&mut stream as &mut dyn std::any::Any).downcast_mut::<TcpStream>()
+                {
+                    let _ = crate::splice::relay(tcp, up.get_ref(), &counters).await;
+                    audit.finish(&*sink, counters.get());
+                    return;
+                }
                 let _ = tokio::io::copy_bidirectional_with_sizes(
                     &mut stream,
                     &mut up,
@@ -912,6 +921,24 @@ fn tunnel_after_upgrade(
     audit.arm(&sink, &counters);
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
+            // A connection from serve_tcp: take the TCP socket back from hyper and relay
+            // with splice, after the bytes hyper had already read past the request.
+            #[cfg(target_os = "linux")]
+            let upgraded = match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
+                Ok(parts) => {
+                    let (rest, tcp) = parts.io.into_inner().into_parts();
+                    let mut up = Counted::new(upstream, counters.clone());
+                    let mut early = rest;
+                    early.extend_from_slice(&parts.read_buf);
+                    if early.is_empty() || up.write_all(&early).await.is_ok() {
+                        let _ = crate::splice::relay(&tcp, up.get_ref(), &counters).await;
+                    }
+                    audit.finish(&*sink, counters.get());
+                    drop(slot);
+                    return;
+                }
+                Err(u) => u,
+            };
             let mut client = TokioIo::new(upgraded);
             let mut up = Counted::new(upstream, counters.clone());
             let _ = tokio::io::copy_bidirectional_with_sizes(
