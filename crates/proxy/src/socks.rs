@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(SocksError::Command(3).reply(), Reply::CommandNotSupported);
     }
 
-    /// A cheap stand-in for the fuzz target (not yet written): random and mutated
+    /// A cheap in-CI companion of the `socks` fuzz target (crates/proxy/fuzz): random and mutated
     /// inputs never panic, and a request that parses also parses from every longer buffer
     /// to the same value and length.
     #[test]
