@@ -1406,24 +1406,24 @@ mod tests {
             "--nocapture",
         ])
         .env(CHILD_ENV, "1");
-        // SAFETY: the closure runs in the forked child before exec and makes only
-        // async-signal-safe calls (unshare, open, write, close) on memory prepared
-        // before the fork (uid_map, a literal path).
-        unsafe {
-            cmd.pre_exec(move || {
-                cvt(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET))?;
-                let fd = cvt(libc::open(
+        let child_setup = move || -> io::Result<()> {
+            // SAFETY: integer flags; only this (single-threaded, forked) child changes.
+            cvt(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) })?;
+            // SAFETY: a NUL-terminated literal path.
+            let fd = cvt(unsafe {
+                libc::open(
                     c"/proc/self/uid_map".as_ptr(),
                     libc::O_WRONLY | libc::O_CLOEXEC,
-                ))?;
-                let r = libc::write(fd, uid_map.as_ptr().cast(), uid_map.len());
-                libc::close(fd);
-                if r < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+                )
+            })?;
+            // SAFETY: fresh fd owned by nobody else; closed when dropped.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            write_all(fd.as_raw_fd(), uid_map.as_bytes())
+        };
+        // SAFETY: the closure runs in the forked child before exec and makes only
+        // async-signal-safe calls (unshare, open, write, close) on memory prepared
+        // before the fork (uid_map, a literal path); it allocates nothing.
+        unsafe { cmd.pre_exec(child_setup) };
         let out = cmd.output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
