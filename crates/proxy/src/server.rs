@@ -24,6 +24,12 @@ use crate::io::{Counted, Counters, Prefixed};
 use crate::rules::{RuleSet, Verdict};
 use crate::socks;
 
+mod dns;
+mod transparent;
+
+use dns::Synth;
+pub use dns::SyntheticPool;
+
 /// Proxy credentials for one run. Clients send them as `Proxy-Authorization: Basic`
 /// (HTTP) or RFC 1929 username/password (SOCKS5), so no other local program can use the
 /// proxy as a relay.
@@ -64,6 +70,12 @@ pub struct ProxyConfig {
     /// `serve_unix`; past it they wait in the listen backlog. Keeps a sandboxed command
     /// from spending the host's file descriptors through the proxy.
     pub max_connections: usize,
+    /// Where the transparent mode's DNS answers take their addresses from: 198.18.0.0/15
+    /// unless a test needs addresses its host already treats as local.
+    pub synthetic: SyntheticPool,
+    /// The transparent-mode ports taken as plain HTTP (served request by request, the
+    /// Host header checked): port 80. Other ports carry bytes, TLS names checked.
+    pub transparent_http_ports: Vec<u16>,
 }
 
 impl ProxyConfig {
@@ -77,6 +89,8 @@ impl ProxyConfig {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            synthetic: SyntheticPool::default(),
+            transparent_http_ports: vec![80],
         }
     }
 }
@@ -95,6 +109,9 @@ pub enum ProxyError {
     /// A `resolve` pin with no address.
     #[error("[network] resolve: '{0}' has no address; give at least one")]
     PinEmpty(String),
+    /// The transparent mode's DNS socket failed.
+    #[error("proxy: the DNS socket of the transparent mode failed: {0}; DNS in the sandbox stopped being answered")]
+    Dns(#[source] std::io::Error),
     /// accept(2) failed on the listener.
     #[error("proxy: accept on the listening socket failed: {0}; the proxy stopped serving")]
     Accept(#[source] std::io::Error),
@@ -131,6 +148,8 @@ struct Inner {
     expected_auth: Option<Vec<u8>>,
     sink: Arc<dyn AuditSink>,
     denials: Mutex<Vec<Denial>>,
+    /// The transparent mode's name <-> synthetic address map.
+    synth: Mutex<Synth>,
 }
 
 /// The proxy. Cheap to clone (shared state); every clone records into the same sink and
@@ -237,6 +256,7 @@ impl Proxy {
             .auth
             .as_ref()
             .map(|a| format!("{}:{}", a.user, a.password).into_bytes());
+        let synth = Mutex::new(Synth::new(config.synthetic));
         Ok(Proxy {
             inner: Arc::new(Inner {
                 config,
@@ -244,6 +264,7 @@ impl Proxy {
                 expected_auth,
                 sink,
                 denials: Mutex::new(Vec::new()),
+                synth,
             }),
         })
     }
