@@ -375,7 +375,7 @@ fn server_name(hello: &[u8]) -> Result<Option<String>, String> {
         return Ok(None);
     };
     let exts = match parse_tls_extensions(ext) {
-        Ok((rest, e)) if rest.is_empty() => e,
+        Ok(([], e)) => e,
         _ => return Err(bad("extensions")),
     };
     let mut names = exts.iter().filter_map(|e| match e {
