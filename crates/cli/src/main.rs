@@ -102,10 +102,34 @@ enum ModeArg {
     FullAccess,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy)]
+/// `--network off | on | allow | allow=RULE[,RULE...]`.
+#[derive(Debug, Clone)]
 enum NetArg {
     Off,
     On,
+    Allow(Vec<String>),
+}
+
+fn parse_network(s: &str) -> Result<NetArg, String> {
+    match s {
+        "off" => Ok(NetArg::Off),
+        "on" => Ok(NetArg::On),
+        "allow" => Ok(NetArg::Allow(Vec::new())),
+        _ => {
+            let Some(list) = s.strip_prefix("allow=") else {
+                return Err(format!(
+                    "'{s}' is not off, on, allow or allow=HOST[,HOST...] (e.g. allow=example.org,*.example.org,@mylist)"
+                ));
+            };
+            let rules: Vec<String> = list.split(',').map(|r| r.trim().to_string()).collect();
+            if rules.iter().any(String::is_empty) {
+                return Err(format!(
+                    "'{s}': an empty rule; separate rules with single commas, e.g. allow=example.org,*.example.org"
+                ));
+            }
+            Ok(NetArg::Allow(rules))
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -125,9 +149,14 @@ struct RunOpts {
     /// An extra hidden path (repeatable).
     #[arg(long = "deny-read", value_name = "PATH")]
     deny_read: Vec<PathBuf>,
-    /// Network access.
-    #[arg(long, value_enum)]
+    /// Network access: off, on, or allow=HOST[,HOST...] (through workfence's proxy;
+    /// `*.host` subdomains, `**.host` apex and subdomains, `host:PORT`, `@list` from the
+    /// config; `allow` alone uses the config's [network] rules).
+    #[arg(long, value_name = "off|on|allow=HOSTS", value_parser = parse_network)]
     network: Option<NetArg>,
+    /// Also append the network audit (JSON lines, one per connection) to FILE.
+    #[arg(long = "audit-log", value_name = "FILE")]
+    audit_log: Option<PathBuf>,
     /// Kill the whole process tree after this long (30s, 5m, 1h30m).
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
@@ -212,7 +241,12 @@ impl RunOpts {
             network: self.network.map(|n| match n {
                 NetArg::Off => Network::Off,
                 NetArg::On => Network::On,
+                NetArg::Allow(allow) => Network::Proxy(workfence::policy::ProxyPolicy {
+                    allow,
+                    ..Default::default()
+                }),
             }),
+            audit_log: self.audit_log,
             allow_write: self.allow_write,
             deny_read: self.deny_read,
             timeout,
@@ -237,6 +271,16 @@ fn run_cmd(opts: RunOpts, command: Vec<OsString>) -> anyhow::Result<i32> {
             eprintln!("workfence: {line}");
         }
     })?;
+    // What the proxy refused, with what would allow it.
+    for d in &outcome.denials {
+        match &d.allow_with {
+            Some(fix) => eprintln!(
+                "workfence: {}: denied {}: {}. {fix}",
+                d.layer, d.target, d.reason
+            ),
+            None => eprintln!("workfence: {}: denied {}: {}", d.layer, d.target, d.reason),
+        }
+    }
     // A status workfence chose (timeout, not found, not executable) comes with its reason.
     if let Some(why) = &outcome.message {
         eprintln!("workfence: {}", why.replace('\n', " "));

@@ -238,14 +238,25 @@ pub(crate) fn check_keep_fds(fds: &[i32]) -> Result<(), LinuxError> {
 }
 
 /// Runs the command under the plan. Returns the exit status per the CLI contract.
-pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<RunOutcome, LinuxError> {
+/// `started` is called once the sandbox exists (after the clone, or after the helper
+/// started): from then on the caller may start threads.
+pub fn run(
+    plan: &LinuxPlan,
+    req: &RunRequest,
+    started: &mut dyn FnMut(),
+) -> Result<RunOutcome, LinuxError> {
     // First, before workfence opens any fd of its own.
     check_keep_fds(&req.keep_fds)?;
+    if plan.proxy.is_some() && req.proxy_socket.is_none() {
+        return Err(LinuxError::BadArgument(
+            "the plan has a network allowlist but the request no proxy socket: use workfence::run, which starts the proxy".into(),
+        ));
+    }
     // The clone below is sound only with one thread (see crate::helper).
     if !crate::helper::single_threaded() {
-        return crate::helper::run_in_helper(plan, req);
+        return crate::helper::run_in_helper(plan, req, started);
     }
-    run_single_threaded(plan, req, None)
+    run_single_threaded(plan, req, None, started)
 }
 
 /// [`run`] in the helper: one thread (checked), and the caller's lifeline.
@@ -260,19 +271,23 @@ pub(crate) fn run_for_caller(
             "the helper has more than one thread (or cannot read /proc/self/status): its main must call workfence::helper_main_if_requested() first, before any thread starts (no #[tokio::main] around it)".into(),
         ));
     }
-    run_single_threaded(plan, req, Some(lifeline.as_raw_fd()))
+    run_single_threaded(plan, req, Some(lifeline.as_raw_fd()), &mut || {})
 }
 
 fn run_single_threaded(
     plan: &LinuxPlan,
     req: &RunRequest,
     lifeline: Option<RawFd>,
+    started: &mut dyn FnMut(),
 ) -> Result<RunOutcome, LinuxError> {
     let mut prep = prepare(plan, req)?;
     prep.lifeline = lifeline;
     match plan.isolation {
-        Isolation::Namespaces => run_namespaces(plan, req, &prep),
-        Isolation::Degraded => run_degraded(plan, req, &prep),
+        Isolation::Namespaces => run_namespaces(plan, req, &prep, started),
+        Isolation::Degraded => {
+            started();
+            run_degraded(plan, req, &prep)
+        }
     }
 }
 
@@ -362,6 +377,7 @@ fn run_namespaces(
     plan: &LinuxPlan,
     req: &RunRequest,
     prep: &Prepared,
+    started: &mut dyn FnMut(),
 ) -> Result<RunOutcome, LinuxError> {
     let (err_r, err_w) = sys::pipe().map_err(|e| LinuxError::Syscall {
         step: "creating the error pipe",
@@ -417,6 +433,7 @@ fn run_namespaces(
     };
     drop(err_w);
     drop(go_r);
+    started();
     if let Err(e) = cgroup.attach_or_kill(pid) {
         restore_mask();
         return Err(e);
@@ -434,6 +451,37 @@ fn run_namespaces(
     drop(master);
     restore_mask();
     finish(outcome, &err_r, req.timeout)
+}
+
+/// In the supervisor, in the sandbox's network namespace: creates the proxy's
+/// listening socket(s) there and passes them to workfence outside, which serves them;
+/// then closes both, so that nothing in the sandbox holds them. Listening before the
+/// command starts means its first connection queues instead of being refused.
+fn hand_over_proxy_sockets(err: RawFd, bridge: &crate::plan::ProxyBridge, sock: Option<RawFd>) {
+    let Some(sock) = sock.and_then(sys::take_fd) else {
+        die(
+            err,
+            EXIT_SETUP,
+            "sandbox setup failed: no proxy socket was passed for the network allowlist",
+        );
+    };
+    let std::net::SocketAddr::V4(addr) = bridge.listen else {
+        die(
+            err,
+            EXIT_SETUP,
+            "sandbox setup failed: the proxy address must be IPv4",
+        );
+    };
+    let listener = step(
+        err,
+        "creating the proxy's listening socket in the sandbox (socket/bind/listen)",
+        sys::listen_tcp(addr, 4096),
+    );
+    step(
+        err,
+        "passing the proxy socket to workfence (sendmsg)",
+        sys::send_fds(sock.as_raw_fd(), &[listener.as_raw_fd()]),
+    );
 }
 
 /// Unblocks the forwarded signals in the front end once the sandbox is gone.
@@ -686,6 +734,9 @@ fn supervisor(
             "bringing up loopback (SIOCSIFFLAGS)",
             sys::loopback_up(),
         );
+    }
+    if let Some(bridge) = &plan.proxy {
+        hand_over_proxy_sockets(err, bridge, req.proxy_socket);
     }
     if let Err(e) = build_root(plan, &prep.cwd) {
         die(err, EXIT_SETUP, &format!("sandbox setup failed: {e}"));

@@ -132,11 +132,24 @@ fn helper_path() -> Result<PathBuf, LinuxError> {
 }
 
 /// Runs the job in a freshly executed helper and relays its outcome.
-pub fn run_in_helper(plan: &LinuxPlan, req: &RunRequest) -> Result<RunOutcome, LinuxError> {
+pub fn run_in_helper(
+    plan: &LinuxPlan,
+    req: &RunRequest,
+    started: &mut dyn FnMut(),
+) -> Result<RunOutcome, LinuxError> {
     let exe = helper_path()?;
+    // The helper's two pipes go above every kept fd, so that kept fds keep their
+    // numbers; the proxy socket, if any, follows them.
+    let base = req.keep_fds.iter().copied().max().unwrap_or(2).max(9) + 1;
+    let mut helper_req = req.clone();
+    let mut moves = Vec::new();
+    if let Some(fd) = req.proxy_socket {
+        moves.push((fd, base + 2));
+        helper_req.proxy_socket = Some(base + 2);
+    }
     let job = serde_json::to_vec(&Job {
         plan: plan.clone(),
-        req: req.clone(),
+        req: helper_req,
     })
     .map_err(|e| LinuxError::BadArgument(format!("serializing the job for the helper: {e}")))?;
     let pipe = |what| {
@@ -148,22 +161,20 @@ pub fn run_in_helper(plan: &LinuxPlan, req: &RunRequest) -> Result<RunOutcome, L
     };
     let (job_r, job_w) = pipe("creating the helper's job pipe")?;
     let (res_r, res_w) = pipe("creating the helper's result pipe")?;
-    // The helper's two pipes go above every kept fd, so that kept fds keep their
-    // numbers.
-    let base = req.keep_fds.iter().copied().max().unwrap_or(2).max(9) + 1;
     let mut cmd = std::process::Command::new(&exe);
     cmd.arg(HELPER_ARG).arg(base.to_string());
-    sys::pass_fds(
-        &mut cmd,
-        vec![(job_r.as_raw_fd(), base), (res_w.as_raw_fd(), base + 1)],
-        req.keep_fds.clone(),
+    moves.splice(
+        0..0,
+        [(job_r.as_raw_fd(), base), (res_w.as_raw_fd(), base + 1)],
     );
+    sys::pass_fds(&mut cmd, moves, req.keep_fds.clone());
     let mut child = cmd.spawn().map_err(|e| LinuxError::Io {
         step: "starting the helper (set WORKFENCE_HELPER to the workfence binary)",
         source: e,
     })?;
     drop(job_r);
     drop(res_w);
+    started();
     // The helper reads the whole job before it does anything, so this cannot block
     // on a full pipe for long; an early exit of the helper shows up as EPIPE.
     let _ = std::fs::File::from(job_w).write_all(&job);

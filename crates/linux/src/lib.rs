@@ -78,13 +78,51 @@ pub fn host_facts(
 /// [`LinuxError::Child`].
 #[cfg(target_os = "linux")]
 pub fn run(plan: &LinuxPlan, req: &RunRequest) -> Result<RunOutcome, LinuxError> {
-    apply::run(plan, req)
+    apply::run(plan, req, &mut || {})
 }
 
 /// Runs a command under a plan (not on Linux: unsupported).
 #[cfg(not(target_os = "linux"))]
 pub fn run(_plan: &LinuxPlan, _req: &RunRequest) -> Result<RunOutcome, LinuxError> {
     Err(LinuxError::Unsupported)
+}
+
+/// [`run`], calling `started` once the sandbox exists: before it, the caller must not
+/// start threads it wants to keep off the helper's slower path (the facade starts
+/// the network proxy there).
+#[cfg(target_os = "linux")]
+pub fn run_with(
+    plan: &LinuxPlan,
+    req: &RunRequest,
+    started: &mut dyn FnMut(),
+) -> Result<RunOutcome, LinuxError> {
+    apply::run(plan, req, started)
+}
+
+/// [`run`] with a start callback (not on Linux: unsupported).
+#[cfg(not(target_os = "linux"))]
+pub fn run_with(
+    _plan: &LinuxPlan,
+    _req: &RunRequest,
+    _started: &mut dyn FnMut(),
+) -> Result<RunOutcome, LinuxError> {
+    Err(LinuxError::Unsupported)
+}
+
+/// Receives the proxy's socket(s) that the sandbox's supervisor sends over `sock`
+/// (the other end of [`RunRequest::proxy_socket`]), in the plan's order: the proxy
+/// listener first (see [`plan::ProxyBridge`]). Empty when the sandbox ended (or `sock`
+/// was shut down) without sending.
+#[cfg(target_os = "linux")]
+pub fn receive_proxy_sockets(
+    sock: std::os::fd::BorrowedFd<'_>,
+) -> Result<Vec<std::os::fd::OwnedFd>, LinuxError> {
+    use std::os::fd::AsRawFd;
+    sys::recv_fds(sock.as_raw_fd()).map_err(|e| LinuxError::Syscall {
+        step: "receiving the proxy socket from the sandbox",
+        call: "recvmsg",
+        source: e,
+    })
 }
 
 /// When this process was started as workfence's Linux helper (the library re-executes

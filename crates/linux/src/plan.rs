@@ -328,16 +328,91 @@ pub struct LinuxPlan {
     pub cwd: PathBuf,
     /// Whether the network namespace is private.
     pub private_network: bool,
+    /// With a network allowlist: how the sandbox reaches workfence's proxy.
+    pub proxy: Option<ProxyBridge>,
     /// Layers not (fully) enforced by this plan.
     pub gaps: Vec<LayerStatus>,
+}
+
+/// Where the port of workfence's proxy appears inside the sandbox's own network
+/// namespace. Fixed: nothing else listens in that namespace, and a fixed value keeps
+/// the plan (and `explain`) identical between runs.
+pub const PROXY_PORT: u16 = 3128;
+
+/// The network allowlist's path out of the sandbox. The sandbox keeps its private
+/// network namespace (loopback only). Its supervisor, before the command starts,
+/// creates the listening socket `listen` in that namespace and passes it over an
+/// inherited unix socket to workfence outside, whose proxy accepts on it: every
+/// connection to the proxy is accepted straight into the proxy, no relay copies bytes,
+/// and no port exists on the host. Nothing else leaves the namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyBridge {
+    /// The proxy's address inside the sandbox (HTTP, CONNECT and SOCKS5 on one port).
+    pub listen: std::net::SocketAddr,
+    /// Variables set for the command so that clients use the proxy.
+    pub env: Vec<(String, String)>,
+    /// Transparent mode (proxy-unaware clients), when enabled.
+    pub transparent: Option<TransparentPlan>,
+}
+
+/// Transparent mode: every destination address is routed to the sandbox's loopback,
+/// where listeners on these ports hand connections to the proxy, and DNS is answered
+/// by workfence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransparentPlan {
+    /// TCP ports with a listener (80, 443 and the ports named in rules).
+    pub tcp_ports: Vec<u16>,
+    /// Whether a UDP DNS socket on port 53 answers lookups.
+    pub dns: bool,
+}
+
+/// The variables that point clients at the proxy at `addr`: the common
+/// `HTTP(S)_PROXY`/`ALL_PROXY`/`NO_PROXY` in both cases, and the ones of tools that
+/// ignore those (npm, yarn, pip, Node's built-in fetch, the JVM).
+pub fn proxy_env(addr: std::net::SocketAddr) -> Vec<(String, String)> {
+    let http = format!("http://{addr}");
+    let socks = format!("socks5h://{addr}");
+    let no_proxy = "localhost,127.0.0.1,::1".to_string();
+    let host = addr.ip().to_string();
+    let port = addr.port();
+    let mut v: Vec<(String, String)> = Vec::new();
+    for (k, val) in [
+        ("HTTP_PROXY", &http),
+        ("HTTPS_PROXY", &http),
+        ("ALL_PROXY", &socks),
+        ("NO_PROXY", &no_proxy),
+    ] {
+        v.push((k.to_string(), val.clone()));
+        v.push((k.to_lowercase(), val.clone()));
+    }
+    for (k, val) in [
+        ("npm_config_proxy", &http),
+        ("npm_config_https_proxy", &http),
+        ("npm_config_noproxy", &no_proxy),
+        ("YARN_HTTP_PROXY", &http),
+        ("YARN_HTTPS_PROXY", &http),
+        ("PIP_PROXY", &http),
+        ("GLOBAL_AGENT_HTTP_PROXY", &http),
+        ("GLOBAL_AGENT_NO_PROXY", &no_proxy),
+    ] {
+        v.push((k.to_string(), val.clone()));
+    }
+    v.push(("NODE_USE_ENV_PROXY".into(), "1".into()));
+    v.push((
+        "JAVA_TOOL_OPTIONS".into(),
+        format!(
+            "-Dhttp.proxyHost={host} -Dhttp.proxyPort={port} -Dhttps.proxyHost={host} -Dhttps.proxyPort={port} -Dhttp.nonProxyHosts=localhost|127.0.0.1"
+        ),
+    ));
+    v
 }
 
 /// Why a policy cannot be planned on Linux.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    /// The network proxy allowlist is not available yet.
-    #[error("network allowlists (network = \"proxy\") are not enforced by this version; use --network off or on")]
-    ProxyUnsupported,
+    /// A network allowlist needs a private network namespace.
+    #[error("network allowlists (--network allow=...) need a private network namespace, which needs user namespaces; this run would have none (degraded mode); enable unprivileged user namespaces, or use --network off or on")]
+    ProxyNeedsNamespace,
 }
 
 fn gap(layer: &str, state: Enforcement, detail: impl Into<String>) -> LayerStatus {
@@ -573,11 +648,22 @@ pub fn plan(
     facts: &HostFacts,
     isolation: Isolation,
 ) -> Result<LinuxPlan, PlanError> {
-    if matches!(policy.network, Network::Proxy(_)) {
-        return Err(PlanError::ProxyUnsupported);
-    }
     let abi = facts.landlock_abi;
     let ns = isolation == Isolation::Namespaces;
+    if matches!(policy.network, Network::Proxy(_)) && !ns {
+        return Err(PlanError::ProxyNeedsNamespace);
+    }
+    let proxy = match &policy.network {
+        Network::Proxy(_) => {
+            let listen = std::net::SocketAddr::from(([127, 0, 0, 1], PROXY_PORT));
+            Some(ProxyBridge {
+                listen,
+                env: proxy_env(listen),
+                transparent: None,
+            })
+        }
+        _ => None,
+    };
     let private_network = ns && policy.network != Network::On;
     let mut gaps = Vec::new();
     let mut mounts = Vec::new();
@@ -929,6 +1015,7 @@ pub fn plan(
         tmpdir: if ns { tmp } else { facts.degraded_tmp.clone() },
         cwd: layout.cwd.clone(),
         private_network,
+        proxy,
         gaps,
     })
 }
@@ -954,7 +1041,9 @@ impl fmt::Display for LinuxPlan {
         writeln!(
             f,
             "  network: {}",
-            if self.private_network {
+            if self.proxy.is_some() {
+                "private namespace, loopback only; out only through workfence's proxy"
+            } else if self.private_network {
                 "private namespace, loopback only"
             } else if self.isolation == Isolation::Degraded {
                 "host namespace (see gaps)"
@@ -962,6 +1051,28 @@ impl fmt::Display for LinuxPlan {
                 "host network"
             }
         )?;
+        if let Some(p) = &self.proxy {
+            writeln!(
+                f,
+                "  proxy: {} inside the sandbox (HTTP, CONNECT, SOCKS5), a socket passed to workfence outside; no host port",
+                p.listen
+            )?;
+            if let Some(t) = &p.transparent {
+                let ports: Vec<String> = t.tcp_ports.iter().map(u16::to_string).collect();
+                writeln!(
+                    f,
+                    "  transparent: every address routed to loopback; TCP {} to the proxy{}",
+                    ports.join(", "),
+                    if t.dns {
+                        "; DNS answered by workfence"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+            let names: Vec<&str> = p.env.iter().map(|(k, _)| k.as_str()).collect();
+            writeln!(f, "  proxy variables: {}", names.join(" "))?;
+        }
         writeln!(f, "  cwd: {}", self.cwd.display())?;
         writeln!(f, "  TMPDIR: {}", self.tmpdir.display())?;
         writeln!(f, "\nMounts (in order):")?;

@@ -718,26 +718,40 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((a, b))
 }
 
+/// The most fds one [`send_fds`] message carries.
+pub const MAX_FDS: usize = 16;
+
 /// Sends one fd over a unix socket (SCM_RIGHTS).
 pub fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    send_fds(sock, &[fd])
+}
+
+/// Sends up to [`MAX_FDS`] fds in one message (SCM_RIGHTS) with a one-byte payload.
+pub fn send_fds(sock: RawFd, fds: &[RawFd]) -> io::Result<()> {
+    if fds.is_empty() || fds.len() > MAX_FDS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    // Room for one cmsghdr carrying one int, suitably aligned.
-    let mut cbuf = [0u64; 4];
+    // Room for one cmsghdr carrying MAX_FDS ints, aligned for cmsghdr (u64).
+    let mut cbuf = [0u64; 2 + MAX_FDS / 2 + 1];
+    let data_len = std::mem::size_of_val(fds) as u32;
     // SAFETY: msghdr is plain data.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: CMSG_SPACE is a pure size computation; it is at most size_of_val(&cbuf)
+    // for MAX_FDS ints (16 bytes of header plus 64 of data on 64-bit).
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+    debug_assert!(msg.msg_controllen <= std::mem::size_of_val(&cbuf));
     // SAFETY: msg_control points to a buffer large enough for one header.
     let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     // SAFETY: CMSG_LEN is a pure size computation.
-    let len = unsafe { libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let len = unsafe { libc::CMSG_LEN(data_len) } as usize;
     let header = libc::cmsghdr {
         cmsg_len: len,
         cmsg_level: libc::SOL_SOCKET,
@@ -747,10 +761,15 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
     unsafe { std::ptr::write_unaligned(cmsg, header) };
     // SAFETY: CMSG_DATA of a valid header points inside cbuf.
     let data = unsafe { libc::CMSG_DATA(cmsg) };
-    // SAFETY: the data area has room for one RawFd.
-    unsafe { std::ptr::write_unaligned(data.cast::<RawFd>(), fd) };
+    for (i, fd) in fds.iter().enumerate() {
+        // SAFETY: the data area has room for fds.len() RawFds (CMSG_SPACE above), so
+        // element i is inside it.
+        let slot = unsafe { data.cast::<RawFd>().add(i) };
+        // SAFETY: `slot` points inside cbuf; unaligned writes are allowed.
+        unsafe { std::ptr::write_unaligned(slot, *fd) };
+    }
     // SAFETY: msg is fully initialized and its buffers outlive the call.
-    if unsafe { libc::sendmsg(sock, &msg, 0) } < 0 {
+    if unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -758,43 +777,89 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
 
 /// Receives one fd sent with [`send_fd`]; `None` when the peer closed without sending.
 pub fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
+    Ok(recv_fds(sock)?.into_iter().next())
+}
+
+/// Receives the fds of one [`send_fds`] message; empty when the peer closed (or shut
+/// the socket down) without sending.
+pub fn recv_fds(sock: RawFd) -> io::Result<Vec<OwnedFd>> {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    let mut cbuf = [0u64; 4];
+    let mut cbuf = [0u64; 2 + MAX_FDS / 2 + 1];
     // SAFETY: msghdr is plain data.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: msg points to valid buffers for the kernel to fill.
-    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = loop {
+        // SAFETY: msg points to valid buffers for the kernel to fill.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        break n;
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    if n == 0 {
-        return Ok(None);
-    }
+    let mut out = Vec::new();
     // SAFETY: msg was filled by the kernel; CMSG_FIRSTHDR reads within msg_control.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    if cmsg.is_null() {
-        return Ok(None);
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: cmsg is non-null and points into cbuf (the kernel wrote it).
+        let header = unsafe { std::ptr::read_unaligned(cmsg) };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a pure size computation.
+            let base = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = header.cmsg_len.saturating_sub(base) / std::mem::size_of::<RawFd>();
+            // SAFETY: CMSG_DATA of a valid header points inside cbuf.
+            let data = unsafe { libc::CMSG_DATA(cmsg) };
+            for i in 0..count {
+                // SAFETY: the kernel wrote `count` fds into the data area, so element
+                // i is inside it.
+                let slot = unsafe { data.cast::<RawFd>().add(i) };
+                // SAFETY: `slot` points at an fd the kernel wrote; unaligned reads are fine.
+                let fd = unsafe { std::ptr::read_unaligned(slot) };
+                // SAFETY: the kernel installed a fresh fd for us; nothing else owns it.
+                out.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: msg and cmsg are valid; CMSG_NXTHDR stays within msg_control or
+        // returns null.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
-    // SAFETY: cmsg is non-null and points into cbuf.
-    let header = unsafe { std::ptr::read_unaligned(cmsg) };
-    let (level, kind) = (header.cmsg_level, header.cmsg_type);
-    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
-        return Ok(None);
-    }
-    // SAFETY: CMSG_DATA of a valid header points inside cbuf.
-    let data = unsafe { libc::CMSG_DATA(cmsg) };
-    // SAFETY: an SCM_RIGHTS message carries at least one fd in its data area.
-    let fd = unsafe { std::ptr::read_unaligned(data.cast::<RawFd>()) };
-    // SAFETY: the kernel installed a fresh fd for us.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+    Ok(out)
+}
+
+/// A TCP listening socket on `addr` with a deep backlog (bursts of hundreds of
+/// connections must queue, not be dropped and retried a second later), close-on-exec.
+pub fn listen_tcp(addr: std::net::SocketAddrV4, backlog: i32) -> io::Result<OwnedFd> {
+    // SAFETY: socket with integer args; the fd is owned right after.
+    let s = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fresh fd owned by nobody else.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: sockaddr_in is plain data.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = addr.port().to_be();
+    sin.sin_addr = libc::in_addr {
+        s_addr: u32::from(*addr.ip()).to_be(),
+    };
+    // SAFETY: sin is a valid sockaddr_in and the length matches it.
+    cvt(unsafe {
+        libc::bind(
+            s.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: integer arguments on an fd we own.
+    cvt(unsafe { libc::listen(s.as_raw_fd(), backlog) })?;
+    Ok(s)
 }
 
 /// Opens a pty pair in the devpts of the current mount namespace: (master, slave).

@@ -264,11 +264,34 @@ fn landlock_rights_follow_the_abi() {
 }
 
 #[test]
-fn proxy_network_is_refused_for_now() {
+fn network_allowlist_bridge() {
     let mut p = policy(CliOverrides::default());
-    p.network = Network::Proxy(Default::default());
+    p.network = Network::Proxy(workfence_policy::ProxyPolicy {
+        allow: vec!["**.example.org".into()],
+        ..Default::default()
+    });
     let layout = compute(&p, Path::new(HOME), &host()).unwrap();
-    assert!(plan(&p, &layout, &facts(), Isolation::Namespaces).is_err());
+    let pl = plan(&p, &layout, &facts(), Isolation::Namespaces).unwrap();
+    // Private namespace (loopback only); the proxy's socket is the only way out.
+    assert!(pl.private_network);
+    let bridge = pl.proxy.clone().unwrap();
+    assert_eq!(bridge.listen.to_string(), "127.0.0.1:3128");
+    insta::assert_yaml_snapshot!("network_allowlist_bridge", bridge);
+    insta::assert_snapshot!(
+        "network_allowlist_explain",
+        pl.to_string()
+            .lines()
+            .filter(|l| l.contains("network") || l.contains("proxy"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Without user namespaces there is no private network namespace: refused, not
+    // silently turned into "network on" or "off".
+    let err = plan(&p, &layout, &facts(), Isolation::Degraded).unwrap_err();
+    assert!(
+        err.to_string().contains("private network namespace"),
+        "{err}"
+    );
 }
 
 #[test]

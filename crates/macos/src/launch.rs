@@ -216,6 +216,7 @@ mod tests {
             timeout: None,
             pty: false,
             keep_fds: vec![],
+            proxy_socket: None,
         }
     }
 

@@ -139,6 +139,7 @@ impl Scene {
             timeout,
             pty: false,
             keep_fds: vec![],
+            proxy_socket: None,
         };
         run(&prof, &req).expect("run")
     }
@@ -793,6 +794,7 @@ fn exit_codes() {
         cwd: sc.ws.clone(),
         timeout: None,
         pty: false,
+        proxy_socket: None,
         keep_fds: vec![],
     };
     assert_eq!(
@@ -917,6 +919,7 @@ fn t1_no_controlling_terminal_without_pty_and_a_private_one_with() {
         env: sc.env(),
         cwd: sc.ws.clone(),
         timeout: Some(Duration::from_secs(20)),
+        proxy_socket: None,
         pty: true,
         keep_fds: vec![],
     };
@@ -1253,6 +1256,7 @@ fn pty_forwards_stdin_eof() {
         argv: vec!["/bin/cat".into()],
         env: sc.env(),
         cwd: sc.ws.clone(),
+        proxy_socket: None,
         timeout: Some(Duration::from_secs(20)),
         pty: true,
         keep_fds: vec![],

@@ -471,6 +471,7 @@ fn doctor_off_macos_says_unsupported() {
         timeout: None,
         pty: false,
         keep_fds: vec![],
+        proxy_socket: None,
     };
     let sb = build(&Policy::new(WS), &workspace_layout(WS));
     assert!(matches!(

@@ -86,16 +86,84 @@ struct RawProxy {
     allow: Vec<String>,
     #[serde(default)]
     deny: Vec<String>,
+}
+
+/// One address or several, for `resolve` pins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScoped {
+    prefix: Vec<String>,
     #[serde(default)]
-    read_only_methods: bool,
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    allow_local: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetworkTable {
+    mode: Option<String>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    allow_local: Option<Vec<String>>,
+    #[serde(default)]
+    lists: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    resolve: BTreeMap<String, OneOrMany>,
+    scoped: Option<Vec<RawScoped>>,
+    transparent: Option<bool>,
+}
+
+/// `network = "off"` or a `[network]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawNetwork {
+    Mode(String),
+    Table(RawNetworkTable),
+}
+
+/// The `[network]` settings of one layer; `None` means "not set here". Rule strings
+/// are checked by the proxy when the run starts (`workfence explain` shows errors).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// `allow`
+    pub allow: Option<Vec<String>>,
+    /// `deny`
+    pub deny: Option<Vec<String>>,
+    /// `allow_local`
+    pub allow_local: Option<Vec<String>>,
+    /// `[network.lists]`, added to the lists of earlier layers.
+    pub lists: BTreeMap<String, Vec<String>>,
+    /// `resolve`, added to the pins of earlier layers.
+    pub resolve: BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// `[[network.scoped]]`
+    pub scoped: Option<Vec<crate::model::ScopedNetwork>>,
+    /// `transparent`
+    pub transparent: Option<bool>,
+}
+
+impl NetworkSettings {
+    /// Whether the layer sets nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == NetworkSettings::default()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     mode: Option<Spanned<String>>,
-    network: Option<Spanned<String>>,
-    proxy: Option<RawProxy>,
+    network: Option<Spanned<RawNetwork>>,
+    proxy: Option<Spanned<RawProxy>>,
     allow_write: Option<Vec<Spanned<String>>>,
     deny_read: Option<Vec<Spanned<String>>>,
     allow_read: Option<Vec<Spanned<String>>>,
@@ -121,14 +189,11 @@ struct RawSettings {
 pub struct Settings {
     /// `mode`
     pub mode: Option<Mode>,
-    /// `network`: `off`, `on` or `proxy` (then `[proxy]` applies).
+    /// `network` or `[network] mode`: `off`, `on` or `allow` (`proxy` is an old name
+    /// for `allow`).
     pub network: Option<String>,
-    /// `[proxy]` allow list.
-    pub proxy_allow: Vec<String>,
-    /// `[proxy]` deny list.
-    pub proxy_deny: Vec<String>,
-    /// `[proxy] read_only_methods`
-    pub proxy_read_only: bool,
+    /// The rest of the `[network]` table.
+    pub net: NetworkSettings,
     /// `allow_write` (absolute, `~` expanded later).
     pub allow_write: Vec<PathBuf>,
     /// `deny_read`
@@ -209,7 +274,10 @@ impl ConfigFile {
         let ctx = Ctx { file: path, text };
         let raw: RawSettings = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let msg = e.message().trim().to_string();
+            let mut msg = e.message().trim().to_string();
+            if msg.contains("untagged enum RawNetwork") {
+                msg = "network must be \"off\", \"on\", \"allow\", or a [network] table with the keys mode, allow, deny, allow_local, lists, resolve, scoped and transparent (each list a list of strings)".into();
+            }
             let key = key_at(text, span.start);
             ctx.err(
                 span,
@@ -325,19 +393,89 @@ fn validate(ctx: &Ctx<'_>, raw: &RawSettings, prefix: &str) -> Result<Settings, 
             )
         })?),
     };
-    let network = match &raw.network {
+    let span = raw.network.as_ref().map_or(0..0, |n| n.span());
+    let (mode_value, table) = match raw.network.as_ref().map(|n| n.get_ref()) {
+        None => (None, None),
+        Some(RawNetwork::Mode(m)) => (Some(m), None),
+        Some(RawNetwork::Table(t)) => (t.mode.as_ref(), Some(t)),
+    };
+    let network = match mode_value {
         None => None,
-        Some(n) => match n.get_ref().as_str() {
-            "off" | "on" | "proxy" => Some(n.get_ref().clone()),
+        Some(n) => match n.as_str() {
+            "off" | "on" | "allow" => Some(n.clone()),
+            "proxy" => Some("allow".to_string()),
             other => {
                 return Err(ctx.err(
-                    n.span(),
+                    span.clone(),
                     &k("network"),
-                    format!("unknown network setting '{other}'; use off, on or proxy"),
+                    format!("unknown network setting '{other}'; use off, on or allow"),
                 ))
             }
         },
     };
+    let mut net = NetworkSettings::default();
+    if let Some(t) = table {
+        net.allow = t.allow.clone();
+        net.deny = t.deny.clone();
+        net.allow_local = t.allow_local.clone();
+        net.lists = t.lists.clone();
+        net.transparent = t.transparent;
+        for (name, addrs) in &t.resolve {
+            let list = match addrs {
+                OneOrMany::One(a) => vec![a.clone()],
+                OneOrMany::Many(v) => v.clone(),
+            };
+            if list.is_empty() {
+                return Err(ctx.err(
+                    span.clone(),
+                    &k("network.resolve"),
+                    format!("'{name}' has no address; give one (\"192.0.2.7\") or a list"),
+                ));
+            }
+            let mut ips = Vec::new();
+            for a in &list {
+                ips.push(a.parse::<std::net::IpAddr>().map_err(|_| {
+                    ctx.err(
+                        span.clone(),
+                        &k("network.resolve"),
+                        format!("'{a}' (for '{name}') is not an IP address"),
+                    )
+                })?);
+            }
+            net.resolve.insert(name.clone(), ips);
+        }
+        if let Some(sc) = &t.scoped {
+            let mut out = Vec::new();
+            for r in sc {
+                if r.prefix.is_empty() || r.prefix.iter().any(|a| a.is_empty()) {
+                    return Err(ctx.err(
+                        span.clone(),
+                        &k("network.scoped.prefix"),
+                        "prefix must be a non-empty list of non-empty arguments",
+                    ));
+                }
+                out.push(crate::model::ScopedNetwork {
+                    prefix: r.prefix.clone(),
+                    allow: r.allow.clone(),
+                    deny: r.deny.clone(),
+                    allow_local: r.allow_local.clone(),
+                });
+            }
+            net.scoped = Some(out);
+        }
+    }
+    if let Some(p) = &raw.proxy {
+        // The old `[proxy]` table: the same as `[network] allow/deny`.
+        if table.is_some_and(|t| t.allow.is_some() || t.deny.is_some()) {
+            return Err(ctx.err(
+                p.span(),
+                &k("proxy"),
+                "both [proxy] and [network] allow/deny are set; keep only [network]",
+            ));
+        }
+        net.allow = Some(p.get_ref().allow.clone());
+        net.deny = Some(p.get_ref().deny.clone());
+    }
     let mut protect = Vec::new();
     for p in raw.protect.iter().flatten() {
         let s = p.get_ref();
@@ -384,13 +522,10 @@ fn validate(ctx: &Ctx<'_>, raw: &RawSettings, prefix: &str) -> Result<Settings, 
         }
         exec_rules.push((r.prefix.clone(), d));
     }
-    let proxy = raw.proxy.clone();
     Ok(Settings {
         mode,
         network,
-        proxy_allow: proxy.as_ref().map(|p| p.allow.clone()).unwrap_or_default(),
-        proxy_deny: proxy.as_ref().map(|p| p.deny.clone()).unwrap_or_default(),
-        proxy_read_only: proxy.as_ref().is_some_and(|p| p.read_only_methods),
+        net,
         allow_write: paths(ctx, &raw.allow_write, &k("allow_write"))?,
         deny_read: paths(ctx, &raw.deny_read, &k("deny_read"))?,
         allow_read: paths(ctx, &raw.allow_read, &k("allow_read"))?,
@@ -417,6 +552,70 @@ mod tests {
 
     fn parse(t: &str) -> Result<ConfigFile, ConfigError> {
         ConfigFile::parse(Path::new("/c/config.toml"), t)
+    }
+
+    #[test]
+    fn network_string_and_table_forms() {
+        assert_eq!(
+            parse("network = \"allow\"")
+                .unwrap()
+                .settings
+                .network
+                .as_deref(),
+            Some("allow")
+        );
+        assert_eq!(
+            parse("network = \"proxy\"")
+                .unwrap()
+                .settings
+                .network
+                .as_deref(),
+            Some("allow")
+        );
+        let c = parse("[network]\nmode = \"allow\"\nallow = [\"a.test\"]\ntransparent = false\n")
+            .unwrap();
+        assert_eq!(c.settings.network.as_deref(), Some("allow"));
+        assert_eq!(
+            c.settings.net.allow.as_deref(),
+            Some(&["a.test".to_string()][..])
+        );
+        assert_eq!(c.settings.net.transparent, Some(false));
+        // The old [proxy] table still works.
+        let c = parse("network = \"proxy\"\n[proxy]\nallow = [\"b.test\"]\n").unwrap();
+        assert_eq!(
+            c.settings.net.allow.as_deref(),
+            Some(&["b.test".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn network_errors_name_the_key_and_the_fix() {
+        let e = parse("[network]\nresolve = { \"a.test\" = \"not-an-ip\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("network.resolve") && e.contains("not-an-ip"),
+            "{e}"
+        );
+        let e = parse("[network]\nmode = \"sometimes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("off, on or allow"), "{e}");
+        let e = parse("[network]\nalow = [\"a.test\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/c/config.toml:") && e.contains("allow, deny"),
+            "{e}"
+        );
+        let e = parse("[network]\nresolve = { \"a.test\" = [] }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no address"), "{e}");
+        let e = parse("[[network.scoped]]\nprefix = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prefix"), "{e}");
     }
 
     #[test]

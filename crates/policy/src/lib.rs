@@ -26,8 +26,8 @@ pub mod secrets;
 pub mod units;
 
 pub use model::{
-    EnvPolicy, ExecDecision, ExecRule, Limits, Mode, Network, Policy, Preset, ProxyPolicy, Source,
-    SourcedPath,
+    EnvPolicy, ExecDecision, ExecRule, Limits, Mode, Network, Policy, Preset, ProxyPolicy,
+    ScopedNetwork, Source, SourcedPath,
 };
 
 /// What a backend reports for each layer of the policy: enforced, partly, or not.

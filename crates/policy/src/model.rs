@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,9 +52,10 @@ impl fmt::Display for Mode {
 
 /// Network access.
 ///
-/// `Proxy` is the model for the domain allowlist that a later release enforces
-/// through workfence's own proxy: the sandbox keeps its private network namespace
-/// and reaches only the proxy. Backends that cannot enforce it yet refuse it.
+/// `Proxy` is the domain allowlist (`--network allow=...`, `[network] mode = "allow"`),
+/// enforced through workfence's own proxy: the sandbox keeps its private network
+/// namespace and reaches only the proxy. Backends whose path is not tested end to end
+/// refuse it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "mode")]
 pub enum Network {
@@ -61,21 +63,21 @@ pub enum Network {
     Off,
     /// The host's network, unfiltered.
     On,
-    /// Only the named domains, through workfence's proxy.
+    /// Only the allowed destinations, through workfence's proxy.
     Proxy(ProxyPolicy),
 }
 
 impl Network {
-    /// A short name for messages.
+    /// A short name for messages (the value of `--network` / `[network] mode`).
     pub fn name(&self) -> &'static str {
         match self {
             Network::Off => "off",
             Network::On => "on",
-            Network::Proxy(_) => "proxy",
+            Network::Proxy(_) => "allow",
         }
     }
 
-    /// Ordering by how much network it grants: off < proxy < on.
+    /// Ordering by how much network it grants: off < allow < on.
     pub fn breadth(&self) -> u8 {
         match self {
             Network::Off => 0,
@@ -85,16 +87,58 @@ impl Network {
     }
 }
 
-/// The domain allowlist for the proxy (enforced in a later release).
+/// Rules for one command prefix (`[[network.scoped]]`), added to the base rules for
+/// the commands whose argv starts with `prefix`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProxyPolicy {
-    /// Domain patterns: `example.org`, `*.example.org` (subdomains only),
-    /// `**.example.org` (subdomains and the apex). Deny wins over allow.
+#[serde(default)]
+pub struct ScopedNetwork {
+    /// The argv prefix; the first element is compared with argv\[0\]'s file name.
+    pub prefix: Vec<String>,
+    /// Extra allow rules.
     pub allow: Vec<String>,
-    /// Domain patterns that are refused even when `allow` matches.
+    /// Extra deny rules.
     pub deny: Vec<String>,
-    /// Only GET, HEAD and OPTIONS.
-    pub read_only_methods: bool,
+    /// Extra allow-local rules.
+    pub allow_local: Vec<String>,
+}
+
+/// The network allowlist the proxy enforces. Rule syntax: `host`, `*.host` (subdomains
+/// only), `**.host` (apex and subdomains), an optional `:port`, a bare IP address (only
+/// that address given literally), `@name` (a named list). Deny wins over allow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyPolicy {
+    /// Allowed destinations.
+    pub allow: Vec<String>,
+    /// Refused even when `allow` matches.
+    pub deny: Vec<String>,
+    /// Allowed, and may resolve to loopback, private, link-local or CGNAT addresses
+    /// (a mirror on the LAN, a test server). Everything else that resolves there is
+    /// refused after resolution (DNS rebinding, SSRF to cloud metadata).
+    pub allow_local: Vec<String>,
+    /// Named lists for `@name`.
+    pub lists: BTreeMap<String, Vec<String>>,
+    /// Name pins, like curl's `--resolve`: these names resolve to these addresses.
+    pub resolve: BTreeMap<String, Vec<IpAddr>>,
+    /// Per-command additions.
+    pub scoped: Vec<ScopedNetwork>,
+    /// Linux: also carry proxy-unaware clients (DNS answered by workfence, TCP to ports
+    /// 80, 443 and ports named in rules go to the proxy).
+    pub transparent: bool,
+}
+
+impl Default for ProxyPolicy {
+    fn default() -> Self {
+        ProxyPolicy {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            allow_local: Vec::new(),
+            lists: BTreeMap::new(),
+            resolve: BTreeMap::new(),
+            scoped: Vec::new(),
+            transparent: true,
+        }
+    }
 }
 
 /// What happens to a command line that matches an exec rule (the strictest match wins).
@@ -232,6 +276,9 @@ pub struct Policy {
     pub allow_degraded: bool,
     /// Allocate a pseudo-terminal.
     pub pty: bool,
+    /// `--audit-log FILE`: the network audit (JSON lines) also goes here.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
     /// Give git write access to the gitdir of the repository the workspace belongs to
     /// when that gitdir lies outside the workspace (linked worktrees, submodules,
     /// a workspace that is a subdirectory of a repository). Hooks and config stay read-only.
@@ -269,6 +316,7 @@ impl Policy {
             keep_fds: Vec::new(),
             allow_degraded: false,
             pty: false,
+            audit_log: None,
             git_write: true,
             exec_rules: Vec::new(),
             presets: Vec::new(),

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{ConfigError, ConfigFile, Settings};
+use crate::config::{ConfigError, ConfigFile, NetworkSettings, Settings};
 use crate::model::{
     ExecDecision, ExecRule, Mode, Network, Policy, Preset, ProxyPolicy, Source, SourcedPath,
 };
@@ -73,6 +73,8 @@ pub struct CliOverrides {
     pub keep_fds: Vec<i32>,
     /// `--pty`
     pub pty: bool,
+    /// `--audit-log FILE`
+    pub audit_log: Option<PathBuf>,
     /// `--max-processes`
     pub max_processes: Option<u32>,
     /// `--memory`
@@ -148,16 +150,40 @@ fn set<T>(
     }
 }
 
+/// The network mode a layer sets. `allow` carries empty rules here: the rules are
+/// merged across layers separately ([`merge_net`]) and filled in at the end.
 fn network_from(settings: &Settings) -> Option<Network> {
     settings.network.as_deref().map(|n| match n {
         "on" => Network::On,
-        "proxy" => Network::Proxy(ProxyPolicy {
-            allow: settings.proxy_allow.clone(),
-            deny: settings.proxy_deny.clone(),
-            read_only_methods: settings.proxy_read_only,
-        }),
+        "allow" | "proxy" => Network::Proxy(ProxyPolicy::default()),
         _ => Network::Off,
     })
+}
+
+/// Merges one layer's `[network]` keys into the rules of the layers before it: a key
+/// set here replaces the earlier value; named lists and `resolve` pins add up.
+fn merge_net(rules: &mut ProxyPolicy, n: &NetworkSettings) {
+    if let Some(a) = &n.allow {
+        rules.allow = a.clone();
+    }
+    if let Some(d) = &n.deny {
+        rules.deny = d.clone();
+    }
+    if let Some(a) = &n.allow_local {
+        rules.allow_local = a.clone();
+    }
+    if let Some(sc) = &n.scoped {
+        rules.scoped = sc.clone();
+    }
+    if let Some(t) = n.transparent {
+        rules.transparent = t;
+    }
+    rules
+        .lists
+        .extend(n.lists.iter().map(|(k, v)| (k.clone(), v.clone())));
+    rules
+        .resolve
+        .extend(n.resolve.iter().map(|(k, v)| (k.clone(), v.clone())));
 }
 
 fn apply_settings(
@@ -166,7 +192,9 @@ fn apply_settings(
     source: &Source,
     home: &Path,
     allow_read: &mut Vec<PathBuf>,
+    rules: &mut ProxyPolicy,
 ) {
+    merge_net(rules, &s.net);
     let prov = &mut p.provenance;
     set(&mut p.mode, s.mode, "mode", source, prov);
     set(&mut p.network, network_from(s), "network", source, prov);
@@ -245,7 +273,13 @@ fn apply_settings(
 
 /// Applies the workspace config, which may only narrow `p`. Returns warnings for
 /// every attempt to widen, which is ignored.
-fn narrow(p: &mut Policy, s: &Settings, source: &Source, home: &Path) -> Vec<String> {
+fn narrow(
+    p: &mut Policy,
+    s: &Settings,
+    source: &Source,
+    home: &Path,
+    rules: &mut ProxyPolicy,
+) -> Vec<String> {
     let mut w = Vec::new();
     let file = match source {
         Source::WorkspaceConfig(f) => f.display().to_string(),
@@ -264,12 +298,29 @@ fn narrow(p: &mut Policy, s: &Settings, source: &Source, home: &Path) -> Vec<Str
             refuse("mode");
         }
     }
+    let was_on = p.network == Network::On;
     if let Some(n) = network_from(s) {
         if n.breadth() < p.network.breadth() {
             p.network = n;
             p.provenance.insert("network".into(), source.clone());
         } else if n != p.network {
             refuse("network");
+        }
+    }
+    // Deny rules only take away. The other keys widen an allowlist, so they count only
+    // when this file is what turned unfiltered network into an allowlist.
+    if let Some(d) = &s.net.deny {
+        rules.deny.extend(d.iter().cloned());
+    }
+    let widening = NetworkSettings {
+        deny: None,
+        ..s.net.clone()
+    };
+    if !widening.is_empty() {
+        if was_on && matches!(p.network, Network::Proxy(_)) {
+            merge_net(rules, &widening);
+        } else {
+            refuse("network (allow, allow_local, lists, resolve, scoped, transparent)");
         }
     }
     let lower = |cur: &mut Option<u64>,
@@ -383,10 +434,18 @@ pub fn resolve(layers: &Layers) -> Result<Resolved, ConfigError> {
         })
         .collect();
     let mut allow_read = Vec::new();
+    let mut rules = ProxyPolicy::default();
 
     if let Some(user) = &layers.user {
         let src = Source::UserConfig(user.path.clone());
-        apply_settings(&mut p, &user.settings, &src, home, &mut allow_read);
+        apply_settings(
+            &mut p,
+            &user.settings,
+            &src,
+            home,
+            &mut allow_read,
+            &mut rules,
+        );
     }
     if let Some(name) = &cli.profile {
         let prof = layers
@@ -408,7 +467,7 @@ pub fn resolve(layers: &Layers) -> Result<Resolved, ConfigError> {
                 },
             })?;
         let src = Source::Profile(name.clone());
-        apply_settings(&mut p, prof, &src, home, &mut allow_read);
+        apply_settings(&mut p, prof, &src, home, &mut allow_read, &mut rules);
     }
 
     // The command line.
@@ -419,6 +478,13 @@ pub fn resolve(layers: &Layers) -> Result<Resolved, ConfigError> {
     }
     set(&mut p.mode, cli.mode, "mode", &cs, prov);
     set(&mut p.network, cli.network.clone(), "network", &cs, prov);
+    if let Some(Network::Proxy(c)) = &cli.network {
+        // `--network allow=a,b` replaces the config's allow list; its deny rules,
+        // named lists, pins and scopes stay.
+        if !c.allow.is_empty() {
+            rules.allow = c.allow.clone();
+        }
+    }
     set(
         &mut p.limits.timeout,
         cli.timeout.map(Some),
@@ -482,17 +548,22 @@ pub fn resolve(layers: &Layers) -> Result<Resolved, ConfigError> {
         p.env.set.insert(k.clone(), v.clone());
     }
     p.keep_fds.extend(cli.keep_fds.iter().copied());
+    p.audit_log = cli.audit_log.as_ref().map(|a| absolutize(&layers.cwd, a));
 
     let mut warnings = Vec::new();
     if let Some(wc) = &layers.workspace_config {
         let src = Source::WorkspaceConfig(wc.path.clone());
-        warnings.extend(narrow(&mut p, &wc.settings, &src, home));
+        warnings.extend(narrow(&mut p, &wc.settings, &src, home, &mut rules));
         if !wc.profiles.is_empty() {
             warnings.push(format!(
                 "{}: [profile.*] tables are ignored in a workspace config",
                 wc.path.display()
             ));
         }
+    }
+
+    if let Network::Proxy(_) = p.network {
+        p.network = Network::Proxy(rules);
     }
 
     // allow_read removes deny entries at or below the named path.
@@ -527,6 +598,100 @@ mod tests {
             cwd: "/home/u/p".into(),
             ..Default::default()
         }
+    }
+
+    fn rules(p: &Policy) -> &ProxyPolicy {
+        match &p.network {
+            Network::Proxy(r) => r,
+            other => panic!("expected an allowlist, got {other:?}"),
+        }
+    }
+
+    const NET: &str = r#"
+[network]
+mode = "allow"
+allow = ["a.test", "@mine"]
+deny = ["bad.a.test"]
+allow_local = ["git.test"]
+resolve = { "git.test" = "127.0.0.1", "two.test" = ["192.0.2.1", "2001:db8::1"] }
+[network.lists]
+mine = ["x.test"]
+[[network.scoped]]
+prefix = ["pip", "download"]
+allow_local = ["pypi.test"]
+"#;
+
+    #[test]
+    fn network_table_from_user_config() {
+        let mut l = layers();
+        l.user = Some(cfg("/home/u/.config/workfence/config.toml", NET));
+        let p = resolve(&l).unwrap().policy;
+        let r = rules(&p);
+        assert_eq!(r.allow, ["a.test", "@mine"]);
+        assert_eq!(r.deny, ["bad.a.test"]);
+        assert_eq!(r.lists["mine"], ["x.test"]);
+        assert_eq!(r.resolve["two.test"].len(), 2);
+        assert_eq!(r.scoped[0].prefix, ["pip", "download"]);
+        assert!(r.transparent, "transparent mode is on by default");
+    }
+
+    #[test]
+    fn cli_allow_replaces_the_allow_list_and_keeps_the_rest() {
+        let mut l = layers();
+        l.user = Some(cfg(
+            "/u.toml",
+            &NET.replace("mode = \"allow\"", "mode = \"off\""),
+        ));
+        assert_eq!(resolve(&l).unwrap().policy.network, Network::Off);
+        l.cli.network = Some(Network::Proxy(ProxyPolicy {
+            allow: vec!["only.test".into()],
+            ..Default::default()
+        }));
+        let p = resolve(&l).unwrap().policy;
+        let r = rules(&p);
+        assert_eq!(r.allow, ["only.test"]);
+        assert_eq!(r.deny, ["bad.a.test"]);
+        assert!(r.resolve.contains_key("git.test"));
+        assert_eq!(p.source_of("network"), Source::Cli);
+        // `--network allow` alone: the config's allow list.
+        l.cli.network = Some(Network::Proxy(ProxyPolicy::default()));
+        assert_eq!(
+            rules(&resolve(&l).unwrap().policy).allow,
+            ["a.test", "@mine"]
+        );
+    }
+
+    #[test]
+    fn workspace_config_may_only_narrow_the_allowlist() {
+        let mut l = layers();
+        l.user = Some(cfg("/u.toml", NET));
+        l.workspace_config = Some(cfg(
+            "/home/u/p/.workfence/config.toml",
+            "[network]\ndeny = [\"x.test\"]\nallow = [\"evil.test\"]\nresolve = { \"a.test\" = \"127.0.0.1\" }\n",
+        ));
+        let r = resolve(&l).unwrap();
+        let n = rules(&r.policy);
+        assert!(n.deny.contains(&"x.test".to_string()), "deny rules add up");
+        assert!(
+            !n.allow.contains(&"evil.test".to_string()),
+            "allow is a widening"
+        );
+        assert!(!n.resolve["git.test"].is_empty() && !n.resolve.contains_key("a.test"));
+        assert!(
+            r.warnings.iter().any(|w| w.contains("network")),
+            "{:?}",
+            r.warnings
+        );
+        // From unfiltered network, any allowlist narrows: the workspace's rules apply.
+        let mut l = layers();
+        l.user = Some(cfg("/u.toml", "network = \"on\"\n"));
+        l.workspace_config = Some(cfg(
+            "/home/u/p/.workfence/config.toml",
+            "[network]\nmode = \"allow\"\nallow = [\"ws.test\"]\n",
+        ));
+        let r = resolve(&l).unwrap();
+        assert_eq!(rules(&r.policy).allow, ["ws.test"]);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct RunRequest {
     pub pty: bool,
     /// Extra fds to inherit (Unix).
     pub keep_fds: Vec<i32>,
+    /// With a network allowlist (Linux): a unix socket of the caller over which the
+    /// sandbox hands back the proxy's listening socket(s). Never passed to the command.
+    #[serde(default)]
+    pub proxy_socket: Option<i32>,
 }
 
 /// How a run ended, as a backend reports it: the exit status per the contract and,
@@ -41,6 +45,23 @@ pub struct RunOutcome {
     pub code: i32,
     /// Why workfence chose `code` (no prefix, one line); `None` for the command's own status.
     pub message: Option<String>,
+    /// What the sandbox refused during the run that workfence saw (network
+    /// destinations the proxy denied), in order, each with what would allow it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<Denial>,
+}
+
+/// One refused action, for the caller (an agent can ask for exactly this).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Denial {
+    /// The layer: `network`.
+    pub layer: String,
+    /// What was refused, for example `example.org:443`.
+    pub target: String,
+    /// Why, in one line.
+    pub reason: String,
+    /// The flag or rule that would allow it, when one would.
+    pub allow_with: Option<String>,
 }
 
 impl RunOutcome {
@@ -49,6 +70,7 @@ impl RunOutcome {
         RunOutcome {
             code,
             message: None,
+            denials: Vec::new(),
         }
     }
 
@@ -57,6 +79,7 @@ impl RunOutcome {
         RunOutcome {
             code,
             message: Some(message.into()),
+            denials: Vec::new(),
         }
     }
 }

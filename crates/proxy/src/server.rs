@@ -150,6 +150,9 @@ struct Inner {
     denials: Mutex<Vec<Denial>>,
     /// The transparent mode's name <-> synthetic address map.
     synth: Mutex<Synth>,
+    /// Connection slots shared by `serve_tcp` and `serve_unix`; a slot is held until
+    /// everything its connection started has ended (and its audit record is written).
+    slots: Arc<Semaphore>,
 }
 
 /// The proxy. Cheap to clone (shared state); every clone records into the same sink and
@@ -252,6 +255,7 @@ impl Proxy {
             }
             pins.insert(n, addrs.clone());
         }
+        let config_slots = config.max_connections.max(1);
         let expected_auth = config
             .auth
             .as_ref()
@@ -265,8 +269,24 @@ impl Proxy {
                 sink,
                 denials: Mutex::new(Vec::new()),
                 synth,
+                slots: Arc::new(Semaphore::new(config_slots)),
             }),
         })
+    }
+
+    /// How many connections accepted by `serve_tcp`/`serve_unix` are still being served.
+    pub fn in_flight(&self) -> usize {
+        self.inner.config.max_connections.max(1) - self.inner.slots.available_permits()
+    }
+
+    /// Waits until no accepted connection is being served, or `timeout` passes. Called
+    /// when the clients are gone (the sandbox ended) and before the runtime is dropped,
+    /// so that the connections' audit records are written.
+    pub async fn drain(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// The denials recorded so far, in order.
@@ -295,7 +315,7 @@ impl Proxy {
     /// Serves connections accepted on a TCP listener (loopback, for tests and for the
     /// platforms that reach the proxy over a loopback port). Runs until accept fails.
     pub async fn serve_tcp(&self, listener: TcpListener) -> Result<(), ProxyError> {
-        let slots = Arc::new(Semaphore::new(self.inner.config.max_connections.max(1)));
+        let slots = self.inner.slots.clone();
         loop {
             // acquire fails only on a closed semaphore, and this one is never closed.
             let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -317,7 +337,7 @@ impl Proxy {
     /// sandbox connection over one). Runs until accept fails.
     #[cfg(unix)]
     pub async fn serve_unix(&self, listener: tokio::net::UnixListener) -> Result<(), ProxyError> {
-        let slots = Arc::new(Semaphore::new(self.inner.config.max_connections.max(1)));
+        let slots = self.inner.slots.clone();
         loop {
             // acquire fails only on a closed semaphore, and this one is never closed.
             let Ok(slot) = slots.clone().acquire_owned().await else {

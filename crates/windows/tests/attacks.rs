@@ -97,6 +97,7 @@ impl Sandbox {
             timeout,
             pty: false,
             keep_fds: vec![],
+            proxy_socket: None,
         };
         run(&self.plan, &req, &mut |n| eprintln!("workfence: {n}"))
             .unwrap()

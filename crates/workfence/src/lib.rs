@@ -38,6 +38,7 @@ use workfence_policy::{ExecDecision, LayerStatus, Mode, Policy};
 
 pub use workfence_policy as policy;
 
+pub mod network;
 pub mod selftest;
 
 /// Errors of the facade. The CLI prints them as one line and exits 125.
@@ -90,6 +91,9 @@ pub enum Error {
     /// `selftest --case` named no case.
     #[error("{0}")]
     NoSuchCase(String),
+    /// The network allowlist could not be set up.
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
     /// The self-test could not build its temporary world.
     #[error("selftest: cannot {step}: {source}; check that the directory is writable, or pass --dir DIR")]
     SelfTest {
@@ -332,6 +336,7 @@ pub fn run(
         timeout: policy.limits.timeout,
         pty: policy.pty,
         keep_fds: policy.keep_fds.clone(),
+        proxy_socket: None,
     };
     run_backend(policy, &layout, &req, warn)
 }
@@ -433,6 +438,9 @@ fn run_backend(
         }
         warn(Warning::Degraded(plan.gaps.clone()));
     }
+    if plan.proxy.is_some() {
+        return run_linux_proxied(policy, &plan, req, warn);
+    }
     match workfence_linux::run(&plan, req) {
         // Only "user namespaces are unavailable" may degrade; EAGAIN, ENOMEM and other
         // clone failures are LinuxError::Clone, a hard error.
@@ -455,6 +463,80 @@ fn run_backend(
     }
 }
 
+#[cfg(target_os = "linux")]
+/// Sets `vars` in `env`, replacing variables of the same name; `JAVA_TOOL_OPTIONS`
+/// keeps the command's own options after workfence's.
+fn set_env(env: &mut Vec<(String, String)>, vars: &[(String, String)]) {
+    for (k, v) in vars {
+        let value = match env.iter().find(|(n, _)| n == k) {
+            Some((_, old)) if k == "JAVA_TOOL_OPTIONS" && !old.is_empty() => format!("{v} {old}"),
+            _ => v.clone(),
+        };
+        env.retain(|(n, _)| n != k);
+        env.push((k.clone(), value));
+    }
+}
+
+/// A Linux run with a network allowlist: the proxy serves the socket the sandbox
+/// hands over. No degraded fallback: the allowlist needs the network namespace.
+#[cfg(target_os = "linux")]
+fn run_linux_proxied(
+    policy: &Policy,
+    plan: &workfence_linux::LinuxPlan,
+    req: &RunRequest,
+    warn: &mut dyn FnMut(Warning),
+) -> Result<RunOutcome, Error> {
+    let (Some(bridge), workfence_policy::Network::Proxy(net)) = (&plan.proxy, &policy.network)
+    else {
+        return Err(Error::Unsupported(
+            "internal: a proxy plan without a network allowlist".into(),
+        ));
+    };
+    let argv: Vec<String> = req
+        .argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let config = network::proxy_config(net, &argv)?;
+    let mut notes = Vec::new();
+    let home = home_dir()?;
+    let sink = network::audit_sinks(&home, policy.audit_log.as_deref(), &mut notes)?;
+    for n in notes {
+        warn(Warning::Backend(n));
+    }
+    let mut proxy = network::ProxyRun::new(config, sink, bridge.listen)?;
+    let mut req = req.clone();
+    set_env(&mut req.env, &bridge.env);
+    req.proxy_socket = proxy.sandbox_end();
+    let mut start_error = None;
+    let result = workfence_linux::run_with(plan, &req, &mut || {
+        if let Err(e) = proxy.start() {
+            start_error = Some(e);
+        }
+    });
+    let denials = proxy.finish();
+    if let Some(e) = start_error {
+        warn(Warning::Backend(format!(
+            "{e}; the command ran without a proxy (its connections were refused)"
+        )));
+    }
+    let mut outcome = result?;
+    outcome.denials = denials.iter().map(network::to_denial).collect();
+    Ok(outcome)
+}
+
+/// Why this OS cannot run a network allowlist, when it cannot. Degraded mode does not
+/// change this: a run without the proxy would have no network or all of it.
+fn network_unsupported(policy: &Policy) -> Option<String> {
+    if !matches!(policy.network, workfence_policy::Network::Proxy(_)) || cfg!(target_os = "linux") {
+        return None;
+    }
+    Some(format!(
+        "network allowlists (--network allow=...) are enforced only on Linux in this version: the {} path is built and plan-tested but has not been tested end to end; use --network off or on",
+        if cfg!(windows) { "Windows" } else { std::env::consts::OS }
+    ))
+}
+
 #[cfg(target_os = "macos")]
 fn run_backend(
     policy: &Policy,
@@ -462,6 +544,9 @@ fn run_backend(
     req: &RunRequest,
     warn: &mut dyn FnMut(Warning),
 ) -> Result<RunOutcome, Error> {
+    if let Some(why) = network_unsupported(policy) {
+        return Err(Error::Unsupported(why));
+    }
     // Only limits the user asked for refuse the run; the built-in process cap is
     // not one of them (workfence_macos::not_enforced_defaults, shown by explain).
     let gaps = workfence_macos::unenforced(policy);
@@ -488,6 +573,9 @@ fn run_backend(
     req: &RunRequest,
     warn: &mut dyn FnMut(Warning),
 ) -> Result<RunOutcome, Error> {
+    if let Some(why) = network_unsupported(policy) {
+        return Err(Error::Unsupported(why));
+    }
     let ctx = workfence_windows::WindowsContext::detect(policy)?;
     let plan = workfence_windows::plan(policy, layout, &ctx)?;
     Ok(workfence_windows::run(&plan, req, &mut |n| {
@@ -591,6 +679,9 @@ pub fn explain(resolved: &Resolved, target: Target) -> Result<String, Error> {
         p.network.name(),
         src("network")
     );
+    if let workfence_policy::Network::Proxy(n) = &p.network {
+        let _ = write!(s, "{}", network::describe(n));
+    }
     let _ = writeln!(
         s,
         "  max procs:   {:<24} ({})",
@@ -806,7 +897,13 @@ pub fn doctor() -> Vec<LayerStatus> {
 /// only partly enforced everywhere on an OS (documented in its limitations) does not
 /// refuse a run; a layer the policy needs and this host lacks does.
 pub fn refusal(policy: &Policy) -> Result<Option<String>, Error> {
-    if policy.mode == Mode::FullAccess || policy.allow_degraded {
+    if policy.mode == Mode::FullAccess {
+        return Ok(None);
+    }
+    if let Some(why) = network_unsupported(policy) {
+        return Ok(Some(why));
+    }
+    if policy.allow_degraded {
         return Ok(None);
     }
     let layout = compute_layout(policy)?;

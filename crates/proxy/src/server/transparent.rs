@@ -25,7 +25,6 @@ use tls_parser::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use super::{
     forward, text_response, transient, Audit, Authz, Body, Handling, Proxy, ProxyError, Slot,
@@ -62,7 +61,8 @@ impl Proxy {
     /// plain HTTP; every other port as a byte stream whose TLS server name, if any, is
     /// checked.
     pub async fn serve_transparent(&self, listener: TcpListener) -> Result<(), ProxyError> {
-        let slots = Arc::new(Semaphore::new(self.inner.config.max_connections.max(1)));
+        // The same slots as the explicit listeners: one budget per run.
+        let slots = self.inner.slots.clone();
         loop {
             // acquire fails only on a closed semaphore, and this one is never closed.
             let Ok(slot) = slots.clone().acquire_owned().await else {
