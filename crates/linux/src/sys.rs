@@ -1402,8 +1402,6 @@ fn netlink_ack(fd: RawFd, seq: u32) -> io::Result<()> {
 /// A kernel without IPv6 (EAFNOSUPPORT) gets only the IPv4 route: with no IPv6 at all
 /// there is nothing to reach over it either. An existing identical route (EEXIST) is
 /// taken as success.
-// Called by the supervisor once transparent mode is wired into the plan.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn add_local_routes() -> io::Result<()> {
     // SAFETY: the argument is a NUL-terminated literal.
     let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };

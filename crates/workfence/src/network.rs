@@ -200,7 +200,10 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// A proxy denial as the run's result reports it.
 pub fn to_denial(d: &workfence_proxy::Denial) -> Denial {
-    let target = if d.host.contains(':') {
+    // Port 0: a DNS lookup (transparent mode), which names no port.
+    let target = if d.port == 0 {
+        d.host.clone()
+    } else if d.host.contains(':') {
         format!("[{}]:{}", d.host, d.port)
     } else {
         format!("{}:{}", d.host, d.port)
@@ -224,6 +227,7 @@ mod linux {
     use std::thread::JoinHandle;
 
     use tokio::sync::oneshot;
+    use workfence_linux::plan::TransparentPlan;
     use workfence_proxy::{AuditSink, Proxy, ProxyConfig};
 
     use super::NetworkError;
@@ -239,6 +243,7 @@ mod linux {
         thread: Option<JoinHandle<()>>,
         waker: Option<UnixStream>,
         expected: std::net::SocketAddr,
+        transparent: Option<TransparentPlan>,
     }
 
     impl std::fmt::Debug for ProxyRun {
@@ -251,11 +256,14 @@ mod linux {
     }
 
     impl ProxyRun {
-        /// The proxy and the socket pair; `theirs` is for the sandbox.
+        /// The proxy and the socket pair; `theirs` is for the sandbox. `expected` is
+        /// the proxy listener's address and `transparent` the plan's transparent mode:
+        /// only the sockets they describe are served.
         pub fn new(
             config: ProxyConfig,
             sink: Arc<dyn AuditSink>,
             expected: std::net::SocketAddr,
+            transparent: Option<TransparentPlan>,
         ) -> Result<ProxyRun, NetworkError> {
             let proxy = Proxy::new(config, sink)?;
             let (ours, theirs) = UnixStream::pair().map_err(|source| NetworkError::Start {
@@ -270,6 +278,7 @@ mod linux {
                 thread: None,
                 waker: None,
                 expected,
+                transparent,
             })
         }
 
@@ -294,9 +303,10 @@ mod linux {
             self.stop = Some(tx);
             let proxy = self.proxy.clone();
             let expected = self.expected;
+            let transparent = self.transparent.clone();
             let t = std::thread::Builder::new()
                 .name("workfence-proxy".into())
-                .spawn(move || serve(proxy, ours, rx, expected))
+                .spawn(move || serve(proxy, ours, rx, expected, transparent))
                 .map_err(|source| NetworkError::Start {
                     step: "spawning the proxy thread",
                     source,
@@ -321,24 +331,74 @@ mod linux {
         }
     }
 
+    /// The sandbox's sockets, checked against the plan: the proxy listener at
+    /// `expected`, then one transparent listener per planned port on 0.0.0.0, then the
+    /// DNS socket on UDP 0.0.0.0:53. Anything else (a missing, extra or different
+    /// socket) serves nothing: the sandbox then reaches nothing.
+    struct Sockets {
+        proxy: std::net::TcpListener,
+        transparent: Vec<std::net::TcpListener>,
+        dns: Option<std::net::UdpSocket>,
+    }
+
+    fn check_sockets(
+        fds: Vec<OwnedFd>,
+        expected: std::net::SocketAddr,
+        plan: Option<&TransparentPlan>,
+    ) -> Option<Sockets> {
+        use std::net::{Ipv4Addr, SocketAddr};
+        let ports: &[u16] = plan.map(|t| t.tcp_ports.as_slice()).unwrap_or(&[]);
+        let dns = plan.is_some_and(|t| t.dns);
+        if fds.len() != 1 + ports.len() + usize::from(dns) {
+            return None;
+        }
+        let mut fds = fds.into_iter();
+        let tcp = |fd: OwnedFd, want: SocketAddr| {
+            let l = std::net::TcpListener::from(fd);
+            (l.local_addr().ok() == Some(want) && l.set_nonblocking(true).is_ok()).then_some(l)
+        };
+        let proxy = tcp(fds.next()?, expected)?;
+        let mut transparent = Vec::new();
+        for p in ports {
+            transparent.push(tcp(
+                fds.next()?,
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, *p)),
+            )?);
+        }
+        let dns = match fds.next() {
+            Some(fd) => {
+                let u = std::net::UdpSocket::from(fd);
+                if u.local_addr().ok() != Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53)))
+                    || u.set_nonblocking(true).is_err()
+                {
+                    return None;
+                }
+                Some(u)
+            }
+            None => None,
+        };
+        Some(Sockets {
+            proxy,
+            transparent,
+            dns,
+        })
+    }
+
     fn serve(
         proxy: Proxy,
         ours: UnixStream,
         stop: oneshot::Receiver<()>,
         expected: std::net::SocketAddr,
+        transparent: Option<TransparentPlan>,
     ) {
         let fds: Vec<OwnedFd> = match workfence_linux::receive_proxy_sockets(ours.as_fd()) {
             Ok(f) => f,
             Err(_) => return,
         };
         drop(ours);
-        let mut fds = fds.into_iter();
-        let Some(first) = fds.next() else { return };
-        let listener = std::net::TcpListener::from(first);
-        // Only the socket the plan describes is served.
-        if listener.local_addr().ok() != Some(expected) || listener.set_nonblocking(true).is_err() {
+        let Some(sockets) = check_sockets(fds, expected, transparent.as_ref()) else {
             return;
-        }
+        };
         let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("workfence-proxy")
@@ -348,13 +408,35 @@ mod linux {
             return;
         };
         rt.block_on(async move {
-            let Ok(l) = tokio::net::TcpListener::from_std(listener) else {
+            let Ok(l) = tokio::net::TcpListener::from_std(sockets.proxy) else {
                 return;
             };
+            // Every transparent listener and the DNS socket run beside the proxy's
+            // listener; all stop together.
+            let mut side = tokio::task::JoinSet::new();
+            for t in sockets.transparent {
+                let Ok(t) = tokio::net::TcpListener::from_std(t) else {
+                    return;
+                };
+                let p = proxy.clone();
+                side.spawn(async move {
+                    let _ = p.serve_transparent(t).await;
+                });
+            }
+            if let Some(d) = sockets.dns {
+                let Ok(d) = tokio::net::UdpSocket::from_std(d) else {
+                    return;
+                };
+                let p = proxy.clone();
+                side.spawn(async move {
+                    let _ = p.serve_dns(d).await;
+                });
+            }
             tokio::select! {
                 _ = proxy.serve_tcp(l) => {}
                 _ = stop => {}
             }
+            side.abort_all();
             // The sandbox is gone, so every client socket is closed: what is still
             // open ends at once; wait for it so that its audit record is written.
             proxy.drain(std::time::Duration::from_secs(1)).await;
