@@ -1487,7 +1487,23 @@ mod tests {
         // async-signal-safe calls (unshare, open, write, close) on memory prepared
         // before the fork (uid_map, a literal path); it allocates nothing.
         unsafe { cmd.pre_exec(child_setup) };
-        let out = cmd.output().unwrap();
+        let out = match cmd.output() {
+            Ok(o) => o,
+            // No user namespaces for this user here (a container, a sysctl): the same
+            // condition in which the sandbox itself refuses, so the test cannot run.
+            Err(e)
+                if [libc::EPERM, libc::EACCES, libc::EINVAL, libc::ENOSPC]
+                    .contains(&e.raw_os_error().unwrap_or(0)) =>
+            {
+                assert!(
+                    std::env::var("WORKFENCE_MUST_WORK").as_deref() != Ok("1"),
+                    "cannot create a user + network namespace: {e}"
+                );
+                eprintln!("SKIP anyip_routes_reach_wildcard_listeners: cannot create a user + network namespace: {e}");
+                return;
+            }
+            Err(e) => panic!("starting the namespace child: {e}"),
+        };
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.contains("1 passed"),
