@@ -43,11 +43,17 @@ declare -A PKG=(
     [unshare]=util-linux [setsid]=util-linux [ipcmk]=util-linux [ipcrm]=util-linux
     [setpriv]=util-linux [kill]=procps [nohup]=coreutils [truncate]=coreutils
     [useradd]=passwd [sed]=sed [setfattr]=attr [tinyscheme]=tinyscheme
+    [curl]=curl [openssl]=openssl [ip]=iproute2
 )
 missing=()
 for c in "${!PKG[@]}"; do
     command -v "$c" >/dev/null 2>&1 || missing+=("${PKG[$c]}")
 done
+# pip is a module, not a command: the network tests run `python3 -m pip download` with
+# the system interpreter (the one the unprivileged user gets), so check that one.
+sys_py=/usr/bin/python3
+[ -x "$sys_py" ] || sys_py=python3
+"$sys_py" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ "${#missing[@]}" -gt 0 ]; then
     pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
     if is_root && command -v apt-get >/dev/null 2>&1; then

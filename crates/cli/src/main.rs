@@ -102,12 +102,13 @@ enum ModeArg {
     FullAccess,
 }
 
-/// `--network off | on | allow | allow=RULE[,RULE...]`.
+/// `--network off | on | allow | allow=RULE[,RULE...] | allow-local=RULE[,RULE...]`.
 #[derive(Debug, Clone)]
 enum NetArg {
     Off,
     On,
     Allow(Vec<String>),
+    AllowLocal(Vec<String>),
 }
 
 fn parse_network(s: &str) -> Result<NetArg, String> {
@@ -116,9 +117,13 @@ fn parse_network(s: &str) -> Result<NetArg, String> {
         "on" => Ok(NetArg::On),
         "allow" => Ok(NetArg::Allow(Vec::new())),
         _ => {
-            let Some(list) = s.strip_prefix("allow=") else {
+            let (local, list) = if let Some(l) = s.strip_prefix("allow=") {
+                (false, l)
+            } else if let Some(l) = s.strip_prefix("allow-local=") {
+                (true, l)
+            } else {
                 return Err(format!(
-                    "'{s}' is not off, on, allow or allow=HOST[,HOST...] (e.g. allow=example.org,*.example.org,@mylist)"
+                    "'{s}' is not off, on, allow, allow=HOST[,HOST...] or allow-local=HOST[,HOST...] (e.g. allow=example.org,*.example.org,@mylist)"
                 ));
             };
             let rules: Vec<String> = list.split(',').map(|r| r.trim().to_string()).collect();
@@ -127,9 +132,39 @@ fn parse_network(s: &str) -> Result<NetArg, String> {
                     "'{s}': an empty rule; separate rules with single commas, e.g. allow=example.org,*.example.org"
                 ));
             }
-            Ok(NetArg::Allow(rules))
+            Ok(if local {
+                NetArg::AllowLocal(rules)
+            } else {
+                NetArg::Allow(rules)
+            })
         }
     }
+}
+
+/// Folds repeated `--network` values: `off`/`on` replace everything before them;
+/// `allow=` and `allow-local=` lists add up into one allowlist.
+fn fold_network(args: Vec<NetArg>) -> Option<Network> {
+    let mut out: Option<Network> = None;
+    for a in args {
+        let local = matches!(a, NetArg::AllowLocal(_));
+        out = Some(match a {
+            NetArg::Off => Network::Off,
+            NetArg::On => Network::On,
+            NetArg::Allow(v) | NetArg::AllowLocal(v) => {
+                let mut p = match out {
+                    Some(Network::Proxy(p)) => p,
+                    _ => workfence::policy::ProxyPolicy::default(),
+                };
+                if local {
+                    p.allow_local.extend(v);
+                } else {
+                    p.allow.extend(v);
+                }
+                Network::Proxy(p)
+            }
+        });
+    }
+    out
 }
 
 #[derive(Args, Debug)]
@@ -152,8 +187,9 @@ struct RunOpts {
     /// Network access: off, on, or allow=HOST[,HOST...] (through workfence's proxy;
     /// `*.host` subdomains, `**.host` apex and subdomains, `host:PORT`, `@list` from the
     /// config; `allow` alone uses the config's [network] rules).
+    /// Repeatable: `--network allow=a.test --network allow-local=mirror.lan`.
     #[arg(long, value_name = "off|on|allow=HOSTS", value_parser = parse_network)]
-    network: Option<NetArg>,
+    network: Vec<NetArg>,
     /// Also append the network audit (JSON lines, one per connection) to FILE.
     #[arg(long = "audit-log", value_name = "FILE")]
     audit_log: Option<PathBuf>,
@@ -238,14 +274,7 @@ impl RunOpts {
                 ModeArg::WorkspaceWrite => Mode::WorkspaceWrite,
                 ModeArg::FullAccess => Mode::FullAccess,
             }),
-            network: self.network.map(|n| match n {
-                NetArg::Off => Network::Off,
-                NetArg::On => Network::On,
-                NetArg::Allow(allow) => Network::Proxy(workfence::policy::ProxyPolicy {
-                    allow,
-                    ..Default::default()
-                }),
-            }),
+            network: fold_network(self.network),
             audit_log: self.audit_log,
             allow_write: self.allow_write,
             deny_read: self.deny_read,

@@ -28,7 +28,10 @@ fn scratch() -> PathBuf {
     let base = std::env::var_os("WORKFENCE_TEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/workfence-tests-{}", uid.unwrap_or(0))));
-    let d = base.join(format!("library-{}", std::process::id()));
+    // One directory per call: the tests of this binary run in parallel.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let d = base.join(format!("library-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(d.join("ws")).unwrap();
     fs::create_dir_all(d.join("out")).unwrap();
@@ -191,4 +194,89 @@ fn library_caller_killed_takes_the_sandbox_with_it() {
         "10 s after the caller's SIGKILL the sandboxed command still runs: {left:?}"
     );
     count("WORK library-caller-killed passed");
+}
+
+/// A network allowlist from a multi-threaded caller: the proxy runs in the caller and
+/// the sandbox's listening socket travels through the helper to it. Judged from the
+/// outside: the host server saw exactly the allowed request, the direct connection to
+/// it from inside was refused, and the denied name is in the run's result.
+#[test]
+fn library_network_allowlist_through_the_helper() {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    let d = scratch();
+    let ws = fs::canonicalize(d.join("ws")).unwrap();
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let (seen_tx, seen_rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for s in server.incoming().flatten() {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = seen_tx.send(line.trim_end().to_string());
+            let mut s = s;
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nproxied-ok");
+        }
+    });
+    assert!(threads() > 1, "the test must run multi-threaded");
+    let py = format!(
+        r#"
+import socket, urllib.request
+print(urllib.request.urlopen("http://lib.test:{port}/allowed").read().decode())
+try:
+    urllib.request.urlopen("http://denied.test:{port}/denied")
+    print("denied-reached")
+except Exception as e:
+    print("denied-refused")
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=2)
+    print("direct-reached")
+except OSError:
+    print("direct-refused")
+"#
+    );
+    let mut policy = workfence::policy::Policy::new(&ws);
+    policy.network = workfence::policy::Network::Proxy(workfence::policy::ProxyPolicy {
+        allow_local: vec!["lib.test".into()],
+        resolve: [("lib.test".to_string(), vec!["127.0.0.1".parse().unwrap()])].into(),
+        ..Default::default()
+    });
+    policy.audit_log = Some(d.join("audit.jsonl"));
+    let argv = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("python3 -c '{py}' > out.txt 2>&1").into(),
+    ];
+    let bin = std::env::var_os("WORKFENCE_BIN")
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_workfence").into());
+    std::env::set_var("WORKFENCE_HELPER", bin);
+    let outcome = workfence::run(&policy, argv, &mut |_| {}).expect("run through the helper");
+    std::env::remove_var("WORKFENCE_HELPER");
+    let out = fs::read_to_string(ws.join("out.txt")).unwrap_or_default();
+    assert_eq!(outcome.code, 0, "{out}");
+    assert!(out.contains("proxied-ok"), "{out}");
+    assert!(
+        out.contains("denied-refused") && out.contains("direct-refused"),
+        "{out}"
+    );
+    // The server saw the allowed request only (the proxy forwards in origin form).
+    let seen: Vec<String> = seen_rx.try_iter().collect();
+    assert_eq!(seen, ["GET /allowed HTTP/1.1"], "{seen:?}");
+    assert!(
+        outcome
+            .denials
+            .iter()
+            .any(|x| x.target == format!("denied.test:{port}")),
+        "{:?}",
+        outcome.denials
+    );
+    let audit = fs::read_to_string(d.join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"decision\":\"allow\"") && audit.contains("denied.test"),
+        "{audit}"
+    );
+    count("WORK library-network-allowlist-helper passed");
+    let _ = fs::remove_dir_all(&d);
 }

@@ -479,10 +479,13 @@ pub fn resolve(layers: &Layers) -> Result<Resolved, ConfigError> {
     set(&mut p.mode, cli.mode, "mode", &cs, prov);
     set(&mut p.network, cli.network.clone(), "network", &cs, prov);
     if let Some(Network::Proxy(c)) = &cli.network {
-        // `--network allow=a,b` replaces the config's allow list; its deny rules,
-        // named lists, pins and scopes stay.
+        // `--network allow=a,b` replaces the config's allow list (and `allow-local=`
+        // its allow_local list); its deny rules, named lists, pins and scopes stay.
         if !c.allow.is_empty() {
             rules.allow = c.allow.clone();
+        }
+        if !c.allow_local.is_empty() {
+            rules.allow_local = c.allow_local.clone();
         }
     }
     set(

@@ -193,10 +193,35 @@ fn text_response(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-/// One connection's audit record in the making.
+/// One connection's audit record in the making. Once armed (a relay has started), a
+/// record that is dropped unfinished, because the runtime stopped while the connection
+/// was still open, is still written, marked as cut short: no allowed connection goes
+/// unlogged.
 struct Audit {
     start: Instant,
     record: AuditRecord,
+    armed: Option<(Arc<dyn AuditSink>, Counters)>,
+    done: bool,
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some((sink, counters)) = self.armed.take() {
+            let (up, down) = counters.get();
+            self.record.bytes_up = up;
+            self.record.bytes_down = down;
+            self.record.duration_ms = self.start.elapsed().as_millis() as u64;
+            let cut = "cut short: the proxy stopped (the run ended) while the connection was open";
+            self.record.reason = Some(match self.record.reason.take() {
+                Some(r) => format!("{r}; {cut}"),
+                None => cut.to_string(),
+            });
+            sink.record(&self.record);
+        }
+    }
 }
 
 impl Audit {
@@ -217,7 +242,13 @@ impl Audit {
                 bytes_down: 0,
                 duration_ms: 0,
             },
+            armed: None,
+            done: false,
         }
+    }
+    /// From now on the record is written even if the connection is dropped unfinished.
+    fn arm(&mut self, sink: &Arc<dyn AuditSink>, counters: &Counters) {
+        self.armed = Some((sink.clone(), counters.clone()));
     }
     fn target(&mut self, t: &Target) {
         self.record.host = Some(t.host.to_string());
@@ -233,6 +264,7 @@ impl Audit {
         self.record.bytes_down = down;
         self.record.duration_ms = self.start.elapsed().as_millis() as u64;
         sink.record(&self.record);
+        self.done = true;
     }
 }
 
@@ -662,6 +694,7 @@ impl Proxy {
         match self.handling(&target) {
             Handling::PassThrough => {
                 let counters = Counters::default();
+                audit.arm(&sink, &counters);
                 let mut up = Counted::new(upstream, counters.clone());
                 // Bytes the client sent after its request, before our reply.
                 if !buf.is_empty() && up.write_all(&buf).await.is_err() {
@@ -872,13 +905,14 @@ fn request_target(req: &Request<Incoming>) -> Result<Target, String> {
 fn tunnel_after_upgrade(
     mut req: Request<Incoming>,
     upstream: TcpStream,
-    audit: Audit,
+    mut audit: Audit,
     sink: Arc<dyn AuditSink>,
     slot: Slot,
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let counters = Counters::default();
+    audit.arm(&sink, &counters);
     tokio::spawn(async move {
-        let counters = Counters::default();
         if let Ok(upgraded) = on_upgrade.await {
             let mut client = TokioIo::new(upgraded);
             let mut up = Counted::new(upstream, counters.clone());
@@ -973,6 +1007,8 @@ async fn forward(
     // reason for a failure; a dropped sender means the client went away first.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Option<String>>();
     let conn_counters = counters.clone();
+    let mut audit = audit;
+    audit.arm(&sink, &counters);
     tokio::spawn(async move {
         let conn_result = conn.await;
         let mut audit = audit;

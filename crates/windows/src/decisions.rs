@@ -395,12 +395,115 @@ impl<F: FnMut()> Drop for TerminateOnDrop<F> {
     }
 }
 
+// ---------------------------------------------------------------- 9. propagation walk
+
+/// The reparse-tag bit that marks a name surrogate: the object stands for another one
+/// elsewhere in the namespace (junctions, volume mount points, symbolic links, and any
+/// third-party tag with the bit). Documented on `IsReparseTagNameSurrogate`.
+pub const REPARSE_TAG_NAME_SURROGATE: u32 = 0x2000_0000;
+
+/// What workfence's own propagation of a tree grant does with one object below the
+/// root. `SetNamedSecurityInfoW` and `SetSecurityInfo` propagate inheritable ACEs
+/// themselves, and their documentation says nothing about reparse points: a junction
+/// an earlier sandboxed run planted in a writable root (`ws\x` pointing at
+/// `C:\Users\me\.ssh`) could lead the walk out of the root, writing an ACE of the
+/// sandbox into the user's secrets. So workfence sets the root's DACL without
+/// propagation (`SetKernelObjectSecurity`) and walks the tree itself, opening every
+/// object with `FILE_FLAG_OPEN_REPARSE_POINT` and keeping the directories above it
+/// open without `FILE_SHARE_DELETE` (so none can be swapped for a junction meanwhile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    /// Give the object the inherited copies; `descend` into it when it is a directory.
+    /// (Never for a name surrogate, see [`Visit::LinkOnly`].)
+    Apply {
+        /// Walk its children.
+        descend: bool,
+    },
+    /// A name surrogate (junction, mount point, symbolic link): its own DACL (the link
+    /// object's, opened without following it) gets the copies so that the sandbox can
+    /// replace or remove the link like any file of the root, but the walk never goes
+    /// through it: what it points at keeps its DACL, wherever it is.
+    LinkOnly,
+    /// A protected DACL (`P`) blocks inheritance: Windows would not change it either.
+    Skip,
+}
+
+/// Decides what to do with one object below a root: `dir` from its attributes,
+/// `reparse_tag` when it is a reparse point (read from the open handle,
+/// `FileAttributeTagInfo`; `Some(0)` when the tag could not be read, which counts as
+/// a link), `protected` when its DACL has the `P` flag.
+///
+/// A reparse point that is not a name surrogate (cloud-files placeholders,
+/// deduplication, WOF-compressed files, app execution aliases) is the object itself
+/// stored differently: it is treated like any file or directory.
+pub fn propagation_visit(dir: bool, reparse_tag: Option<u32>, protected: bool) -> Visit {
+    match reparse_tag {
+        _ if protected => Visit::Skip,
+        Some(tag) if tag == 0 || tag & REPARSE_TAG_NAME_SURROGATE != 0 => Visit::LinkOnly,
+        _ => Visit::Apply { descend: dir },
+    }
+}
+
+/// How deep workfence's propagation walks (every level keeps one directory handle
+/// open). Deeper directories get the grant only for what is created in them later;
+/// the run reports it like a partial grant.
+pub const MAX_PROPAGATION_DEPTH: usize = 256;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    #[test]
+    fn propagation_never_goes_through_a_link() {
+        const MOUNT_POINT: u32 = 0xA000_0003;
+        const SYMLINK: u32 = 0xA000_000C;
+        const CLOUD: u32 = 0x9000_001A;
+        const DEDUP: u32 = 0x8000_0013;
+        const APPEXECLINK: u32 = 0x8000_001B;
+        // Junctions, mount points and symbolic links: the link itself, never its target,
+        // whether it names a directory or not; a protected one is left alone.
+        for tag in [MOUNT_POINT, SYMLINK, 0x2000_0000, 0] {
+            for dir in [true, false] {
+                assert_eq!(
+                    propagation_visit(dir, Some(tag), false),
+                    Visit::LinkOnly,
+                    "{tag:#x}"
+                );
+                assert_eq!(propagation_visit(dir, Some(tag), true), Visit::Skip);
+            }
+        }
+        // No answer ever descends through a name surrogate.
+        for tag in [MOUNT_POINT, SYMLINK] {
+            for dir in [true, false] {
+                for protected in [true, false] {
+                    assert!(!matches!(
+                        propagation_visit(dir, Some(tag), protected),
+                        Visit::Apply { .. }
+                    ));
+                }
+            }
+        }
+        // Other reparse points are the object itself.
+        for tag in [CLOUD, DEDUP, APPEXECLINK] {
+            assert_eq!(
+                propagation_visit(true, Some(tag), false),
+                Visit::Apply { descend: true }
+            );
+            assert_eq!(propagation_visit(true, Some(tag), true), Visit::Skip);
+        }
+        assert_eq!(
+            propagation_visit(false, None, false),
+            Visit::Apply { descend: false }
+        );
+        assert_eq!(
+            propagation_visit(true, None, false),
+            Visit::Apply { descend: true }
+        );
+        assert_eq!(propagation_visit(true, None, true), Visit::Skip);
+    }
 
     #[test]
     fn pipe_client_only_the_runner() {

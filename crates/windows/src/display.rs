@@ -20,6 +20,7 @@ impl fmt::Display for WfpCondition {
             WfpCondition::RemotePort(p) => write!(f, "remote port = {p}"),
             WfpCondition::LocalPort(p) => write!(f, "local port = {p}"),
             WfpCondition::Protocol(p) => write!(f, "protocol = {p}"),
+            WfpCondition::Flags(b) => write!(f, "flags include {b:#x}"),
         }
     }
 }
@@ -33,6 +34,8 @@ impl fmt::Display for WfpLayer {
             WfpLayer::AleAuthRecvAcceptV6 => "ALE_AUTH_RECV_ACCEPT_V6",
             WfpLayer::AleAuthListenV4 => "ALE_AUTH_LISTEN_V4",
             WfpLayer::AleAuthListenV6 => "ALE_AUTH_LISTEN_V6",
+            WfpLayer::AleResourceAssignmentV4 => "ALE_RESOURCE_ASSIGNMENT_V4",
+            WfpLayer::AleResourceAssignmentV6 => "ALE_RESOURCE_ASSIGNMENT_V6",
         })
     }
 }
@@ -183,7 +186,7 @@ impl fmt::Display for WindowsPlan {
                 let conds: Vec<String> = flt.conditions.iter().map(|c| c.to_string()).collect();
                 writeln!(
                     f,
-                    "    {:<6} w{:<2} {:<23} {}  [{}]",
+                    "    {:<6} w{:<2} {:<27} {}  [{}]",
                     match flt.action {
                         WfpAction::Permit => "permit",
                         WfpAction::Block => "block",

@@ -49,8 +49,8 @@ pub enum WindowsError {
         gaps: String,
     },
 
-    /// `network = "proxy"` needs workfence's proxy, which does not exist yet.
-    #[error("network allowlists (network = \"proxy\") are not enforced by this version on Windows; use --network off or on")]
+    /// A network allowlist: the Windows path to the proxy is not tested end to end yet.
+    #[error("network allowlists (--network allow=...) are enforced only on Linux in this version: the Windows path (a WFP permit for the proxy port during the run, a per-run proxy secret) is not tested end to end; use --network off or on")]
     ProxyUnsupported,
 
     /// A command line cannot be represented.
@@ -132,6 +132,23 @@ pub enum WindowsError {
     /// The runner reported an error in the sandbox user's session.
     #[error("the sandbox runner failed: {0}")]
     Runner(String),
+
+    /// The null device's grant for the sandbox users is gone (Windows resets the
+    /// device's permissions at every boot) and the run was not allowed degraded.
+    #[error("the null device (NUL) no longer grants the sandbox users: Windows resets its permissions at every boot, {why}. Redirects to NUL would fail in the sandbox. Run `workfence setup` once from an elevated prompt to re-apply the grant (it also registers the boot task again), or pass --allow-degraded")]
+    NullDeviceLost {
+        /// What went wrong with the boot-time repair.
+        why: String,
+    },
+
+    /// The boot task that re-applies the null device grant cannot be built.
+    #[error("cannot register the boot task {task}: {why}")]
+    BootTask {
+        /// The task's name.
+        task: String,
+        /// Why.
+        why: String,
+    },
 }
 
 impl WindowsError {

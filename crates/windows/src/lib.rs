@@ -50,6 +50,7 @@ pub mod journal;
 pub mod lookup;
 pub mod path;
 mod plan;
+pub mod probes;
 pub mod sddl;
 
 #[cfg(windows)]
@@ -57,15 +58,17 @@ mod win;
 
 pub use error::WindowsError;
 pub use plan::{
-    all_filter_keys, capability_sid_from_bytes, control_pipe_sddl, default_dacl_entries,
-    default_dacl_sddl, default_shared_roots, desktop_sddl, git_safe_directory_env,
-    lowered_integrity, null_device_ace, on_partial_propagation, plan, restricting_sids,
-    runner_default_dacl_sddl, runner_object_sddl, sids, to_win, wfp_filters, workspace_id, AcePlan,
-    AcePurpose, EnvPlan, JobSpec, NamedSid, NetworkPlan, PartialPropagation, Placeholder,
-    RestrictingSet, RunAs, SandboxUsers, TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer,
-    WindowsContext, WindowsPlan, DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS, DISABLED_SIDS, GROUP_NAME,
-    JOB_NESTING, JOURNAL_FILE, LOGON_SID, MEDIUM_INTEGRITY_SID, OFFLINE_USER, ONLINE_USER,
-    PLATFORM_LIMIT_NETWORK, REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
+    all_filter_keys, boot_exe_path, boot_task, capability_sid_from_bytes, control_pipe_sddl,
+    default_dacl_entries, default_dacl_sddl, default_shared_roots, desktop_sddl,
+    git_safe_directory_env, lowered_integrity, null_device_ace, null_device_check,
+    on_partial_propagation, plan, restricting_sids, runner_default_dacl_sddl, runner_object_sddl,
+    sids, to_win, wfp_filters, workspace_id, AcePlan, AcePurpose, BootTask, EnvPlan, JobSpec,
+    NamedSid, NetworkPlan, NullDeviceCheck, PartialPropagation, Placeholder, RestrictingSet, RunAs,
+    SandboxUsers, TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer, WindowsContext,
+    WindowsPlan, BOOT_TASK_NAME, DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS, DISABLED_SIDS,
+    FWP_CONDITION_FLAG_IS_RAW_ENDPOINT, GROUP_NAME, JOB_NESTING, JOURNAL_FILE, LOGON_SID,
+    MEDIUM_INTEGRITY_SID, OFFLINE_USER, ONLINE_USER, PLATFORM_LIMIT_NETWORK,
+    REPAIR_NULL_DEVICE_FLAG, REQUIRED_ENV, WFP_PROVIDER_KEY, WFP_SUBLAYER_KEY,
 };
 
 use workfence_policy::run::{RunOutcome, RunRequest};
@@ -234,7 +237,41 @@ pub fn runner_main() -> i32 {
 /// For a host binary that wants to double as the runner (so that no second executable
 /// must be shipped): call this first in `main`; it returns the exit status when the
 /// process was started as the runner.
+///
+/// It also answers [`REPAIR_NULL_DEVICE_FLAG`], with which the boot task `workfence
+/// setup` registers re-applies the null device grant (its copy of the binary is the
+/// same executable).
 pub fn runner_main_if_requested() -> Option<i32> {
     let first = std::env::args_os().nth(1)?;
+    if first == REPAIR_NULL_DEVICE_FLAG {
+        return Some(repair_null_device_main());
+    }
     (first == RUNNER_FLAG).then(runner_main)
+}
+
+/// The boot task's entry point: re-applies the null device grant for the sandbox users
+/// (as SYSTEM) and returns 0, or 1 when it could not. Prints nothing: Task Scheduler
+/// records the status as the task's last result, and `doctor` reports the grant.
+pub fn repair_null_device_main() -> i32 {
+    #[cfg(windows)]
+    {
+        win::setup::repair_null_device()
+    }
+    #[cfg(not(windows))]
+    {
+        workfence_policy::run::EXIT_SETUP
+    }
+}
+
+/// Whether the boot task that re-applies the null device grant is registered
+/// (`None` off Windows or when Task Scheduler cannot be asked).
+pub fn boot_task_registered() -> Option<bool> {
+    #[cfg(windows)]
+    {
+        win::setup::boot_task_registered()
+    }
+    #[cfg(not(windows))]
+    {
+        None
+    }
 }

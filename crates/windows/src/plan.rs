@@ -267,6 +267,141 @@ pub fn null_device_ace(sandbox_user: &str) -> crate::sddl::Ace {
     }
 }
 
+/// The Task Scheduler task `workfence setup` registers to re-apply the null device
+/// grant at every boot ([`null_device_ace`] lasts until the next boot only).
+pub const BOOT_TASK_NAME: &str = r"\workfence\repair-null-device";
+
+/// The hidden first argument with which a workfence binary re-applies the null device
+/// grant and exits (the boot task runs it as SYSTEM). It takes no other argument: the
+/// sandbox users' SIDs are looked up from their fixed names, so nothing on the task's
+/// command line comes from anyone but setup.
+pub const REPAIR_NULL_DEVICE_FLAG: &str = "--workfence-windows-repair-null-device";
+
+/// The longest `/TR` value `schtasks /Create` accepts.
+pub const SCHTASKS_TR_MAX: usize = 261;
+
+/// Where setup copies the workfence executable for the boot task:
+/// `%ProgramFiles%\workfence\workfence-boot.exe`. A task that runs as SYSTEM must not
+/// run a file the user (or a sandboxed command) can replace: wherever the user keeps
+/// workfence (`~\.cargo\bin`) is writable without elevation, so that path would turn
+/// the task into a way to SYSTEM. Only administrators can create or change anything
+/// below Program Files, and nobody else can have created the directory beforehand.
+pub fn boot_exe_path(program_files: &str) -> String {
+    format!(
+        "{}\\workfence\\workfence-boot.exe",
+        program_files.trim_end_matches(['\\', '/'])
+    )
+}
+
+/// The `schtasks.exe` arguments that register, remove and query the boot task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootTask {
+    /// The task's action: the command line Task Scheduler runs as SYSTEM.
+    pub command_line: String,
+    /// `schtasks /Create ...` (replaces an existing task of the same name).
+    pub create: Vec<String>,
+    /// `schtasks /Delete ...`.
+    pub delete: Vec<String>,
+    /// `schtasks /Query ...` (exit status 0 when the task exists).
+    pub query: Vec<String>,
+}
+
+/// The boot task for the executable at `exe` ([`boot_exe_path`]): at startup, as
+/// SYSTEM with the highest privileges, `exe` [`REPAIR_NULL_DEVICE_FLAG`]. The command
+/// line is built by [`crate::cmdline::command_line`] (the one quoting place), and
+/// refused when it cannot be passed safely: a `%` (Task Scheduler expands
+/// `%VARIABLE%` in an action), a quote or NUL (no Windows command line carries them in
+/// a program name), a relative path, or more than `schtasks`'s 261 characters.
+pub fn boot_task(exe: &str) -> Result<BootTask, WindowsError> {
+    let err = |why: String| WindowsError::BootTask {
+        task: BOOT_TASK_NAME.into(),
+        why,
+    };
+    if exe.contains('%') {
+        return Err(err(format!("its program path {exe:?} contains %, which Task Scheduler would expand; install workfence under a path without %")));
+    }
+    if exe.contains(['\n', '\r']) {
+        return Err(err(format!(
+            "its program path {exe:?} contains a line break"
+        )));
+    }
+    match WinPath::parse(exe) {
+        Ok(p) if !p.is_unc() => {}
+        _ => {
+            return Err(err(format!(
+                "its program path {exe:?} is not an absolute path on a local drive"
+            )))
+        }
+    }
+    let line = crate::cmdline::command_line(&[exe, REPAIR_NULL_DEVICE_FLAG])
+        .map_err(|e| err(e.to_string()))?;
+    let n = line.encode_utf16().count();
+    if n > SCHTASKS_TR_MAX {
+        return Err(err(format!(
+            "its command line is {n} characters long; schtasks accepts {SCHTASKS_TR_MAX}: set ProgramFiles to a shorter path"
+        )));
+    }
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_string()).collect::<Vec<_>>();
+    let mut create = s(&[
+        "/Create",
+        "/F",
+        "/TN",
+        BOOT_TASK_NAME,
+        "/SC",
+        "ONSTART",
+        "/RU",
+        "SYSTEM",
+        "/RL",
+        "HIGHEST",
+        "/TR",
+    ]);
+    create.push(line.clone());
+    Ok(BootTask {
+        command_line: line,
+        create,
+        delete: s(&["/Delete", "/F", "/TN", BOOT_TASK_NAME]),
+        query: s(&["/Query", "/TN", BOOT_TASK_NAME]),
+    })
+}
+
+/// What a run as a sandbox user does about the null device grant, given whether the
+/// device grants the sandbox users now (`None`: unknown, or no setup) and whether
+/// the boot task is registered (`None`: unknown).
+#[derive(Debug)]
+pub enum NullDeviceCheck {
+    /// The grant is there (or cannot be judged): run.
+    Run,
+    /// Gone, and the run may be degraded: run, with this note.
+    Warn(String),
+    /// Gone: refuse with this error (it names the repair command).
+    Refuse(WindowsError),
+}
+
+/// See [`NullDeviceCheck`]. The grant is a compatibility matter (without it `> NUL`
+/// fails in the sandbox), not a boundary, but a run that breaks every build script
+/// in a confusing way is worse than a clear refusal that says how to repair it.
+pub fn null_device_check(
+    granted: Option<bool>,
+    boot_task: Option<bool>,
+    allow_degraded: bool,
+) -> NullDeviceCheck {
+    if granted != Some(false) {
+        return NullDeviceCheck::Run;
+    }
+    let why = match boot_task {
+        Some(true) => format!("and the boot task {BOOT_TASK_NAME} that re-applies the grant has not run (or failed; Task Scheduler shows its last result)"),
+        Some(false) => format!("and the boot task {BOOT_TASK_NAME} that would re-apply the grant is not registered"),
+        None => format!("and the boot task {BOOT_TASK_NAME} could not be queried"),
+    };
+    if allow_degraded {
+        NullDeviceCheck::Warn(format!(
+            "the null device does not grant the sandbox users ({why}): redirects to NUL fail in the sandbox; run `workfence setup` (elevated) to repair"
+        ))
+    } else {
+        NullDeviceCheck::Refuse(WindowsError::NullDeviceLost { why })
+    }
+}
+
 /// The environment that makes git accept a workspace owned by another account (the
 /// command runs as the sandbox user, the workspace belongs to the invoking user):
 /// `safe.directory` through `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_n`/`GIT_CONFIG_VALUE_n`,
@@ -648,6 +783,11 @@ pub enum WfpLayer {
     AleAuthListenV4,
     /// `FWPM_LAYER_ALE_AUTH_LISTEN_V6`.
     AleAuthListenV6,
+    /// `FWPM_LAYER_ALE_RESOURCE_ASSIGNMENT_V4`: every bind, explicit or implicit, and
+    /// the creation of a raw socket (flagged `FWP_CONDITION_FLAG_IS_RAW_ENDPOINT`).
+    AleResourceAssignmentV4,
+    /// `FWPM_LAYER_ALE_RESOURCE_ASSIGNMENT_V6`.
+    AleResourceAssignmentV6,
 }
 
 /// A filter condition (same-field conditions are OR'ed by WFP, different fields AND'ed).
@@ -666,7 +806,13 @@ pub enum WfpCondition {
     LocalPort(u16),
     /// `FWPM_CONDITION_IP_PROTOCOL` is this protocol number.
     Protocol(u8),
+    /// `FWPM_CONDITION_FLAGS` has all of these bits (`FWP_MATCH_FLAGS_ALL_SET`).
+    Flags(u32),
 }
+
+/// `FWP_CONDITION_FLAG_IS_RAW_ENDPOINT`: the bind is that of a raw socket (the value
+/// is checked against `windows-sys` in `win/sys`).
+pub const FWP_CONDITION_FLAG_IS_RAW_ENDPOINT: u32 = 0x0000_0010;
 
 /// Permit or block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -805,6 +951,32 @@ pub fn wfp_filters(offline_sid: &str, online_sid: &str, proxy_port: u16) -> Vec<
             WfpAction::Block,
             1,
             vec![],
+        );
+    }
+    // ICMP and raw sockets at the bind (resource assignment) layer too, appended so the
+    // keys above keep their numbers. AUTH_CONNECT sees only the first outbound
+    // non-error ICMP message per type, code and ID, and a raw socket can carry any
+    // protocol: blocking the socket's bind stops both before any packet exists. An
+    // unprivileged user cannot open a raw socket anyway (defence in depth); what
+    // `IcmpSendEcho` (ping) does in the kernel is an open question of
+    // docs/windows.md that `attack/windows-icmp` settles.
+    for (layer, v, icmp) in [
+        (WfpLayer::AleResourceAssignmentV4, "IPv4", 1),
+        (WfpLayer::AleResourceAssignmentV6, "IPv6", 58),
+    ] {
+        add(
+            &format!("block raw sockets at bind ({v})"),
+            layer,
+            WfpAction::Block,
+            14,
+            vec![Flags(FWP_CONDITION_FLAG_IS_RAW_ENDPOINT)],
+        );
+        add(
+            &format!("block ICMP sockets at bind ({v})"),
+            layer,
+            WfpAction::Block,
+            14,
+            vec![Protocol(icmp)],
         );
     }
     out
@@ -1489,7 +1661,7 @@ fn network_plan(policy: &Policy, ctx: &WindowsContext, full: bool) -> NetworkPla
         (_, _) if full => (true, "full access: the host network".to_string()),
         (Network::On, _) => (true, "the host network, unfiltered".to_string()),
         (Network::Off, Some(u)) => (true, format!("runs as {}; its WFP filters block all its traffic, loopback included, and every listen; no port is permitted", u.offline_user)),
-        (Network::Proxy(_), Some(_)) => (false, "refused: the proxy does not exist yet".to_string()),
+        (Network::Proxy(_), Some(_)) => (false, "refused: network allowlists are enforced only on Linux in this version".to_string()),
         (_, None) => (false, "NOT ENFORCED: `workfence setup` has not installed the offline user and its filters".to_string()),
     };
     NetworkPlan {
@@ -1505,8 +1677,13 @@ fn network_plan(policy: &Policy, ctx: &WindowsContext, full: bool) -> NetworkPla
 /// DNS Client service (`getaddrinfo` asks Dnscache, which resolves as NETWORK SERVICE,
 /// so a lookup of `<data>.attacker.example` leaks data), and SMB to remote hosts,
 /// opened by the kernel redirector (`\\host\share` paths) outside the user's
-/// filters. Direct connections to DNS and SMB ports are blocked; these are not.
-pub const NETWORK_SERVICE_LEAKS: &str = "name lookups through the DNS Client service (Dnscache resolves as NETWORK SERVICE, so a lookup can carry data out) and SMB to remote hosts (\\\\host\\share, opened by the kernel redirector), both outside the offline user's filters";
+/// filters, and very likely ICMP echo requests through `IcmpSendEcho` (what `ping`
+/// uses): the kernel sends them itself, with a payload the caller chooses, and
+/// third-party WFP firewalls report them as "System", not as the calling process, so
+/// a filter on the offline user's SID would not match them (M; `attack/windows-icmp`
+/// measures it). Direct connections to DNS and SMB ports and raw or ICMP sockets of
+/// the offline user are blocked; these are not.
+pub const NETWORK_SERVICE_LEAKS: &str = "name lookups through the DNS Client service (Dnscache resolves as NETWORK SERVICE, so a lookup can carry data out), SMB to remote hosts (\\\\host\\share, opened by the kernel redirector) and, very likely, ICMP echo requests through IcmpSendEcho (ping: the kernel sends them as System, with a payload the caller chooses), all outside the offline user's filters";
 
 fn layers(policy: &Policy, ctx: &WindowsContext, full: bool) -> Vec<LayerStatus> {
     let l = |layer: &str, state, detail: &str| LayerStatus {

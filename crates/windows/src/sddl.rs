@@ -403,6 +403,79 @@ impl Dacl {
     }
 }
 
+/// The SDDL text of the copy of `ace` that a child inherits (Windows's inheritance
+/// rules for the two inheritable forms workfence writes, `OICI` and `OICIIO`): a child
+/// directory gets `OICIID` (effective there and inherited further), a child file `ID`
+/// (effective, nothing to inherit). An ACE for this object only is not inherited.
+///
+/// workfence propagates its ACEs itself with these copies instead of letting
+/// `SetNamedSecurityInfoW` walk the tree, so that it can decide what to do with each
+/// reparse point it meets ([`crate::decisions::propagation_visit`]).
+pub fn inherited_copy(ace: &Ace, child_dir: bool) -> Option<String> {
+    if ace.inherit == Inherit::None {
+        return None;
+    }
+    Some(format!(
+        "({};{};{:#x};;;{})",
+        match ace.kind {
+            AceKind::Allow => "A",
+            AceKind::Deny => "D",
+        },
+        if child_dir { "OICIID" } else { "ID" },
+        ace.mask,
+        ace.sid
+    ))
+}
+
+impl ParsedAce {
+    /// The same inherited ACE (flags in any order, masks in any spelling).
+    fn same_inherited(&self, other: &ParsedAce) -> bool {
+        self.inherited
+            && other.inherited
+            && self.kind == other.kind
+            && self.kind.is_some()
+            && self.inherit == other.inherit
+            && self.mask == other.mask
+            && self.mask.is_some()
+            && self.sid == other.sid
+    }
+}
+
+impl Dacl {
+    /// Adds inherited copies ([`inherited_copy`]) that are missing, at the start of the
+    /// inherited part (they come from the nearest ancestor), denies before allows.
+    /// Returns how many were added.
+    pub fn add_inherited(&mut self, copies: &[String]) -> usize {
+        let mut n = 0;
+        let mut parsed: Vec<ParsedAce> = copies.iter().map(|c| parse_ace(c)).collect();
+        // Denies first, in the given order otherwise.
+        parsed.sort_by_key(|p| p.kind != Some(AceKind::Deny));
+        let mut at = self
+            .aces
+            .iter()
+            .position(|a| a.inherited)
+            .unwrap_or(self.aces.len());
+        for p in parsed {
+            if self.aces.iter().any(|a| a.same_inherited(&p)) {
+                continue;
+            }
+            self.aces.insert(at, p);
+            at += 1;
+            n += 1;
+        }
+        n
+    }
+
+    /// Removes inherited ACEs equal to any of `copies`; returns how many were removed.
+    pub fn remove_inherited(&mut self, copies: &[String]) -> usize {
+        let parsed: Vec<ParsedAce> = copies.iter().map(|c| parse_ace(c)).collect();
+        let before = self.aces.len();
+        self.aces
+            .retain(|a| !parsed.iter().any(|p| a.same_inherited(p)));
+        before - self.aces.len()
+    }
+}
+
 impl Ace {
     /// Parses an ACE in the form [`Ace::sddl`] writes (`(A;OICI;0x1301bf;;;S-1-...)`).
     pub fn parse_own(s: &str) -> Option<Ace> {
@@ -509,6 +582,65 @@ mod tests {
         assert!(d.contains(&ace(AceKind::Deny, rights::DENY_WRITE, Inherit::Tree)));
         assert!(d.contains(&ace(AceKind::Allow, rights::DENY_PIN, Inherit::None)));
         assert!(!d.contains(&ace(AceKind::Allow, rights::DENY_PIN, Inherit::Tree)));
+    }
+
+    #[test]
+    fn inherited_copies_follow_windows_rules() {
+        let tree = Ace {
+            kind: AceKind::Allow,
+            sid: CAP.into(),
+            mask: 0x1301bf,
+            inherit: Inherit::Tree,
+        };
+        let io = Ace {
+            inherit: Inherit::InheritOnly,
+            ..tree.clone()
+        };
+        let here = Ace {
+            inherit: Inherit::None,
+            ..tree.clone()
+        };
+        let deny = Ace {
+            kind: AceKind::Deny,
+            mask: 0xd0156,
+            ..tree.clone()
+        };
+        assert_eq!(
+            inherited_copy(&tree, true).unwrap(),
+            format!("(A;OICIID;0x1301bf;;;{CAP})")
+        );
+        assert_eq!(
+            inherited_copy(&io, true).unwrap(),
+            format!("(A;OICIID;0x1301bf;;;{CAP})")
+        );
+        assert_eq!(
+            inherited_copy(&tree, false).unwrap(),
+            format!("(A;ID;0x1301bf;;;{CAP})")
+        );
+        assert_eq!(inherited_copy(&here, true), None);
+        // Added once, at the start of the inherited part, denies first; Windows's own
+        // spelling (flags reordered, `FA`-style masks) counts as present.
+        let mut d = Dacl::parse("D:AI(A;;FA;;;SY)(A;OICIID;FA;;;BA)").unwrap();
+        let copies = vec![
+            inherited_copy(&tree, true).unwrap(),
+            inherited_copy(&deny, true).unwrap(),
+        ];
+        assert_eq!(d.add_inherited(&copies), 2);
+        assert_eq!(
+            d.to_sddl(),
+            format!("D:AI(A;;FA;;;SY)(D;OICIID;0xd0156;;;{CAP})(A;OICIID;0x1301bf;;;{CAP})(A;OICIID;FA;;;BA)")
+        );
+        assert_eq!(d.add_inherited(&copies), 0);
+        let mut w = Dacl::parse(&format!("D:AI(A;CIOIID;0x1301bf;;;{CAP})")).unwrap();
+        assert_eq!(w.add_inherited(&copies[..1]), 0);
+        // An explicit ACE of the same shape is not an inherited copy.
+        let mut e = Dacl::parse(&format!("D:(A;OICI;0x1301bf;;;{CAP})")).unwrap();
+        assert_eq!(e.add_inherited(&copies[..1]), 1);
+        // Removal takes only the inherited copies.
+        assert_eq!(e.remove_inherited(&copies), 1);
+        assert_eq!(e.to_sddl(), format!("D:(A;OICI;0x1301bf;;;{CAP})"));
+        assert_eq!(d.remove_inherited(&copies), 2);
+        assert_eq!(d.to_sddl(), "D:AI(A;;FA;;;SY)(A;OICIID;FA;;;BA)");
     }
 
     #[test]

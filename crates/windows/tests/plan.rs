@@ -436,6 +436,10 @@ fn wfp_filters_cover_the_issue_list() {
         "ICMP",
         "all other outbound",
         "inbound",
+        "raw sockets at bind (IPv4)",
+        "raw sockets at bind (IPv6)",
+        "ICMP sockets at bind (IPv4)",
+        "ICMP sockets at bind (IPv6)",
     ] {
         assert!(names.iter().any(|n| n.contains(want)), "{want}: {names:?}");
     }
@@ -456,6 +460,35 @@ fn wfp_filters_cover_the_issue_list() {
         .filters
         .iter()
         .all(|f| f.action == workfence_windows::WfpAction::Block));
+    // ICMP and raw sockets are blocked at the bind layer too, for the offline user,
+    // with the same first condition as every other filter.
+    use workfence_windows::{WfpCondition, WfpLayer};
+    let offline = &plan.network.filters[0].conditions[0];
+    for (layer, icmp) in [
+        (WfpLayer::AleResourceAssignmentV4, 1),
+        (WfpLayer::AleResourceAssignmentV6, 58),
+    ] {
+        let at: Vec<_> = plan
+            .network
+            .filters
+            .iter()
+            .filter(|f| f.layer == layer)
+            .collect();
+        assert_eq!(at.len(), 2, "{layer:?}");
+        assert!(at.iter().all(|f| &f.conditions[0] == offline));
+        assert!(at
+            .iter()
+            .any(|f| f.conditions[1..] == [WfpCondition::Protocol(icmp)]));
+        assert!(at.iter().any(|f| f.conditions[1..]
+            == [WfpCondition::Flags(
+                workfence_windows::FWP_CONDITION_FLAG_IS_RAW_ENDPOINT
+            )]));
+    }
+    // The filters of earlier versions keep their keys (the new ones are appended).
+    assert_eq!(
+        plan.network.filters[0].key,
+        "6b2f3a10-77c4-4e4f-9a61-776f726b6601"
+    );
     // Uninstall deletes every key, so filters of earlier versions go too.
     let all = workfence_windows::all_filter_keys();
     assert!(plan.network.filters.iter().all(|f| all.contains(&f.key)));
@@ -1050,4 +1083,99 @@ fn last_error_is_read_before_formatting() {
         checked += 1;
     }
     assert!(checked > 10, "found only {checked} reads of last_error()");
+}
+
+#[test]
+fn boot_task_reapplies_the_null_device_grant_as_system_at_startup() {
+    use workfence_windows::cmdline::split_command_line;
+    use workfence_windows::{boot_exe_path, boot_task, BOOT_TASK_NAME, REPAIR_NULL_DEVICE_FLAG};
+    let exe = boot_exe_path(r"C:\Program Files\");
+    assert_eq!(exe, r"C:\Program Files\workfence\workfence-boot.exe");
+    let t = boot_task(&exe).unwrap();
+    assert_eq!(
+        t.command_line,
+        format!("\"{exe}\" {REPAIR_NULL_DEVICE_FLAG}")
+    );
+    assert_eq!(
+        split_command_line(&t.command_line),
+        [exe.as_str(), REPAIR_NULL_DEVICE_FLAG]
+    );
+    let pair = |flag: &str| {
+        let i = t.create.iter().position(|a| a == flag).unwrap();
+        t.create[i + 1].clone()
+    };
+    assert_eq!(pair("/TN"), BOOT_TASK_NAME);
+    assert_eq!(pair("/SC"), "ONSTART");
+    assert_eq!(pair("/RU"), "SYSTEM");
+    assert_eq!(pair("/RL"), "HIGHEST");
+    assert_eq!(pair("/TR"), t.command_line);
+    assert_eq!(t.create[0], "/Create");
+    assert!(t.create.contains(&"/F".to_string()));
+    assert_eq!(t.delete, ["/Delete", "/F", "/TN", BOOT_TASK_NAME]);
+    assert_eq!(t.query, ["/Query", "/TN", BOOT_TASK_NAME]);
+    insta::assert_yaml_snapshot!("boot-task", t);
+
+    // Names cmd.exe would care about are fine: Task Scheduler starts the program
+    // directly, and the argv round-trips.
+    for odd in [
+        r"C:\Pro & gram (x86); files\wf\workfence-boot.exe",
+        r"C:\ü ß\workfence-boot.exe",
+    ] {
+        let t = boot_task(odd).unwrap();
+        assert_eq!(
+            split_command_line(&t.command_line),
+            [odd, REPAIR_NULL_DEVICE_FLAG]
+        );
+    }
+    // What cannot be passed safely is refused, naming the task.
+    for bad in [
+        r"C:\%SystemRoot%\workfence-boot.exe",
+        "C:\\a\"b\\workfence-boot.exe",
+        "C:\\a\nb\\workfence-boot.exe",
+        "C:\\a\0b\\workfence-boot.exe",
+        r"workfence-boot.exe",
+        r"\\server\share\workfence-boot.exe",
+        r"\\.\pipe\x",
+    ] {
+        let e = boot_task(bad).unwrap_err().to_string();
+        assert!(e.contains(BOOT_TASK_NAME), "{bad:?}: {e}");
+    }
+    let long = format!(r"C:\{}\workfence-boot.exe", "x".repeat(240));
+    let e = boot_task(&long).unwrap_err().to_string();
+    assert!(e.contains("261"), "{e}");
+}
+
+#[test]
+fn a_lost_null_device_grant_refuses_the_run_naming_the_repair() {
+    use workfence_windows::{null_device_check, NullDeviceCheck};
+    for task in [Some(true), Some(false), None] {
+        assert!(matches!(
+            null_device_check(Some(true), task, false),
+            NullDeviceCheck::Run
+        ));
+        assert!(matches!(
+            null_device_check(None, task, false),
+            NullDeviceCheck::Run
+        ));
+        match null_device_check(Some(false), task, false) {
+            NullDeviceCheck::Refuse(e) => {
+                let m = e.to_string();
+                assert!(m.contains("`workfence setup`"), "{m}");
+                assert!(m.contains("elevated"), "{m}");
+                assert!(m.contains(r"\workfence\repair-null-device"), "{m}");
+                assert!(m.contains("--allow-degraded"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            null_device_check(Some(false), task, true),
+            NullDeviceCheck::Warn(w) if w.contains("workfence setup")
+        ));
+    }
+    let m = |task| match null_device_check(Some(false), task, false) {
+        NullDeviceCheck::Refuse(e) => e.to_string(),
+        _ => unreachable!(),
+    };
+    assert!(m(Some(false)).contains("not registered"));
+    assert!(m(Some(true)).contains("has not run"));
 }

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::decisions;
 use crate::error::WindowsError;
 use crate::journal::{self, Entry, ObjectId, Outstanding};
 use crate::path::WinPath;
@@ -209,26 +210,35 @@ fn add_aces(
     })?;
     let new = dacl.to_sddl();
     let mut note = None;
-    if let Err(e) = t.set_dacl_sddl(&new) {
-        let tree = added.iter().any(|a| a.inherit != Inherit::None);
-        if !(tree && sys::is_access_denied(&e)) {
-            return Err(e);
+    // This object only; what its inheritable ACEs give the existing tree below is
+    // workfence's own walk, which never goes through a junction or symbolic link.
+    t.set_dacl_no_propagation(&new)?;
+    if t.dir && added.iter().any(|a| a.inherit != Inherit::None) {
+        let walk = propagate(&t, &added, &[]);
+        if let Some(gap) = walk.gap() {
+            let purposes: Vec<AcePurpose> = aces.iter().map(|a| a.purpose).collect();
+            if crate::plan::on_partial_propagation(&purposes) == PartialPropagation::Refuse {
+                // Fail closed: the intent stays journaled, so `cleanup` (or the next
+                // run's recovery) undoes whatever part of the tree did change.
+                return Err(WindowsError::PartialDeny {
+                    path: path.to_string(),
+                    cause: gap,
+                });
+            }
+            note = Some(format!(
+                "{path}: the new ACEs did not reach every existing file below it ({gap}); files created from now on get them"
+            ));
         }
-        let purposes: Vec<AcePurpose> = aces.iter().map(|a| a.purpose).collect();
-        if crate::plan::on_partial_propagation(&purposes) == PartialPropagation::Refuse {
-            // Fail closed: the intent stays journaled, so `cleanup` (or the next run's
-            // recovery) undoes whatever part of the tree did change.
-            return Err(WindowsError::PartialDeny {
-                path: path.to_string(),
-                cause: e.to_string(),
+        if walk.links > 0 {
+            let n = format!(
+                "{path}: {} junction(s) or symbolic link(s) below it got the ACEs on the link itself; workfence never propagates through a link, so what they point at keeps its DACL",
+                walk.links
+            );
+            note = Some(match note {
+                Some(x) => format!("{x}\n{n}"),
+                None => n,
             });
         }
-        // The object itself is ours (the handle has WRITE_DAC): set it there without
-        // propagation; new children inherit, existing ones keep their DACL.
-        t.set_dacl_sddl_here(&new)?;
-        note = Some(format!(
-            "{path}: the new ACEs did not reach every existing file below it ({e}); files created from now on get them"
-        ));
     }
     let obj = identity(path);
     j.append(Entry::Applied {
@@ -238,6 +248,137 @@ fn add_aces(
         file_id: obj.file_id,
     })?;
     Ok(note)
+}
+
+/// What a propagation walk did not reach, and how many links it did not follow.
+#[derive(Debug, Default)]
+struct Walk {
+    /// Objects that could not be read or changed, with why (the first few).
+    failed: Vec<String>,
+    /// How many could not.
+    failures: usize,
+    /// Directories deeper than [`decisions::MAX_PROPAGATION_DEPTH`] (not walked).
+    too_deep: usize,
+    /// Junctions and symbolic links given the copies on the link itself.
+    links: usize,
+}
+
+impl Walk {
+    fn fail(&mut self, what: String) {
+        self.failures += 1;
+        if self.failed.len() < 3 {
+            self.failed.push(what);
+        }
+    }
+
+    /// A summary when some object was missed.
+    fn gap(&self) -> Option<String> {
+        if self.failures == 0 && self.too_deep == 0 {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if self.failures > 0 {
+            parts.push(format!(
+                "{} object(s) not changed, e.g. {}",
+                self.failures,
+                self.failed.join("; ")
+            ));
+        }
+        if self.too_deep > 0 {
+            parts.push(format!(
+                "{} directorie(s) deeper than {} levels not walked",
+                self.too_deep,
+                decisions::MAX_PROPAGATION_DEPTH
+            ));
+        }
+        Some(parts.join("; "))
+    }
+}
+
+/// Gives every existing object below `root` the inherited copies of `add` and takes
+/// away those of `remove` ([`crate::sddl::inherited_copy`]), each object by its own
+/// handle and without propagation, deciding at each one with
+/// [`decisions::propagation_visit`]: a junction or symbolic link is changed itself
+/// (opened with `FILE_FLAG_OPEN_REPARSE_POINT`) and never walked through. Every
+/// directory on the way stays open without `FILE_SHARE_DELETE` while its children are
+/// visited, so nothing above the object being changed can be renamed or replaced by
+/// a junction meanwhile.
+fn propagate(root: &sys::AclTarget, add: &[crate::sddl::Ace], remove: &[crate::sddl::Ace]) -> Walk {
+    let mut walk = Walk::default();
+    walk_dir(root, Path::new(&root.final_path), add, remove, 1, &mut walk);
+    walk
+}
+
+fn walk_dir(
+    _pinned: &sys::AclTarget,
+    dir: &Path,
+    add: &[crate::sddl::Ace],
+    remove: &[crate::sddl::Ace],
+    depth: usize,
+    walk: &mut Walk,
+) {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return walk.fail(format!("{}: {e}", dir.display())),
+    };
+    for entry in entries {
+        let child = match entry {
+            Ok(e) => e.path(),
+            Err(e) => {
+                walk.fail(format!("{}: {e}", dir.display()));
+                continue;
+            }
+        };
+        let name = child.to_string_lossy().into_owned();
+        let t = match sys::open_for_acl(&name) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue, // removed meanwhile
+            Err(e) => {
+                walk.fail(e.to_string());
+                continue;
+            }
+        };
+        let mut dacl = match t.dacl_sddl().and_then(|d| {
+            Dacl::parse(&d).map_err(|source| WindowsError::Dacl {
+                path: name.clone(),
+                source,
+            })
+        }) {
+            Ok(d) => d,
+            Err(e) => {
+                walk.fail(e.to_string());
+                continue;
+            }
+        };
+        let visit = decisions::propagation_visit(t.dir, t.reparse_tag, dacl.protected());
+        if visit == decisions::Visit::Skip {
+            continue;
+        }
+        let copies = |aces: &[crate::sddl::Ace]| -> Vec<String> {
+            aces.iter()
+                .filter_map(|a| crate::sddl::inherited_copy(a, t.dir))
+                .collect()
+        };
+        let changed = dacl.add_inherited(&copies(add)) + dacl.remove_inherited(&copies(remove));
+        if changed > 0 {
+            if let Err(e) = t.set_dacl_no_propagation(&dacl.to_sddl()) {
+                walk.fail(e.to_string());
+                continue;
+            }
+        }
+        match visit {
+            decisions::Visit::LinkOnly => walk.links += 1,
+            decisions::Visit::Apply { descend: true }
+                if depth >= decisions::MAX_PROPAGATION_DEPTH =>
+            {
+                walk.too_deep += 1;
+            }
+            decisions::Visit::Apply { descend: true } => {
+                walk_dir(&t, &child, add, remove, depth + 1, walk);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Applies `aces` object by object: an object the journal shows granted is not opened
@@ -440,7 +581,23 @@ fn restore(
                 .flat_map(|c| c.aces.iter().cloned())
                 .collect();
             let target_sddl = crate::sddl::undo(&now_sddl, before, &ours);
-            t.set_dacl_sddl(&target_sddl)?;
+            t.set_dacl_no_propagation(&target_sddl)?;
+            if t.dir {
+                // Take back the inherited copies below, with the same walk that put them
+                // there (never through a link).
+                let aces: Vec<crate::sddl::Ace> = ours
+                    .iter()
+                    .filter_map(|a| crate::sddl::Ace::parse_own(a))
+                    .filter(|a| a.inherit != Inherit::None)
+                    .collect();
+                if !aces.is_empty() {
+                    if let Some(gap) = propagate(&t, &[], &aces).gap() {
+                        notes.push(format!(
+                            "{path}: inherited copies of workfence's ACEs may remain below it ({gap})"
+                        ));
+                    }
+                }
+            }
             notes.push(format!("restored the DACL of {path}"));
         }
         Ok(None) => notes.push(format!("{path} no longer exists; nothing to restore")),

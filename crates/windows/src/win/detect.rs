@@ -183,8 +183,14 @@ pub fn doctor() -> Vec<LayerStatus> {
             ));
             out.push(match null_device_granted(u) {
                 Some(true) => l("null device", Enforcement::Full, "the sandbox users may write to NUL".into()),
-                Some(false) => l("null device", Enforcement::Partial, "the sandbox users' grant on NUL is gone (it resets at every boot): redirects to NUL fail until `workfence setup` runs again".into()),
+                Some(false) => l("null device", Enforcement::Partial, "the sandbox users' grant on NUL is gone (Windows resets it at every boot and the boot task has not re-applied it): runs refuse until `workfence setup` (elevated) runs again".into()),
                 None => l("null device", Enforcement::Partial, "cannot read the null device's DACL".into()),
+            });
+            let task = crate::plan::BOOT_TASK_NAME;
+            out.push(match crate::win::setup::boot_task_registered() {
+                Some(true) => l("null device boot task", Enforcement::Full, format!("{task} re-applies the null device grant as SYSTEM at every boot")),
+                Some(false) => l("null device boot task", Enforcement::Partial, format!("{task} is not registered: after a reboot, runs refuse until `workfence setup` (elevated) runs again, which registers it")),
+                None => l("null device boot task", Enforcement::Partial, format!("cannot ask Task Scheduler about {task}")),
             });
         }
         None => {

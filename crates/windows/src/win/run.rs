@@ -145,6 +145,22 @@ pub fn run(
     if let Some(w) = plan.degraded_warning() {
         note(format!("WARNING: {w}"));
     }
+    // The null device grant names the sandbox users and is gone after every boot until
+    // the boot task (or setup) re-applies it: say so instead of failing every `> NUL`.
+    if !plan.unsandboxed && !matches!(plan.run_as, crate::plan::RunAs::CurrentUser { .. }) {
+        let granted = state::setup_info().and_then(|u| crate::win::detect::null_device_granted(&u));
+        let task = || crate::win::setup::boot_task_registered();
+        let check = if granted == Some(false) {
+            crate::plan::null_device_check(granted, task(), plan.allow_degraded)
+        } else {
+            crate::plan::NullDeviceCheck::Run
+        };
+        match check {
+            crate::plan::NullDeviceCheck::Run => {}
+            crate::plan::NullDeviceCheck::Warn(w) => note(format!("WARNING: {w}")),
+            crate::plan::NullDeviceCheck::Refuse(e) => return Err(e),
+        }
+    }
     let argv = strings(req)?;
     let Some(argv0) = argv.first() else {
         return Err(WindowsError::CommandLine(cmdline::CmdLineError::Empty));

@@ -2,30 +2,113 @@
 
 use crate::error::WindowsError;
 use crate::plan::{
-    all_filter_keys, null_device_ace, wfp_filters, AcePlan, AcePurpose, SandboxUsers,
-    DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS, GROUP_NAME, OFFLINE_USER, ONLINE_USER,
+    all_filter_keys, boot_exe_path, boot_task, null_device_ace, wfp_filters, AcePlan, AcePurpose,
+    SandboxUsers, BOOT_TASK_NAME, DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS, GROUP_NAME, OFFLINE_USER,
+    ONLINE_USER,
 };
 use crate::sddl::{rights, Ace, AceKind, Dacl, Inherit};
 use crate::win::{acl, state, sys};
 
 /// Grants both sandbox users read, write and execute on the null device. Its security
-/// descriptor is rebuilt at every boot, so this lasts until the next one; `doctor`
-/// reports when it is gone and running setup again restores it.
-fn grant_null_device(info: &SandboxUsers) -> Result<String, WindowsError> {
+/// descriptor is rebuilt at every boot, so this lasts until the next one: setup
+/// registers a boot task that calls [`repair_null_device`], `doctor` reports both, and
+/// runs refuse while the grant is gone ([`crate::plan::null_device_check`]).
+fn grant_null_device(sids: &[&str]) -> Result<bool, WindowsError> {
     let before = sys::null_device_dacl()?;
     let mut dacl = Dacl::parse(&before).map_err(|source| WindowsError::Dacl {
         path: "\\\\.\\NUL".into(),
         source,
     })?;
-    let added = dacl.add(&[
-        null_device_ace(&info.offline_sid),
-        null_device_ace(&info.online_sid),
-    ]);
-    if added.is_empty() {
-        return Ok("the null device already grants the sandbox users".into());
+    let aces: Vec<Ace> = sids.iter().map(|s| null_device_ace(s)).collect();
+    if dacl.add(&aces).is_empty() {
+        return Ok(false);
     }
     sys::set_null_device_dacl(&dacl.to_sddl())?;
-    Ok("granted the sandbox users the null device (until the next boot: run setup again after a reboot, `workfence doctor` tells)".into())
+    Ok(true)
+}
+
+/// The boot task's work ([`crate::plan::REPAIR_NULL_DEVICE_FLAG`], as SYSTEM): the
+/// sandbox users' SIDs from their fixed names, then the grant. Returns the exit status
+/// Task Scheduler records (0: granted or already there, 1: failed); prints nothing.
+pub fn repair_null_device() -> i32 {
+    let sids: Result<Vec<String>, WindowsError> = [OFFLINE_USER, ONLINE_USER]
+        .iter()
+        .map(|u| sys::lookup_sid(u))
+        .collect();
+    match sids {
+        Ok(sids) => {
+            let refs: Vec<&str> = sids.iter().map(String::as_str).collect();
+            i32::from(grant_null_device(&refs).is_err())
+        }
+        Err(_) => 1,
+    }
+}
+
+fn schtasks(args: &[String]) -> Result<bool, WindowsError> {
+    let exe = std::path::Path::new(&sys::windows_dir()).join("System32\\schtasks.exe");
+    std::process::Command::new(&exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .map_err(|e| WindowsError::BootTask {
+            task: BOOT_TASK_NAME.into(),
+            why: format!("cannot start {}: {e}", exe.display()),
+        })
+}
+
+/// Whether the boot task is registered (`None`: schtasks could not be asked).
+pub fn boot_task_registered() -> Option<bool> {
+    let exe = boot_exe_path(&sys::program_files_dir().ok()?);
+    schtasks(&boot_task(&exe).ok()?.query).ok()
+}
+
+/// Copies this executable to [`boot_exe_path`] (below Program Files, which only
+/// administrators can change) and registers the boot task that runs it as SYSTEM.
+fn register_boot_task() -> Result<String, WindowsError> {
+    let err = |why: String| WindowsError::BootTask {
+        task: BOOT_TASK_NAME.into(),
+        why,
+    };
+    let exe = boot_exe_path(&sys::program_files_dir()?);
+    // Checked before anything is copied: a path the task cannot carry is refused.
+    let task = boot_task(&exe)?;
+    let me =
+        std::env::current_exe().map_err(|e| err(format!("cannot find this executable: {e}")))?;
+    let dest = std::path::Path::new(&exe);
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    std::fs::copy(&me, dest)
+        .map_err(|e| err(format!("cannot copy {} to {exe}: {e}", me.display())))?;
+    if !schtasks(&task.create)? {
+        return Err(err(
+            "schtasks /Create failed (is the Task Scheduler service running?)".into(),
+        ));
+    }
+    Ok(format!(
+        "registered the boot task {BOOT_TASK_NAME} (runs {} as SYSTEM at startup to re-apply the null device grant)",
+        task.command_line
+    ))
+}
+
+/// Removes the boot task and its copy of the executable (absent is fine).
+fn unregister_boot_task() -> String {
+    let Ok(pf) = sys::program_files_dir() else {
+        return "could not find Program Files: remove the boot task by hand (schtasks /Delete /TN \\workfence\\repair-null-device)".into();
+    };
+    let exe = boot_exe_path(&pf);
+    if let Ok(task) = boot_task(&exe) {
+        let _ = schtasks(&task.delete);
+    }
+    let _ = std::fs::remove_file(&exe);
+    if let Some(dir) = std::path::Path::new(&exe).parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    format!("removed the boot task {BOOT_TASK_NAME} and {exe}")
 }
 
 /// The read grants on the profile's toolchains and on the runner, applied at setup so
@@ -141,7 +224,20 @@ pub fn install() -> Result<String, WindowsError> {
         info.offline_user,
         info.offline_sid,
     ));
-    notes.push(grant_null_device(&info)?);
+    notes.push(
+        if grant_null_device(&[&info.offline_sid, &info.online_sid])? {
+            "granted the sandbox users the null device (Windows resets it at every boot; the boot task re-applies it)"
+        } else {
+            "the null device already grants the sandbox users"
+        }
+        .into(),
+    );
+    // Without the task, the grant is gone after the next reboot and runs refuse (with
+    // the repair command) until setup runs again: a note, not a failed setup.
+    notes.push(match register_boot_task() {
+        Ok(n) => n,
+        Err(e) => format!("WARNING: {e}; after every reboot, runs as the sandbox users refuse until `workfence setup` runs again"),
+    });
     state::write_setup_info(&info)?;
     for n in acl::apply_grants(&toolchain_grants(&info))? {
         notes.push(n);
@@ -165,6 +261,7 @@ pub fn uninstall() -> Result<String, WindowsError> {
     let info = std::fs::read_to_string(state::state_dir().join("setup.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<SandboxUsers>(&t).ok());
+    notes.push(unregister_boot_task());
     // Every key workfence ever used, so filters of earlier versions go too.
     sys::wfp_uninstall(&all_filter_keys())?;
     notes.push("removed the WFP filters, sublayer and provider".into());

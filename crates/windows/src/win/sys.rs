@@ -57,6 +57,9 @@ const _: () = {
     assert!(w::UF_WORKSTATION_TRUST_ACCOUNT == NM::UF_WORKSTATION_TRUST_ACCOUNT);
     assert!(w::UF_SERVER_TRUST_ACCOUNT == NM::UF_SERVER_TRUST_ACCOUNT);
     assert!(w::UF_DONT_EXPIRE_PASSWD == NM::UF_DONT_EXPIRE_PASSWD);
+    assert!(
+        crate::plan::FWP_CONDITION_FLAG_IS_RAW_ENDPOINT == WFP::FWP_CONDITION_FLAG_IS_RAW_ENDPOINT
+    );
 };
 
 /// NUL-terminated UTF-16.
@@ -563,6 +566,8 @@ pub struct AclTarget {
     pub final_path: String,
     /// Whether the object itself is a reparse point (junction, symlink).
     pub reparse: bool,
+    /// Its reparse tag when it is one (`Some(0)`: it could not be read).
+    pub reparse_tag: Option<u32>,
     /// Whether it is a directory.
     pub dir: bool,
 }
@@ -634,6 +639,28 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
         "GetFileInformationByHandle",
         "",
     )?;
+    let reparse = info.dwFileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT != 0;
+    let reparse_tag = reparse.then(|| {
+        let mut tag = FS::FILE_ATTRIBUTE_TAG_INFO {
+            FileAttributes: 0,
+            ReparseTag: 0,
+        };
+        // SAFETY: handle is open; tag is a valid output of the size given.
+        let ok = unsafe {
+            FS::GetFileInformationByHandleEx(
+                raw(&handle),
+                FS::FileAttributeTagInfo,
+                (&raw mut tag).cast(),
+                std::mem::size_of::<FS::FILE_ATTRIBUTE_TAG_INFO>() as u32,
+            )
+        };
+        // 0 (unknown) is treated as a link by the propagation walk.
+        if ok != 0 {
+            tag.ReparseTag
+        } else {
+            0
+        }
+    });
     let mut buf = vec![0u16; 1024];
     loop {
         // SAFETY: buf and its length match.
@@ -663,7 +690,8 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
     Ok(Some(AclTarget {
         handle,
         final_path: String::from_utf16_lossy(&buf),
-        reparse: info.dwFileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT != 0,
+        reparse,
+        reparse_tag,
         dir: info.dwFileAttributes & FS::FILE_ATTRIBUTE_DIRECTORY != 0,
     }))
 }
@@ -674,84 +702,28 @@ impl AclTarget {
         handle_dacl_sddl(&self.handle, &self.final_path, "check that you own it")
     }
 
-    /// Sets the DACL from SDDL, by path while this handle pins the object, so that
-    /// inheritable ACEs propagate to existing children.
-    pub fn set_dacl_sddl(&self, sddl: &str) -> Result<()> {
+    /// Sets the DACL from SDDL on this object only, through the pinned handle.
+    ///
+    /// `SetKernelObjectSecurity` (`NtSetSecurityObject`) writes the object's own
+    /// descriptor and nothing else. `SetNamedSecurityInfoW` and `SetSecurityInfo`
+    /// would also propagate inheritable ACEs to the existing tree below, by path,
+    /// without saying what they do at a junction: workfence propagates itself
+    /// (`acl::propagate`), deciding at every reparse point. The descriptor from SDDL
+    /// carries the `P`/`AI` control bits with the DACL.
+    pub fn set_dacl_no_propagation(&self, sddl: &str) -> Result<()> {
         let sd = SecurityDescriptor::from_sddl(sddl)?;
-        let (acl, protected) = sd.dacl()?;
-        let info = S::DACL_SECURITY_INFORMATION
-            | if protected {
-                S::PROTECTED_DACL_SECURITY_INFORMATION
-            } else {
-                S::UNPROTECTED_DACL_SECURITY_INFORMATION
-            };
-        // The plain form where it fits MAX_PATH; `\\?\` only for long paths.
-        let plain = crate::path::WinPath::parse(&self.final_path)
-            .map(|p| p.display_string())
-            .unwrap_or_else(|_| self.final_path.clone());
-        let w = wide(if plain.len() < 248 {
-            &plain
-        } else {
-            &self.final_path
-        });
-        // SAFETY: w is NUL-terminated; acl points into sd, alive for the call.
-        let code = unsafe {
-            A::SetNamedSecurityInfoW(
-                w.as_ptr(),
-                A::SE_FILE_OBJECT,
-                info,
-                null_mut(),
-                null_mut(),
-                acl,
-                null(),
-            )
+        // SAFETY: the handle is open with WRITE_DAC; sd is a valid self-relative
+        // security descriptor alive for the call.
+        let ok = unsafe {
+            S::SetKernelObjectSecurity(raw(&self.handle), S::DACL_SECURITY_INFORMATION, sd.ptr())
         };
-        if code != 0 {
-            return Err(api(&format!("changing the DACL of {}", self.final_path), "SetNamedSecurityInfoW", code, "check that you own it (icacls shows the owner); `workfence cleanup` undoes partial changes"));
-        }
-        Ok(())
+        check_lazy(
+            ok,
+            || format!("changing the DACL of {}", self.final_path),
+            "SetKernelObjectSecurity",
+            "check that you own it (icacls shows the owner); `workfence cleanup` undoes partial changes",
+        )
     }
-}
-
-impl AclTarget {
-    /// Sets the DACL on this object only, through the handle: no propagation to
-    /// existing children (the fallback when propagation fails part-way).
-    pub fn set_dacl_sddl_here(&self, sddl: &str) -> Result<()> {
-        let sd = SecurityDescriptor::from_sddl(sddl)?;
-        let (acl, protected) = sd.dacl()?;
-        let info = S::DACL_SECURITY_INFORMATION
-            | if protected {
-                S::PROTECTED_DACL_SECURITY_INFORMATION
-            } else {
-                S::UNPROTECTED_DACL_SECURITY_INFORMATION
-            };
-        // SAFETY: the handle has WRITE_DAC; acl points into sd, alive for the call.
-        let code = unsafe {
-            A::SetSecurityInfo(
-                raw(&self.handle),
-                A::SE_FILE_OBJECT,
-                info,
-                null_mut(),
-                null_mut(),
-                acl,
-                null(),
-            )
-        };
-        if code != 0 {
-            return Err(api(
-                &format!("changing the DACL of {}", self.final_path),
-                "SetSecurityInfo",
-                code,
-                "check that you own it (icacls shows the owner); `workfence cleanup` undoes partial changes",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Whether an error is `ERROR_ACCESS_DENIED` from a Win32 call.
-pub fn is_access_denied(e: &WindowsError) -> bool {
-    matches!(e, WindowsError::Api { code, .. } if *code == F::ERROR_ACCESS_DENIED)
 }
 
 // ---------------------------------------------------------------- job objects
@@ -1308,6 +1280,34 @@ pub fn windows_dir() -> String {
     from_wide(&buf[..n as usize])
 }
 
+/// The Program Files directory (`FOLDERID_ProgramFiles`), from the shell rather than
+/// the `ProgramFiles` variable, which the caller's environment could point anywhere.
+pub fn program_files_dir() -> Result<String> {
+    let mut p: windows_sys::core::PWSTR = null_mut();
+    // SAFETY: the GUID is a static; p receives a CoTaskMemAlloc'd string (freed below).
+    let hr = unsafe {
+        windows_sys::Win32::UI::Shell::SHGetKnownFolderPath(
+            &windows_sys::Win32::UI::Shell::FOLDERID_ProgramFiles,
+            0,
+            null_mut(),
+            &mut p,
+        )
+    };
+    // SAFETY: on success p is a NUL-terminated string; on failure it is null or valid.
+    let s = unsafe { from_wide_ptr(p) };
+    // SAFETY: p was allocated by SHGetKnownFolderPath (null is allowed) and is not used after.
+    unsafe { windows_sys::Win32::System::Com::CoTaskMemFree(p as *const core::ffi::c_void) };
+    if hr < 0 || s.is_empty() {
+        return Err(api(
+            "finding the Program Files directory",
+            "SHGetKnownFolderPath",
+            hr as u32,
+            "",
+        ));
+    }
+    Ok(s)
+}
+
 // ---------------------------------------------------------------- pipes and ConPTY
 
 /// An anonymous pipe (read end, write end), not inheritable.
@@ -1852,6 +1852,12 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
                 cond.conditionValue.r#type = WFP::FWP_UINT8;
                 cond.conditionValue.Anonymous.uint8 = *p;
             }
+            WfpCondition::Flags(bits) => {
+                cond.fieldKey = WFP::FWPM_CONDITION_FLAGS;
+                cond.matchType = WFP::FWP_MATCH_FLAGS_ALL_SET;
+                cond.conditionValue.r#type = WFP::FWP_UINT32;
+                cond.conditionValue.Anonymous.uint32 = *bits;
+            }
         }
         conds.push(cond);
     }
@@ -1871,6 +1877,8 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
             WfpLayer::AleAuthRecvAcceptV6 => WFP::FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V6,
             WfpLayer::AleAuthListenV4 => WFP::FWPM_LAYER_ALE_AUTH_LISTEN_V4,
             WfpLayer::AleAuthListenV6 => WFP::FWPM_LAYER_ALE_AUTH_LISTEN_V6,
+            WfpLayer::AleResourceAssignmentV4 => WFP::FWPM_LAYER_ALE_RESOURCE_ASSIGNMENT_V4,
+            WfpLayer::AleResourceAssignmentV6 => WFP::FWPM_LAYER_ALE_RESOURCE_ASSIGNMENT_V6,
         },
         subLayerKey: guid(crate::plan::WFP_SUBLAYER_KEY),
         numFilterConditions: conds.len() as u32,
@@ -2449,4 +2457,191 @@ pub fn service_can_start(name: &str) -> Option<bool> {
     // SAFETY: QueryServiceConfigW filled buf with a QUERY_SERVICE_CONFIGW.
     let cfg = unsafe { &*(buf.as_ptr() as *const SV::QUERY_SERVICE_CONFIGW) };
     Some(cfg.dwStartType != SV::SERVICE_DISABLED)
+}
+
+// ---------------------------------------------------------------- self-test probes
+//
+// Small actions `workfence selftest` performs from inside and outside the sandbox
+// (through the safe wrappers of `crate::probes`). None of them is used by a run.
+
+/// The number of ICMPv4 echo requests this host has sent (`GetIcmpStatistics`,
+/// `icmpOutStats.dwEchos`): system-wide, so the self-test reads it from outside.
+pub fn icmp_echo_requests_sent() -> Option<u64> {
+    let mut m = windows_sys::Win32::NetworkManagement::IpHelper::MIB_ICMP::default();
+    // SAFETY: m is a valid output of the documented type.
+    let r = unsafe { windows_sys::Win32::NetworkManagement::IpHelper::GetIcmpStatistics(&mut m) };
+    (r == 0).then_some(u64::from(m.stats.icmpOutStats.dwEchos))
+}
+
+/// The tick count of the last input event of this session (`GetLastInputInfo`).
+pub fn last_input_tick() -> Option<u32> {
+    use windows_sys::Win32::UI::Input::KeyboardAndMouse as KM;
+    let mut li = KM::LASTINPUTINFO {
+        cbSize: std::mem::size_of::<KM::LASTINPUTINFO>() as u32,
+        dwTime: 0,
+    };
+    // SAFETY: li is a valid output with cbSize set.
+    let ok = unsafe { KM::GetLastInputInfo(&mut li) };
+    (ok != 0).then_some(li.dwTime)
+}
+
+/// Tries what a command would do to reach the user's desktop: open `WinSta0` and its
+/// `Default` desktop with the rights hooks and injected input need
+/// (`DESKTOP_HOOKCONTROL | DESKTOP_JOURNALPLAYBACK | DESKTOP_WRITEOBJECTS`), switch
+/// this process and thread to them, and inject a one-pixel mouse move and its way
+/// back (`SendInput`). Returns what succeeded, or the first step that failed.
+pub fn inject_input_on_user_desktop() -> std::result::Result<String, String> {
+    use windows_sys::Win32::UI::Input::KeyboardAndMouse as KM;
+    let fail = |step: &str| {
+        let code = last_error();
+        format!("{step} failed: {}", message(code))
+    };
+    let winsta_name = wide("WinSta0");
+    // SAFETY: the name is NUL-terminated; MAXIMUM_ALLOWED asks for what the DACL gives.
+    let ws = unsafe {
+        SD::OpenWindowStationW(
+            winsta_name.as_ptr(),
+            0,
+            windows_sys::Win32::System::SystemServices::MAXIMUM_ALLOWED,
+        )
+    };
+    if ws.is_null() {
+        return Err(fail("OpenWindowStation(WinSta0)"));
+    }
+    // This process's window station is never closed here: the process exits right after
+    // the probe, and closing the one in use would fail anyway.
+    // SAFETY: ws is a window station handle just opened.
+    if unsafe { SD::SetProcessWindowStation(ws) } == 0 {
+        let e = fail("SetProcessWindowStation(WinSta0)");
+        // SAFETY: ws is not in use by the process (the switch failed); closed once.
+        unsafe { SD::CloseWindowStation(ws) };
+        return Err(e);
+    }
+    let desk_name = wide("Default");
+    let access = SD::DESKTOP_READOBJECTS
+        | SD::DESKTOP_WRITEOBJECTS
+        | SD::DESKTOP_HOOKCONTROL
+        | SD::DESKTOP_JOURNALPLAYBACK;
+    // SAFETY: the name is NUL-terminated; the flags are plain values.
+    let desk = unsafe { SD::OpenDesktopW(desk_name.as_ptr(), 0, 0, access) };
+    if desk.is_null() {
+        return Err(fail("OpenDesktop(Default) for hooks and input"));
+    }
+    // SAFETY: desk was just opened; a new probe thread owns no windows or hooks.
+    if unsafe { SD::SetThreadDesktop(desk) } == 0 {
+        let e = fail("SetThreadDesktop(Default)");
+        // SAFETY: desk is not the thread's desktop (the switch failed); closed once.
+        unsafe { SD::CloseDesktop(desk) };
+        return Err(e);
+    }
+    let mv = |dx: i32| KM::INPUT {
+        r#type: KM::INPUT_MOUSE,
+        Anonymous: KM::INPUT_0 {
+            mi: KM::MOUSEINPUT {
+                dx,
+                dy: 0,
+                mouseData: 0,
+                dwFlags: KM::MOUSEEVENTF_MOVE,
+                time: 0,
+                dwExtraInfo: 0,
+            },
+        },
+    };
+    let inputs = [mv(1), mv(-1)];
+    // SAFETY: inputs is an array of two INPUT structures of the size given.
+    let sent = unsafe {
+        KM::SendInput(
+            inputs.len() as u32,
+            inputs.as_ptr(),
+            std::mem::size_of::<KM::INPUT>() as i32,
+        )
+    };
+    if sent != inputs.len() as u32 {
+        return Err(fail("SendInput on WinSta0\\Default"));
+    }
+    Ok("opened WinSta0\\Default with hook and journal rights and injected input".into())
+}
+
+/// Opens process `pid` with the rights code injection needs (`PROCESS_VM_WRITE`,
+/// `PROCESS_VM_OPERATION`, `PROCESS_DUP_HANDLE`) and `PROCESS_TERMINATE`, all at
+/// once, then terminates it with `code`: a visible effect the self-test judges from
+/// outside.
+pub fn open_and_terminate(pid: u32, code: u32) -> std::result::Result<(), String> {
+    let access = T::PROCESS_VM_WRITE
+        | T::PROCESS_VM_OPERATION
+        | T::PROCESS_DUP_HANDLE
+        | T::PROCESS_TERMINATE;
+    // SAFETY: plain arguments; the result is checked below.
+    let h = unsafe { T::OpenProcess(access, 0, pid) };
+    let Some(h) = owned(h) else {
+        let e = last_error();
+        return Err(format!(
+            "OpenProcess({pid}) for write, duplicate and terminate failed: {}",
+            message(e)
+        ));
+    };
+    // SAFETY: h is open with PROCESS_TERMINATE.
+    if unsafe { T::TerminateProcess(raw(&h), code) } == 0 {
+        let e = last_error();
+        return Err(format!("TerminateProcess({pid}) failed: {}", message(e)));
+    }
+    Ok(())
+}
+
+/// A named pipe server created with the default security descriptor (no
+/// `SECURITY_ATTRIBUTES`), as programs in the sandbox create them, in non-blocking
+/// mode so that [`pipe_poll_client`] can poll it.
+pub fn default_pipe_server(name: &str) -> Result<OwnedHandle> {
+    let w = wide(name);
+    // SAFETY: w is NUL-terminated; a null SECURITY_ATTRIBUTES means the default descriptor.
+    let h = unsafe {
+        P::CreateNamedPipeW(
+            w.as_ptr(),
+            FS::PIPE_ACCESS_DUPLEX,
+            P::PIPE_TYPE_BYTE | P::PIPE_NOWAIT,
+            1,
+            4096,
+            4096,
+            0,
+            null(),
+        )
+    };
+    if h == F::INVALID_HANDLE_VALUE {
+        let code = last_error();
+        return Err(api(
+            &format!("creating the pipe {name}"),
+            "CreateNamedPipeW",
+            code,
+            "",
+        ));
+    }
+    owned(h).ok_or_else(|| {
+        let code = last_error();
+        api(
+            &format!("creating the pipe {name}"),
+            "CreateNamedPipeW",
+            code,
+            "",
+        )
+    })
+}
+
+/// Whether a client has connected to a [`default_pipe_server`] (connected now, or
+/// connected and gone already).
+pub fn pipe_poll_client(server: &OwnedHandle) -> Result<bool> {
+    // SAFETY: server is a pipe handle in non-blocking mode; no OVERLAPPED.
+    let ok = unsafe { P::ConnectNamedPipe(raw(server), null_mut()) };
+    if ok != 0 {
+        return Ok(true);
+    }
+    match last_error() {
+        F::ERROR_PIPE_CONNECTED | F::ERROR_NO_DATA => Ok(true),
+        F::ERROR_PIPE_LISTENING => Ok(false),
+        code => Err(api(
+            "waiting for a pipe client",
+            "ConnectNamedPipe",
+            code,
+            "",
+        )),
+    }
 }

@@ -56,6 +56,7 @@ fn compat_cases() -> Vec<Case> {
             tools: if cfg!(windows) { &["cmd"] } else { &["sh"] },
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: no_prepare,
             argv: |_, _, _| {
                 if cfg!(windows) {
@@ -74,6 +75,7 @@ fn compat_cases() -> Vec<Case> {
             tools: if cfg!(windows) { &["cmd"] } else { &["sh"] },
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: no_prepare,
             argv: |_, _, _| {
                 if cfg!(windows) {
@@ -101,6 +103,7 @@ fn compat_cases() -> Vec<Case> {
             tools: &["git"],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: no_prepare,
             argv: |env, id, _| {
                 let git = env.git.clone().unwrap_or_default();
@@ -116,6 +119,7 @@ fn compat_cases() -> Vec<Case> {
             tools: &["git"],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let n = env
                     .host_git(&["rev-list", "--count", "HEAD"])
@@ -157,6 +161,7 @@ fn compat_cases() -> Vec<Case> {
             tools: &["python"],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 fs::write(env.ws.join("mp_selftest.py"), PY_MP).map_err(|e| e.to_string())?;
                 Ok(Fixture::default())
@@ -175,6 +180,7 @@ fn compat_cases() -> Vec<Case> {
             tools: &["node"],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 fs::write(env.ws.join("child_selftest.js"), NODE_CHILD)
                     .map_err(|e| e.to_string())?;
@@ -194,6 +200,7 @@ fn compat_cases() -> Vec<Case> {
             tools: &["cargo"],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let d = env.ws.join("tiny");
                 fs::create_dir_all(d.join("src")).map_err(|e| e.to_string())?;
@@ -241,6 +248,7 @@ fn compat_cases() -> Vec<Case> {
                 None
             },
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 fs::write(env.ws.join("hello_selftest.c"), C_HELLO).map_err(|e| e.to_string())?;
                 fs::write(env.ws.join("Makefile"), MAKEFILE).map_err(|e| e.to_string())?;
@@ -267,6 +275,7 @@ fn compat_cases() -> Vec<Case> {
                 Some("Windows only")
             },
             control_needs: None,
+            platform_limit: None,
             prepare: no_prepare,
             argv: |env, id, _| {
                 let ps = find_program("powershell").unwrap_or_default();
@@ -364,6 +373,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 outside_file(env, "victim-write.txt")?;
                 Ok(Fixture::default())
@@ -381,6 +391,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let _ = fs::remove_file(env.outside.join("created.txt"));
                 Ok(Fixture::default())
@@ -398,6 +409,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 outside_file(env, "victim-delete.txt")?;
                 Ok(Fixture::default())
@@ -415,6 +427,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let _ = fs::remove_file(env.outside.join("renamed.txt"));
                 outside_file(env, "victim-rename.txt")?;
@@ -445,6 +458,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 restore_git(env);
                 if !env.ws.join(".git/config").is_file() {
@@ -471,6 +485,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let _ = fs::remove_file(env.ws.join(".git/hooks/pre-commit"));
                 Ok(Fixture::default())
@@ -490,6 +505,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let text = fs::read_to_string(git_config(env)).map_err(|e| e.to_string())?;
                 Ok(Fixture {
@@ -516,6 +532,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 remove_ws(env, "sub");
                 Ok(Fixture::default())
@@ -531,6 +548,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 remove_ws(env, "sub");
                 Ok(Fixture::default())
@@ -554,6 +572,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 remove_ws(env, "loot.txt");
                 Ok(Fixture::default())
@@ -578,6 +597,7 @@ fn attack_cases() -> Vec<Case> {
                 None
             },
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let late = env.late_secret();
                 let flag = env.outside.join("late-secret.planted");
@@ -629,6 +649,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |_| {
                 let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
                 let port = l.local_addr().map_err(|e| e.to_string())?.port();
@@ -653,6 +674,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let port = if cfg!(windows) {
                     workfence_windows::DEFAULT_PROXY_PORT
@@ -699,6 +721,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let child = Command::new(&env.probe)
                     .arg(PROBE_ARG)
@@ -744,6 +767,7 @@ fn attack_cases() -> Vec<Case> {
             tools: &[],
             unavailable: None,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 stop_daemon(env);
                 remove_ws(env, "daemon.beat");
@@ -922,6 +946,7 @@ fn windows_cases() -> Vec<Case> {
             tools: &["icacls"],
             unavailable: not_windows,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let p = outside_file(env, "acl-victim.txt")?;
                 Ok(Fixture {
@@ -954,6 +979,7 @@ fn windows_cases() -> Vec<Case> {
             tools: &["powershell"],
             unavailable: not_windows,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let script = env.outside.join("pipe-server.ps1");
                 fs::write(&script, PIPE_SERVER_PS1).map_err(|e| format!("write the script: {e}"))?;
@@ -1011,6 +1037,7 @@ fn windows_cases() -> Vec<Case> {
             tools: &[],
             unavailable: not_windows,
             control_needs: Some("the WebClient service (WebDAV redirector)"),
+            platform_limit: None,
             prepare: |_| {
                 let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
                 let port = l.local_addr().map_err(|e| e.to_string())?.port();
@@ -1031,6 +1058,7 @@ fn windows_cases() -> Vec<Case> {
             tools: &["cmd", "icacls", "powershell"],
             unavailable: not_windows,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 remove_ws(env, OWNED_DACL_FILE);
                 Ok(Fixture::default())
@@ -1073,6 +1101,7 @@ fn windows_cases() -> Vec<Case> {
             // The administrative share needs the Server service and an administrator;
             // where the control cannot reach it, neither can the command.
             control_needs: Some("the administrative share over loopback SMB (the Server service and an administrator)"),
+            platform_limit: None,
             prepare: |env| {
                 let p = outside_file(env, "victim-smb.txt")?;
                 let unc = admin_share_path(&p)
@@ -1097,6 +1126,7 @@ fn windows_cases() -> Vec<Case> {
             // Only an elevated prompt has a High label to keep: elsewhere the control
             // shows Medium and the case proves nothing.
             control_needs: Some("an elevated prompt (the case checks that an elevated run is lowered)"),
+            platform_limit: None,
             prepare: no_prepare,
             argv: |env, id, _| {
                 let whoami = find_program("whoami").unwrap_or_else(|| PathBuf::from("whoami"));
@@ -1114,10 +1144,11 @@ fn windows_cases() -> Vec<Case> {
         Case {
             id: "attack/windows-junction-grant",
             kind: Kind::Attack,
-            what: "write through a junction (planted in an extra writable root before the run) to a directory outside it",
+            what: "write through a junction (planted in an extra writable root before the run) to a directory outside it; also judged by the target's DACL, which the grant's propagation must not reach (workfence walks the tree itself and never through a link)",
             tools: &["powershell"],
             unavailable: not_windows,
             control_needs: None,
+            platform_limit: None,
             prepare: |env| {
                 let root = env.outside.join("extra-root");
                 let target = env.outside.join("junction-target");
@@ -1129,6 +1160,9 @@ fn windows_cases() -> Vec<Case> {
                 }
                 Ok(Fixture {
                     allow_write: vec![root],
+                    // The target's DACL before the run: a grant that propagated through
+                    // the junction would have changed it even without a write.
+                    note: dacl_sddl(env, &target)?,
                     ..Fixture::default()
                 })
             },
@@ -1139,12 +1173,241 @@ fn windows_cases() -> Vec<Case> {
                     &[os(env.outside.join("extra-root/j/via-junction.txt"))],
                 )
             },
-            judge: |env, _| Ok(env.outside.join("junction-target/via-junction.txt").exists()),
+            judge: |env, fx| {
+                let wrote = env.outside.join("junction-target/via-junction.txt").exists();
+                let after = dacl_sddl(env, &env.outside.join("junction-target"))?;
+                Ok(wrote || after != fx.note)
+            },
             cleanup: |env| {
                 let _ = fs::remove_file(env.outside.join("junction-target/via-junction.txt"));
             },
         },
+        Case {
+            id: "attack/windows-icmp",
+            kind: Kind::Attack,
+            what: "ping 127.0.0.1 (IcmpSendEcho, sent by the kernel on the caller's behalf); judged from outside by the host's ICMP statistics (echo requests sent, GetIcmpStatistics) growing by the 4 echoes. Other pings on the host during the case can only make it read NOT blocked, never blocked",
+            tools: &["ping"],
+            unavailable: not_windows,
+            control_needs: Some("ICMP statistics that count echo requests to 127.0.0.1 (GetIcmpStatistics)"),
+            // Third-party WFP firewalls see ping's echoes as "System": the kernel sends
+            // them for the caller, so filters on the offline user's SID likely miss
+            // them. If so, a limit of Windows (reported by explain and doctor).
+            platform_limit: Some("IcmpSendEcho's echo requests are sent by the kernel (classified as System, not as the offline user), outside the offline user's WFP filters, with a payload the caller chooses (docs/windows.md, README limitations; `explain` and `doctor` report it)"),
+            prepare: |_| {
+                let before = workfence_windows::probes::icmp_echo_requests_sent()
+                    .ok_or("GetIcmpStatistics failed")?;
+                Ok(Fixture {
+                    note: before.to_string(),
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, _| {
+                let ping = find_program("ping").unwrap_or_else(|| PathBuf::from("ping"));
+                exec_to(
+                    env,
+                    id,
+                    &ping,
+                    &[os("-n"), os("4"), os("-w"), os("300"), os("127.0.0.1")],
+                )
+            },
+            judge: |_, fx| {
+                let before: u64 = fx.note.parse().map_err(|_| "no ICMP count before")?;
+                let after = workfence_windows::probes::icmp_echo_requests_sent()
+                    .ok_or("GetIcmpStatistics failed")?;
+                Ok(after >= before + 4)
+            },
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/windows-desktop-input",
+            kind: Kind::Attack,
+            what: "open WinSta0\\Default with hook and journal rights (what SetWindowsHookEx and journal hooks need) and inject input (SendInput of a one-pixel mouse move and back); judged from outside by the session's last input time (GetLastInputInfo). Moving the mouse during the case can only make it read NOT blocked",
+            tools: &[],
+            unavailable: not_windows,
+            control_needs: Some("an interactive desktop where injected input reaches the session (not a service session)"),
+            platform_limit: None,
+            prepare: |_| {
+                let before = workfence_windows::probes::last_input_tick()
+                    .ok_or("GetLastInputInfo failed")?;
+                // So that input from now on has a later tick.
+                std::thread::sleep(Duration::from_millis(40));
+                Ok(Fixture {
+                    note: before.to_string(),
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, _| env.probe_argv(id, "desktop-input", &[]),
+            judge: |_, fx| {
+                let before: u32 = fx.note.parse().map_err(|_| "no input tick before")?;
+                std::thread::sleep(Duration::from_millis(200));
+                let after = workfence_windows::probes::last_input_tick()
+                    .ok_or("GetLastInputInfo failed")?;
+                Ok(after != before)
+            },
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/windows-runner-open",
+            kind: Kind::Attack,
+            what: "open the command process of another sandboxed run (a second `workfence run` on a workspace of its own) for code injection and termination (OpenProcess with PROCESS_VM_WRITE, PROCESS_VM_OPERATION, PROCESS_DUP_HANDLE, PROCESS_TERMINATE), then terminate it; judged from outside by that run ending. The other run's runner has exited by then (it hands over and exits), so its command, whose default DACL has the same shape as the runner's (plan: runner_object_sddl), is the target",
+            tools: &[],
+            unavailable: not_windows,
+            control_needs: Some("a second sandboxed run started with `workfence run` (the probe must be the workfence CLI)"),
+            platform_limit: None,
+            prepare: |env| {
+                let ws = env.outside.join("other-run");
+                let (child, pid) = {
+                    let child = other_run(
+                        env,
+                        &ws,
+                        "pid-heartbeat",
+                        &[os(ws.join("pid")), os(ws.join("beat")), os(ws.join("stop"))],
+                    )?;
+                    let pid = wait_for_text(&ws.join("pid"), Duration::from_secs(30))?;
+                    (child, pid)
+                };
+                Ok(Fixture {
+                    child: Some(child),
+                    args: vec![os(pid.trim())],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, fx| env.probe_argv(id, "open-process", &fx.args),
+            judge: |_, fx| {
+                let Some(HostChild(c)) = &mut fx.child else {
+                    return Err("no other run".into());
+                };
+                let end = Instant::now() + Duration::from_millis(1500);
+                loop {
+                    match c.try_wait() {
+                        Ok(Some(_)) => return Ok(true),
+                        Ok(None) if Instant::now() < end => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        Ok(None) => return Ok(false),
+                        Err(e) => return Err(format!("wait for the other run: {e}")),
+                    }
+                }
+            },
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/windows-other-run-pipe",
+            kind: Kind::Attack,
+            what: "connect to a named pipe another sandboxed run's command created with the default security descriptor (which grants the pipe's owner, with setup the sandbox user every run shares: question 9 of docs/windows.md); judged from outside by that run recording the connection. The runner's own control pipe exists only during the handover, under a random name, and serves only the runner's pid (decisions::pipe_client_allowed)",
+            tools: &[],
+            unavailable: not_windows,
+            control_needs: Some("a second sandboxed run started with `workfence run` (the probe must be the workfence CLI)"),
+            platform_limit: None,
+            prepare: |env| {
+                let ws = env.outside.join("other-run-pipe");
+                let name = format!("workfence-selftest-other-{}", env.token);
+                let child = other_run(
+                    env,
+                    &ws,
+                    "pipe-server",
+                    &[os(&name), os(ws.join("pipe.ready")), os(ws.join("pipe.result"))],
+                )?;
+                wait_for_text(&ws.join("pipe.ready"), Duration::from_secs(30))?;
+                Ok(Fixture {
+                    child: Some(child),
+                    args: vec![os(format!(r"\\.\pipe\{name}"))],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, fx| env.probe_argv(id, "open-pipe", &fx.args),
+            judge: |env, _| {
+                let result = env.outside.join("other-run-pipe").join("pipe.result");
+                let end = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < end {
+                    if result.exists() {
+                        return Ok(true);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(false)
+            },
+            cleanup: no_cleanup,
+        },
+        Case {
+            id: "attack/windows-dns-dnscache",
+            kind: Kind::Attack,
+            what: "look up a unique name (under .invalid) from the offline user; judged from outside by the DNS Client service's cache (ipconfig /displaydns) holding it, that is the service resolved it on the command's behalf. A known platform limit: reported, not a failure",
+            tools: &["ipconfig"],
+            unavailable: not_windows,
+            control_needs: Some("a DNS Client service that keeps lookups in its cache (ipconfig /displaydns)"),
+            platform_limit: Some("name lookups go through the DNS Client service (Dnscache), which resolves as NETWORK SERVICE outside the offline user's WFP filters, so a lookup can carry data out (docs/windows.md, README limitations; `explain` and `doctor` report it)"),
+            prepare: |env| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                Ok(Fixture {
+                    args: vec![os(format!("wf-selftest-{}-{nanos}.invalid", env.token))],
+                    ..Fixture::default()
+                })
+            },
+            argv: |env, id, fx| env.probe_argv(id, "resolve", &fx.args),
+            judge: |_, fx| {
+                let name = fx.args[0].to_string_lossy().to_ascii_lowercase();
+                let ipconfig =
+                    find_program("ipconfig").ok_or("ipconfig is not installed")?;
+                let out = Command::new(ipconfig)
+                    .arg("/displaydns")
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("start ipconfig /displaydns: {e}"))?;
+                Ok(String::from_utf8_lossy(&out.stdout)
+                    .to_ascii_lowercase()
+                    .contains(&name))
+            },
+            cleanup: no_cleanup,
+        },
     ]
+}
+
+/// Starts a second sandboxed run: `<probe> run -C <ws> -- <probe> <probe args>`, with
+/// the probe doing `action` in a workspace of its own (so another capability SID).
+/// The self-test's probe is the workfence CLI when `workfence selftest` runs it; the
+/// returned front end is killed (and with it that run's job) when dropped.
+fn other_run(env: &Env, ws: &Path, action: &str, args: &[OsString]) -> Result<HostChild, String> {
+    let _ = fs::remove_dir_all(ws);
+    fs::create_dir_all(ws).map_err(|e| format!("mkdir {}: {e}", ws.display()))?;
+    let child = Command::new(&env.probe)
+        .arg("run")
+        .arg("-C")
+        .arg(ws)
+        .args(["--allow-degraded", "--timeout", "60s", "--"])
+        .arg(&env.probe)
+        .arg(PROBE_ARG)
+        .arg(ws.join("victim.marker"))
+        .arg(action)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start `{} run`: {e}", env.probe.display()))?;
+    Ok(HostChild(child))
+}
+
+/// Waits until `p` exists and has content; returns it.
+fn wait_for_text(p: &Path, limit: Duration) -> Result<String, String> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Ok(t) = fs::read_to_string(p) {
+            if !t.trim().is_empty() {
+                return Ok(t);
+            }
+        }
+        if Instant::now() > end {
+            return Err(format!(
+                "{} did not appear within {limit:?} (did the other run start?)",
+                p.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Whether `whoami /groups /fo csv` output shows a mandatory label above Medium
@@ -1232,28 +1495,6 @@ fn pending_on(os: &str) -> Vec<Pending> {
         why: why.into(),
     };
     match os {
-        "windows" => vec![
-            p(
-                "attack/windows-desktop-input",
-                "SendInput, SetWindowsHookEx, GetClipboardData and OpenWindowStation(\"WinSta0\") from the command, judged by a host window that records input: both sides need user32 calls, and the facade has no Win32 bindings (windows-sys is not a dependency of crates/workfence; workfence_windows exports no safe wrapper for them); question 4 of docs/windows.md stays open",
-            ),
-            p(
-                "attack/windows-runner-open",
-                "opening another run's runner and its ConPTY console host (OpenProcess with PROCESS_VM_WRITE or PROCESS_DUP_HANDLE, then WriteProcessMemory judged by the victim) needs OpenProcess/WriteProcessMemory in the probe (no Win32 bindings in the facade, see attack/windows-desktop-input), a second sandboxed run held open while the case runs (two workfence::run calls in one process were never tried on Windows), and the other runner's pid (found from outside only through CIM's ParentProcessId of that run's command); until written, the runner's process DACL (plan: runner_object_sddl) is only plan-tested",
-            ),
-            p(
-                "attack/windows-icmp",
-                "ping from the offline user (question 12): no host observer can see an ICMP echo to loopback without a raw socket (administrator, and not in std), and judging by ping's own exit code would be judging from inside",
-            ),
-            p(
-                "attack/windows-dns-dnscache",
-                "a name lookup the DNS Client service (Dnscache) sends on the command's behalf: seeing the query from outside needs a resolver the host controls, which means changing the machine's DNS configuration; the self-test changes nothing machine-wide but the measured restricting set",
-            ),
-            p(
-                "attack/windows-other-run-pipe",
-                "connecting to a concurrent run's control pipe or default-DACL pipes (questions 8 and 9) needs a second sandboxed run held open during the case (see attack/windows-runner-open) and the other pipe's random name",
-            ),
-        ],
         "macos" => vec![p(
             "attack/macos-tty-snoop",
             "reading another terminal (/dev/ttys*) needs a second pty owned by the host; to be written with the pty fix",

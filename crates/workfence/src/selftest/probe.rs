@@ -68,6 +68,9 @@ fn io<T>(what: &str, p: &Path, r: std::io::Result<T>) -> Result<T, String> {
     r.map_err(|e| format!("{what} {}: {e}", p.display()))
 }
 
+/// The exit status `open-process` gives the other run's command it terminates.
+pub const OTHER_RUN_KILLED: u32 = 0x5EC;
+
 /// The content the probe writes: recognisable from outside.
 pub const PAYLOAD: &[u8] = b"workfence-selftest-was-here\n";
 
@@ -190,6 +193,51 @@ fn act(a: &[OsString]) -> Result<i32, String> {
                 .status()
                 .map_err(|e| format!("start {}: {e}", prog.to_string_lossy()))?;
             Ok(st.code().unwrap_or(1))
+        }
+        "desktop-input" => {
+            // Windows: reach the user's desktop and inject input (judged from outside
+            // by the session's last input time).
+            workfence_windows::probes::inject_input_on_user_desktop()?;
+            Ok(0)
+        }
+        "open-process" => {
+            // Windows: open another run's process for injection and terminate it.
+            workfence_windows::probes::open_and_terminate(num(a, 0)?, OTHER_RUN_KILLED)?;
+            Ok(0)
+        }
+        "pid-heartbeat" => {
+            // Writes this process's id, then beats (the victim of another run).
+            let pid_file = path(a, 0)?;
+            io(
+                "write",
+                &pid_file,
+                fs::write(&pid_file, std::process::id().to_string()),
+            )?;
+            heartbeat(&path(a, 1)?, &path(a, 2)?)
+        }
+        "pipe-server" => {
+            // Windows: a pipe with the default security descriptor; `ready` once it
+            // exists, `result` when a client connects (within 30 s).
+            let name = arg(a, 0)?.to_string_lossy().into_owned();
+            let (ready, result) = (path(a, 1)?, path(a, 2)?);
+            let connected = workfence_windows::probes::serve_default_pipe(
+                &format!(r"\\.\pipe\{name}"),
+                Duration::from_secs(30),
+                || {
+                    let _ = fs::write(&ready, b"ready\n");
+                },
+            )?;
+            if connected {
+                io("write", &result, fs::write(&result, b"connected\n"))?;
+            }
+            Ok(0)
+        }
+        "resolve" => {
+            // A name lookup through the system resolver (on Windows, the DNS Client
+            // service); whether it resolves does not matter.
+            let name = arg(a, 0)?.to_string_lossy().into_owned();
+            let _ = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 80));
+            Ok(0)
         }
         other => Err(format!("unknown probe action {other:?}")),
     }
@@ -401,6 +449,51 @@ mod tests {
         assert!(run(&[&o("frobnicate")])
             .expect_err("unknown")
             .contains("unknown"));
+    }
+
+    #[test]
+    fn windows_actions_are_errors_elsewhere_and_check_their_arguments() {
+        assert!(run(&[&o("open-process"), &o("not-a-pid")]).is_err());
+        assert!(run(&[&o("open-process")]).is_err());
+        assert!(run(&[&o("pipe-server")]).is_err());
+        if !cfg!(windows) {
+            for a in ["desktop-input", "open-process"] {
+                let e = run(&[&o(a), &o("1")]).expect_err(a);
+                assert!(e.contains("Windows only"), "{a}: {e}");
+            }
+            let d = dir("pipe");
+            let e = run(&[
+                &o("pipe-server"),
+                &o("x"),
+                &o(d.join("ready")),
+                &o(d.join("result")),
+            ])
+            .expect_err("pipe-server");
+            assert!(e.contains("Windows only"), "{e}");
+            assert!(!d.join("ready").exists());
+            let _ = fs::remove_dir_all(&d);
+        }
+        // A lookup succeeds whether or not the name resolves.
+        assert_eq!(
+            run(&[&o("resolve"), &o("wf-selftest-probe.invalid")]),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn pid_heartbeat_writes_its_pid_then_beats() {
+        let d = dir("pidbeat");
+        let (pid, beat, stop) = (d.join("pid"), d.join("beat"), d.join("stop"));
+        fs::write(&stop, "stop").expect("stop");
+        assert_eq!(
+            run(&[&o("pid-heartbeat"), &o(&pid), &o(&beat), &o(&stop)]),
+            Ok(0)
+        );
+        assert_eq!(
+            fs::read_to_string(&pid).expect("pid"),
+            std::process::id().to_string()
+        );
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]
