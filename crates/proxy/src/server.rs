@@ -479,7 +479,7 @@ impl Proxy {
             return r;
         }
         let target = match request_target(&req) {
-            Ok(t) => t,
+            Ok(t) => self.named(t),
             Err(reason) => {
                 audit.outcome(Decision::Reject, None, Some(reason.clone()));
                 audit.finish(&*sink, (0, 0));
@@ -633,7 +633,7 @@ impl Proxy {
         let mut buf = vec![first];
         let hs = tokio::time::timeout(timeout, self.socks_handshake(&mut stream, &mut buf)).await;
         let target = match hs {
-            Ok(Ok(t)) => t,
+            Ok(Ok(t)) => self.named(t),
             Ok(Err(SocksFail { decision, reason })) => {
                 audit.outcome(decision, None, Some(reason));
                 audit.finish(&*sink, (0, 0));

@@ -452,3 +452,25 @@ async fn plain_http_to_a_name_not_allowed_on_this_port_gets_403() {
     assert!(body.contains("no allow rule matches"), "{body}");
     assert_eq!(t.proxy.denials().len(), 1);
 }
+
+#[tokio::test]
+async fn the_explicit_proxy_reads_a_synthetic_address_as_its_name() {
+    let t = start(&[], &[], &["echo.test"], vec![]).await;
+    let port = echo_server().await;
+    let a = synthetic(&t, "echo.test.").await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let paddr = l.local_addr().unwrap();
+    let p = t.proxy.clone();
+    tokio::spawn(async move { p.serve_tcp(l).await });
+    let mut s = TcpStream::connect(paddr).await.unwrap();
+    let req = format!("CONNECT {a}:{port} HTTP/1.1\r\nHost: {a}:{port}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    drop(s);
+    let r = t.records(1).await;
+    assert_eq!(r[0].protocol, Protocol::Connect);
+    assert_eq!(r[0].host.as_deref(), Some("echo.test"));
+    assert_eq!(r[0].decision, Decision::Allow);
+}

@@ -103,6 +103,26 @@ impl Proxy {
         }
     }
 
+    /// An explicit-proxy target that is a synthetic address stands for its name: a
+    /// client that resolved the name through the transparent DNS and then gives the
+    /// proxy the address (a SOCKS client resolving locally, an absolute-form URL with
+    /// the address) asks for the name, and is judged on it.
+    pub(crate) fn named(&self, t: Target) -> Target {
+        // Only a synthetic address changes: any other literal stays as written (a
+        // mapped `::ffff:a.b.c.d` is not the rule's `a.b.c.d` on this path).
+        let Host::Ip(IpAddr::V4(v4)) = t.host else {
+            return t;
+        };
+        let s = self.inner.synth.lock().unwrap_or_else(|e| e.into_inner());
+        match s.name_for(v4) {
+            Some(n) => Target {
+                host: Host::Name(n.to_string()),
+                port: t.port,
+            },
+            None => t,
+        }
+    }
+
     async fn transparent_conn(&self, stream: TcpStream, slot: Slot) {
         let Ok(local) = stream.local_addr() else {
             return;
