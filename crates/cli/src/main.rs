@@ -186,7 +186,9 @@ struct RunOpts {
     deny_read: Vec<PathBuf>,
     /// Network access: off, on, or allow=HOST[,HOST...] (through workfence's proxy;
     /// `*.host` subdomains, `**.host` apex and subdomains, `host:PORT`, `@list` from the
-    /// config; `allow` alone uses the config's [network] rules).
+    /// config). `allow=` replaces the config's allow list but keeps its deny,
+    /// allow_local and per-command rules; `allow` alone uses the config's rules;
+    /// `allow-local=HOST` also lets HOST resolve to a private address.
     /// Repeatable: `--network allow=a.test --network allow-local=mirror.lan`.
     #[arg(long, value_name = "off|on|allow=HOSTS", value_parser = parse_network)]
     network: Vec<NetArg>,

@@ -362,3 +362,61 @@ fn c6_not_found_and_not_executable_keep_their_codes() {
     );
     work_passed("exit-126-127-messages");
 }
+
+/// With a network allowlist workfence opens more fds of its own before the sandbox
+/// starts (the audit files, the proxy's socketpair): a kept fd number must still only
+/// ever be the caller's, and the command still gets only 0-2 and its kept fd.
+#[test]
+fn c2_c3_network_allowlist_keeps_its_fds_to_itself() {
+    let net = ["--network", "allow=a.test"];
+    let mut sc = Scenario::new("c2-net");
+    let mut tried = 0;
+    for n in 3..=12 {
+        if inherited_by_children(n) {
+            continue;
+        }
+        tried += 1;
+        let arg = n.to_string();
+        let o = sc.run_script(
+            Mode::Sandboxed,
+            &format!("ls -l /proc/self/fd/{n}; echo forged >&{n}"),
+            &launch(vec![], &[net[0], net[1], "--keep-fd", &arg]),
+        );
+        assert_eq!(o.code, Some(125), "--keep-fd {n}: {}", o.show());
+        assert!(!o.started(), "--keep-fd {n}: the command ran\n{}", o.show());
+    }
+    assert!(tried >= 5, "too few free fd numbers to test");
+    count("WORK c2-internal-fds-refused-with-allowlist passed");
+    drop(sc);
+    let prefix: Vec<OsString> = vec![
+        "sh".into(),
+        "-c".into(),
+        "exec \"$@\" 5>\"$OUT/fd5\" 7>\"$OUT/fd7\"".into(),
+        "wf-with-fds".into(),
+    ];
+    let mut sc = Scenario::new("c3-net-control");
+    let o = sc.run_script(Mode::Control, LIST_FDS, &launch(prefix.clone(), &[]));
+    let fds = o.field("FDS").unwrap_or_default();
+    assert!(
+        fds.split(' ').any(|f| f == "7"),
+        "control: the probe does not see inherited fds: {fds:?}\n{}",
+        o.show()
+    );
+    count("BEGIN C3/fd-leak-allowlist");
+    count("CONTROL C3/fd-leak-allowlist succeeded");
+    drop(sc);
+    let mut sc = Scenario::new("c3-net-attack");
+    let o = sc.run_script(
+        Mode::Sandboxed,
+        LIST_FDS,
+        &launch(prefix, &[net[0], net[1], "--keep-fd", "5"]),
+    );
+    assert_ok(&o, "list fds");
+    assert_eq!(
+        o.field("FDS").as_deref(),
+        Some("0 1 2 5"),
+        "the command got more than 0-2 and its kept fd\n{}",
+        o.show()
+    );
+    count("ATTACK C3/fd-leak-allowlist blocked");
+}

@@ -1499,3 +1499,42 @@ fn net_harness_selfcheck() {
     assert!(hit(&sc, "A", "self") && conns(&sc, "A") == 1);
     assert!(!hit(&sc, "A", "other"));
 }
+
+/// DNS rebinding to the host itself: an allowed name (no `allow_local`) that resolves
+/// to one of the host's own non-loopback addresses must not reach the host's services
+/// listening on 0.0.0.0.
+#[test]
+fn net_bypass_rebinds_to_the_hosts_own_address() {
+    if !net_tools("net/rebind-host-address", &[]) {
+        return;
+    }
+    let Some(ip) = host_ipv4().into_iter().next() else {
+        skip_or_fail(
+            "net/rebind-host-address",
+            "this host has no global IPv4 address to rebind to",
+        );
+        return;
+    };
+    let ip: &'static str = Box::leak(ip.into_boxed_str());
+    let mut spec = NetSpec::new(
+        &["A", "B"],
+        "mode = \"allow\"\nallow = [\"own.test\"]\nallow_local = [\"a.test\"]",
+    );
+    spec.servers
+        .push(("X", vec!["--bind".into(), "0.0.0.0".into()]));
+    spec.pins.push(("own.test", ip));
+    let a = net_attack(
+        "net/rebind-host-address",
+        "req w1 \"http://a.test:$PA/c/w1\"\nreq d1 \"http://own.test:$PX/c/d1\"\nreq d2 \"http://own.test:$PX/c/d2\" -p\n",
+        spec,
+    );
+    let a = probe_hit(
+        a,
+        "X",
+        "d1",
+        "an allowed name pinned to the host's own address",
+    );
+    let a = probe_hit(a, "X", "d2", "CONNECT to it");
+    let a = witness(a, "A", "w1");
+    untouched(a, "X").run();
+}

@@ -138,20 +138,6 @@ pub fn run_in_helper(
     started: &mut dyn FnMut(),
 ) -> Result<RunOutcome, LinuxError> {
     let exe = helper_path()?;
-    // The helper's two pipes go above every kept fd, so that kept fds keep their
-    // numbers; the proxy socket, if any, follows them.
-    let base = req.keep_fds.iter().copied().max().unwrap_or(2).max(9) + 1;
-    let mut helper_req = req.clone();
-    let mut moves = Vec::new();
-    if let Some(fd) = req.proxy_socket {
-        moves.push((fd, base + 2));
-        helper_req.proxy_socket = Some(base + 2);
-    }
-    let job = serde_json::to_vec(&Job {
-        plan: plan.clone(),
-        req: helper_req,
-    })
-    .map_err(|e| LinuxError::BadArgument(format!("serializing the job for the helper: {e}")))?;
     let pipe = |what| {
         sys::pipe().map_err(|e| LinuxError::Syscall {
             step: what,
@@ -161,12 +147,27 @@ pub fn run_in_helper(
     };
     let (job_r, job_w) = pipe("creating the helper's job pipe")?;
     let (res_r, res_w) = pipe("creating the helper's result pipe")?;
+    // The helper's fds (its two pipes, then the proxy socket, if any) go above every
+    // kept fd, so that kept fds keep their numbers, and above every fd being moved,
+    // so that no dup2 in the child overwrites a source not yet moved.
+    let sources = [job_r.as_raw_fd(), res_w.as_raw_fd()]
+        .into_iter()
+        .chain(req.proxy_socket)
+        .chain(req.keep_fds.iter().copied());
+    let base = sources.max().unwrap_or(2).max(9) + 1;
+    let mut helper_req = req.clone();
+    let mut moves = vec![(job_r.as_raw_fd(), base), (res_w.as_raw_fd(), base + 1)];
+    if let Some(fd) = req.proxy_socket {
+        moves.push((fd, base + 2));
+        helper_req.proxy_socket = Some(base + 2);
+    }
+    let job = serde_json::to_vec(&Job {
+        plan: plan.clone(),
+        req: helper_req,
+    })
+    .map_err(|e| LinuxError::BadArgument(format!("serializing the job for the helper: {e}")))?;
     let mut cmd = std::process::Command::new(&exe);
     cmd.arg(HELPER_ARG).arg(base.to_string());
-    moves.splice(
-        0..0,
-        [(job_r.as_raw_fd(), base), (res_w.as_raw_fd(), base + 1)],
-    );
     sys::pass_fds(&mut cmd, moves, req.keep_fds.clone());
     let mut child = cmd.spawn().map_err(|e| LinuxError::Io {
         step: "starting the helper (set WORKFENCE_HELPER to the workfence binary)",

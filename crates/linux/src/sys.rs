@@ -747,7 +747,9 @@ pub fn send_fds(sock: RawFd, fds: &[RawFd]) -> io::Result<()> {
     // SAFETY: CMSG_SPACE is a pure size computation; it is at most size_of_val(&cbuf)
     // for MAX_FDS ints (16 bytes of header plus 64 of data on 64-bit).
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(data_len) } as usize;
-    debug_assert!(msg.msg_controllen <= std::mem::size_of_val(&cbuf));
+    if msg.msg_controllen > std::mem::size_of_val(&cbuf) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     // SAFETY: msg_control points to a buffer large enough for one header.
     let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     // SAFETY: CMSG_LEN is a pure size computation.
@@ -806,6 +808,7 @@ pub fn recv_fds(sock: RawFd) -> io::Result<Vec<OwnedFd>> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
+    let truncated = msg.msg_flags & libc::MSG_CTRUNC != 0;
     let mut out = Vec::new();
     // SAFETY: msg was filled by the kernel; CMSG_FIRSTHDR reads within msg_control.
     let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
@@ -831,6 +834,11 @@ pub fn recv_fds(sock: RawFd) -> io::Result<Vec<OwnedFd>> {
         // SAFETY: msg and cmsg are valid; CMSG_NXTHDR stays within msg_control or
         // returns null.
         cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    if truncated {
+        // Some fds did not fit (the kernel closed them): the message is not what the
+        // sender sent. The ones that arrived are closed with `out`.
+        return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
     }
     Ok(out)
 }
@@ -1554,5 +1562,27 @@ mod tests {
             let (local, _) = round_trip(&l6, v4);
             assert_eq!(local, "[::ffff:203.0.113.9]:8443".parse().unwrap());
         }
+    }
+
+    #[test]
+    fn fds_travel_in_one_message_and_eof_is_empty() {
+        let (a, b) = socketpair().unwrap();
+        let (r, w) = pipe().unwrap();
+        let (r2, _w2) = pipe().unwrap();
+        send_fds(
+            a.as_raw_fd(),
+            &[r.as_raw_fd(), w.as_raw_fd(), r2.as_raw_fd()],
+        )
+        .unwrap();
+        let got = recv_fds(b.as_raw_fd()).unwrap();
+        assert_eq!(got.len(), 3);
+        // The received write end works with the received read end.
+        write_all(got[1].as_raw_fd(), b"x").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(read(got[0].as_raw_fd(), &mut buf).unwrap(), 1);
+        assert!(send_fds(a.as_raw_fd(), &[]).is_err());
+        assert!(send_fds(a.as_raw_fd(), &[r.as_raw_fd(); MAX_FDS + 1]).is_err());
+        drop(a);
+        assert!(recv_fds(b.as_raw_fd()).unwrap().is_empty());
     }
 }

@@ -28,6 +28,9 @@ pub enum AddrClass {
     Reserved,
     /// A cloud instance-metadata endpoint: 169.254.169.254, fd00:ec2::254.
     Metadata,
+    /// An address of one of this host's own interfaces (its services listening on
+    /// 0.0.0.0 or [::] answer there), whatever its range.
+    ThisHost,
 }
 
 impl AddrClass {
@@ -48,6 +51,7 @@ impl AddrClass {
             AddrClass::Multicast => "a multicast or broadcast address",
             AddrClass::Reserved => "a reserved address",
             AddrClass::Metadata => "a cloud metadata address",
+            AddrClass::ThisHost => "an address of this host",
         }
     }
 }
@@ -55,6 +59,25 @@ impl AddrClass {
 impl fmt::Display for AddrClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.describe())
+    }
+}
+
+/// Classifies an address, counting `host_addrs` (this host's interface addresses) as
+/// [`AddrClass::ThisHost`]. IPv4 embedded in IPv6 is compared as the IPv4 address.
+pub fn classify_for_host(ip: IpAddr, host_addrs: &[IpAddr]) -> AddrClass {
+    let canon = |a: IpAddr| match a {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .or_else(|| v6.to_ipv4())
+            .filter(|_| !v6.is_loopback() && !v6.is_unspecified())
+            .map_or(a, IpAddr::V4),
+        v4 => v4,
+    };
+    let c = classify(ip);
+    if c.is_public() && host_addrs.iter().any(|h| canon(*h) == canon(ip)) {
+        AddrClass::ThisHost
+    } else {
+        c
     }
 }
 
@@ -159,5 +182,18 @@ mod tests {
         assert_eq!(c("::10.0.0.1"), AddrClass::Private);
         assert_eq!(c("64:ff9b::a00:1"), AddrClass::Private);
         assert_eq!(c("2001:db8::1"), AddrClass::Public);
+    }
+
+    #[test]
+    fn this_hosts_own_addresses_are_not_public() {
+        let host: Vec<IpAddr> = vec!["192.0.2.2".parse().unwrap(), "2001:db8::2".parse().unwrap()];
+        let c = |s: &str| classify_for_host(s.parse().unwrap(), &host);
+        assert_eq!(c("192.0.2.2"), AddrClass::ThisHost);
+        assert_eq!(c("::ffff:192.0.2.2"), AddrClass::ThisHost);
+        assert_eq!(c("2001:db8::2"), AddrClass::ThisHost);
+        assert!(!c("192.0.2.2").is_public());
+        // Other public addresses stay public; local ones keep their own class.
+        assert_eq!(c("192.0.2.3"), AddrClass::Public);
+        assert_eq!(c("127.0.0.1"), AddrClass::Loopback);
     }
 }

@@ -110,10 +110,12 @@ impl<W: Write + Send> JsonLinesSink<W> {
 impl JsonLinesSink<std::fs::File> {
     /// Opens (creating, appending) a JSON-lines audit file.
     pub fn append_to(path: &std::path::Path) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let mut o = std::fs::OpenOptions::new();
+        o.create(true).append(true);
+        // The audit names every host the user's commands reached: the user's only.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let f = o.open(path)?;
         Ok(Self::new(f))
     }
 }

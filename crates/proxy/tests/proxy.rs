@@ -783,3 +783,63 @@ async fn max_connections_counts_open_tunnels() {
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
 }
+
+/// Found by the front_door fuzz target: a client that shuts down its write half after
+/// its request (`printf 'CONNECT ...' | nc -N`) got no answer, and its request left no
+/// audit record and no denial, because hyper dropped the request on the early EOF.
+#[tokio::test]
+async fn a_half_closed_client_still_gets_its_answer_and_its_record() {
+    let http = http_server().await;
+    let run = Setup::new()
+        .local(&["allowed.test"])
+        .pin("allowed.test", LOCAL)
+        .start()
+        .await;
+    let half_closed = |req: String| async move {
+        let mut s = TcpStream::connect(run.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("proxy did not close")
+            .unwrap();
+        String::from_utf8_lossy(&out).to_string()
+    };
+    let denied = half_closed("CONNECT other.test:443 HTTP/1.1\r\n\r\n".into()).await;
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    assert!(denied.contains("other.test"), "{denied}");
+    // Two pipelined requests, then EOF: both are answered.
+    let url = format!("http://allowed.test:{http}");
+    let two = half_closed(format!(
+        "GET {url}/a HTTP/1.1\r\nHost: allowed.test:{http}\r\n\r\nGET {url}/b HTTP/1.1\r\nHost: allowed.test:{http}\r\n\r\n"
+    ))
+    .await;
+    assert!(
+        two.contains("origin saw /a") && two.contains("origin saw /b"),
+        "{two}"
+    );
+    let records = run.records(3).await;
+    assert_eq!(records[0].decision, Decision::Deny);
+    assert_eq!(run.proxy.denials().len(), 1);
+}
+
+/// Found by the front_door fuzz target: `GET http://host:port?q` (empty path, a query)
+/// was connected, then refused as a bad path without an audit record. Its origin form is
+/// `/?q`.
+#[tokio::test]
+async fn an_empty_path_with_a_query_is_forwarded_as_slash_query() {
+    let http = http_server().await;
+    let run = Setup::new()
+        .local(&["allowed.test"])
+        .pin("allowed.test", LOCAL)
+        .start()
+        .await;
+    let host = format!("allowed.test:{http}");
+    let (status, body) = get(run.addr, &format!("http://{host}?x=1"), &host).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("origin saw /?x=1"), "{body}");
+    let r = run.records(1).await;
+    assert_eq!(r[0].decision, Decision::Allow);
+    assert!(r[0].resolved.is_some());
+}

@@ -324,8 +324,18 @@ pub fn run(
     if argv.is_empty() {
         return Err(Error::NoCommand);
     }
+    // First, before workfence opens any fd of its own (audit files, the proxy's
+    // socketpair), so that a kept fd number can only be the caller's.
+    workfence_linux::check_keep_fds(&policy.keep_fds)?;
     check_exec_rules(policy, &argv)?;
+    let proxied = matches!(policy.network, workfence_policy::Network::Proxy(_));
+    if policy.audit_log.is_some() && !proxied {
+        return Err(network::NetworkError::AuditWithoutAllowlist.into());
+    }
     if policy.mode == Mode::FullAccess {
+        if proxied {
+            return Err(network::NetworkError::FullAccess.into());
+        }
         return run_unsandboxed(policy, argv, warn);
     }
     let layout = compute_layout(policy)?;
@@ -515,13 +525,27 @@ fn run_linux_proxied(
             start_error = Some(e);
         }
     });
-    let denials = proxy.finish();
+    let (denials, failure) = proxy.finish();
     if let Some(e) = start_error {
         warn(Warning::Backend(format!(
-            "{e}; the command ran without a proxy (its connections were refused)"
+            "{e}; the command ran without its proxy, so none of its connections got through"
         )));
     }
-    let mut outcome = result?;
+    if let Some(why) = failure {
+        warn(Warning::Backend(format!(
+            "network proxy: {why}; the command's connections through it failed"
+        )));
+    }
+    let mut outcome = match result {
+        Err(workfence_linux::LinuxError::UserNamespace { errno, cause, .. }) => {
+            return Err(network::NetworkError::NeedsNamespace(format!(
+                "clone: {}: {cause}",
+                std::io::Error::from_raw_os_error(errno)
+            ))
+            .into())
+        }
+        other => other?,
+    };
     outcome.denials = denials.iter().map(network::to_denial).collect();
     Ok(outcome)
 }

@@ -35,6 +35,16 @@ pub enum NetworkError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The allowlist needs user namespaces (a private network namespace), which this
+    /// host does not allow.
+    #[error("network allowlists (--network allow=...) need a private network namespace, and user namespaces are unavailable here ({0}); --allow-degraded cannot help: without the namespace nothing confines the network to the proxy. Enable unprivileged user namespaces (see `workfence doctor`), or use --network off or on")]
+    NeedsNamespace(String),
+    /// `--audit-log` without a network allowlist.
+    #[error("--audit-log records the network proxy's connections, and this run has no network allowlist; add --network allow=..., or drop --audit-log")]
+    AuditWithoutAllowlist,
+    /// The allowlist in full-access mode.
+    #[error("--network allow=... is not enforced in full-access mode (there is no sandbox, so the command has the host's whole network); drop one of them")]
+    FullAccess,
     /// The proxy's runtime or thread could not start.
     #[error("starting the network proxy ({step}): {source}")]
     Start {
@@ -130,7 +140,32 @@ pub fn proxy_config(net: &ProxyPolicy, argv: &[String]) -> Result<ProxyConfig, N
     let mut cfg = ProxyConfig::new(rules.rules);
     cfg.scope = rules.scope;
     cfg.resolve = net.resolve.clone();
+    cfg.host_addrs = host_addrs();
     Ok(cfg)
+}
+
+/// This host's interface addresses (refused like loopback unless allowed as local).
+#[cfg(unix)]
+fn host_addrs() -> Vec<std::net::IpAddr> {
+    let Ok(ifs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    ifs.filter_map(|i| i.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
+/// This host's interface addresses (not collected off Unix yet: no backend runs the
+/// proxy there).
+#[cfg(not(unix))]
+fn host_addrs() -> Vec<std::net::IpAddr> {
+    Vec::new()
 }
 
 /// The default audit file: `$XDG_STATE_HOME/workfence/network-audit.jsonl`, else
@@ -240,7 +275,7 @@ mod linux {
         ours: Option<UnixStream>,
         theirs: Option<UnixStream>,
         stop: Option<oneshot::Sender<()>>,
-        thread: Option<JoinHandle<()>>,
+        thread: Option<JoinHandle<Result<(), String>>>,
         waker: Option<UnixStream>,
         expected: std::net::SocketAddr,
         transparent: Option<TransparentPlan>,
@@ -256,9 +291,7 @@ mod linux {
     }
 
     impl ProxyRun {
-        /// The proxy and the socket pair; `theirs` is for the sandbox. `expected` is
-        /// the proxy listener's address and `transparent` the plan's transparent mode:
-        /// only the sockets they describe are served.
+        /// The proxy and the socket pair; `theirs` is for the sandbox.
         pub fn new(
             config: ProxyConfig,
             sink: Arc<dyn AuditSink>,
@@ -315,8 +348,9 @@ mod linux {
             Ok(())
         }
 
-        /// Stops the proxy (the sandbox is gone) and returns what it denied.
-        pub fn finish(mut self) -> Vec<workfence_proxy::Denial> {
+        /// Stops the proxy (the sandbox is gone) and returns what it denied, and why it
+        /// could not serve, if it could not.
+        pub fn finish(mut self) -> (Vec<workfence_proxy::Denial>, Option<String>) {
             if let Some(w) = &self.waker {
                 // Wakes a thread still waiting for the sandbox's sockets.
                 let _ = w.shutdown(std::net::Shutdown::Both);
@@ -324,17 +358,19 @@ mod linux {
             if let Some(s) = self.stop.take() {
                 let _ = s.send(());
             }
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-            self.proxy.denials()
+            let failure = match self.thread.take().map(JoinHandle::join) {
+                Some(Ok(Err(why))) => Some(why),
+                Some(Err(_)) => Some("the proxy thread panicked".to_string()),
+                _ => None,
+            };
+            (self.proxy.denials(), failure)
         }
     }
 
     /// The sandbox's sockets, checked against the plan: the proxy listener at
     /// `expected`, then one transparent listener per planned port on 0.0.0.0, then the
-    /// DNS socket on UDP 0.0.0.0:53. Anything else (a missing, extra or different
-    /// socket) serves nothing: the sandbox then reaches nothing.
+    /// DNS socket on UDP 0.0.0.0:53. A missing, extra or different socket is an error
+    /// and nothing is served: the sandbox then reaches nothing.
     struct Sockets {
         proxy: std::net::TcpListener,
         transparent: Vec<std::net::TcpListener>,
@@ -345,39 +381,57 @@ mod linux {
         fds: Vec<OwnedFd>,
         expected: std::net::SocketAddr,
         plan: Option<&TransparentPlan>,
-    ) -> Option<Sockets> {
+    ) -> Result<Sockets, String> {
         use std::net::{Ipv4Addr, SocketAddr};
         let ports: &[u16] = plan.map(|t| t.tcp_ports.as_slice()).unwrap_or(&[]);
         let dns = plan.is_some_and(|t| t.dns);
-        if fds.len() != 1 + ports.len() + usize::from(dns) {
-            return None;
+        let want = 1 + ports.len() + usize::from(dns);
+        if fds.len() != want {
+            return Err(format!(
+                "the sandbox handed over {} sockets, not the planned {want}; not serving them",
+                fds.len()
+            ));
         }
         let mut fds = fds.into_iter();
-        let tcp = |fd: OwnedFd, want: SocketAddr| {
-            let l = std::net::TcpListener::from(fd);
-            (l.local_addr().ok() == Some(want) && l.set_nonblocking(true).is_ok()).then_some(l)
+        let tcp = |fd: Option<OwnedFd>,
+                   want: SocketAddr|
+         -> Result<std::net::TcpListener, String> {
+            let l = std::net::TcpListener::from(fd.ok_or("a planned socket is missing")?);
+            let got = l.local_addr().ok();
+            if got != Some(want) {
+                return Err(format!(
+                    "the sandbox handed over a socket at {got:?}, not the planned {want}; not serving it"
+                ));
+            }
+            l.set_nonblocking(true)
+                .map_err(|e| format!("making the proxy socket non-blocking (fcntl): {e}"))?;
+            Ok(l)
         };
-        let proxy = tcp(fds.next()?, expected)?;
+        let proxy = tcp(fds.next(), expected)?;
         let mut transparent = Vec::new();
         for p in ports {
             transparent.push(tcp(
-                fds.next()?,
+                fds.next(),
                 SocketAddr::from((Ipv4Addr::UNSPECIFIED, *p)),
             )?);
         }
         let dns = match fds.next() {
             Some(fd) => {
                 let u = std::net::UdpSocket::from(fd);
-                if u.local_addr().ok() != Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53)))
-                    || u.set_nonblocking(true).is_err()
-                {
-                    return None;
+                let want = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53));
+                let got = u.local_addr().ok();
+                if got != Some(want) {
+                    return Err(format!(
+                        "the sandbox handed over a DNS socket at {got:?}, not the planned {want}; not serving it"
+                    ));
                 }
+                u.set_nonblocking(true)
+                    .map_err(|e| format!("making the DNS socket non-blocking (fcntl): {e}"))?;
                 Some(u)
             }
             None => None,
         };
-        Some(Sockets {
+        Ok(Sockets {
             proxy,
             transparent,
             dns,
@@ -390,57 +444,62 @@ mod linux {
         stop: oneshot::Receiver<()>,
         expected: std::net::SocketAddr,
         transparent: Option<TransparentPlan>,
-    ) {
-        let fds: Vec<OwnedFd> = match workfence_linux::receive_proxy_sockets(ours.as_fd()) {
-            Ok(f) => f,
-            Err(_) => return,
-        };
+    ) -> Result<(), String> {
+        let fds: Vec<OwnedFd> =
+            workfence_linux::receive_proxy_sockets(ours.as_fd()).map_err(|e| e.to_string())?;
         drop(ours);
-        let Some(sockets) = check_sockets(fds, expected, transparent.as_ref()) else {
-            return;
-        };
-        let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        // No socket: the sandbox ended before its setup got that far (its own error
+        // says why) or the run was stopped.
+        if fds.is_empty() {
+            return Ok(());
+        }
+        // Only the sockets the plan describes are served.
+        let sockets = check_sockets(fds, expected, transparent.as_ref())?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("workfence-proxy")
             .enable_all()
             .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let Ok(l) = tokio::net::TcpListener::from_std(sockets.proxy) else {
-                return;
-            };
-            // Every transparent listener and the DNS socket run beside the proxy's
-            // listener; all stop together.
+            .map_err(|e| format!("starting the proxy's runtime: {e}"))?;
+        let result = rt.block_on(async move {
+            let reg = |e: std::io::Error| format!("registering a proxy socket (epoll): {e}");
+            let l = tokio::net::TcpListener::from_std(sockets.proxy).map_err(reg)?;
+            // The transparent listeners and the DNS socket run beside the proxy's
+            // listener; all stop together, and a failing one stops the proxy (the
+            // sandbox then reaches nothing rather than part of what it should).
             let mut side = tokio::task::JoinSet::new();
             for t in sockets.transparent {
-                let Ok(t) = tokio::net::TcpListener::from_std(t) else {
-                    return;
-                };
+                let t = tokio::net::TcpListener::from_std(t).map_err(reg)?;
                 let p = proxy.clone();
-                side.spawn(async move {
-                    let _ = p.serve_transparent(t).await;
-                });
+                side.spawn(async move { p.serve_transparent(t).await });
             }
             if let Some(d) = sockets.dns {
-                let Ok(d) = tokio::net::UdpSocket::from_std(d) else {
-                    return;
-                };
+                let d = tokio::net::UdpSocket::from_std(d).map_err(reg)?;
                 let p = proxy.clone();
-                side.spawn(async move {
-                    let _ = p.serve_dns(d).await;
-                });
+                side.spawn(async move { p.serve_dns(d).await });
             }
-            tokio::select! {
-                _ = proxy.serve_tcp(l) => {}
-                _ = stop => {}
-            }
-            side.abort_all();
+            let side_failed = async {
+                loop {
+                    match side.join_next().await {
+                        Some(Ok(Err(e))) => return e.to_string(),
+                        Some(Err(e)) => return format!("a transparent-mode task failed: {e}"),
+                        Some(Ok(Ok(()))) => continue,
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            let served = tokio::select! {
+                r = proxy.serve_tcp(l) => r.map_err(|e| e.to_string()),
+                e = side_failed => Err(e),
+                _ = stop => Ok(()),
+            };
             // The sandbox is gone, so every client socket is closed: what is still
-            // open ends at once; wait for it so that its audit record is written.
+            // open ends at once; wait for it so that its audit record is written
+            // (a connection still open after that is recorded as cut short).
             proxy.drain(std::time::Duration::from_secs(1)).await;
+            served
         });
         rt.shutdown_timeout(std::time::Duration::from_millis(200));
+        result
     }
 }

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{
     forward, text_response, transient, Audit, Authz, Body, Handling, Proxy, ProxyError, Slot,
+    TUNNEL_BUF,
 };
 use crate::audit::{Decision, Protocol};
 use crate::host::{normalize_name, Host, Target};
@@ -37,10 +38,6 @@ use crate::io::{Counted, Counters};
 /// connection is carried without a look at its first bytes (a protocol where the server
 /// speaks first: SMTP, FTP, some SSH servers' clients wait for the banner).
 const SNIFF_WINDOW: Duration = Duration::from_millis(250);
-
-/// Relay buffer per direction: tokio's default (8 KiB) costs a wake-up and two
-/// syscalls per 8 KiB, which halves bulk throughput on loopback.
-const RELAY_BUF: usize = 64 * 1024;
 
 /// TLS record header, and the largest plaintext record (RFC 8446, 5.1) plus slack.
 const RECORD_HEADER: usize = 5;
@@ -202,6 +199,7 @@ impl Proxy {
         match self.handling(&target) {
             Handling::PassThrough => {
                 let counters = Counters::default();
+                audit.arm(&sink, &counters);
                 let mut up = Counted::new(upstream, counters.clone());
                 // The bytes read to look at the handshake go first, unchanged.
                 if !buf.is_empty() && up.write_all(&buf).await.is_err() {
@@ -211,8 +209,8 @@ impl Proxy {
                 let _ = tokio::io::copy_bidirectional_with_sizes(
                     &mut stream,
                     &mut up,
-                    RELAY_BUF,
-                    RELAY_BUF,
+                    TUNNEL_BUF,
+                    TUNNEL_BUF,
                 )
                 .await;
                 audit.finish(&*sink, counters.get());
