@@ -477,10 +477,38 @@ fn hand_over_proxy_sockets(err: RawFd, bridge: &crate::plan::ProxyBridge, sock: 
         "creating the proxy's listening socket in the sandbox (socket/bind/listen)",
         sys::listen_tcp(addr, 4096),
     );
+    // Transparent mode: every address becomes this namespace's own (so a wildcard
+    // listener's accepted socket names the destination the client dialled), and the
+    // listeners go with the proxy's, in the plan's order. Ports below 1024 need
+    // CAP_NET_BIND_SERVICE over the namespace, which the supervisor still has here.
+    let mut held = vec![listener];
+    if let Some(t) = &bridge.transparent {
+        step(
+            err,
+            "routing every address to the sandbox's loopback (local 0.0.0.0/0 and ::/0 dev lo) for transparent mode, which [network] transparent = false turns off (rtnetlink RTM_NEWROUTE)",
+            sys::add_local_routes(),
+        );
+        for port in &t.tcp_ports {
+            held.push(step(
+                err,
+                "creating a transparent-mode TCP listener on 0.0.0.0 in the sandbox ([network] transparent = false turns the mode off) (socket/bind/listen)",
+                sys::listen_tcp(std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, *port), 4096),
+            ));
+        }
+        if t.dns {
+            let dns = step(
+                err,
+                "creating the transparent-mode DNS socket on UDP 0.0.0.0:53 in the sandbox ([network] transparent = false turns the mode off) (socket/bind)",
+                std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 53)),
+            );
+            held.push(std::os::fd::OwnedFd::from(dns));
+        }
+    }
+    let raw: Vec<RawFd> = held.iter().map(|f| f.as_raw_fd()).collect();
     step(
         err,
-        "passing the proxy socket to workfence (sendmsg)",
-        sys::send_fds(sock.as_raw_fd(), &[listener.as_raw_fd()]),
+        "passing the proxy socket(s) to workfence (sendmsg)",
+        sys::send_fds(sock.as_raw_fd(), &raw),
     );
 }
 

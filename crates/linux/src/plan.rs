@@ -366,6 +366,52 @@ pub struct TransparentPlan {
     pub dns: bool,
 }
 
+/// The most sockets the supervisor passes to workfence in its one message (the
+/// proxy listener, the transparent TCP listeners, the DNS socket).
+pub const MAX_PROXY_SOCKETS: usize = 16;
+
+/// The TCP ports transparent mode listens on: 80, 443, and every port an allow or
+/// allow-local rule names (`host:22`), in any scope or named list, so that one plan
+/// serves every command of the policy; the proxy checks each connection against the
+/// command's own rules. The proxy's port is left out (its listener holds it; a
+/// connection to another address on that port is refused). The rules themselves are
+/// validated by the proxy's parser before a run; this reads only their port suffix.
+pub fn transparent_ports(net: &workfence_policy::ProxyPolicy) -> Vec<u16> {
+    let mut rules: Vec<&String> = net.allow.iter().chain(&net.allow_local).collect();
+    for sc in &net.scoped {
+        rules.extend(sc.allow.iter().chain(&sc.allow_local));
+    }
+    let expanded = rules.into_iter().flat_map(|r| match r.strip_prefix('@') {
+        Some(name) => net
+            .lists
+            .get(name)
+            .map(|l| l.iter().collect::<Vec<_>>())
+            .unwrap_or_default(),
+        None => vec![r],
+    });
+    let mut ports: Vec<u16> = [80, 443]
+        .into_iter()
+        .chain(expanded.filter_map(|r| rule_port(r)))
+        .filter(|p| *p != PROXY_PORT)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The `:PORT` of a rule, if it has one: `host:22`, `[2001:db8::1]:22`, `192.0.2.1:22`;
+/// not a bare IPv6 address.
+fn rule_port(rule: &str) -> Option<u16> {
+    if rule.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let (host, port) = rule.rsplit_once(':')?;
+    if host.contains(':') && !host.ends_with(']') {
+        return None;
+    }
+    port.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
 /// The variables that point clients at the proxy at `addr`: the common
 /// `HTTP(S)_PROXY`/`ALL_PROXY`/`NO_PROXY` in both cases, and the ones of tools that
 /// ignore those (npm, yarn, pip, Node's built-in fetch, the JVM).
@@ -413,6 +459,9 @@ pub enum PlanError {
     /// A network allowlist needs a private network namespace.
     #[error("network allowlists (--network allow=...) need a private network namespace, which needs user namespaces; this run would have none (degraded mode); enable unprivileged user namespaces, or use --network off or on")]
     ProxyNeedsNamespace,
+    /// More rule ports than the transparent mode carries.
+    #[error("transparent mode carries at most {} TCP ports, and the network rules name {}: {:?}; name fewer ports in rules, or set transparent = false under [network]", MAX_PROXY_SOCKETS - 2, .0.len(), .0)]
+    TooManyTransparentPorts(Vec<u16>),
 }
 
 fn gap(layer: &str, state: Enforcement, detail: impl Into<String>) -> LayerStatus {
@@ -654,12 +703,25 @@ pub fn plan(
         return Err(PlanError::ProxyNeedsNamespace);
     }
     let proxy = match &policy.network {
-        Network::Proxy(_) => {
+        Network::Proxy(net) => {
             let listen = std::net::SocketAddr::from(([127, 0, 0, 1], PROXY_PORT));
+            let transparent = if net.transparent {
+                let tcp_ports = transparent_ports(net);
+                // One SCM_RIGHTS message carries the proxy listener, these, and DNS.
+                if tcp_ports.len() + 2 > MAX_PROXY_SOCKETS {
+                    return Err(PlanError::TooManyTransparentPorts(tcp_ports));
+                }
+                Some(TransparentPlan {
+                    tcp_ports,
+                    dns: true,
+                })
+            } else {
+                None
+            };
             Some(ProxyBridge {
                 listen,
                 env: proxy_env(listen),
-                transparent: None,
+                transparent,
             })
         }
         _ => None,

@@ -1272,9 +1272,297 @@ pub fn notif_sync_wakeup(listener: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// `struct rtmsg` from `<linux/rtnetlink.h>`, which the libc crate does not declare
+/// (it has `nlmsghdr`, `nlmsgerr` and `rtattr`, used as they are below). Only ever
+/// serialized field by field, never reinterpreted from memory.
+#[derive(Debug, Clone, Copy)]
+struct RtMsg {
+    family: u8,
+    dst_len: u8,
+    src_len: u8,
+    tos: u8,
+    table: u8,
+    protocol: u8,
+    scope: u8,
+    kind: u8,
+    flags: u32,
+}
+
+/// `RTA_ALIGN`/`NLMSG_ALIGN`: netlink pads every header and attribute to 4 bytes.
+fn nl_align(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn push_rtattr(buf: &mut Vec<u8>, kind: libc::c_ushort, payload: &[u8]) {
+    let hdr = libc::rtattr {
+        rta_len: (std::mem::size_of::<libc::rtattr>() + payload.len()) as libc::c_ushort,
+        rta_type: kind,
+    };
+    buf.extend_from_slice(&hdr.rta_len.to_ne_bytes());
+    buf.extend_from_slice(&hdr.rta_type.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(nl_align(buf.len()), 0);
+}
+
+/// The RTM_NEWROUTE request for `local <any>/0 dev <ifindex> table local`, as
+/// `ip route add local 0.0.0.0/0 dev lo` sends it.
+fn local_route_request(family: libc::c_int, ifindex: u32, seq: u32) -> Vec<u8> {
+    let rt = RtMsg {
+        family: family as u8,
+        dst_len: 0,
+        src_len: 0,
+        tos: 0,
+        table: libc::RT_TABLE_LOCAL,
+        protocol: libc::RTPROT_BOOT,
+        scope: libc::RT_SCOPE_HOST,
+        kind: libc::RTN_LOCAL,
+        flags: 0,
+    };
+    let mut body = vec![
+        rt.family,
+        rt.dst_len,
+        rt.src_len,
+        rt.tos,
+        rt.table,
+        rt.protocol,
+        rt.scope,
+        rt.kind,
+    ];
+    body.extend_from_slice(&rt.flags.to_ne_bytes());
+    push_rtattr(
+        &mut body,
+        libc::RTA_TABLE,
+        &u32::from(libc::RT_TABLE_LOCAL).to_ne_bytes(),
+    );
+    push_rtattr(&mut body, libc::RTA_OIF, &ifindex.to_ne_bytes());
+    let hdr = libc::nlmsghdr {
+        nlmsg_len: (std::mem::size_of::<libc::nlmsghdr>() + body.len()) as u32,
+        nlmsg_type: libc::RTM_NEWROUTE,
+        nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL)
+            as u16,
+        nlmsg_seq: seq,
+        nlmsg_pid: 0,
+    };
+    let mut msg = Vec::with_capacity(hdr.nlmsg_len as usize);
+    msg.extend_from_slice(&hdr.nlmsg_len.to_ne_bytes());
+    msg.extend_from_slice(&hdr.nlmsg_type.to_ne_bytes());
+    msg.extend_from_slice(&hdr.nlmsg_flags.to_ne_bytes());
+    msg.extend_from_slice(&hdr.nlmsg_seq.to_ne_bytes());
+    msg.extend_from_slice(&hdr.nlmsg_pid.to_ne_bytes());
+    msg.extend_from_slice(&body);
+    msg
+}
+
+/// Reads the kernel's answer to request `seq`: the `nlmsgerr` whose error is 0 for
+/// success or a negative errno.
+fn netlink_ack(fd: RawFd, seq: u32) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: buf is valid for buf.len() writable bytes for the duration of the call.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut msgs = &buf[..n as usize];
+        let hlen = std::mem::size_of::<libc::nlmsghdr>();
+        while msgs.len() >= hlen {
+            let u32_at =
+                |b: &[u8], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            let len = u32_at(msgs, 0) as usize;
+            let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
+            let mseq = u32_at(msgs, 8);
+            if len < hlen || len > msgs.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated netlink answer",
+                ));
+            }
+            if mseq == seq && i32::from(kind) == libc::NLMSG_ERROR {
+                // nlmsgerr: int error, then the request's header.
+                if len < hlen + 4 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "truncated netlink error message",
+                    ));
+                }
+                let err = u32_at(msgs, hlen) as i32;
+                return if err == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-err))
+                };
+            }
+            msgs = &msgs[nl_align(len).min(msgs.len())..];
+        }
+    }
+}
+
+/// Adds `local 0.0.0.0/0 dev lo` (and `local ::/0 dev lo`) to the local routing table
+/// of the current network namespace (the "AnyIP" configuration): every destination
+/// address is then this host, so a listener on `0.0.0.0:443` accepts a connection to
+/// any address, and the accepted socket's local address is the destination the client
+/// asked for. Needs CAP_NET_ADMIN over the namespace, and loopback up.
+///
+/// A kernel without IPv6 (EAFNOSUPPORT) gets only the IPv4 route: with no IPv6 at all
+/// there is nothing to reach over it either. An existing identical route (EEXIST) is
+/// taken as success.
+pub fn add_local_routes() -> io::Result<()> {
+    // SAFETY: the argument is a NUL-terminated literal.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    if lo == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket with integer args; the fd is owned right after.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    })?;
+    // SAFETY: fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for (seq, family) in [(1u32, libc::AF_INET), (2, libc::AF_INET6)] {
+        let req = local_route_request(family, lo, seq);
+        // SAFETY: req is valid for req.len() readable bytes; the kernel address is
+        // implied by the unbound netlink socket (pid 0: the kernel).
+        let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        match netlink_ack(fd.as_raw_fd(), seq) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) if family == libc::AF_INET6 && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::os::unix::process::CommandExt;
+
+    const CHILD_ENV: &str = "WORKFENCE_SYS_TEST_NETNS_CHILD";
+
+    #[test]
+    fn local_route_request_layout() {
+        let m = local_route_request(libc::AF_INET, 1, 7);
+        // nlmsghdr 16 + rtmsg 12 + two 8-byte attributes.
+        assert_eq!(m.len(), 44);
+        assert_eq!(u32::from_ne_bytes([m[0], m[1], m[2], m[3]]), 44);
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), libc::RTM_NEWROUTE);
+        assert_eq!(&m[16..24], &[libc::AF_INET as u8, 0, 0, 0, 255, 3, 254, 2]);
+    }
+
+    /// Runs `netns_child_anyip` again in a fresh user + network namespace, as root of
+    /// that user namespace (as the sandbox supervisor is), and checks that it passed.
+    #[test]
+    fn anyip_routes_reach_wildcard_listeners() {
+        let exe = std::env::current_exe().unwrap();
+        let uid_map = format!("0 {} 1", ids().0);
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args([
+            "--exact",
+            "sys::tests::netns_child_anyip",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(CHILD_ENV, "1");
+        let child_setup = move || -> io::Result<()> {
+            // SAFETY: integer flags; only this (single-threaded, forked) child changes.
+            cvt(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) })?;
+            // SAFETY: a NUL-terminated literal path.
+            let fd = cvt(unsafe {
+                libc::open(
+                    c"/proc/self/uid_map".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                )
+            })?;
+            // SAFETY: fresh fd owned by nobody else; closed when dropped.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            write_all(fd.as_raw_fd(), uid_map.as_bytes())
+        };
+        // SAFETY: the closure runs in the forked child before exec and makes only
+        // async-signal-safe calls (unshare, open, write, close) on memory prepared
+        // before the fork (uid_map, a literal path); it allocates nothing.
+        unsafe { cmd.pre_exec(child_setup) };
+        let out = match cmd.output() {
+            Ok(o) => o,
+            // No user namespaces for this user here (a container, a sysctl): the same
+            // condition in which the sandbox itself refuses, so the test cannot run.
+            Err(e)
+                if [libc::EPERM, libc::EACCES, libc::EINVAL, libc::ENOSPC]
+                    .contains(&e.raw_os_error().unwrap_or(0)) =>
+            {
+                assert!(
+                    std::env::var("WORKFENCE_MUST_WORK").as_deref() != Ok("1"),
+                    "cannot create a user + network namespace: {e}"
+                );
+                eprintln!("SKIP anyip_routes_reach_wildcard_listeners: cannot create a user + network namespace: {e}");
+                return;
+            }
+            Err(e) => panic!("starting the namespace child: {e}"),
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "child failed: {}\n{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn round_trip(listener: &TcpListener, to: SocketAddr) -> (SocketAddr, SocketAddr) {
+        let mut c = TcpStream::connect(to).unwrap();
+        let (mut s, peer) = listener.accept().unwrap();
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        let client = c.local_addr().unwrap();
+        assert_eq!(
+            (peer.ip().to_canonical(), peer.port()),
+            (client.ip(), client.port())
+        );
+        (s.local_addr().unwrap(), c.peer_addr().unwrap())
+    }
+
+    /// The half of the test above that runs inside the namespace; a no-op elsewhere.
+    #[test]
+    fn netns_child_anyip() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        loopback_up().unwrap();
+        // Before the routes, an outside address has no route at all.
+        let dst: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        assert!(TcpStream::connect(dst).is_err());
+        add_local_routes().unwrap();
+        // Idempotent.
+        add_local_routes().unwrap();
+        let l4 = TcpListener::bind("0.0.0.0:443").unwrap();
+        assert_eq!(round_trip(&l4, dst), (dst, dst));
+        // A port nobody listens on is refused.
+        let e = TcpStream::connect("198.51.100.7:80").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        // IPv6, where the kernel has it.
+        if let Ok(l6) = TcpListener::bind("[::]:8443") {
+            let dst6: SocketAddr = "[2001:db8::5]:8443".parse().unwrap();
+            assert_eq!(round_trip(&l6, dst6), (dst6, dst6));
+            // A dual-stack listener sees IPv4 destinations as mapped addresses.
+            let v4: SocketAddr = "203.0.113.9:8443".parse().unwrap();
+            let (local, _) = round_trip(&l6, v4);
+            assert_eq!(local, "[::ffff:203.0.113.9]:8443".parse().unwrap());
+        }
+    }
 
     #[test]
     fn fds_travel_in_one_message_and_eof_is_empty() {

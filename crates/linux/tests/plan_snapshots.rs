@@ -295,6 +295,68 @@ fn network_allowlist_bridge() {
 }
 
 #[test]
+fn network_allowlist_transparent_mode() {
+    let mut p = policy(CliOverrides::default());
+    let mut lists = std::collections::BTreeMap::new();
+    lists.insert(
+        "mirrors".to_string(),
+        vec!["mirror.example.org:8443".to_string()],
+    );
+    p.network = Network::Proxy(workfence_policy::ProxyPolicy {
+        allow: vec![
+            "**.example.org".into(),
+            "git.example.org:22".into(),
+            "[2001:db8::7]:2222".into(),
+            "2001:db8::8".into(),
+            "192.0.2.7:8080".into(),
+            "proxy-port.example.org:3128".into(),
+            "@mirrors".into(),
+        ],
+        deny: vec!["bad.example.org:25".into()],
+        allow_local: vec!["cache.example.org:3142".into()],
+        lists,
+        scoped: vec![workfence_policy::ScopedNetwork {
+            prefix: vec!["npm".into()],
+            allow: vec!["registry.example.org:4873".into()],
+            deny: vec![],
+            allow_local: vec![],
+        }],
+        ..Default::default()
+    });
+    let layout = compute(&p, Path::new(HOME), &host()).unwrap();
+    let pl = plan(&p, &layout, &facts(), Isolation::Namespaces).unwrap();
+    let t = pl.proxy.clone().unwrap().transparent.unwrap();
+    // 80 and 443, every allowed port in any scope or list; not deny ports, not the
+    // proxy's own port, not a bare IPv6 address's last group.
+    assert_eq!(t.tcp_ports, vec![22, 80, 443, 2222, 3142, 4873, 8080, 8443]);
+    assert!(t.dns);
+    insta::assert_yaml_snapshot!("network_allowlist_transparent", t);
+    insta::assert_snapshot!(
+        "network_allowlist_transparent_explain",
+        pl.to_string()
+            .lines()
+            .filter(|l| l.contains("transparent"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Off when the policy says so.
+    if let Network::Proxy(n) = &mut p.network {
+        n.transparent = false;
+    }
+    let pl = plan(&p, &layout, &facts(), Isolation::Namespaces).unwrap();
+    assert_eq!(pl.proxy.unwrap().transparent, None);
+    // More ports than one message of sockets carries: refused with the way out.
+    if let Network::Proxy(n) = &mut p.network {
+        n.transparent = true;
+        n.allow = (1..=20)
+            .map(|i| format!("h{i}.example.org:{}", 1000 + i))
+            .collect();
+    }
+    let err = plan(&p, &layout, &facts(), Isolation::Namespaces).unwrap_err();
+    assert!(err.to_string().contains("transparent = false"), "{err}");
+}
+
+#[test]
 fn seccomp_covers_the_issue_list() {
     let p = policy(CliOverrides::default());
     let plan = make(&p, &facts(), Isolation::Namespaces);

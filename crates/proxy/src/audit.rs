@@ -14,6 +14,14 @@ pub enum Protocol {
     Connect,
     /// SOCKS5 `CONNECT`.
     Socks5,
+    /// A DNS query answered by the transparent mode (recorded when refused).
+    Dns,
+    /// A TCP connection taken by the transparent mode, checked on the name its address
+    /// was handed out for (and the TLS server name, when the client sent one).
+    Transparent,
+    /// A plain HTTP request taken by the transparent mode on port 80, checked on the
+    /// name its address was handed out for and on the Host header.
+    TransparentHttp,
     /// Not recognized or not parseable.
     Unknown,
 }

@@ -8,7 +8,9 @@
 //! This crate is the proxy core, a library: rules ([`rules`]), host normalization
 //! ([`host`]), the address policy ([`addr`]), the SOCKS5 parser ([`socks`]), the audit
 //! trail ([`audit`]) and the server ([`Proxy`]) speaking HTTP forward proxying, HTTP
-//! `CONNECT` and SOCKS5. It is not yet reachable from `workfence run`.
+//! `CONNECT` and SOCKS5, plus the transparent mode for proxy-unaware clients (Linux):
+//! a DNS responder handing out synthetic addresses ([`Proxy::serve_dns`]) and listeners
+//! that take connections to them and to literal addresses ([`Proxy::serve_transparent`]).
 //!
 //! ```
 //! use workfence_proxy::Allowlist;
@@ -35,4 +37,4 @@ pub use rules::{
     normalize, Allowlist, CommandRules, NamedLists, Pattern, PatternError, Rule, RuleError,
     RuleSet, RulesConfig, ScopedRules, Verdict,
 };
-pub use server::{Handling, Proxy, ProxyAuth, ProxyConfig, ProxyError};
+pub use server::{Handling, Proxy, ProxyAuth, ProxyConfig, ProxyError, SyntheticPool};

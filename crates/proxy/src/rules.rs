@@ -156,12 +156,16 @@ impl Rule {
 
     /// Whether the rule matches a destination.
     pub fn matches(&self, t: &Target) -> bool {
-        let host_ok = match (&self.host, &t.host) {
+        self.matches_host(&t.host) && self.port.is_none_or(|p| p == t.port)
+    }
+
+    /// Whether the host side matches, whatever the port.
+    pub fn matches_host(&self, h: &Host) -> bool {
+        match (&self.host, h) {
             (HostMatcher::Name(p), Host::Name(n)) => p.matches(n),
             (HostMatcher::Ip(a), Host::Ip(b)) => a == b,
             _ => false,
-        };
-        host_ok && self.port.is_none_or(|p| p == t.port)
+        }
     }
 }
 
@@ -265,6 +269,50 @@ impl RuleSet {
             };
         }
         Verdict::NoMatch
+    }
+
+    /// Checks a name regardless of port, for the transparent mode's DNS answers, which
+    /// are given before any port is known: denied when a deny rule without a port
+    /// matches it, allowed when any allow rule matches it on some port (the connection
+    /// that follows is checked again with its port by [`RuleSet::check`]).
+    pub fn check_name(&self, name: &str) -> Verdict {
+        let host = Host::Name(name.to_string());
+        let hits = |r: &&Rule| r.matches_host(&host);
+        if let Some(r) = self.deny.iter().filter(|r| r.port.is_none()).find(hits) {
+            return Verdict::DeniedByRule {
+                rule: r.to_string(),
+            };
+        }
+        if let Some(r) = self.allow_local.iter().find(hits) {
+            return Verdict::Allowed {
+                rule: format!("allow-local={r}"),
+                local_ok: true,
+            };
+        }
+        if let Some(r) = self.allow.iter().find(hits) {
+            return Verdict::Allowed {
+                rule: format!("allow={r}"),
+                local_ok: false,
+            };
+        }
+        Verdict::NoMatch
+    }
+
+    /// The TCP ports the transparent mode listens on: 80 and 443, and every port an
+    /// allow rule names (`host:22`), sorted.
+    pub fn transparent_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = [80, 443]
+            .into_iter()
+            .chain(
+                self.allow
+                    .iter()
+                    .chain(&self.allow_local)
+                    .filter_map(|r| r.port),
+            )
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// Whether nothing at all is allowed.
@@ -528,6 +576,26 @@ mod tests {
         ] {
             assert!(Rule::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn names_without_ports_and_transparent_ports() {
+        let r = rs(
+            &["a.test:22", "**.b.test", "192.0.2.7:8080"],
+            &["x.b.test:443", "y.b.test"],
+        );
+        assert!(matches!(r.check_name("a.test"), Verdict::Allowed { .. }));
+        assert!(matches!(r.check_name("z.b.test"), Verdict::Allowed { .. }));
+        // A deny rule with a port leaves the name's other ports allowed.
+        assert!(matches!(r.check_name("x.b.test"), Verdict::Allowed { .. }));
+        assert_eq!(
+            r.check_name("y.b.test"),
+            Verdict::DeniedByRule {
+                rule: "y.b.test".into()
+            }
+        );
+        assert_eq!(r.check_name("other.test"), Verdict::NoMatch);
+        assert_eq!(r.transparent_ports(), vec![22, 80, 443, 8080]);
     }
 
     #[test]

@@ -24,6 +24,12 @@ use crate::io::{Counted, Counters, Prefixed};
 use crate::rules::{RuleSet, Verdict};
 use crate::socks;
 
+mod dns;
+mod transparent;
+
+use dns::Synth;
+pub use dns::SyntheticPool;
+
 /// Proxy credentials for one run. Clients send them as `Proxy-Authorization: Basic`
 /// (HTTP) or RFC 1929 username/password (SOCKS5), so no other local program can use the
 /// proxy as a relay.
@@ -67,6 +73,12 @@ pub struct ProxyConfig {
     /// `serve_unix`; past it they wait in the listen backlog. Keeps a sandboxed command
     /// from spending the host's file descriptors through the proxy.
     pub max_connections: usize,
+    /// Where the transparent mode's DNS answers take their addresses from: 198.18.0.0/15
+    /// unless a test needs addresses its host already treats as local.
+    pub synthetic: SyntheticPool,
+    /// The transparent-mode ports taken as plain HTTP (served request by request, the
+    /// Host header checked): port 80. Other ports carry bytes, TLS names checked.
+    pub transparent_http_ports: Vec<u16>,
 }
 
 impl ProxyConfig {
@@ -81,6 +93,8 @@ impl ProxyConfig {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            synthetic: SyntheticPool::default(),
+            transparent_http_ports: vec![80],
         }
     }
 }
@@ -99,6 +113,9 @@ pub enum ProxyError {
     /// A `resolve` pin with no address.
     #[error("[network] resolve: '{0}' has no address; give at least one")]
     PinEmpty(String),
+    /// The transparent mode's DNS socket failed.
+    #[error("proxy: the DNS socket of the transparent mode failed: {0}; DNS in the sandbox stopped being answered")]
+    Dns(#[source] std::io::Error),
     /// accept(2) failed on the listener.
     #[error("proxy: accept on the listening socket failed: {0}; the proxy stopped serving")]
     Accept(#[source] std::io::Error),
@@ -135,6 +152,8 @@ struct Inner {
     expected_auth: Option<Vec<u8>>,
     sink: Arc<dyn AuditSink>,
     denials: Mutex<Vec<Denial>>,
+    /// The transparent mode's name <-> synthetic address map.
+    synth: Mutex<Synth>,
     /// Connection slots shared by `serve_tcp` and `serve_unix`; a slot is held until
     /// everything its connection started has ended (and its audit record is written).
     slots: Arc<Semaphore>,
@@ -283,6 +302,7 @@ impl Proxy {
             .auth
             .as_ref()
             .map(|a| format!("{}:{}", a.user, a.password).into_bytes());
+        let synth = Mutex::new(Synth::new(config.synthetic));
         Ok(Proxy {
             inner: Arc::new(Inner {
                 config,
@@ -290,6 +310,7 @@ impl Proxy {
                 expected_auth,
                 sink,
                 denials: Mutex::new(Vec::new()),
+                synth,
                 slots: Arc::new(Semaphore::new(config_slots)),
             }),
         })
@@ -471,7 +492,7 @@ impl Proxy {
             return r;
         }
         let target = match request_target(&req) {
-            Ok(t) => t,
+            Ok(t) => self.named(t),
             Err(reason) => {
                 audit.outcome(Decision::Reject, None, Some(reason.clone()));
                 audit.finish(&*sink, (0, 0));
@@ -625,7 +646,7 @@ impl Proxy {
         let mut buf = vec![first];
         let hs = tokio::time::timeout(timeout, self.socks_handshake(&mut stream, &mut buf)).await;
         let target = match hs {
-            Ok(Ok(t)) => t,
+            Ok(Ok(t)) => self.named(t),
             Ok(Err(SocksFail { decision, reason })) => {
                 audit.outcome(decision, None, Some(reason));
                 audit.finish(&*sink, (0, 0));

@@ -514,7 +514,8 @@ fn run_linux_proxied(
     for n in notes {
         warn(Warning::Backend(n));
     }
-    let mut proxy = network::ProxyRun::new(config, sink, bridge.listen)?;
+    let mut proxy =
+        network::ProxyRun::new(config, sink, bridge.listen, bridge.transparent.clone())?;
     let mut req = req.clone();
     set_env(&mut req.env, &bridge.env);
     req.proxy_socket = proxy.sandbox_end();

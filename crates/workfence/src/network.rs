@@ -235,7 +235,10 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// A proxy denial as the run's result reports it.
 pub fn to_denial(d: &workfence_proxy::Denial) -> Denial {
-    let target = if d.host.contains(':') {
+    // Port 0: a DNS lookup (transparent mode), which names no port.
+    let target = if d.port == 0 {
+        d.host.clone()
+    } else if d.host.contains(':') {
         format!("[{}]:{}", d.host, d.port)
     } else {
         format!("{}:{}", d.host, d.port)
@@ -259,6 +262,7 @@ mod linux {
     use std::thread::JoinHandle;
 
     use tokio::sync::oneshot;
+    use workfence_linux::plan::TransparentPlan;
     use workfence_proxy::{AuditSink, Proxy, ProxyConfig};
 
     use super::NetworkError;
@@ -274,6 +278,7 @@ mod linux {
         thread: Option<JoinHandle<Result<(), String>>>,
         waker: Option<UnixStream>,
         expected: std::net::SocketAddr,
+        transparent: Option<TransparentPlan>,
     }
 
     impl std::fmt::Debug for ProxyRun {
@@ -291,6 +296,7 @@ mod linux {
             config: ProxyConfig,
             sink: Arc<dyn AuditSink>,
             expected: std::net::SocketAddr,
+            transparent: Option<TransparentPlan>,
         ) -> Result<ProxyRun, NetworkError> {
             let proxy = Proxy::new(config, sink)?;
             let (ours, theirs) = UnixStream::pair().map_err(|source| NetworkError::Start {
@@ -305,6 +311,7 @@ mod linux {
                 thread: None,
                 waker: None,
                 expected,
+                transparent,
             })
         }
 
@@ -329,9 +336,10 @@ mod linux {
             self.stop = Some(tx);
             let proxy = self.proxy.clone();
             let expected = self.expected;
+            let transparent = self.transparent.clone();
             let t = std::thread::Builder::new()
                 .name("workfence-proxy".into())
-                .spawn(move || serve(proxy, ours, rx, expected))
+                .spawn(move || serve(proxy, ours, rx, expected, transparent))
                 .map_err(|source| NetworkError::Start {
                     step: "spawning the proxy thread",
                     source,
@@ -359,32 +367,94 @@ mod linux {
         }
     }
 
+    /// The sandbox's sockets, checked against the plan: the proxy listener at
+    /// `expected`, then one transparent listener per planned port on 0.0.0.0, then the
+    /// DNS socket on UDP 0.0.0.0:53. A missing, extra or different socket is an error
+    /// and nothing is served: the sandbox then reaches nothing.
+    struct Sockets {
+        proxy: std::net::TcpListener,
+        transparent: Vec<std::net::TcpListener>,
+        dns: Option<std::net::UdpSocket>,
+    }
+
+    fn check_sockets(
+        fds: Vec<OwnedFd>,
+        expected: std::net::SocketAddr,
+        plan: Option<&TransparentPlan>,
+    ) -> Result<Sockets, String> {
+        use std::net::{Ipv4Addr, SocketAddr};
+        let ports: &[u16] = plan.map(|t| t.tcp_ports.as_slice()).unwrap_or(&[]);
+        let dns = plan.is_some_and(|t| t.dns);
+        let want = 1 + ports.len() + usize::from(dns);
+        if fds.len() != want {
+            return Err(format!(
+                "the sandbox handed over {} sockets, not the planned {want}; not serving them",
+                fds.len()
+            ));
+        }
+        let mut fds = fds.into_iter();
+        let tcp = |fd: Option<OwnedFd>,
+                   want: SocketAddr|
+         -> Result<std::net::TcpListener, String> {
+            let l = std::net::TcpListener::from(fd.ok_or("a planned socket is missing")?);
+            let got = l.local_addr().ok();
+            if got != Some(want) {
+                return Err(format!(
+                    "the sandbox handed over a socket at {got:?}, not the planned {want}; not serving it"
+                ));
+            }
+            l.set_nonblocking(true)
+                .map_err(|e| format!("making the proxy socket non-blocking (fcntl): {e}"))?;
+            Ok(l)
+        };
+        let proxy = tcp(fds.next(), expected)?;
+        let mut transparent = Vec::new();
+        for p in ports {
+            transparent.push(tcp(
+                fds.next(),
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, *p)),
+            )?);
+        }
+        let dns = match fds.next() {
+            Some(fd) => {
+                let u = std::net::UdpSocket::from(fd);
+                let want = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53));
+                let got = u.local_addr().ok();
+                if got != Some(want) {
+                    return Err(format!(
+                        "the sandbox handed over a DNS socket at {got:?}, not the planned {want}; not serving it"
+                    ));
+                }
+                u.set_nonblocking(true)
+                    .map_err(|e| format!("making the DNS socket non-blocking (fcntl): {e}"))?;
+                Some(u)
+            }
+            None => None,
+        };
+        Ok(Sockets {
+            proxy,
+            transparent,
+            dns,
+        })
+    }
+
     fn serve(
         proxy: Proxy,
         ours: UnixStream,
         stop: oneshot::Receiver<()>,
         expected: std::net::SocketAddr,
+        transparent: Option<TransparentPlan>,
     ) -> Result<(), String> {
         let fds: Vec<OwnedFd> =
             workfence_linux::receive_proxy_sockets(ours.as_fd()).map_err(|e| e.to_string())?;
         drop(ours);
-        let mut fds = fds.into_iter();
         // No socket: the sandbox ended before its setup got that far (its own error
         // says why) or the run was stopped.
-        let Some(first) = fds.next() else {
+        if fds.is_empty() {
             return Ok(());
-        };
-        let listener = std::net::TcpListener::from(first);
-        // Only the socket the plan describes is served.
-        let got = listener.local_addr().ok();
-        if got != Some(expected) {
-            return Err(format!(
-                "the sandbox handed over a socket at {got:?}, not the planned {expected}; not serving it"
-            ));
         }
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("making the proxy socket non-blocking (fcntl): {e}"))?;
+        // Only the sockets the plan describes are served.
+        let sockets = check_sockets(fds, expected, transparent.as_ref())?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("workfence-proxy")
@@ -392,10 +462,35 @@ mod linux {
             .build()
             .map_err(|e| format!("starting the proxy's runtime: {e}"))?;
         let result = rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener)
-                .map_err(|e| format!("registering the proxy socket (epoll): {e}"))?;
+            let reg = |e: std::io::Error| format!("registering a proxy socket (epoll): {e}");
+            let l = tokio::net::TcpListener::from_std(sockets.proxy).map_err(reg)?;
+            // The transparent listeners and the DNS socket run beside the proxy's
+            // listener; all stop together, and a failing one stops the proxy (the
+            // sandbox then reaches nothing rather than part of what it should).
+            let mut side = tokio::task::JoinSet::new();
+            for t in sockets.transparent {
+                let t = tokio::net::TcpListener::from_std(t).map_err(reg)?;
+                let p = proxy.clone();
+                side.spawn(async move { p.serve_transparent(t).await });
+            }
+            if let Some(d) = sockets.dns {
+                let d = tokio::net::UdpSocket::from_std(d).map_err(reg)?;
+                let p = proxy.clone();
+                side.spawn(async move { p.serve_dns(d).await });
+            }
+            let side_failed = async {
+                loop {
+                    match side.join_next().await {
+                        Some(Ok(Err(e))) => return e.to_string(),
+                        Some(Err(e)) => return format!("a transparent-mode task failed: {e}"),
+                        Some(Ok(Ok(()))) => continue,
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
             let served = tokio::select! {
                 r = proxy.serve_tcp(l) => r.map_err(|e| e.to_string()),
+                e = side_failed => Err(e),
                 _ = stop => Ok(()),
             };
             // The sandbox is gone, so every client socket is closed: what is still
