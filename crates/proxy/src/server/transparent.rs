@@ -26,9 +26,10 @@ use tls_parser::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+#[cfg(not(target_os = "linux"))]
+use super::TUNNEL_BUF;
 use super::{
     forward, text_response, transient, Audit, Authz, Body, Handling, Proxy, ProxyError, Slot,
-    TUNNEL_BUF,
 };
 use crate::audit::{Decision, Protocol};
 use crate::host::{normalize_name, Host, Target};
@@ -206,6 +207,10 @@ impl Proxy {
                     audit.finish(&*sink, counters.get());
                     return;
                 }
+                // Zero-copy, as the explicit tunnels (crate::splice).
+                #[cfg(target_os = "linux")]
+                let _ = crate::splice::relay(&stream, up.get_ref(), &counters).await;
+                #[cfg(not(target_os = "linux"))]
                 let _ = tokio::io::copy_bidirectional_with_sizes(
                     &mut stream,
                     &mut up,
