@@ -50,6 +50,8 @@ pub mod win32 {
     pub const UF_SERVER_TRUST_ACCOUNT: u32 = 0x2000;
     /// `UF_DONT_EXPIRE_PASSWD`.
     pub const UF_DONT_EXPIRE_PASSWD: u32 = 0x1_0000;
+    /// `FILE_ATTRIBUTE_DIRECTORY`.
+    pub const FILE_ATTRIBUTE_DIRECTORY: u32 = 0x10;
 }
 
 use win32::*;
@@ -454,7 +456,12 @@ pub enum Visit {
 /// A reparse point that is not a name surrogate (cloud-files placeholders,
 /// deduplication, WOF-compressed files, app execution aliases) is the object itself
 /// stored differently: it is treated like any file or directory.
-pub fn propagation_visit(dir: bool, reparse_tag: Option<u32>, protected: bool, links: u32) -> Visit {
+pub fn propagation_visit(
+    dir: bool,
+    reparse_tag: Option<u32>,
+    protected: bool,
+    links: u32,
+) -> Visit {
     match reparse_tag {
         _ if protected => Visit::Skip,
         // Directories cannot be hard-linked (NTFS reports 1 for them).
@@ -486,9 +493,9 @@ pub fn child_name_ok(name: &[u16]) -> bool {
     !name.is_empty()
         && name != [DOT]
         && name != [DOT, DOT]
-        && !name
-            .iter()
-            .any(|&c| c == 0 || c == u16::from(b'\\') || c == u16::from(b'/') || c == u16::from(b':'))
+        && !name.iter().any(|&c| {
+            c == 0 || c == u16::from(b'\\') || c == u16::from(b'/') || c == u16::from(b':')
+        })
 }
 
 /// One entry of a directory listing (`FILE_ID_BOTH_DIR_INFO`).
@@ -729,7 +736,10 @@ mod tests {
         assert_eq!((w.protected, w.links), (1, 1));
         assert_eq!(w.gap(false), None);
         let g = w.gap(true).unwrap();
-        assert!(g.contains("protected DACL") && g.contains("/inheritance:e"), "{g}");
+        assert!(
+            g.contains("protected DACL") && g.contains("/inheritance:e"),
+            "{g}"
+        );
         // Combined with the deny rule of the plan: a deny refuses.
         use crate::plan::{on_partial_propagation, AcePurpose, PartialPropagation};
         assert_eq!(
@@ -780,7 +790,8 @@ mod tests {
         let mut r = vec![0u8; len];
         let next = if last { 0 } else { len as u32 };
         r[dir_info::NEXT..dir_info::NEXT + 4].copy_from_slice(&next.to_le_bytes());
-        r[dir_info::ATTRIBUTES..dir_info::ATTRIBUTES + 4].copy_from_slice(&attributes.to_le_bytes());
+        r[dir_info::ATTRIBUTES..dir_info::ATTRIBUTES + 4]
+            .copy_from_slice(&attributes.to_le_bytes());
         r[dir_info::NAME_LENGTH..dir_info::NAME_LENGTH + 4]
             .copy_from_slice(&((name.len() * 2) as u32).to_le_bytes());
         r[dir_info::FILE_ID..dir_info::FILE_ID + 8].copy_from_slice(&id.to_le_bytes());

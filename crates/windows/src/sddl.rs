@@ -555,7 +555,10 @@ pub fn install_sddl(dir: bool) -> String {
     for sid in INSTALL_TRUSTEES {
         s.push_str(&format!("(A;{i};FA;;;{sid})"));
     }
-    s.push_str(&format!("(A;{i};{:#x};;;S-1-5-32-545)", rights::READ_EXECUTE));
+    s.push_str(&format!(
+        "(A;{i};{:#x};;;S-1-5-32-545)",
+        rights::READ_EXECUTE
+    ));
     s
 }
 
@@ -827,7 +830,8 @@ mod tests {
         let copy_dir = inherited_copy(&grant, true).unwrap();
         let copy_file = inherited_copy(&grant, false).unwrap();
         // Undoing the outer root: at ws\\sub the walk takes the copy from ws off...
-        let mut sub = Dacl::parse(&format!("D:AI{}{copy_dir}(A;OICIID;FA;;;SY)", grant.sddl())).unwrap();
+        let mut sub =
+            Dacl::parse(&format!("D:AI{}{copy_dir}(A;OICIID;FA;;;SY)", grant.sddl())).unwrap();
         assert_eq!(sub.remove_inherited(std::slice::from_ref(&copy_dir)), 1);
         // ...but sub still grants it explicitly: nothing more is removed below it.
         let below = sub.not_passed_down(std::slice::from_ref(&grant));
@@ -838,11 +842,15 @@ mod tests {
         // Undoing the inner root first: sub's explicit ACE goes, but the copy from ws
         // stays on sub and keeps its children's copies.
         let sub2 = Dacl::parse(&format!("D:AI{copy_dir}(A;OICIID;FA;;;SY)")).unwrap();
-        assert!(sub2.not_passed_down(std::slice::from_ref(&grant)).is_empty());
+        assert!(sub2
+            .not_passed_down(std::slice::from_ref(&grant))
+            .is_empty());
         // An inherit-only explicit ACE passes down the same copy.
         let io = ace(AceKind::Allow, rights::MODIFY, Inherit::InheritOnly);
         let sub3 = Dacl::parse(&format!("D:{}", io.sddl())).unwrap();
-        assert!(sub3.not_passed_down(std::slice::from_ref(&grant)).is_empty());
+        assert!(sub3
+            .not_passed_down(std::slice::from_ref(&grant))
+            .is_empty());
         // A directory that does not pass it down: removal goes on below it, and only
         // for the ACEs it does not still pass down.
         let deny = ace(AceKind::Deny, rights::DENY_WRITE, Inherit::Tree);
@@ -852,10 +860,20 @@ mod tests {
             vec![grant.clone(), deny.clone()]
         );
         let mixed = Dacl::parse(&format!("D:AI{}", deny.sddl())).unwrap();
-        assert_eq!(mixed.not_passed_down(&[grant.clone(), deny]), vec![grant.clone()]);
+        assert_eq!(
+            mixed.not_passed_down(&[grant.clone(), deny]),
+            vec![grant.clone()]
+        );
         // An ACE for the directory only, or a file-only copy, passes nothing down.
-        let here = Dacl::parse(&format!("D:{}{copy_file}", ace(AceKind::Allow, rights::MODIFY, Inherit::None).sddl())).unwrap();
-        assert_eq!(here.not_passed_down(std::slice::from_ref(&grant)), vec![grant]);
+        let here = Dacl::parse(&format!(
+            "D:{}{copy_file}",
+            ace(AceKind::Allow, rights::MODIFY, Inherit::None).sddl()
+        ))
+        .unwrap();
+        assert_eq!(
+            here.not_passed_down(std::slice::from_ref(&grant)),
+            vec![grant]
+        );
     }
 
     #[test]
@@ -869,8 +887,15 @@ mod tests {
         assert!(!install_sddl(false).contains("OICI"));
         // What we create passes our own check, with the owner Windows reports.
         for owner in ["BA", "SY", TRUSTED_INSTALLER, "S-1-5-32-544"] {
-            assert_eq!(install_check(&format!("O:{owner}G:SY{d}")), Ok(()), "{owner}");
-            assert_eq!(install_check(&format!("O:{owner}{}", install_sddl(false))), Ok(()));
+            assert_eq!(
+                install_check(&format!("O:{owner}G:SY{d}")),
+                Ok(()),
+                "{owner}"
+            );
+            assert_eq!(
+                install_check(&format!("O:{owner}{}", install_sddl(false))),
+                Ok(())
+            );
         }
         // Program Files' usual DACL (CREATOR OWNER inherit-only, Users read) is fine.
         let pf = format!("O:{TRUSTED_INSTALLER}D:PAI(A;;FA;;;{TRUSTED_INSTALLER})(A;CIIO;GA;;;{TRUSTED_INSTALLER})(A;;0x1301bf;;;SY)(A;OICIIO;GA;;;SY)(A;;0x1301bf;;;BA)(A;OICIIO;GA;;;BA)(A;;0x1200a9;;;BU)(A;OICIIO;GXGR;;;BU)(A;OICIIO;GA;;;CO)");
@@ -892,7 +917,13 @@ mod tests {
             assert!(install_check(&sd).is_err(), "{sd}");
         }
         // Denies and read grants are fine; an unreadable owner is not.
-        assert_eq!(install_check(&format!("O:BAD:P(D;;FA;;;WD)(A;;FR;;;WD){}", "(A;;FA;;;SY)")), Ok(()));
+        assert_eq!(
+            install_check(&format!(
+                "O:BAD:P(D;;FA;;;WD)(A;;FR;;;WD){}",
+                "(A;;FA;;;SY)"
+            )),
+            Ok(())
+        );
         assert!(install_check("D:P(A;;FA;;;SY)").is_err());
         assert!(install_check("O:BAD:NO_ACCESS_CONTROL").is_err());
     }
