@@ -77,13 +77,9 @@ fn register_boot_task() -> Result<String, WindowsError> {
     let task = boot_task(&exe)?;
     let me =
         std::env::current_exe().map_err(|e| err(format!("cannot find this executable: {e}")))?;
-    let dest = std::path::Path::new(&exe);
-    if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    std::fs::copy(&me, dest)
-        .map_err(|e| err(format!("cannot copy {} to {exe}: {e}", me.display())))?;
+    let bytes =
+        std::fs::read(&me).map_err(|e| err(format!("cannot read {}: {e}", me.display())))?;
+    install_boot_exe(&exe, &bytes)?;
     if !schtasks(&task.create)? {
         return Err(err(
             "schtasks /Create failed (is the Task Scheduler service running?)".into(),
@@ -93,6 +89,60 @@ fn register_boot_task() -> Result<String, WindowsError> {
         "registered the boot task {BOOT_TASK_NAME} (runs {} as SYSTEM at startup to re-apply the null device grant)",
         task.command_line
     ))
+}
+
+/// Writes the boot program to `exe`. SYSTEM runs it at every boot, so neither its
+/// directory nor the file may be changeable by anyone but SYSTEM, Administrators and
+/// TrustedInstaller: both are created with [`crate::sddl::install_sddl`] (a
+/// protected DACL, nothing inherited), and an existing one is used only when
+/// [`crate::sddl::install_check`] accepts its owner and DACL (then its DACL is reset
+/// to that one too). `create_dir_all` and `fs::copy` would keep whatever an earlier
+/// occupant of the path set.
+fn install_boot_exe(exe: &str, bytes: &[u8]) -> Result<(), WindowsError> {
+    use std::io::Write;
+    let err = |why: String| WindowsError::BootTask {
+        task: BOOT_TASK_NAME.into(),
+        why,
+    };
+    let dir = std::path::Path::new(exe)
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .ok_or_else(|| err(format!("{exe} has no parent directory")))?;
+    // Refuses a reparse point or an object others can change; Ok(true): it exists.
+    let trusted = |path: &str| -> Result<bool, WindowsError> {
+        match sys::owner_and_dacl(path)? {
+            None => Ok(false),
+            Some((_, true)) => Err(err(format!(
+                "{path} is a junction or symbolic link; remove it, then run `workfence setup` again"
+            ))),
+            Some((sd, false)) => crate::sddl::install_check(&sd).map(|()| true).map_err(|why| {
+                err(format!(
+                    "{path} already exists and {why}; delete it (or give it to Administrators with a DACL only administrators can change), then run `workfence setup` again"
+                ))
+            }),
+        }
+    };
+    let reset = |path: &str, dir: bool| -> Result<(), WindowsError> {
+        if let Some(t) = sys::open_for_acl(path)? {
+            t.set_dacl_no_propagation(&crate::sddl::install_sddl(dir))?;
+        }
+        Ok(())
+    };
+    if trusted(&dir)? {
+        reset(&dir, true)?;
+    } else {
+        sys::create_dir_with_sddl(&dir, &crate::sddl::install_sddl(true))?;
+    }
+    if trusted(exe)? {
+        std::fs::write(exe, bytes).map_err(|e| err(format!("cannot write {exe}: {e}")))?;
+        reset(exe, false)?;
+    } else {
+        let mut f = sys::create_file_with_sddl(exe, &crate::sddl::install_sddl(false))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| err(format!("cannot write {exe}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Removes the boot task and its copy of the executable (absent is fine).

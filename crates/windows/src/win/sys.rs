@@ -2401,6 +2401,135 @@ fn handle_dacl_sddl(h: &OwnedHandle, what: &str, fix: &str) -> Result<String> {
     Ok(unsafe { from_wide_ptr(s) })
 }
 
+/// The owner and DACL of `path` as SDDL (`O:..D:..`), read from a handle opened
+/// without following a final reparse point, and whether the object is a reparse
+/// point; `None` when it does not exist.
+pub fn owner_and_dacl(path: &str) -> Result<Option<(String, bool)>> {
+    let w = wide(path);
+    // SAFETY: w is NUL-terminated; the other arguments are plain flags; the handle
+    // is checked by `owned`.
+    let h = unsafe {
+        FS::CreateFileW(
+            w.as_ptr(),
+            FS::READ_CONTROL | FS::FILE_READ_ATTRIBUTES,
+            FS::FILE_SHARE_READ | FS::FILE_SHARE_WRITE | FS::FILE_SHARE_DELETE,
+            null(),
+            FS::OPEN_EXISTING,
+            FS::FILE_FLAG_BACKUP_SEMANTICS | FS::FILE_FLAG_OPEN_REPARSE_POINT,
+            null_mut(),
+        )
+    };
+    let Some(handle) = owned(h) else {
+        let code = last_error();
+        if code == F::ERROR_FILE_NOT_FOUND || code == F::ERROR_PATH_NOT_FOUND {
+            return Ok(None);
+        }
+        return Err(api(&format!("opening {path}"), "CreateFileW", code, ""));
+    };
+    let mut info: FS::BY_HANDLE_FILE_INFORMATION = Default::default();
+    // SAFETY: handle is open; info is a valid output.
+    let ok = unsafe { FS::GetFileInformationByHandle(raw(&handle), &mut info) };
+    check_lazy(
+        ok,
+        || format!("inspecting {path}"),
+        "GetFileInformationByHandle",
+        "",
+    )?;
+    let reparse = info.dwFileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT != 0;
+    let what = S::OWNER_SECURITY_INFORMATION | S::DACL_SECURITY_INFORMATION;
+    let mut sd: S::PSECURITY_DESCRIPTOR = null_mut();
+    // SAFETY: the handle has READ_CONTROL; sd receives a LocalAlloc'd descriptor,
+    // freed by the LocalBox below.
+    let code = unsafe {
+        A::GetSecurityInfo(
+            raw(&handle),
+            A::SE_FILE_OBJECT,
+            what,
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            &mut sd,
+        )
+    };
+    if code != 0 {
+        return Err(api(
+            &format!("reading the owner and DACL of {path}"),
+            "GetSecurityInfo",
+            code,
+            "",
+        ));
+    }
+    let sd = LocalBox(sd);
+    let mut s: PWSTR = null_mut();
+    // SAFETY: sd is a valid descriptor; s receives a LocalAlloc'd string.
+    let ok = unsafe {
+        A::ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            sd.0,
+            A::SDDL_REVISION_1,
+            what,
+            &mut s,
+            null_mut(),
+        )
+    };
+    check(
+        ok,
+        "formatting a security descriptor",
+        "ConvertSecurityDescriptorToStringSecurityDescriptorW",
+        "",
+    )?;
+    let _s = LocalBox(s as *mut c_void);
+    // SAFETY: on success s is a NUL-terminated string, alive until _s drops.
+    Ok(Some((unsafe { from_wide_ptr(s) }, reparse)))
+}
+
+/// Creates the directory `path` with the security descriptor `sddl` (fails when it
+/// exists).
+pub fn create_dir_with_sddl(path: &str, sddl: &str) -> Result<()> {
+    let sd = SecurityDescriptor::from_sddl(sddl)?;
+    let sa = S::SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<S::SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: sd.ptr(),
+        bInheritHandle: 0,
+    };
+    let w = wide(path);
+    // SAFETY: w is NUL-terminated; sa points into sd, alive for the call.
+    let ok = unsafe { FS::CreateDirectoryW(w.as_ptr(), &sa) };
+    check_lazy(ok, || format!("creating {path}"), "CreateDirectoryW", "")
+}
+
+/// Creates the file `path` (it must not exist) with the security descriptor `sddl`,
+/// open for writing.
+pub fn create_file_with_sddl(path: &str, sddl: &str) -> Result<std::fs::File> {
+    let sd = SecurityDescriptor::from_sddl(sddl)?;
+    let sa = S::SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<S::SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: sd.ptr(),
+        bInheritHandle: 0,
+    };
+    let w = wide(path);
+    // SAFETY: w is NUL-terminated; sa points into sd, alive for the call; the handle
+    // is checked by `owned`.
+    let h = unsafe {
+        FS::CreateFileW(
+            w.as_ptr(),
+            F::GENERIC_WRITE,
+            0,
+            &sa,
+            FS::CREATE_NEW,
+            FS::FILE_ATTRIBUTE_NORMAL,
+            null_mut(),
+        )
+    };
+    match owned(h) {
+        Some(h) => Ok(std::fs::File::from(h)),
+        None => {
+            let code = last_error();
+            Err(api(&format!("creating {path}"), "CreateFileW", code, ""))
+        }
+    }
+}
+
 /// The null device's DACL as SDDL (readable without elevation).
 pub fn null_device_dacl() -> Result<String> {
     let h = open_null(FS::READ_CONTROL)?;
