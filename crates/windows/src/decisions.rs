@@ -52,6 +52,12 @@ pub mod win32 {
     pub const UF_DONT_EXPIRE_PASSWD: u32 = 0x1_0000;
     /// `FILE_ATTRIBUTE_DIRECTORY`.
     pub const FILE_ATTRIBUTE_DIRECTORY: u32 = 0x10;
+    /// `ERROR_NO_DATA`.
+    pub const ERROR_NO_DATA: u32 = 232;
+    /// `ERROR_PIPE_CONNECTED`.
+    pub const ERROR_PIPE_CONNECTED: u32 = 535;
+    /// `ERROR_PIPE_LISTENING`.
+    pub const ERROR_PIPE_LISTENING: u32 = 536;
 }
 
 use win32::*;
@@ -65,6 +71,23 @@ use win32::*;
 /// never the runner.
 pub fn pipe_client_allowed(runner_pid: u32, client_pid: u32) -> bool {
     client_pid != 0 && client_pid == runner_pid
+}
+
+/// What a `ConnectNamedPipe` on a non-blocking (`PIPE_NOWAIT`) server says: `Ok(true)`
+/// when a client is connected or has connected and gone (`ERROR_PIPE_CONNECTED`,
+/// `ERROR_NO_DATA`), `Ok(false)` while none has. A nonzero return is *not* a
+/// connection: in non-blocking mode it only says the instance is now ready for a
+/// client (the documented first call on a disconnected pipe). Any other error is
+/// returned.
+pub fn nowait_pipe_connected(returned_nonzero: bool, last_error: u32) -> Result<bool, u32> {
+    if returned_nonzero {
+        return Ok(false);
+    }
+    match last_error {
+        ERROR_PIPE_CONNECTED | ERROR_NO_DATA => Ok(true),
+        ERROR_PIPE_LISTENING => Ok(false),
+        code => Err(code),
+    }
 }
 
 // ---------------------------------------------------------------- 2. handover order
@@ -823,6 +846,18 @@ mod tests {
         assert!(parse_dir_entries(&bad).is_err());
         bad[0..4].copy_from_slice(&4u32.to_le_bytes());
         assert!(parse_dir_entries(&bad).is_err());
+    }
+
+    #[test]
+    fn nowait_connect_counts_only_real_clients() {
+        assert_eq!(nowait_pipe_connected(true, 0), Ok(false));
+        assert_eq!(
+            nowait_pipe_connected(false, ERROR_PIPE_LISTENING),
+            Ok(false)
+        );
+        assert_eq!(nowait_pipe_connected(false, ERROR_PIPE_CONNECTED), Ok(true));
+        assert_eq!(nowait_pipe_connected(false, ERROR_NO_DATA), Ok(true));
+        assert_eq!(nowait_pipe_connected(false, 5), Err(5));
     }
 
     #[test]

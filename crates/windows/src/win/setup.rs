@@ -59,6 +59,39 @@ fn schtasks(args: &[String]) -> Result<bool, WindowsError> {
         })
 }
 
+/// The standard output of `schtasks.exe args` (`None` when it fails), decoded from
+/// UTF-16 when it carries a byte-order mark or NUL bytes, else as UTF-8 (lossy).
+fn schtasks_output(args: &[String]) -> Result<Option<String>, WindowsError> {
+    let exe = std::path::Path::new(&sys::windows_dir()).join("System32\\schtasks.exe");
+    let out = std::process::Command::new(&exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| WindowsError::BootTask {
+            task: BOOT_TASK_NAME.into(),
+            why: format!("cannot start {}: {e}", exe.display()),
+        })?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let b = out.stdout;
+    // ASCII text in UTF-16LE has a NUL in every odd byte.
+    let utf16 = b.starts_with(&[0xff, 0xfe])
+        || (b.len() >= 2 && b.iter().skip(1).step_by(2).take(64).all(|&x| x == 0));
+    Ok(Some(if utf16 {
+        let units: Vec<u16> = b
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        String::from_utf16_lossy(&units)
+            .trim_start_matches('\u{feff}')
+            .to_string()
+    } else {
+        String::from_utf8_lossy(&b).into_owned()
+    }))
+}
+
 /// Whether the boot task is registered (`None`: schtasks could not be asked).
 pub fn boot_task_registered() -> Option<bool> {
     let exe = boot_exe_path(&sys::program_files_dir().ok()?);
@@ -84,6 +117,18 @@ fn register_boot_task() -> Result<String, WindowsError> {
         return Err(err(
             "schtasks /Create failed (is the Task Scheduler service running?)".into(),
         ));
+    }
+    // What was registered, not what was asked for: a task that does not run this
+    // program as SYSTEM is removed again.
+    let checked = match schtasks_output(&crate::plan::boot_task_query_xml())? {
+        Some(xml) => crate::plan::boot_task_xml_check(&xml, &exe),
+        None => Err("schtasks /Query /XML failed".into()),
+    };
+    if let Err(why) = checked {
+        let _ = schtasks(&task.delete);
+        return Err(err(format!(
+            "the registered task is not the one setup asked for ({why}); it was removed: run `workfence setup` again"
+        )));
     }
     Ok(format!(
         "registered the boot task {BOOT_TASK_NAME} (runs {} as SYSTEM at startup to re-apply the null device grant)",

@@ -60,6 +60,9 @@ const _: () = {
     assert!(w::UF_SERVER_TRUST_ACCOUNT == NM::UF_SERVER_TRUST_ACCOUNT);
     assert!(w::UF_DONT_EXPIRE_PASSWD == NM::UF_DONT_EXPIRE_PASSWD);
     assert!(w::FILE_ATTRIBUTE_DIRECTORY == FS::FILE_ATTRIBUTE_DIRECTORY);
+    assert!(w::ERROR_NO_DATA == F::ERROR_NO_DATA);
+    assert!(w::ERROR_PIPE_CONNECTED == F::ERROR_PIPE_CONNECTED);
+    assert!(w::ERROR_PIPE_LISTENING == F::ERROR_PIPE_LISTENING);
     assert!(
         crate::plan::FWP_CONDITION_FLAG_IS_RAW_ENDPOINT == WFP::FWP_CONDITION_FLAG_IS_RAW_ENDPOINT
     );
@@ -1471,9 +1474,16 @@ pub fn program_files_dir() -> Result<String> {
             &mut p,
         )
     };
-    // SAFETY: on success p is a NUL-terminated string; on failure it is null or valid.
-    let s = unsafe { from_wide_ptr(p) };
-    // SAFETY: p was allocated by SHGetKnownFolderPath (null is allowed) and is not used after.
+    // The string is read only on success: on failure the documentation promises
+    // nothing about p but that it must still be freed (CoTaskMemFree takes null).
+    let s = if hr >= 0 {
+        // SAFETY: on success p is a NUL-terminated string allocated for us.
+        unsafe { from_wide_ptr(p) }
+    } else {
+        String::new()
+    };
+    // SAFETY: p was set by SHGetKnownFolderPath (or is still null), is freed once
+    // whatever hr says, as the documentation requires, and is not used after.
     unsafe { windows_sys::Win32::System::Com::CoTaskMemFree(p as *const core::ffi::c_void) };
     if hr < 0 || s.is_empty() {
         return Err(api(
@@ -1737,9 +1747,26 @@ pub fn group_del(name: &str) -> Result<()> {
     }
 }
 
-/// The SID of a local account.
+/// The computer's NetBIOS name (`GetComputerNameExW(ComputerNameNetBIOS)`), which
+/// qualifies local accounts.
+fn computer_name() -> Result<String> {
+    use windows_sys::Win32::System::SystemInformation as SI;
+    let mut buf = [0u16; 64];
+    let mut n = buf.len() as u32;
+    // SAFETY: buf and n match (a NetBIOS name is at most 15 characters); on success
+    // n receives the length without the NUL.
+    let ok = unsafe { SI::GetComputerNameExW(SI::ComputerNameNetBIOS, buf.as_mut_ptr(), &mut n) };
+    check(ok, "reading the computer name", "GetComputerNameExW", "")?;
+    Ok(String::from_utf16_lossy(
+        &buf[..(n as usize).min(buf.len())],
+    ))
+}
+
+/// The SID of a local account, looked up as `COMPUTER\name`
+/// ([`crate::plan::local_account_name`]): an unqualified name is also searched in
+/// the domain and its trusts, where someone else may hold an account of that name.
 pub fn lookup_sid(name: &str) -> Result<String> {
-    let n = wide(name);
+    let n = wide(&crate::plan::local_account_name(&computer_name()?, name));
     let mut sid = vec![0u64; 16];
     let mut sid_len = (sid.len() * 8) as u32;
     let mut dom = vec![0u16; 256];
@@ -2938,17 +2965,7 @@ pub fn default_pipe_server(name: &str) -> Result<OwnedHandle> {
 pub fn pipe_poll_client(server: &OwnedHandle) -> Result<bool> {
     // SAFETY: server is a pipe handle in non-blocking mode; no OVERLAPPED.
     let ok = unsafe { P::ConnectNamedPipe(raw(server), null_mut()) };
-    if ok != 0 {
-        return Ok(true);
-    }
-    match last_error() {
-        F::ERROR_PIPE_CONNECTED | F::ERROR_NO_DATA => Ok(true),
-        F::ERROR_PIPE_LISTENING => Ok(false),
-        code => Err(api(
-            "waiting for a pipe client",
-            "ConnectNamedPipe",
-            code,
-            "",
-        )),
-    }
+    let code = if ok != 0 { 0 } else { last_error() };
+    d::nowait_pipe_connected(ok != 0, code)
+        .map_err(|code| api("waiting for a pipe client", "ConnectNamedPipe", code, ""))
 }
