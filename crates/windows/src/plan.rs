@@ -1074,6 +1074,45 @@ pub fn all_filter_keys() -> Vec<String> {
         .collect()
 }
 
+/// What `doctor` says about the offline user's WFP filters, given for each planned
+/// filter key whether it exists (`None`: the engine would not say). A missing
+/// filter means the network layer is not what setup installed (removed by hand or
+/// by another tool, or an older setup): the fix is to run setup again.
+pub fn wfp_filters_status(keys: &[String], present: &[Option<bool>]) -> (Enforcement, String) {
+    let missing: Vec<&str> = keys
+        .iter()
+        .zip(present)
+        .filter(|(_, p)| **p == Some(false))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let unknown =
+        present.iter().filter(|p| p.is_none()).count() + keys.len().saturating_sub(present.len());
+    if !missing.is_empty() {
+        return (
+            Enforcement::None,
+            format!(
+                "{} of the {} WFP filters are missing (e.g. {}): re-run `workfence setup` from an elevated prompt",
+                missing.len(),
+                keys.len(),
+                missing[0]
+            ),
+        );
+    }
+    if unknown > 0 {
+        return (
+            Enforcement::Partial,
+            format!(
+                "cannot read {unknown} of the {} WFP filters (reading them may need elevation): run `workfence doctor` from an elevated prompt to check",
+                keys.len()
+            ),
+        );
+    }
+    (
+        Enforcement::Full,
+        format!("all {} WFP filters are installed", keys.len()),
+    )
+}
+
 /// The network part of the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkPlan {
@@ -1914,6 +1953,34 @@ impl WindowsPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doctor_reports_missing_filters() {
+        let keys: Vec<String> = wfp_filters("S-1-5-21-1-2-3-1001", "S-1-5-21-1-2-3-1002", 8877)
+            .into_iter()
+            .map(|f| f.key)
+            .collect();
+        assert!(keys.len() > 2);
+        let all = vec![Some(true); keys.len()];
+        assert_eq!(wfp_filters_status(&keys, &all).0, Enforcement::Full);
+        let mut one_gone = all.clone();
+        one_gone[1] = Some(false);
+        let (e, why) = wfp_filters_status(&keys, &one_gone);
+        assert_eq!(e, Enforcement::None);
+        assert!(
+            why.contains("re-run `workfence setup`") && why.contains(&keys[1]),
+            "{why}"
+        );
+        // Missing beats unknown; unknown alone is partial.
+        one_gone[0] = None;
+        assert_eq!(wfp_filters_status(&keys, &one_gone).0, Enforcement::None);
+        let mut unknown = all.clone();
+        unknown[0] = None;
+        let (e, why) = wfp_filters_status(&keys, &unknown);
+        assert_eq!(e, Enforcement::Partial);
+        assert!(why.contains("elevated"), "{why}");
+        assert_eq!(wfp_filters_status(&keys, &[]).0, Enforcement::Partial);
+    }
 
     #[test]
     fn local_accounts_are_qualified() {

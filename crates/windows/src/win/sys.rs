@@ -2111,6 +2111,33 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
     Ok(())
 }
 
+/// For each filter key, whether the filter exists (`FwpmFilterGetByKey0`): `Some(true)`
+/// found, `Some(false)` not found, `None` when the engine would not say (reading
+/// filters may need elevation).
+pub fn wfp_filters_present(keys: &[String]) -> Result<Vec<Option<bool>>> {
+    let engine = Engine::open()?;
+    Ok(keys
+        .iter()
+        .map(|k| {
+            let key = guid(k);
+            let mut f: *mut WFP::FWPM_FILTER0 = null_mut();
+            // SAFETY: the engine is open; key is a valid GUID alive for the call; f
+            // receives memory the engine allocates, freed below.
+            let r = unsafe { WFP::FwpmFilterGetByKey0(engine.0, &key, &mut f) };
+            if !f.is_null() {
+                let mut p = f.cast::<c_void>();
+                // SAFETY: p was allocated by FwpmFilterGetByKey0 and is freed once.
+                unsafe { WFP::FwpmFreeMemory0(&mut p) };
+            }
+            match r {
+                0 => Some(true),
+                r if r == F::FWP_E_FILTER_NOT_FOUND as u32 => Some(false),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
 /// Removes the filters with these keys (absent is fine), then workfence's sublayer and
 /// provider. Pass [`crate::plan::all_filter_keys`] to remove earlier versions' too.
 pub fn wfp_uninstall(keys: &[String]) -> Result<()> {
