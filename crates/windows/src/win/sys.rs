@@ -573,10 +573,14 @@ pub fn restricted_token(
 
 // ---------------------------------------------------------------- files and DACLs
 
-/// A file or directory opened for DACL changes, held without `FILE_SHARE_DELETE` so
-/// that it cannot be renamed or deleted while we work. (An empty directory can still
-/// be made a mount point through another handle; the walk never reuses its path, see
-/// [`list_dir`] and [`open_child`].)
+/// A file or directory opened for DACL changes; every change goes through this
+/// handle to the object itself, whatever its name becomes meanwhile. A directory is
+/// normally held with `FILE_LIST_DIRECTORY`, a data access, so the share mode applies
+/// and, without `FILE_SHARE_DELETE`, it cannot be renamed or deleted while open; a
+/// file (or a directory that refused the listing right) is held with metadata access
+/// only, which share modes do not govern. An empty directory can still be made a
+/// mount point through another handle; the walk never reuses its path, see
+/// [`list_dir`] and [`open_child`].
 pub struct AclTarget {
     handle: OwnedHandle,
     /// The final path (`GetFinalPathNameByHandleW`).
