@@ -50,6 +50,14 @@ pub mod win32 {
     pub const UF_SERVER_TRUST_ACCOUNT: u32 = 0x2000;
     /// `UF_DONT_EXPIRE_PASSWD`.
     pub const UF_DONT_EXPIRE_PASSWD: u32 = 0x1_0000;
+    /// `FILE_ATTRIBUTE_DIRECTORY`.
+    pub const FILE_ATTRIBUTE_DIRECTORY: u32 = 0x10;
+    /// `ERROR_NO_DATA`.
+    pub const ERROR_NO_DATA: u32 = 232;
+    /// `ERROR_PIPE_CONNECTED`.
+    pub const ERROR_PIPE_CONNECTED: u32 = 535;
+    /// `ERROR_PIPE_LISTENING`.
+    pub const ERROR_PIPE_LISTENING: u32 = 536;
 }
 
 use win32::*;
@@ -63,6 +71,23 @@ use win32::*;
 /// never the runner.
 pub fn pipe_client_allowed(runner_pid: u32, client_pid: u32) -> bool {
     client_pid != 0 && client_pid == runner_pid
+}
+
+/// What a `ConnectNamedPipe` on a non-blocking (`PIPE_NOWAIT`) server says: `Ok(true)`
+/// when a client is connected or has connected and gone (`ERROR_PIPE_CONNECTED`,
+/// `ERROR_NO_DATA`), `Ok(false)` while none has. A nonzero return is *not* a
+/// connection: in non-blocking mode it only says the instance is now ready for a
+/// client (the documented first call on a disconnected pipe). Any other error is
+/// returned.
+pub fn nowait_pipe_connected(returned_nonzero: bool, last_error: u32) -> Result<bool, u32> {
+    if returned_nonzero {
+        return Ok(false);
+    }
+    match last_error {
+        ERROR_PIPE_CONNECTED | ERROR_NO_DATA => Ok(true),
+        ERROR_PIPE_LISTENING => Ok(false),
+        code => Err(code),
+    }
 }
 
 // ---------------------------------------------------------------- 2. handover order
@@ -408,9 +433,19 @@ pub const REPARSE_TAG_NAME_SURROGATE: u32 = 0x2000_0000;
 /// an earlier sandboxed run planted in a writable root (`ws\x` pointing at
 /// `C:\Users\me\.ssh`) could lead the walk out of the root, writing an ACE of the
 /// sandbox into the user's secrets. So workfence sets the root's DACL without
-/// propagation (`SetKernelObjectSecurity`) and walks the tree itself, opening every
-/// object with `FILE_FLAG_OPEN_REPARSE_POINT` and keeping the directories above it
-/// open without `FILE_SHARE_DELETE` (so none can be swapped for a junction meanwhile).
+/// propagation (`SetKernelObjectSecurity`) and walks the tree itself, by handle only:
+/// each directory is listed from its own open handle (`GetFileInformationByHandleEx`,
+/// [`parse_dir_entries`]), never by path, and each child is opened by its name
+/// relative to that handle (`NtCreateFile` with `RootDirectory`) with
+/// `FILE_OPEN_REPARSE_POINT`, so no reparse point is followed at any step. Its reparse
+/// tag and link count are read from the handle just opened, and its final path must
+/// lie inside the root's ([`inside_root`]), as a second guard.
+///
+/// Holding a directory open does *not* stop a sandboxed command from turning it into
+/// a mount point meanwhile (an empty directory needs only write access for
+/// `FSCTL_SET_REPARSE_POINT`); that is harmless here because the walk never uses the
+/// directory's path again: a listing and relative opens through the handle stay in
+/// the directory that was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Visit {
     /// Give the object the inherited copies; `descend` into it when it is a directory.
@@ -424,23 +459,208 @@ pub enum Visit {
     /// replace or remove the link like any file of the root, but the walk never goes
     /// through it: what it points at keeps its DACL, wherever it is.
     LinkOnly,
+    /// A file with more than one name (hard links): its one DACL is shared with every
+    /// name, some of which may be outside the root (a file hard-linked into the
+    /// workspace from the user's profile). Left unchanged and reported as a gap
+    /// ([`WalkReport`]), which refuses the run for a deny.
+    HardLinked,
     /// A protected DACL (`P`) blocks inheritance: Windows would not change it either.
+    /// A deny does not reach it, so it counts as a gap for a deny ([`WalkReport`]).
     Skip,
 }
 
 /// Decides what to do with one object below a root: `dir` from its attributes,
 /// `reparse_tag` when it is a reparse point (read from the open handle,
 /// `FileAttributeTagInfo`; `Some(0)` when the tag could not be read, which counts as
-/// a link), `protected` when its DACL has the `P` flag.
+/// a link), `protected` when its DACL has the `P` flag, `links` its number of names
+/// (`BY_HANDLE_FILE_INFORMATION.nNumberOfLinks`; 0 when unknown, which counts as
+/// shared: fail closed).
 ///
 /// A reparse point that is not a name surrogate (cloud-files placeholders,
 /// deduplication, WOF-compressed files, app execution aliases) is the object itself
 /// stored differently: it is treated like any file or directory.
-pub fn propagation_visit(dir: bool, reparse_tag: Option<u32>, protected: bool) -> Visit {
+pub fn propagation_visit(
+    dir: bool,
+    reparse_tag: Option<u32>,
+    protected: bool,
+    links: u32,
+) -> Visit {
     match reparse_tag {
         _ if protected => Visit::Skip,
+        // Directories cannot be hard-linked (NTFS reports 1 for them).
+        _ if !dir && links != 1 => Visit::HardLinked,
         Some(tag) if tag == 0 || tag & REPARSE_TAG_NAME_SURROGATE != 0 => Visit::LinkOnly,
         _ => Visit::Apply { descend: dir },
+    }
+}
+
+/// Whether `child`, the final path (`GetFinalPathNameByHandleW`) of an object the walk
+/// opened below `root` (the root's final path), lies inside the root: it starts with
+/// the root's path and a `\`, compared case-insensitively. A second guard behind the
+/// handle-relative opens: an object that resolves elsewhere is refused.
+pub fn inside_root(root: &str, child: &str) -> bool {
+    let root = crate::path::fold_case(root.trim_end_matches('\\'));
+    let child = crate::path::fold_case(child);
+    !root.is_empty()
+        && child.len() > root.len() + 1
+        && child.starts_with(&root)
+        && child[root.len()..].starts_with('\\')
+}
+
+/// Whether a name read from a directory listing is one child to open relative to the
+/// directory: not `.` or `..`, not empty, and without a separator, a stream colon or
+/// a NUL (a listing never holds those; refusing them keeps the relative open to
+/// exactly one component whatever the listing says).
+pub fn child_name_ok(name: &[u16]) -> bool {
+    const DOT: u16 = b'.' as u16;
+    !name.is_empty()
+        && name != [DOT]
+        && name != [DOT, DOT]
+        && !name.iter().any(|&c| {
+            c == 0 || c == u16::from(b'\\') || c == u16::from(b'/') || c == u16::from(b':')
+        })
+}
+
+/// One entry of a directory listing (`FILE_ID_BOTH_DIR_INFO`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name (UTF-16, one component).
+    pub name: Vec<u16>,
+    /// `FILE_ATTRIBUTE_*`.
+    pub attributes: u32,
+    /// The 64-bit file ID.
+    pub file_id: i64,
+}
+
+/// The layout of `FILE_ID_BOTH_DIR_INFO` (winbase.h), checked against `windows-sys`
+/// with `offset_of!` in `win/sys`.
+pub mod dir_info {
+    /// `NextEntryOffset`.
+    pub const NEXT: usize = 0;
+    /// `FileAttributes`.
+    pub const ATTRIBUTES: usize = 56;
+    /// `FileNameLength` (bytes).
+    pub const NAME_LENGTH: usize = 60;
+    /// `FileId`.
+    pub const FILE_ID: usize = 96;
+    /// `FileName`.
+    pub const NAME: usize = 104;
+}
+
+/// The entries of one buffer `GetFileInformationByHandleEx(FileIdBothDirectoryInfo)`
+/// filled (`len` bytes used of it): records chained by `NextEntryOffset` (0 ends the
+/// chain). A record that would run past the buffer ends the parse with `Err` (the
+/// walk counts the directory as not fully listed).
+pub fn parse_dir_entries(buf: &[u8]) -> Result<Vec<DirEntry>, &'static str> {
+    let u32_at = |o: usize| -> Option<u32> {
+        buf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    loop {
+        let next = u32_at(at + dir_info::NEXT).ok_or("truncated record")? as usize;
+        let attributes = u32_at(at + dir_info::ATTRIBUTES).ok_or("truncated record")?;
+        let name_len = u32_at(at + dir_info::NAME_LENGTH).ok_or("truncated record")? as usize;
+        let id = buf
+            .get(at + dir_info::FILE_ID..at + dir_info::FILE_ID + 8)
+            .ok_or("truncated record")?;
+        let mut idb = [0u8; 8];
+        idb.copy_from_slice(id);
+        let start = at + dir_info::NAME;
+        let name_bytes = buf
+            .get(start..start.checked_add(name_len).ok_or("bad name length")?)
+            .ok_or("name runs past the buffer")?;
+        if name_len % 2 != 0 {
+            return Err("odd name length");
+        }
+        out.push(DirEntry {
+            name: name_bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+            attributes,
+            file_id: i64::from_le_bytes(idb),
+        });
+        if next == 0 {
+            return Ok(out);
+        }
+        if next < dir_info::NAME {
+            return Err("record chain does not advance");
+        }
+        at = at.checked_add(next).ok_or("bad record offset")?;
+    }
+}
+
+/// What a propagation walk did not reach, and how many links it did not follow.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WalkReport {
+    /// Objects that could not be read or changed, with why (the first few).
+    pub failed: Vec<String>,
+    /// How many could not.
+    pub failures: usize,
+    /// Directories deeper than [`MAX_PROPAGATION_DEPTH`] (not walked).
+    pub too_deep: usize,
+    /// Junctions and symbolic links given the copies on the link itself.
+    pub links: usize,
+    /// Files with more than one name, left unchanged ([`Visit::HardLinked`]).
+    pub hard_linked: usize,
+    /// Objects with a protected DACL, left unchanged ([`Visit::Skip`]).
+    pub protected: usize,
+}
+
+impl WalkReport {
+    /// Records one object not changed, with why.
+    pub fn fail(&mut self, what: String) {
+        self.failures += 1;
+        if self.failed.len() < 3 {
+            self.failed.push(what);
+        }
+    }
+
+    /// Records what [`propagation_visit`] decided for one object.
+    pub fn count(&mut self, v: Visit) {
+        match v {
+            Visit::LinkOnly => self.links += 1,
+            Visit::HardLinked => self.hard_linked += 1,
+            Visit::Skip => self.protected += 1,
+            Visit::Apply { .. } => {}
+        }
+    }
+
+    /// A summary when some object was missed. `deny`: the walk carried a deny (or
+    /// hide) ACE, which fails closed; then protected objects count too, since a deny
+    /// that does not reach them leaves them writable (or readable) from the sandbox.
+    /// For a grant, a protected object keeping its DACL is what Windows itself would
+    /// do, and is not a gap.
+    pub fn gap(&self, deny: bool) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.failures > 0 {
+            parts.push(format!(
+                "{} object(s) not changed, e.g. {}",
+                self.failures,
+                self.failed.join("; ")
+            ));
+        }
+        if self.too_deep > 0 {
+            parts.push(format!(
+                "{} directorie(s) deeper than {} levels not walked",
+                self.too_deep, MAX_PROPAGATION_DEPTH
+            ));
+        }
+        if self.hard_linked > 0 {
+            parts.push(format!(
+                "{} file(s) with more than one name (hard links) left unchanged, since their DACL is shared with names that may be outside the tree",
+                self.hard_linked
+            ));
+        }
+        if deny && self.protected > 0 {
+            parts.push(format!(
+                "{} object(s) with a protected DACL (inheritance disabled) left unchanged; enable inheritance on them (icacls <path> /inheritance:e) or protect them by name",
+                self.protected
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
 
@@ -468,11 +688,11 @@ mod tests {
         for tag in [MOUNT_POINT, SYMLINK, 0x2000_0000, 0] {
             for dir in [true, false] {
                 assert_eq!(
-                    propagation_visit(dir, Some(tag), false),
+                    propagation_visit(dir, Some(tag), false, 1),
                     Visit::LinkOnly,
                     "{tag:#x}"
                 );
-                assert_eq!(propagation_visit(dir, Some(tag), true), Visit::Skip);
+                assert_eq!(propagation_visit(dir, Some(tag), true, 1), Visit::Skip);
             }
         }
         // No answer ever descends through a name surrogate.
@@ -480,7 +700,7 @@ mod tests {
             for dir in [true, false] {
                 for protected in [true, false] {
                     assert!(!matches!(
-                        propagation_visit(dir, Some(tag), protected),
+                        propagation_visit(dir, Some(tag), protected, 1),
                         Visit::Apply { .. }
                     ));
                 }
@@ -489,20 +709,155 @@ mod tests {
         // Other reparse points are the object itself.
         for tag in [CLOUD, DEDUP, APPEXECLINK] {
             assert_eq!(
-                propagation_visit(true, Some(tag), false),
+                propagation_visit(true, Some(tag), false, 1),
                 Visit::Apply { descend: true }
             );
-            assert_eq!(propagation_visit(true, Some(tag), true), Visit::Skip);
+            assert_eq!(propagation_visit(true, Some(tag), true, 1), Visit::Skip);
         }
         assert_eq!(
-            propagation_visit(false, None, false),
+            propagation_visit(false, None, false, 1),
             Visit::Apply { descend: false }
         );
         assert_eq!(
-            propagation_visit(true, None, false),
+            propagation_visit(true, None, false, 1),
             Visit::Apply { descend: true }
         );
-        assert_eq!(propagation_visit(true, None, true), Visit::Skip);
+        assert_eq!(propagation_visit(true, None, true, 1), Visit::Skip);
+    }
+
+    #[test]
+    fn hard_linked_files_are_left_alone() {
+        // A file with a second name (maybe outside the root) shares its DACL.
+        assert_eq!(propagation_visit(false, None, false, 2), Visit::HardLinked);
+        assert_eq!(propagation_visit(false, None, false, 0), Visit::HardLinked);
+        assert_eq!(
+            propagation_visit(false, Some(0xA000_000C), false, 3),
+            Visit::HardLinked
+        );
+        assert_eq!(
+            propagation_visit(false, None, false, 1),
+            Visit::Apply { descend: false }
+        );
+        // Directories have one name.
+        assert_eq!(
+            propagation_visit(true, None, false, 2),
+            Visit::Apply { descend: true }
+        );
+        let mut w = WalkReport::default();
+        w.count(Visit::HardLinked);
+        // A gap for a grant (a note) and for a deny (a refusal).
+        assert!(w.gap(false).unwrap().contains("hard links"));
+        assert!(w.gap(true).unwrap().contains("hard links"));
+    }
+
+    #[test]
+    fn protected_objects_are_a_gap_only_for_denies() {
+        let mut w = WalkReport::default();
+        w.count(Visit::Skip);
+        w.count(Visit::LinkOnly);
+        w.count(Visit::Apply { descend: true });
+        assert_eq!((w.protected, w.links), (1, 1));
+        assert_eq!(w.gap(false), None);
+        let g = w.gap(true).unwrap();
+        assert!(
+            g.contains("protected DACL") && g.contains("/inheritance:e"),
+            "{g}"
+        );
+        // Combined with the deny rule of the plan: a deny refuses.
+        use crate::plan::{on_partial_propagation, AcePurpose, PartialPropagation};
+        assert_eq!(
+            on_partial_propagation(&[AcePurpose::Protect]),
+            PartialPropagation::Refuse
+        );
+        let mut f = WalkReport::default();
+        for i in 0..5 {
+            f.fail(format!("x{i}"));
+        }
+        assert_eq!(f.failures, 5);
+        assert_eq!(f.failed.len(), 3);
+        assert!(f.gap(false).unwrap().starts_with("5 object(s)"));
+        assert_eq!(WalkReport::default().gap(true), None);
+    }
+
+    #[test]
+    fn children_must_resolve_inside_the_root() {
+        let root = r"\\?\C:\Users\me\ws";
+        assert!(inside_root(root, r"\\?\C:\Users\me\ws\src\a.rs"));
+        assert!(inside_root(root, r"\\?\c:\users\ME\WS\x"));
+        assert!(inside_root(&format!("{root}\\"), r"\\?\C:\Users\me\ws\x"));
+        // A junction's target, a sibling with the root as prefix, the root itself.
+        assert!(!inside_root(root, r"\\?\C:\Users\me\.ssh\id_ed25519"));
+        assert!(!inside_root(root, r"\\?\C:\Users\me\ws2\x"));
+        assert!(!inside_root(root, root));
+        assert!(!inside_root(root, &format!("{root}\\")));
+        assert!(!inside_root("", r"\x"));
+        // A volume root.
+        assert!(inside_root(r"\\?\D:\", r"\\?\D:\x"));
+        assert!(!inside_root(r"\\?\D:\", r"\\?\E:\x"));
+    }
+
+    #[test]
+    fn child_names_are_one_component() {
+        let w = |s: &str| s.encode_utf16().collect::<Vec<u16>>();
+        assert!(child_name_ok(&w("a.txt")));
+        assert!(child_name_ok(&w("..x")));
+        assert!(child_name_ok(&w("we ird;(name)\"")));
+        for bad in ["", ".", "..", "a\\b", "a/b", "a:stream", "a\0b"] {
+            assert!(!child_name_ok(&w(bad)), "{bad:?}");
+        }
+    }
+
+    fn record(name: &str, attributes: u32, id: i64, last: bool) -> Vec<u8> {
+        let name: Vec<u16> = name.encode_utf16().collect();
+        let len = (dir_info::NAME + name.len() * 2).next_multiple_of(8);
+        let mut r = vec![0u8; len];
+        let next = if last { 0 } else { len as u32 };
+        r[dir_info::NEXT..dir_info::NEXT + 4].copy_from_slice(&next.to_le_bytes());
+        r[dir_info::ATTRIBUTES..dir_info::ATTRIBUTES + 4]
+            .copy_from_slice(&attributes.to_le_bytes());
+        r[dir_info::NAME_LENGTH..dir_info::NAME_LENGTH + 4]
+            .copy_from_slice(&((name.len() * 2) as u32).to_le_bytes());
+        r[dir_info::FILE_ID..dir_info::FILE_ID + 8].copy_from_slice(&id.to_le_bytes());
+        for (i, c) in name.iter().enumerate() {
+            r[dir_info::NAME + 2 * i..dir_info::NAME + 2 * i + 2].copy_from_slice(&c.to_le_bytes());
+        }
+        r
+    }
+
+    #[test]
+    fn directory_listings_parse() {
+        let mut buf = record(".", 0x10, 5, false);
+        buf.extend(record("src", 0x10, 7, false));
+        buf.extend(record("a (b);c.txt", 0x20, -3, true));
+        buf.extend([0xAA; 40]); // unused rest of the buffer
+        let e = parse_dir_entries(&buf).unwrap();
+        assert_eq!(e.len(), 3);
+        assert_eq!(String::from_utf16(&e[1].name).unwrap(), "src");
+        assert_eq!((e[1].attributes, e[1].file_id), (0x10, 7));
+        assert_eq!(String::from_utf16(&e[2].name).unwrap(), "a (b);c.txt");
+        assert_eq!(e[2].file_id, -3);
+        // Truncated: a name or a record running past the end.
+        let one = record("abcdef", 0x20, 1, true);
+        assert!(parse_dir_entries(&one[..one.len() - 8]).is_err());
+        assert!(parse_dir_entries(&one[..50]).is_err());
+        assert!(parse_dir_entries(&[]).is_err());
+        // A chain pointing past the buffer, or not advancing.
+        let mut bad = record("a", 0x20, 1, false);
+        assert!(parse_dir_entries(&bad).is_err());
+        bad[0..4].copy_from_slice(&4u32.to_le_bytes());
+        assert!(parse_dir_entries(&bad).is_err());
+    }
+
+    #[test]
+    fn nowait_connect_counts_only_real_clients() {
+        assert_eq!(nowait_pipe_connected(true, 0), Ok(false));
+        assert_eq!(
+            nowait_pipe_connected(false, ERROR_PIPE_LISTENING),
+            Ok(false)
+        );
+        assert_eq!(nowait_pipe_connected(false, ERROR_PIPE_CONNECTED), Ok(true));
+        assert_eq!(nowait_pipe_connected(false, ERROR_NO_DATA), Ok(true));
+        assert_eq!(nowait_pipe_connected(false, 5), Err(5));
     }
 
     #[test]

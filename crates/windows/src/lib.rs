@@ -58,12 +58,13 @@ mod win;
 
 pub use error::WindowsError;
 pub use plan::{
-    all_filter_keys, boot_exe_path, boot_task, capability_sid_from_bytes, control_pipe_sddl,
-    default_dacl_entries, default_dacl_sddl, default_shared_roots, desktop_sddl,
-    git_safe_directory_env, lowered_integrity, null_device_ace, null_device_check,
-    on_partial_propagation, plan, restricting_sids, runner_default_dacl_sddl, runner_object_sddl,
-    sids, to_win, wfp_filters, workspace_id, AcePlan, AcePurpose, BootTask, EnvPlan, JobSpec,
-    NamedSid, NetworkPlan, NullDeviceCheck, PartialPropagation, Placeholder, RestrictingSet, RunAs,
+    all_filter_keys, boot_exe_path, boot_task, boot_task_query_xml, boot_task_xml_check,
+    capability_sid_from_bytes, control_pipe_sddl, default_dacl_entries, default_dacl_sddl,
+    default_shared_roots, desktop_sddl, git_safe_directory_env, local_account_name,
+    lowered_integrity, null_device_ace, null_device_check, on_partial_propagation, plan,
+    restricting_sids, runner_default_dacl_sddl, runner_object_sddl, sids, to_win, wfp_filters,
+    wfp_filters_status, workspace_id, AcePlan, AcePurpose, BootTask, EnvPlan, JobSpec, NamedSid,
+    NetworkPlan, NullDeviceCheck, PartialPropagation, Placeholder, RestrictingSet, RunAs,
     SandboxUsers, TokenSpec, WfpAction, WfpCondition, WfpFilter, WfpLayer, WindowsContext,
     WindowsPlan, BOOT_TASK_NAME, DEFAULT_PROXY_PORT, DENY_LOGON_RIGHTS, DISABLED_SIDS,
     FWP_CONDITION_FLAG_IS_RAW_ENDPOINT, GROUP_NAME, JOB_NESTING, JOURNAL_FILE, LOGON_SID,

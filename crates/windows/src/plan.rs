@@ -277,6 +277,12 @@ pub const BOOT_TASK_NAME: &str = r"\workfence\repair-null-device";
 /// command line comes from anyone but setup.
 pub const REPAIR_NULL_DEVICE_FLAG: &str = "--workfence-windows-repair-null-device";
 
+/// A local account's name qualified with the computer's (`COMPUTER\\name`), as
+/// `LookupAccountNameW` is given it: unqualified, it would also search the domain.
+pub fn local_account_name(computer: &str, name: &str) -> String {
+    format!("{computer}\\{name}")
+}
+
 /// The longest `/TR` value `schtasks /Create` accepts.
 pub const SCHTASKS_TR_MAX: usize = 261;
 
@@ -362,6 +368,84 @@ pub fn boot_task(exe: &str) -> Result<BootTask, WindowsError> {
         delete: s(&["/Delete", "/F", "/TN", BOOT_TASK_NAME]),
         query: s(&["/Query", "/TN", BOOT_TASK_NAME]),
     })
+}
+
+/// `schtasks /Query /XML` of the boot task: its definition, checked after
+/// registration with [`boot_task_xml_check`].
+pub fn boot_task_query_xml() -> Vec<String> {
+    ["/Query", "/TN", BOOT_TASK_NAME, "/XML"]
+        .iter()
+        .map(|x| (*x).to_string())
+        .collect()
+}
+
+/// The text between the first `<tag>` and the following `</tag>` (XML entities
+/// decoded), if any.
+fn xml_element(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&close)?;
+    let raw = &xml[start..start + len];
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let semi = rest[i..].find(';')? + i;
+        let ent = &rest[i + 1..semi];
+        let c = match ent {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            _ => {
+                let n = match ent.strip_prefix("#x").or_else(|| ent.strip_prefix("#X")) {
+                    Some(h) => u32::from_str_radix(h, 16).ok(),
+                    None => ent.strip_prefix('#').and_then(|d| d.parse().ok()),
+                };
+                char::from_u32(n?)?
+            }
+        };
+        out.push(c);
+        rest = &rest[semi + 1..];
+    }
+    out.push_str(rest);
+    Some(out.trim().to_string())
+}
+
+/// Whether the registered boot task (`xml`, its definition as `schtasks /Query /XML`
+/// prints it) is the one setup meant: it runs as LocalSystem (`S-1-5-18`), and its
+/// one action runs `exe` with exactly [`REPAIR_NULL_DEVICE_FLAG`]. A task of the
+/// same name that someone else registered (or that schtasks registered differently)
+/// would run other code as SYSTEM at every boot, or not repair anything; the caller
+/// removes it and refuses. The program path is compared case-insensitively, with
+/// the quotes schtasks may keep around it removed.
+pub fn boot_task_xml_check(xml: &str, exe: &str) -> Result<(), String> {
+    let principal = xml_element(xml, "Principals")
+        .ok_or("the task definition has no principal (Principals element)")?;
+    let user = xml_element(&principal, "UserId").unwrap_or_default();
+    let system = ["S-1-5-18", "SYSTEM", "NT AUTHORITY\\SYSTEM"];
+    if !system.iter().any(|s| s.eq_ignore_ascii_case(&user)) {
+        return Err(format!(
+            "the task runs as {user:?}, not as SYSTEM (S-1-5-18)"
+        ));
+    }
+    if xml.matches("<Exec>").count() != 1 {
+        return Err("the task does not have exactly one program action".into());
+    }
+    let command = xml_element(xml, "Command").unwrap_or_default();
+    let command = command.trim_matches('"');
+    if !command.eq_ignore_ascii_case(exe) {
+        return Err(format!("the task runs {command:?}, not {exe:?}"));
+    }
+    let args = xml_element(xml, "Arguments").unwrap_or_default();
+    if args != REPAIR_NULL_DEVICE_FLAG {
+        return Err(format!(
+            "the task passes {args:?}, not {REPAIR_NULL_DEVICE_FLAG:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// What a run as a sandbox user does about the null device grant, given whether the
@@ -988,6 +1072,45 @@ pub fn all_filter_keys() -> Vec<String> {
     (1u8..=0xff)
         .map(|n| format!("6b2f3a10-77c4-4e4f-9a61-776f726b66{n:02x}"))
         .collect()
+}
+
+/// What `doctor` says about the offline user's WFP filters, given for each planned
+/// filter key whether it exists (`None`: the engine would not say). A missing
+/// filter means the network layer is not what setup installed (removed by hand or
+/// by another tool, or an older setup): the fix is to run setup again.
+pub fn wfp_filters_status(keys: &[String], present: &[Option<bool>]) -> (Enforcement, String) {
+    let missing: Vec<&str> = keys
+        .iter()
+        .zip(present)
+        .filter(|(_, p)| **p == Some(false))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let unknown =
+        present.iter().filter(|p| p.is_none()).count() + keys.len().saturating_sub(present.len());
+    if !missing.is_empty() {
+        return (
+            Enforcement::None,
+            format!(
+                "{} of the {} WFP filters are missing (e.g. {}): re-run `workfence setup` from an elevated prompt",
+                missing.len(),
+                keys.len(),
+                missing[0]
+            ),
+        );
+    }
+    if unknown > 0 {
+        return (
+            Enforcement::Partial,
+            format!(
+                "cannot read {unknown} of the {} WFP filters (reading them may need elevation): run `workfence doctor` from an elevated prompt to check",
+                keys.len()
+            ),
+        );
+    }
+    (
+        Enforcement::Full,
+        format!("all {} WFP filters are installed", keys.len()),
+    )
 }
 
 /// The network part of the plan.
@@ -1824,5 +1947,115 @@ impl WindowsPlan {
             .iter()
             .filter(|l| l.state != Enforcement::Full && l.layer != PLATFORM_LIMIT_NETWORK)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doctor_reports_missing_filters() {
+        let keys: Vec<String> = wfp_filters("S-1-5-21-1-2-3-1001", "S-1-5-21-1-2-3-1002", 8877)
+            .into_iter()
+            .map(|f| f.key)
+            .collect();
+        assert!(keys.len() > 2);
+        let all = vec![Some(true); keys.len()];
+        assert_eq!(wfp_filters_status(&keys, &all).0, Enforcement::Full);
+        let mut one_gone = all.clone();
+        one_gone[1] = Some(false);
+        let (e, why) = wfp_filters_status(&keys, &one_gone);
+        assert_eq!(e, Enforcement::None);
+        assert!(
+            why.contains("re-run `workfence setup`") && why.contains(&keys[1]),
+            "{why}"
+        );
+        // Missing beats unknown; unknown alone is partial.
+        one_gone[0] = None;
+        assert_eq!(wfp_filters_status(&keys, &one_gone).0, Enforcement::None);
+        let mut unknown = all.clone();
+        unknown[0] = None;
+        let (e, why) = wfp_filters_status(&keys, &unknown);
+        assert_eq!(e, Enforcement::Partial);
+        assert!(why.contains("elevated"), "{why}");
+        assert_eq!(wfp_filters_status(&keys, &[]).0, Enforcement::Partial);
+    }
+
+    #[test]
+    fn local_accounts_are_qualified() {
+        assert_eq!(
+            local_account_name("DEV-PC", OFFLINE_USER),
+            format!("DEV-PC\\{OFFLINE_USER}")
+        );
+    }
+
+    fn task_xml(user: &str, command: &str, args: &str) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-16"?>
+<Task version="1.2" xmlns="http://schemas.microsoft.com/windows/2004/02/mit/task">
+  <Triggers><BootTrigger><Enabled>true</Enabled></BootTrigger></Triggers>
+  <Principals>
+    <Principal id="Author">
+      <UserId>{user}</UserId>
+      <RunLevel>HighestAvailable</RunLevel>
+    </Principal>
+  </Principals>
+  <Actions Context="Author">
+    <Exec>
+      <Command>{command}</Command>
+      <Arguments>{args}</Arguments>
+    </Exec>
+  </Actions>
+</Task>"#
+        )
+    }
+
+    #[test]
+    fn boot_task_definition_is_checked() {
+        let exe = r"C:\Program Files & Co\workfence\workfence-boot.exe";
+        let xml_exe = r"C:\Program Files &amp; Co\workfence\workfence-boot.exe";
+        let ok = task_xml(
+            "S-1-5-18",
+            &format!("\"{xml_exe}\""),
+            REPAIR_NULL_DEVICE_FLAG,
+        );
+        assert_eq!(boot_task_xml_check(&ok, exe), Ok(()));
+        let upper = xml_exe.to_uppercase().replace("&AMP;", "&amp;");
+        let ok2 = task_xml("S-1-5-18", &upper, REPAIR_NULL_DEVICE_FLAG);
+        assert_eq!(boot_task_xml_check(&ok2, exe), Ok(()));
+        // Another principal, program or argument.
+        let e = boot_task_xml_check(
+            &task_xml("S-1-5-21-1-2-3-1001", xml_exe, REPAIR_NULL_DEVICE_FLAG),
+            exe,
+        )
+        .unwrap_err();
+        assert!(e.contains("not as SYSTEM"), "{e}");
+        let e = boot_task_xml_check(
+            &task_xml("S-1-5-18", r"C:\Users\me\evil.exe", REPAIR_NULL_DEVICE_FLAG),
+            exe,
+        )
+        .unwrap_err();
+        assert!(e.contains("evil.exe"), "{e}");
+        let e = boot_task_xml_check(
+            &task_xml(
+                "S-1-5-18",
+                xml_exe,
+                &format!("{REPAIR_NULL_DEVICE_FLAG} &amp; calc"),
+            ),
+            exe,
+        )
+        .unwrap_err();
+        assert!(e.contains("& calc"), "{e}");
+        // Two actions, or none, or no principal.
+        let two = ok.replace("</Exec>", "</Exec><Exec><Command>x.exe</Command></Exec>");
+        assert!(boot_task_xml_check(&two, exe).is_err());
+        assert!(boot_task_xml_check("<Task/>", exe).is_err());
+        // Entities: decimal and hex forms, and a broken one.
+        assert_eq!(
+            xml_element("<a>&#65;&#x42;&lt;</a>", "a").as_deref(),
+            Some("AB<")
+        );
+        assert_eq!(xml_element("<a>&bogus;</a>", "a"), None);
     }
 }

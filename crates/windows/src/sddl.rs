@@ -169,6 +169,10 @@ struct ParsedAce {
     kind: Option<AceKind>,
     inherited: bool,
     inherit: Option<Inherit>,
+    /// `IO`: the ACE does not apply to the object itself, only to what inherits it.
+    inherit_only: bool,
+    /// `CI` (containers inherit it): what a child directory passes on.
+    container_inherit: bool,
     mask: Option<u32>,
     sid: String,
 }
@@ -230,6 +234,8 @@ fn parse_ace(text: &str) -> ParsedAce {
         codes.push(std::str::from_utf8(c).unwrap_or(""));
     }
     let inherited = codes.contains(&"ID");
+    let inherit_only = codes.contains(&"IO");
+    let container_inherit = codes.contains(&"CI");
     let mut rest: Vec<&str> = codes.iter().copied().filter(|c| *c != "ID").collect();
     rest.sort_unstable();
     let inherit = match rest.as_slice() {
@@ -243,6 +249,8 @@ fn parse_ace(text: &str) -> ParsedAce {
         kind,
         inherited,
         inherit,
+        inherit_only,
+        container_inherit,
         mask: f.get(2).and_then(|m| parse_mask(m)),
         sid: f
             .get(5)
@@ -466,6 +474,28 @@ impl Dacl {
         n
     }
 
+    /// Of the ACEs a removal walk takes back (`remove`), the ones whose copies it must
+    /// still take from the children of the directory with this DACL (read after the
+    /// walk changed it): an ACE the directory still passes down itself, explicitly
+    /// (a nested root with the same grant) or as a copy inherited from a root above
+    /// that still holds it, is left in place below it. Without this, undoing an outer
+    /// root would strip the copies an inner root still grants, and the journal never
+    /// visits the inner root again.
+    pub fn not_passed_down(&self, remove: &[Ace]) -> Vec<Ace> {
+        remove
+            .iter()
+            .filter(|r| {
+                !self.aces.iter().any(|a| {
+                    a.container_inherit
+                        && a.kind == Some(r.kind)
+                        && a.mask == Some(r.mask)
+                        && a.sid == r.sid.to_ascii_uppercase()
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Removes inherited ACEs equal to any of `copies`; returns how many were removed.
     pub fn remove_inherited(&mut self, copies: &[String]) -> usize {
         let parsed: Vec<ParsedAce> = copies.iter().map(|c| parse_ace(c)).collect();
@@ -500,6 +530,76 @@ impl Ace {
             sid: f[5].to_string(),
         })
     }
+}
+
+/// The TrustedInstaller service SID (`NT SERVICE\\TrustedInstaller`).
+pub const TRUSTED_INSTALLER: &str =
+    "S-1-5-80-956008885-3418522649-1831038044-1853292631-2271478464";
+
+/// The SIDs that may own or change the boot task's directory and program: LocalSystem,
+/// Administrators, TrustedInstaller (what owns and writes Program Files by default).
+pub const INSTALL_TRUSTEES: [&str; 3] = ["S-1-5-18", "S-1-5-32-544", TRUSTED_INSTALLER];
+
+/// Every right that changes an object, its contents or its DACL, generic ones included.
+const ANY_WRITE: u32 = rights::DENY_WRITE | 0x1000_0000 | 0x4000_0000;
+
+/// The security descriptor the boot task's directory (`dir`) and program are created
+/// with: a protected DACL (nothing inherited from Program Files, whatever it holds)
+/// with full control for SYSTEM, Administrators and TrustedInstaller and read and
+/// execute for Users; for the directory the ACEs are inherited by what is created in
+/// it. The owner is the creating administrator's default (not set here: assigning
+/// another owner needs a privilege).
+pub fn install_sddl(dir: bool) -> String {
+    let i = if dir { "OICI" } else { "" };
+    let mut s = "D:P".to_string();
+    for sid in INSTALL_TRUSTEES {
+        s.push_str(&format!("(A;{i};FA;;;{sid})"));
+    }
+    s.push_str(&format!(
+        "(A;{i};{:#x};;;S-1-5-32-545)",
+        rights::READ_EXECUTE
+    ));
+    s
+}
+
+/// Whether an existing boot task directory or program, with the security descriptor
+/// `sd` (SDDL with owner and DACL, as read from the object), can be trusted: SYSTEM
+/// runs the program at every boot, so anyone else able to replace it would run code
+/// as SYSTEM. Refused (with why) when its owner is not one of [`INSTALL_TRUSTEES`]
+/// (an owner can always rewrite the DACL), or when an allow ACE that applies to the
+/// object (not inherit-only) grants any write right to anyone else. An ACE that
+/// cannot be read (an unknown type or mask) counts as a write grant: fail closed.
+pub fn install_check(sd: &str) -> Result<(), String> {
+    let owner = sd
+        .strip_prefix("O:")
+        // The owner runs up to the next part's letter and colon (`G:`, `D:`, `S:`).
+        .map(|r| match r.find(':') {
+            Some(i) => &r[..i.saturating_sub(1)],
+            None => r,
+        })
+        .map(|o| sid_from_alias(&o.to_ascii_uppercase()))
+        .ok_or_else(|| format!("its owner cannot be read ({sd})"))?;
+    let trusted = |sid: &str| INSTALL_TRUSTEES.iter().any(|t| t.eq_ignore_ascii_case(sid));
+    if !trusted(&owner) {
+        return Err(format!(
+            "it is owned by {owner}, not by SYSTEM, Administrators or TrustedInstaller"
+        ));
+    }
+    let dacl = Dacl::parse(sd).map_err(|e| e.to_string())?;
+    for a in &dacl.aces {
+        if a.kind == Some(AceKind::Deny) || a.inherit_only {
+            continue;
+        }
+        let writes = a.mask.is_none_or(|m| m & ANY_WRITE != 0);
+        if writes && !trusted(&a.sid) {
+            return Err(format!(
+                "its DACL lets {} change it (ACE {})",
+                if a.sid.is_empty() { "someone" } else { &a.sid },
+                a.text
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The DACL to write back when undoing: the current DACL without the ACEs workfence
@@ -721,6 +821,111 @@ mod tests {
         // An inherited copy on a child is not ours, nor is an effective one.
         let d = Dacl::parse("D:(A;OICIID;0x1301bf;;;S-1-3-4)(A;OICI;0x1301bf;;;S-1-3-4)").unwrap();
         assert!(!d.contains(&ow));
+    }
+
+    #[test]
+    fn nested_roots_keep_their_grants_on_removal() {
+        // ws (outer root) and ws\\sub (inner root) both grant the same tree ACE.
+        let grant = ace(AceKind::Allow, rights::MODIFY, Inherit::Tree);
+        let copy_dir = inherited_copy(&grant, true).unwrap();
+        let copy_file = inherited_copy(&grant, false).unwrap();
+        // Undoing the outer root: at ws\\sub the walk takes the copy from ws off...
+        let mut sub =
+            Dacl::parse(&format!("D:AI{}{copy_dir}(A;OICIID;FA;;;SY)", grant.sddl())).unwrap();
+        assert_eq!(sub.remove_inherited(std::slice::from_ref(&copy_dir)), 1);
+        // ...but sub still grants it explicitly: nothing more is removed below it.
+        let below = sub.not_passed_down(std::slice::from_ref(&grant));
+        assert!(below.is_empty(), "{below:?}");
+        let mut file = Dacl::parse(&format!("D:AI{copy_file}(A;ID;FA;;;SY)")).unwrap();
+        assert_eq!(file.remove_inherited(&[]), 0);
+        assert!(file.to_sddl().contains(CAP));
+        // Undoing the inner root first: sub's explicit ACE goes, but the copy from ws
+        // stays on sub and keeps its children's copies.
+        let sub2 = Dacl::parse(&format!("D:AI{copy_dir}(A;OICIID;FA;;;SY)")).unwrap();
+        assert!(sub2
+            .not_passed_down(std::slice::from_ref(&grant))
+            .is_empty());
+        // An inherit-only explicit ACE passes down the same copy.
+        let io = ace(AceKind::Allow, rights::MODIFY, Inherit::InheritOnly);
+        let sub3 = Dacl::parse(&format!("D:{}", io.sddl())).unwrap();
+        assert!(sub3
+            .not_passed_down(std::slice::from_ref(&grant))
+            .is_empty());
+        // A directory that does not pass it down: removal goes on below it, and only
+        // for the ACEs it does not still pass down.
+        let deny = ace(AceKind::Deny, rights::DENY_WRITE, Inherit::Tree);
+        let plain = Dacl::parse("D:AI(A;OICIID;FA;;;SY)").unwrap();
+        assert_eq!(
+            plain.not_passed_down(&[grant.clone(), deny.clone()]),
+            vec![grant.clone(), deny.clone()]
+        );
+        let mixed = Dacl::parse(&format!("D:AI{}", deny.sddl())).unwrap();
+        assert_eq!(
+            mixed.not_passed_down(&[grant.clone(), deny]),
+            vec![grant.clone()]
+        );
+        // An ACE for the directory only, or a file-only copy, passes nothing down.
+        let here = Dacl::parse(&format!(
+            "D:{}{copy_file}",
+            ace(AceKind::Allow, rights::MODIFY, Inherit::None).sddl()
+        ))
+        .unwrap();
+        assert_eq!(
+            here.not_passed_down(std::slice::from_ref(&grant)),
+            vec![grant]
+        );
+    }
+
+    #[test]
+    fn install_directory_is_admin_only() {
+        let d = install_sddl(true);
+        assert!(d.starts_with("D:P"), "{d}");
+        let parsed = Dacl::parse(&d).unwrap();
+        assert!(parsed.protected());
+        assert_eq!(parsed.len(), 4);
+        assert!(d.contains(TRUSTED_INSTALLER) && d.contains("(A;OICI;0x1200a9;;;S-1-5-32-545)"));
+        assert!(!install_sddl(false).contains("OICI"));
+        // What we create passes our own check, with the owner Windows reports.
+        for owner in ["BA", "SY", TRUSTED_INSTALLER, "S-1-5-32-544"] {
+            assert_eq!(
+                install_check(&format!("O:{owner}G:SY{d}")),
+                Ok(()),
+                "{owner}"
+            );
+            assert_eq!(
+                install_check(&format!("O:{owner}{}", install_sddl(false))),
+                Ok(())
+            );
+        }
+        // Program Files' usual DACL (CREATOR OWNER inherit-only, Users read) is fine.
+        let pf = format!("O:{TRUSTED_INSTALLER}D:PAI(A;;FA;;;{TRUSTED_INSTALLER})(A;CIIO;GA;;;{TRUSTED_INSTALLER})(A;;0x1301bf;;;SY)(A;OICIIO;GA;;;SY)(A;;0x1301bf;;;BA)(A;OICIIO;GA;;;BA)(A;;0x1200a9;;;BU)(A;OICIIO;GXGR;;;BU)(A;OICIIO;GA;;;CO)");
+        assert_eq!(install_check(&pf), Ok(()));
+        // Another owner, or a write grant to anyone else, is refused.
+        let user = "S-1-5-21-1-2-3-1001";
+        let e = install_check(&format!("O:{user}{d}")).unwrap_err();
+        assert!(e.contains("owned by") && e.contains(user), "{e}");
+        for bad in [
+            format!("(A;;FA;;;{user})"),
+            "(A;OICI;0x1301bf;;;BU)".to_string(),
+            "(A;;GW;;;WD)".to_string(),
+            "(A;;WD;;;AU)".to_string(),
+            "(A;ID;0x2;;;S-1-5-11)".to_string(),
+            "(XA;;FA;;;WD;(@User.x == 1))".to_string(),
+            "(A;;ZZ;;;WD)".to_string(),
+        ] {
+            let sd = format!("O:BAD:P(A;;FA;;;SY){bad}");
+            assert!(install_check(&sd).is_err(), "{sd}");
+        }
+        // Denies and read grants are fine; an unreadable owner is not.
+        assert_eq!(
+            install_check(&format!(
+                "O:BAD:P(D;;FA;;;WD)(A;;FR;;;WD){}",
+                "(A;;FA;;;SY)"
+            )),
+            Ok(())
+        );
+        assert!(install_check("D:P(A;;FA;;;SY)").is_err());
+        assert!(install_check("O:BAD:NO_ACCESS_CONTROL").is_err());
     }
 
     #[test]

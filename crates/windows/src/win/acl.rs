@@ -214,10 +214,11 @@ fn add_aces(
     // workfence's own walk, which never goes through a junction or symbolic link.
     t.set_dacl_no_propagation(&new)?;
     if t.dir && added.iter().any(|a| a.inherit != Inherit::None) {
-        let walk = propagate(&t, &added, &[]);
-        if let Some(gap) = walk.gap() {
-            let purposes: Vec<AcePurpose> = aces.iter().map(|a| a.purpose).collect();
-            if crate::plan::on_partial_propagation(&purposes) == PartialPropagation::Refuse {
+        let walk = propagate(&t, &added, &[], None);
+        let purposes: Vec<AcePurpose> = aces.iter().map(|a| a.purpose).collect();
+        let refuse = crate::plan::on_partial_propagation(&purposes) == PartialPropagation::Refuse;
+        if let Some(gap) = walk.gap(refuse) {
+            if refuse {
                 // Fail closed: the intent stays journaled, so `cleanup` (or the next
                 // run's recovery) undoes whatever part of the tree did change.
                 return Err(WindowsError::PartialDeny {
@@ -250,87 +251,66 @@ fn add_aces(
     Ok(note)
 }
 
-/// What a propagation walk did not reach, and how many links it did not follow.
-#[derive(Debug, Default)]
-struct Walk {
-    /// Objects that could not be read or changed, with why (the first few).
-    failed: Vec<String>,
-    /// How many could not.
-    failures: usize,
-    /// Directories deeper than [`decisions::MAX_PROPAGATION_DEPTH`] (not walked).
-    too_deep: usize,
-    /// Junctions and symbolic links given the copies on the link itself.
-    links: usize,
-}
-
-impl Walk {
-    fn fail(&mut self, what: String) {
-        self.failures += 1;
-        if self.failed.len() < 3 {
-            self.failed.push(what);
-        }
-    }
-
-    /// A summary when some object was missed.
-    fn gap(&self) -> Option<String> {
-        if self.failures == 0 && self.too_deep == 0 {
-            return None;
-        }
-        let mut parts = Vec::new();
-        if self.failures > 0 {
-            parts.push(format!(
-                "{} object(s) not changed, e.g. {}",
-                self.failures,
-                self.failed.join("; ")
-            ));
-        }
-        if self.too_deep > 0 {
-            parts.push(format!(
-                "{} directorie(s) deeper than {} levels not walked",
-                self.too_deep,
-                decisions::MAX_PROPAGATION_DEPTH
-            ));
-        }
-        Some(parts.join("; "))
-    }
-}
+type Walk = decisions::WalkReport;
 
 /// Gives every existing object below `root` the inherited copies of `add` and takes
 /// away those of `remove` ([`crate::sddl::inherited_copy`]), each object by its own
 /// handle and without propagation, deciding at each one with
-/// [`decisions::propagation_visit`]: a junction or symbolic link is changed itself
-/// (opened with `FILE_FLAG_OPEN_REPARSE_POINT`) and never walked through. Every
-/// directory on the way stays open without `FILE_SHARE_DELETE` while its children are
-/// visited, so nothing above the object being changed can be renamed or replaced by
-/// a junction meanwhile.
-fn propagate(root: &sys::AclTarget, add: &[crate::sddl::Ace], remove: &[crate::sddl::Ace]) -> Walk {
+/// [`decisions::propagation_visit`]. The walk never uses a path below the root: each
+/// directory is listed from its open handle and each child opened by name relative
+/// to it with `FILE_OPEN_REPARSE_POINT` ([`sys::list_dir`], [`sys::open_child`]), so
+/// a junction, whether it was there before or a sandboxed command made one of a
+/// directory meanwhile, is never followed; a child whose final path is not inside
+/// the root's is refused all the same ([`decisions::inside_root`]).
+///
+/// During a removal, an ACE that a directory still passes down itself (a nested root
+/// with the same grant, or a copy from a root above that still holds it) is not taken
+/// from its children ([`crate::sddl::Dacl::not_passed_down`]); `root_dacl` is the
+/// root's DACL after the change, for the same rule at the top.
+fn propagate(
+    root: &sys::AclTarget,
+    add: &[crate::sddl::Ace],
+    remove: &[crate::sddl::Ace],
+    root_dacl: Option<&Dacl>,
+) -> Walk {
     let mut walk = Walk::default();
-    walk_dir(root, Path::new(&root.final_path), add, remove, 1, &mut walk);
+    let remove = match root_dacl {
+        Some(d) => d.not_passed_down(remove),
+        None => remove.to_vec(),
+    };
+    if add.is_empty() && remove.is_empty() {
+        return walk;
+    }
+    walk_dir(root, &root.final_path, root, add, &remove, 1, &mut walk);
     walk
 }
 
 fn walk_dir(
-    _pinned: &sys::AclTarget,
-    dir: &Path,
+    root: &sys::AclTarget,
+    root_path: &str,
+    dir: &sys::AclTarget,
     add: &[crate::sddl::Ace],
     remove: &[crate::sddl::Ace],
     depth: usize,
     walk: &mut Walk,
 ) {
-    let entries = match fs::read_dir(dir) {
+    if !dir.listable {
+        return walk.fail(format!(
+            "{}: cannot be listed (no list permission, or held open exclusively)",
+            dir.final_path
+        ));
+    }
+    let entries = match sys::list_dir(dir) {
         Ok(e) => e,
-        Err(e) => return walk.fail(format!("{}: {e}", dir.display())),
+        Err(e) => return walk.fail(e.to_string()),
     };
     for entry in entries {
-        let child = match entry {
-            Ok(e) => e.path(),
-            Err(e) => {
-                walk.fail(format!("{}: {e}", dir.display()));
-                continue;
-            }
-        };
-        let name = child.to_string_lossy().into_owned();
-        let t = match sys::open_for_acl(&name) {
+        const DOT: u16 = b'.' as u16;
+        if entry.name == [DOT] || entry.name == [DOT, DOT] {
+            continue;
+        }
+        let listed_dir = entry.attributes & decisions::win32::FILE_ATTRIBUTE_DIRECTORY != 0;
+        let t = match sys::open_child(dir, &entry.name, listed_dir) {
             Ok(Some(t)) => t,
             Ok(None) => continue, // removed meanwhile
             Err(e) => {
@@ -338,6 +318,14 @@ fn walk_dir(
                 continue;
             }
         };
+        let name = t.final_path.clone();
+        if !decisions::inside_root(root_path, &name) {
+            walk.fail(format!(
+                "{name}: resolves outside {}, left unchanged",
+                root.final_path
+            ));
+            continue;
+        }
         let mut dacl = match t.dacl_sddl().and_then(|d| {
             Dacl::parse(&d).map_err(|source| WindowsError::Dacl {
                 path: name.clone(),
@@ -350,8 +338,9 @@ fn walk_dir(
                 continue;
             }
         };
-        let visit = decisions::propagation_visit(t.dir, t.reparse_tag, dacl.protected());
-        if visit == decisions::Visit::Skip {
+        let visit = decisions::propagation_visit(t.dir, t.reparse_tag, dacl.protected(), t.links);
+        walk.count(visit);
+        if matches!(visit, decisions::Visit::Skip | decisions::Visit::HardLinked) {
             continue;
         }
         let copies = |aces: &[crate::sddl::Ace]| -> Vec<String> {
@@ -367,14 +356,17 @@ fn walk_dir(
             }
         }
         match visit {
-            decisions::Visit::LinkOnly => walk.links += 1,
             decisions::Visit::Apply { descend: true }
                 if depth >= decisions::MAX_PROPAGATION_DEPTH =>
             {
                 walk.too_deep += 1;
             }
             decisions::Visit::Apply { descend: true } => {
-                walk_dir(&t, &child, add, remove, depth + 1, walk);
+                let below = dacl.not_passed_down(remove);
+                if add.is_empty() && below.is_empty() {
+                    continue;
+                }
+                walk_dir(root, root_path, &t, add, &below, depth + 1, walk);
             }
             _ => {}
         }
@@ -591,7 +583,8 @@ fn restore(
                     .filter(|a| a.inherit != Inherit::None)
                     .collect();
                 if !aces.is_empty() {
-                    if let Some(gap) = propagate(&t, &[], &aces).gap() {
+                    let after = Dacl::parse(&target_sddl).ok();
+                    if let Some(gap) = propagate(&t, &[], &aces, after.as_ref()).gap(false) {
                         notes.push(format!(
                             "{path}: inherited copies of workfence's ACEs may remain below it ({gap})"
                         ));

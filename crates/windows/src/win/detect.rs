@@ -173,11 +173,18 @@ pub fn doctor() -> Vec<LayerStatus> {
                     u.offline_user, u.online_user
                 ),
             ));
+            let keys: Vec<String> =
+                crate::plan::wfp_filters(&u.offline_sid, &u.online_sid, u.proxy_port)
+                    .into_iter()
+                    .map(|f| f.key)
+                    .collect();
+            let present = sys::wfp_filters_present(&keys).unwrap_or_default();
+            let (state, why) = crate::plan::wfp_filters_status(&keys, &present);
             out.push(l(
                 "network",
-                Enforcement::Full,
+                state,
                 format!(
-                    "WFP filters on {} ({}) block all its traffic and listens",
+                    "WFP filters meant to block all traffic and listens of {} ({}): {why}",
                     u.offline_user, u.offline_sid
                 ),
             ));

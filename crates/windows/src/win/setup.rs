@@ -59,6 +59,39 @@ fn schtasks(args: &[String]) -> Result<bool, WindowsError> {
         })
 }
 
+/// The standard output of `schtasks.exe args` (`None` when it fails), decoded from
+/// UTF-16 when it carries a byte-order mark or NUL bytes, else as UTF-8 (lossy).
+fn schtasks_output(args: &[String]) -> Result<Option<String>, WindowsError> {
+    let exe = std::path::Path::new(&sys::windows_dir()).join("System32\\schtasks.exe");
+    let out = std::process::Command::new(&exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| WindowsError::BootTask {
+            task: BOOT_TASK_NAME.into(),
+            why: format!("cannot start {}: {e}", exe.display()),
+        })?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let b = out.stdout;
+    // ASCII text in UTF-16LE has a NUL in every odd byte.
+    let utf16 = b.starts_with(&[0xff, 0xfe])
+        || (b.len() >= 2 && b.iter().skip(1).step_by(2).take(64).all(|&x| x == 0));
+    Ok(Some(if utf16 {
+        let units: Vec<u16> = b
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        String::from_utf16_lossy(&units)
+            .trim_start_matches('\u{feff}')
+            .to_string()
+    } else {
+        String::from_utf8_lossy(&b).into_owned()
+    }))
+}
+
 /// Whether the boot task is registered (`None`: schtasks could not be asked).
 pub fn boot_task_registered() -> Option<bool> {
     let exe = boot_exe_path(&sys::program_files_dir().ok()?);
@@ -77,22 +110,84 @@ fn register_boot_task() -> Result<String, WindowsError> {
     let task = boot_task(&exe)?;
     let me =
         std::env::current_exe().map_err(|e| err(format!("cannot find this executable: {e}")))?;
-    let dest = std::path::Path::new(&exe);
-    if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    std::fs::copy(&me, dest)
-        .map_err(|e| err(format!("cannot copy {} to {exe}: {e}", me.display())))?;
+    let bytes =
+        std::fs::read(&me).map_err(|e| err(format!("cannot read {}: {e}", me.display())))?;
+    install_boot_exe(&exe, &bytes)?;
     if !schtasks(&task.create)? {
         return Err(err(
             "schtasks /Create failed (is the Task Scheduler service running?)".into(),
         ));
     }
+    // What was registered, not what was asked for: a task that does not run this
+    // program as SYSTEM is removed again.
+    let checked = match schtasks_output(&crate::plan::boot_task_query_xml())? {
+        Some(xml) => crate::plan::boot_task_xml_check(&xml, &exe),
+        None => Err("schtasks /Query /XML failed".into()),
+    };
+    if let Err(why) = checked {
+        let _ = schtasks(&task.delete);
+        return Err(err(format!(
+            "the registered task is not the one setup asked for ({why}); it was removed: run `workfence setup` again"
+        )));
+    }
     Ok(format!(
         "registered the boot task {BOOT_TASK_NAME} (runs {} as SYSTEM at startup to re-apply the null device grant)",
         task.command_line
     ))
+}
+
+/// Writes the boot program to `exe`. SYSTEM runs it at every boot, so neither its
+/// directory nor the file may be changeable by anyone but SYSTEM, Administrators and
+/// TrustedInstaller: both are created with [`crate::sddl::install_sddl`] (a
+/// protected DACL, nothing inherited), and an existing one is used only when
+/// [`crate::sddl::install_check`] accepts its owner and DACL (then its DACL is reset
+/// to that one too). `create_dir_all` and `fs::copy` would keep whatever an earlier
+/// occupant of the path set.
+fn install_boot_exe(exe: &str, bytes: &[u8]) -> Result<(), WindowsError> {
+    use std::io::Write;
+    let err = |why: String| WindowsError::BootTask {
+        task: BOOT_TASK_NAME.into(),
+        why,
+    };
+    let dir = std::path::Path::new(exe)
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .ok_or_else(|| err(format!("{exe} has no parent directory")))?;
+    // Refuses a reparse point or an object others can change; Ok(true): it exists.
+    let trusted = |path: &str| -> Result<bool, WindowsError> {
+        match sys::owner_and_dacl(path)? {
+            None => Ok(false),
+            Some((_, true)) => Err(err(format!(
+                "{path} is a junction or symbolic link; remove it, then run `workfence setup` again"
+            ))),
+            Some((sd, false)) => crate::sddl::install_check(&sd).map(|()| true).map_err(|why| {
+                err(format!(
+                    "{path} already exists and {why}; delete it (or give it to Administrators with a DACL only administrators can change), then run `workfence setup` again"
+                ))
+            }),
+        }
+    };
+    let reset = |path: &str, dir: bool| -> Result<(), WindowsError> {
+        if let Some(t) = sys::open_for_acl(path)? {
+            t.set_dacl_no_propagation(&crate::sddl::install_sddl(dir))?;
+        }
+        Ok(())
+    };
+    if trusted(&dir)? {
+        reset(&dir, true)?;
+    } else {
+        sys::create_dir_with_sddl(&dir, &crate::sddl::install_sddl(true))?;
+    }
+    if trusted(exe)? {
+        std::fs::write(exe, bytes).map_err(|e| err(format!("cannot write {exe}: {e}")))?;
+        reset(exe, false)?;
+    } else {
+        let mut f = sys::create_file_with_sddl(exe, &crate::sddl::install_sddl(false))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| err(format!("cannot write {exe}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Removes the boot task and its copy of the executable (absent is fine).

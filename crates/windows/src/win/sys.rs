@@ -7,6 +7,8 @@ use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::ptr::{null, null_mut};
 
 use windows_sys::core::{GUID, PWSTR};
+use windows_sys::Wdk::Foundation as WF;
+use windows_sys::Wdk::Storage::FileSystem as WFS;
 use windows_sys::Win32::Foundation as F;
 use windows_sys::Win32::NetworkManagement::NetManagement as NM;
 use windows_sys::Win32::NetworkManagement::WindowsFilteringPlatform as WFP;
@@ -57,9 +59,22 @@ const _: () = {
     assert!(w::UF_WORKSTATION_TRUST_ACCOUNT == NM::UF_WORKSTATION_TRUST_ACCOUNT);
     assert!(w::UF_SERVER_TRUST_ACCOUNT == NM::UF_SERVER_TRUST_ACCOUNT);
     assert!(w::UF_DONT_EXPIRE_PASSWD == NM::UF_DONT_EXPIRE_PASSWD);
+    assert!(w::FILE_ATTRIBUTE_DIRECTORY == FS::FILE_ATTRIBUTE_DIRECTORY);
+    assert!(w::ERROR_NO_DATA == F::ERROR_NO_DATA);
+    assert!(w::ERROR_PIPE_CONNECTED == F::ERROR_PIPE_CONNECTED);
+    assert!(w::ERROR_PIPE_LISTENING == F::ERROR_PIPE_LISTENING);
     assert!(
         crate::plan::FWP_CONDITION_FLAG_IS_RAW_ENDPOINT == WFP::FWP_CONDITION_FLAG_IS_RAW_ENDPOINT
     );
+    // The directory listing is parsed from bytes by the pure `parse_dir_entries`.
+    use d::dir_info as o;
+    use std::mem::offset_of;
+    type Info = FS::FILE_ID_BOTH_DIR_INFO;
+    assert!(offset_of!(Info, NextEntryOffset) == o::NEXT);
+    assert!(offset_of!(Info, FileAttributes) == o::ATTRIBUTES);
+    assert!(offset_of!(Info, FileNameLength) == o::NAME_LENGTH);
+    assert!(offset_of!(Info, FileId) == o::FILE_ID);
+    assert!(offset_of!(Info, FileName) == o::NAME);
 };
 
 /// NUL-terminated UTF-16.
@@ -558,8 +573,14 @@ pub fn restricted_token(
 
 // ---------------------------------------------------------------- files and DACLs
 
-/// A file or directory opened for DACL changes, held without `FILE_SHARE_DELETE` so
-/// that it cannot be renamed, deleted or swapped for a junction while we work.
+/// A file or directory opened for DACL changes; every change goes through this
+/// handle to the object itself, whatever its name becomes meanwhile. A directory is
+/// normally held with `FILE_LIST_DIRECTORY`, a data access, so the share mode applies
+/// and, without `FILE_SHARE_DELETE`, it cannot be renamed or deleted while open; a
+/// file (or a directory that refused the listing right) is held with metadata access
+/// only, which share modes do not govern. An empty directory can still be made a
+/// mount point through another handle; the walk never reuses its path, see
+/// [`list_dir`] and [`open_child`].
 pub struct AclTarget {
     handle: OwnedHandle,
     /// The final path (`GetFinalPathNameByHandleW`).
@@ -570,6 +591,10 @@ pub struct AclTarget {
     pub reparse_tag: Option<u32>,
     /// Whether it is a directory.
     pub dir: bool,
+    /// Its number of names (`nNumberOfLinks`): more than 1 for a hard-linked file.
+    pub links: u32,
+    /// Whether the handle may list the directory (`FILE_LIST_DIRECTORY`).
+    pub listable: bool,
 }
 
 /// The volume serial number, file index and creation time (Windows file time) of
@@ -603,33 +628,63 @@ pub fn file_identity(path: &str) -> Option<(u32, u64, u64)> {
     })
 }
 
-/// Opens `path` (not following a final reparse point).
+/// The access an ACL change needs, and what the walk needs to list a directory.
+const ACL_ACCESS: u32 =
+    FS::READ_CONTROL | FS::WRITE_DAC | FS::FILE_READ_ATTRIBUTES | FS::SYNCHRONIZE;
+
+/// Whether an open failed for want of the listing right (or because listing reads
+/// data, which another process's share mode may exclude): then it is retried without.
+fn list_refused(code: u32) -> bool {
+    code == F::ERROR_ACCESS_DENIED || code == F::ERROR_SHARING_VIOLATION
+}
+
+/// Opens `path` (not following a final reparse point), with `FILE_LIST_DIRECTORY`
+/// when that is allowed, so that a directory can be walked from this handle.
 pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
     let w = wide(path);
-    // SAFETY: w is NUL-terminated; the other arguments are plain flags.
-    let h = unsafe {
-        FS::CreateFileW(
-            w.as_ptr(),
-            FS::READ_CONTROL | FS::WRITE_DAC,
-            FS::FILE_SHARE_READ | FS::FILE_SHARE_WRITE,
-            null(),
-            FS::OPEN_EXISTING,
-            FS::FILE_FLAG_BACKUP_SEMANTICS | FS::FILE_FLAG_OPEN_REPARSE_POINT,
-            null_mut(),
-        )
+    let open = |access: u32| {
+        // SAFETY: w is NUL-terminated and outlives the call; the other arguments are
+        // plain flags; the returned handle is checked by `owned`.
+        let h = unsafe {
+            FS::CreateFileW(
+                w.as_ptr(),
+                access,
+                FS::FILE_SHARE_READ | FS::FILE_SHARE_WRITE,
+                null(),
+                FS::OPEN_EXISTING,
+                FS::FILE_FLAG_BACKUP_SEMANTICS | FS::FILE_FLAG_OPEN_REPARSE_POINT,
+                null_mut(),
+            )
+        };
+        owned(h).ok_or_else(last_error)
     };
-    let Some(handle) = owned(h) else {
-        let code = last_error();
-        if code == F::ERROR_FILE_NOT_FOUND || code == F::ERROR_PATH_NOT_FOUND {
-            return Ok(None);
-        }
-        return Err(api(
-            &format!("opening {path} to change its ACL"),
-            "CreateFileW",
-            code,
-            "close programs that hold it open exclusively, or check that you own it",
-        ));
+    let (handle, listable) = match open(ACL_ACCESS | FS::FILE_LIST_DIRECTORY) {
+        Ok(h) => (h, true),
+        Err(code) if list_refused(code) => match open(ACL_ACCESS) {
+            Ok(h) => (h, false),
+            Err(code) => return open_failed(path, code, "CreateFileW"),
+        },
+        Err(code) => return open_failed(path, code, "CreateFileW"),
     };
+    describe(handle, path, listable).map(Some)
+}
+
+fn open_failed(path: &str, code: u32, name: &'static str) -> Result<Option<AclTarget>> {
+    if code == F::ERROR_FILE_NOT_FOUND || code == F::ERROR_PATH_NOT_FOUND {
+        return Ok(None);
+    }
+    Err(api(
+        &format!("opening {path} to change its ACL"),
+        name,
+        code,
+        "close programs that hold it open exclusively, or check that you own it",
+    ))
+}
+
+/// Reads what the walk decides on from an open handle: attributes, link count,
+/// reparse tag and final path, all of the object the handle holds (not of whatever a
+/// path names now).
+fn describe(handle: OwnedHandle, path: &str, listable: bool) -> Result<AclTarget> {
     let mut info: FS::BY_HANDLE_FILE_INFORMATION = Default::default();
     // SAFETY: handle is open; info is a valid output.
     let ok = unsafe { FS::GetFileInformationByHandle(raw(&handle), &mut info) };
@@ -661,12 +716,26 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
             0
         }
     });
+    let final_path = final_path(&handle, path)?;
+    Ok(AclTarget {
+        handle,
+        final_path,
+        reparse,
+        reparse_tag,
+        dir: info.dwFileAttributes & FS::FILE_ATTRIBUTE_DIRECTORY != 0,
+        links: info.nNumberOfLinks,
+        listable,
+    })
+}
+
+/// `GetFinalPathNameByHandleW` (normalized, with a drive letter).
+fn final_path(handle: &OwnedHandle, path: &str) -> Result<String> {
     let mut buf = vec![0u16; 1024];
     loop {
         // SAFETY: buf and its length match.
         let n = unsafe {
             FS::GetFinalPathNameByHandleW(
-                raw(&handle),
+                raw(handle),
                 buf.as_mut_ptr(),
                 buf.len() as u32,
                 FS::FILE_NAME_NORMALIZED | FS::VOLUME_NAME_DOS,
@@ -683,17 +752,133 @@ pub fn open_for_acl(path: &str) -> Result<Option<AclTarget>> {
         }
         if n < buf.len() {
             buf.truncate(n);
-            break;
+            return Ok(String::from_utf16_lossy(&buf));
         }
         buf.resize(n + 1, 0);
     }
-    Ok(Some(AclTarget {
-        handle,
-        final_path: String::from_utf16_lossy(&buf),
-        reparse,
-        reparse_tag,
-        dir: info.dwFileAttributes & FS::FILE_ATTRIBUTE_DIRECTORY != 0,
-    }))
+}
+
+/// Opens the child `name` (one component, [`d::child_name_ok`]) of the directory
+/// `parent` by name relative to the parent's handle (`NtCreateFile` with
+/// `OBJECT_ATTRIBUTES.RootDirectory`), with `FILE_OPEN_REPARSE_POINT`: neither the
+/// parent's path (which may now lead elsewhere) nor a reparse point on the child is
+/// followed. With `list`, asks for `FILE_LIST_DIRECTORY` too (retried without when
+/// refused). `Ok(None)`: the child is gone.
+pub fn open_child(parent: &AclTarget, name: &[u16], list: bool) -> Result<Option<AclTarget>> {
+    let shown = format!("{}\\{}", parent.final_path, String::from_utf16_lossy(name));
+    if !d::child_name_ok(name) || name.len() * 2 > usize::from(u16::MAX) {
+        return Err(WindowsError::Reparse {
+            path: shown.clone(),
+            actual: "a listed name that is not one path component".into(),
+        });
+    }
+    let us = F::UNICODE_STRING {
+        Length: (name.len() * 2) as u16,
+        MaximumLength: (name.len() * 2) as u16,
+        // The name is only read (NtCreateFile takes a const OBJECT_ATTRIBUTES).
+        Buffer: name.as_ptr().cast_mut(),
+    };
+    let oa = WF::OBJECT_ATTRIBUTES {
+        Length: std::mem::size_of::<WF::OBJECT_ATTRIBUTES>() as u32,
+        RootDirectory: raw(&parent.handle),
+        ObjectName: &us,
+        Attributes: 0,
+        SecurityDescriptor: null(),
+        SecurityQualityOfService: null(),
+    };
+    let open = |access: u32| -> std::result::Result<OwnedHandle, i32> {
+        let mut h: F::HANDLE = null_mut();
+        let mut iosb: windows_sys::Win32::System::IO::IO_STATUS_BLOCK = Default::default();
+        // SAFETY: oa points to us (whose buffer is `name`, alive for the call, of the
+        // length given) and to the parent's open directory handle; h and iosb are
+        // valid outputs; no allocation size or EA buffer. SYNCHRONIZE is requested with
+        // FILE_SYNCHRONOUS_IO_NONALERT, as that option requires.
+        let status = unsafe {
+            WFS::NtCreateFile(
+                &mut h,
+                access,
+                &oa,
+                &mut iosb,
+                null(),
+                0,
+                FS::FILE_SHARE_READ | FS::FILE_SHARE_WRITE,
+                WFS::FILE_OPEN,
+                WFS::FILE_OPEN_REPARSE_POINT
+                    | WFS::FILE_SYNCHRONOUS_IO_NONALERT
+                    | WFS::FILE_OPEN_FOR_BACKUP_INTENT,
+                null(),
+                0,
+            )
+        };
+        if status < 0 {
+            return Err(status);
+        }
+        owned(h).ok_or(F::STATUS_INVALID_HANDLE)
+    };
+    let dos = |status: i32| {
+        // SAFETY: a pure translation of a status code.
+        unsafe { F::RtlNtStatusToDosError(status) }
+    };
+    let first = if list {
+        open(ACL_ACCESS | FS::FILE_LIST_DIRECTORY)
+    } else {
+        open(ACL_ACCESS)
+    };
+    let (handle, listable) = match first {
+        Ok(h) => (h, list),
+        Err(st) if list && list_refused(dos(st)) => match open(ACL_ACCESS) {
+            Ok(h) => (h, false),
+            Err(st) => return open_failed(&shown, dos(st), "NtCreateFile"),
+        },
+        Err(st) => return open_failed(&shown, dos(st), "NtCreateFile"),
+    };
+    describe(handle, &shown, listable).map(Some)
+}
+
+/// Lists the directory `t` from its own handle (`GetFileInformationByHandleEx` with
+/// `FileIdBothDirectoryInfo`, repeated until `ERROR_NO_MORE_FILES`), never by path:
+/// what it returns is the contents of the directory this handle holds, even if that
+/// directory has since become a mount point. Needs a [`AclTarget::listable`] handle.
+pub fn list_dir(t: &AclTarget) -> Result<Vec<d::DirEntry>> {
+    // u64 words: the records are 8-byte aligned.
+    let mut buf = vec![0u64; 8192];
+    let mut out = Vec::new();
+    let mut class = FS::FileIdBothDirectoryRestartInfo;
+    loop {
+        // SAFETY: the handle is an open directory with FILE_LIST_DIRECTORY and
+        // synchronous I/O; buf is writable for the byte length given.
+        let ok = unsafe {
+            FS::GetFileInformationByHandleEx(
+                raw(&t.handle),
+                class,
+                buf.as_mut_ptr().cast(),
+                (buf.len() * 8) as u32,
+            )
+        };
+        if ok == 0 {
+            let code = last_error();
+            if code == F::ERROR_NO_MORE_FILES {
+                return Ok(out);
+            }
+            return Err(api(
+                &format!("listing {}", t.final_path),
+                "GetFileInformationByHandleEx",
+                code,
+                "",
+            ));
+        }
+        class = FS::FileIdBothDirectoryInfo;
+        let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let entries = d::parse_dir_entries(&bytes).map_err(|why| {
+            api(
+                &format!("listing {} ({why})", t.final_path),
+                "GetFileInformationByHandleEx",
+                F::ERROR_INVALID_DATA,
+                "",
+            )
+        })?;
+        out.extend(entries);
+    }
 }
 
 impl AclTarget {
@@ -1293,9 +1478,16 @@ pub fn program_files_dir() -> Result<String> {
             &mut p,
         )
     };
-    // SAFETY: on success p is a NUL-terminated string; on failure it is null or valid.
-    let s = unsafe { from_wide_ptr(p) };
-    // SAFETY: p was allocated by SHGetKnownFolderPath (null is allowed) and is not used after.
+    // The string is read only on success: on failure the documentation promises
+    // nothing about p but that it must still be freed (CoTaskMemFree takes null).
+    let s = if hr >= 0 {
+        // SAFETY: on success p is a NUL-terminated string allocated for us.
+        unsafe { from_wide_ptr(p) }
+    } else {
+        String::new()
+    };
+    // SAFETY: p was set by SHGetKnownFolderPath (or is still null), is freed once
+    // whatever hr says, as the documentation requires, and is not used after.
     unsafe { windows_sys::Win32::System::Com::CoTaskMemFree(p as *const core::ffi::c_void) };
     if hr < 0 || s.is_empty() {
         return Err(api(
@@ -1559,9 +1751,26 @@ pub fn group_del(name: &str) -> Result<()> {
     }
 }
 
-/// The SID of a local account.
+/// The computer's NetBIOS name (`GetComputerNameExW(ComputerNameNetBIOS)`), which
+/// qualifies local accounts.
+fn computer_name() -> Result<String> {
+    use windows_sys::Win32::System::SystemInformation as SI;
+    let mut buf = [0u16; 64];
+    let mut n = buf.len() as u32;
+    // SAFETY: buf and n match (a NetBIOS name is at most 15 characters); on success
+    // n receives the length without the NUL.
+    let ok = unsafe { SI::GetComputerNameExW(SI::ComputerNameNetBIOS, buf.as_mut_ptr(), &mut n) };
+    check(ok, "reading the computer name", "GetComputerNameExW", "")?;
+    Ok(String::from_utf16_lossy(
+        &buf[..(n as usize).min(buf.len())],
+    ))
+}
+
+/// The SID of a local account, looked up as `COMPUTER\name`
+/// ([`crate::plan::local_account_name`]): an unqualified name is also searched in
+/// the domain and its trusts, where someone else may hold an account of that name.
 pub fn lookup_sid(name: &str) -> Result<String> {
-    let n = wide(name);
+    let n = wide(&crate::plan::local_account_name(&computer_name()?, name));
     let mut sid = vec![0u64; 16];
     let mut sid_len = (sid.len() * 8) as u32;
     let mut dom = vec![0u16; 256];
@@ -1906,6 +2115,33 @@ fn add_filter(engine: &Engine, f: &WfpFilter, provider_key: &mut GUID) -> Result
     Ok(())
 }
 
+/// For each filter key, whether the filter exists (`FwpmFilterGetByKey0`): `Some(true)`
+/// found, `Some(false)` not found, `None` when the engine would not say (reading
+/// filters may need elevation).
+pub fn wfp_filters_present(keys: &[String]) -> Result<Vec<Option<bool>>> {
+    let engine = Engine::open()?;
+    Ok(keys
+        .iter()
+        .map(|k| {
+            let key = guid(k);
+            let mut f: *mut WFP::FWPM_FILTER0 = null_mut();
+            // SAFETY: the engine is open; key is a valid GUID alive for the call; f
+            // receives memory the engine allocates, freed below.
+            let r = unsafe { WFP::FwpmFilterGetByKey0(engine.0, &key, &mut f) };
+            if !f.is_null() {
+                let mut p = f.cast::<c_void>();
+                // SAFETY: p was allocated by FwpmFilterGetByKey0 and is freed once.
+                unsafe { WFP::FwpmFreeMemory0(&mut p) };
+            }
+            match r {
+                0 => Some(true),
+                r if r == F::FWP_E_FILTER_NOT_FOUND as u32 => Some(false),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
 /// Removes the filters with these keys (absent is fine), then workfence's sublayer and
 /// provider. Pass [`crate::plan::all_filter_keys`] to remove earlier versions' too.
 pub fn wfp_uninstall(keys: &[String]) -> Result<()> {
@@ -2221,6 +2457,135 @@ fn handle_dacl_sddl(h: &OwnedHandle, what: &str, fix: &str) -> Result<String> {
     let _s = LocalBox(s as *mut c_void);
     // SAFETY: s is NUL-terminated.
     Ok(unsafe { from_wide_ptr(s) })
+}
+
+/// The owner and DACL of `path` as SDDL (`O:..D:..`), read from a handle opened
+/// without following a final reparse point, and whether the object is a reparse
+/// point; `None` when it does not exist.
+pub fn owner_and_dacl(path: &str) -> Result<Option<(String, bool)>> {
+    let w = wide(path);
+    // SAFETY: w is NUL-terminated; the other arguments are plain flags; the handle
+    // is checked by `owned`.
+    let h = unsafe {
+        FS::CreateFileW(
+            w.as_ptr(),
+            FS::READ_CONTROL | FS::FILE_READ_ATTRIBUTES,
+            FS::FILE_SHARE_READ | FS::FILE_SHARE_WRITE | FS::FILE_SHARE_DELETE,
+            null(),
+            FS::OPEN_EXISTING,
+            FS::FILE_FLAG_BACKUP_SEMANTICS | FS::FILE_FLAG_OPEN_REPARSE_POINT,
+            null_mut(),
+        )
+    };
+    let Some(handle) = owned(h) else {
+        let code = last_error();
+        if code == F::ERROR_FILE_NOT_FOUND || code == F::ERROR_PATH_NOT_FOUND {
+            return Ok(None);
+        }
+        return Err(api(&format!("opening {path}"), "CreateFileW", code, ""));
+    };
+    let mut info: FS::BY_HANDLE_FILE_INFORMATION = Default::default();
+    // SAFETY: handle is open; info is a valid output.
+    let ok = unsafe { FS::GetFileInformationByHandle(raw(&handle), &mut info) };
+    check_lazy(
+        ok,
+        || format!("inspecting {path}"),
+        "GetFileInformationByHandle",
+        "",
+    )?;
+    let reparse = info.dwFileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT != 0;
+    let what = S::OWNER_SECURITY_INFORMATION | S::DACL_SECURITY_INFORMATION;
+    let mut sd: S::PSECURITY_DESCRIPTOR = null_mut();
+    // SAFETY: the handle has READ_CONTROL; sd receives a LocalAlloc'd descriptor,
+    // freed by the LocalBox below.
+    let code = unsafe {
+        A::GetSecurityInfo(
+            raw(&handle),
+            A::SE_FILE_OBJECT,
+            what,
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            &mut sd,
+        )
+    };
+    if code != 0 {
+        return Err(api(
+            &format!("reading the owner and DACL of {path}"),
+            "GetSecurityInfo",
+            code,
+            "",
+        ));
+    }
+    let sd = LocalBox(sd);
+    let mut s: PWSTR = null_mut();
+    // SAFETY: sd is a valid descriptor; s receives a LocalAlloc'd string.
+    let ok = unsafe {
+        A::ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            sd.0,
+            A::SDDL_REVISION_1,
+            what,
+            &mut s,
+            null_mut(),
+        )
+    };
+    check(
+        ok,
+        "formatting a security descriptor",
+        "ConvertSecurityDescriptorToStringSecurityDescriptorW",
+        "",
+    )?;
+    let _s = LocalBox(s as *mut c_void);
+    // SAFETY: on success s is a NUL-terminated string, alive until _s drops.
+    Ok(Some((unsafe { from_wide_ptr(s) }, reparse)))
+}
+
+/// Creates the directory `path` with the security descriptor `sddl` (fails when it
+/// exists).
+pub fn create_dir_with_sddl(path: &str, sddl: &str) -> Result<()> {
+    let sd = SecurityDescriptor::from_sddl(sddl)?;
+    let sa = S::SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<S::SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: sd.ptr(),
+        bInheritHandle: 0,
+    };
+    let w = wide(path);
+    // SAFETY: w is NUL-terminated; sa points into sd, alive for the call.
+    let ok = unsafe { FS::CreateDirectoryW(w.as_ptr(), &sa) };
+    check_lazy(ok, || format!("creating {path}"), "CreateDirectoryW", "")
+}
+
+/// Creates the file `path` (it must not exist) with the security descriptor `sddl`,
+/// open for writing.
+pub fn create_file_with_sddl(path: &str, sddl: &str) -> Result<std::fs::File> {
+    let sd = SecurityDescriptor::from_sddl(sddl)?;
+    let sa = S::SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<S::SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: sd.ptr(),
+        bInheritHandle: 0,
+    };
+    let w = wide(path);
+    // SAFETY: w is NUL-terminated; sa points into sd, alive for the call; the handle
+    // is checked by `owned`.
+    let h = unsafe {
+        FS::CreateFileW(
+            w.as_ptr(),
+            F::GENERIC_WRITE,
+            0,
+            &sa,
+            FS::CREATE_NEW,
+            FS::FILE_ATTRIBUTE_NORMAL,
+            null_mut(),
+        )
+    };
+    match owned(h) {
+        Some(h) => Ok(std::fs::File::from(h)),
+        None => {
+            let code = last_error();
+            Err(api(&format!("creating {path}"), "CreateFileW", code, ""))
+        }
+    }
 }
 
 /// The null device's DACL as SDDL (readable without elevation).
@@ -2631,17 +2996,7 @@ pub fn default_pipe_server(name: &str) -> Result<OwnedHandle> {
 pub fn pipe_poll_client(server: &OwnedHandle) -> Result<bool> {
     // SAFETY: server is a pipe handle in non-blocking mode; no OVERLAPPED.
     let ok = unsafe { P::ConnectNamedPipe(raw(server), null_mut()) };
-    if ok != 0 {
-        return Ok(true);
-    }
-    match last_error() {
-        F::ERROR_PIPE_CONNECTED | F::ERROR_NO_DATA => Ok(true),
-        F::ERROR_PIPE_LISTENING => Ok(false),
-        code => Err(api(
-            "waiting for a pipe client",
-            "ConnectNamedPipe",
-            code,
-            "",
-        )),
-    }
+    let code = if ok != 0 { 0 } else { last_error() };
+    d::nowait_pipe_connected(ok != 0, code)
+        .map_err(|code| api("waiting for a pipe client", "ConnectNamedPipe", code, ""))
 }
