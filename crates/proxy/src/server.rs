@@ -341,11 +341,12 @@ impl Proxy {
     }
 
     fn deny(&self, d: &Denial) {
-        self.inner
-            .denials
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(d.clone());
+        let mut v = self.inner.denials.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded (a command looping over names must not grow the host's memory);
+        // every connection still has its audit record.
+        if v.len() < MAX_DENIALS {
+            v.push(d.clone());
+        }
     }
 
     /// How an allowed connection to `target` is carried. Pass-through for every host
@@ -369,7 +370,12 @@ impl Proxy {
                     let p = self.clone();
                     tokio::spawn(async move { p.serve(s, Some(Arc::new(slot))).await });
                 }
-                Err(e) if transient(&e) => continue,
+                Err(e) if transient(&e) => {
+                    if out_of_resources(&e) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    continue;
+                }
                 Err(e) => return Err(ProxyError::Accept(e)),
             }
         }
@@ -390,7 +396,12 @@ impl Proxy {
                     let p = self.clone();
                     tokio::spawn(async move { p.serve(s, Some(Arc::new(slot))).await });
                 }
-                Err(e) if transient(&e) => continue,
+                Err(e) if transient(&e) => {
+                    if out_of_resources(&e) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    continue;
+                }
                 Err(e) => return Err(ProxyError::Accept(e)),
             }
         }
@@ -719,7 +730,9 @@ impl Proxy {
                 if let Some(tcp) =
                     (&mut stream as &mut dyn std::any::Any).downcast_mut::<TcpStream>()
                 {
-                    let _ = crate::splice::relay(tcp, up.get_ref(), &counters).await;
+                    if let Err(e) = crate::splice::relay(tcp, up.get_ref(), &counters).await {
+                        audit.record.reason = Some(format!("the relay ended with an error: {e}"));
+                    }
                     audit.finish(&*sink, counters.get());
                     return;
                 }
@@ -868,8 +881,24 @@ fn transient(e: &std::io::Error) -> bool {
         std::io::ErrorKind::ConnectionAborted
             | std::io::ErrorKind::ConnectionReset
             | std::io::ErrorKind::Interrupted
-    )
+    ) || out_of_resources(e)
 }
+
+/// accept(2) failing for lack of fds or memory: the proxy waits a little and accepts
+/// again instead of stopping (the connections already open will free some).
+pub(crate) fn out_of_resources(e: &std::io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    if matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    ) {
+        return true;
+    }
+    e.kind() == std::io::ErrorKind::OutOfMemory
+}
+
+/// At most this many denials are kept for the run's result.
+const MAX_DENIALS: usize = 1000;
 
 /// The destination of a proxy request, with every consistency check: CONNECT takes an
 /// authority-form target; other methods take an absolute `http://` URI; a Host header,
@@ -952,7 +981,10 @@ fn tunnel_after_upgrade(
                     let mut early = rest;
                     early.extend_from_slice(&parts.read_buf);
                     if early.is_empty() || up.write_all(&early).await.is_ok() {
-                        let _ = crate::splice::relay(&tcp, up.get_ref(), &counters).await;
+                        if let Err(e) = crate::splice::relay(&tcp, up.get_ref(), &counters).await {
+                            audit.record.reason =
+                                Some(format!("the relay ended with an error: {e}"));
+                        }
                     }
                     audit.finish(&*sink, counters.get());
                     drop(slot);

@@ -17,6 +17,36 @@ use crate::io::Counters;
 /// How much one splice call asks for; the pipe is enlarged to this where allowed.
 const CHUNK: usize = 1 << 20;
 
+/// At most this many pipes are enlarged at once: pipe pages count against the user's
+/// `fs.pipe-user-pages-soft` (16384 pages by default), and past it the kernel shrinks
+/// every new pipe of the user, the agent's own shell included. The others keep the
+/// default 64 KiB.
+const MAX_BIG_PIPES: usize = 16;
+static BIG_PIPES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An enlarged-pipe slot, given back on drop.
+struct BigPipe(bool);
+
+impl BigPipe {
+    fn take() -> BigPipe {
+        use std::sync::atomic::Ordering;
+        let got = BIG_PIPES
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_BIG_PIPES).then_some(n + 1)
+            })
+            .is_ok();
+        BigPipe(got)
+    }
+}
+
+impl Drop for BigPipe {
+    fn drop(&mut self) {
+        if self.0 {
+            BIG_PIPES.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
@@ -28,9 +58,16 @@ async fn one_way(
     dst: &TcpStream,
     count: &std::sync::atomic::AtomicU64,
 ) -> io::Result<()> {
-    let (pr, pw): (OwnedFd, OwnedFd) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    let (pr, pw): (OwnedFd, OwnedFd) = match pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
+        Ok(p) => p,
+        // Out of fds or pipe pages: relay through user space instead.
+        Err(_) => return copy_one_way(src, dst, count).await,
+    };
     // Best effort: a bigger pipe means fewer wake-ups; the default (64 KiB) works too.
-    let _ = rustix::pipe::fcntl_setpipe_size(&pw, CHUNK);
+    let big = BigPipe::take();
+    if big.0 {
+        let _ = rustix::pipe::fcntl_setpipe_size(&pw, CHUNK);
+    }
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
         let n = loop {
@@ -54,8 +91,50 @@ async fn one_way(
             match dst.try_io(Interest::WRITABLE, || {
                 splice(&pr, None, dst.as_fd(), None, left, flags).map_err(io::Error::from)
             }) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "splice to the destination moved nothing",
+                    ))
+                }
                 Ok(m) => {
                     left -= m;
+                    count.fetch_add(m as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) if would_block(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// One direction through a user-space buffer (when no pipe can be made).
+async fn copy_one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    count: &std::sync::atomic::AtomicU64,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = loop {
+            src.readable().await?;
+            match src.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if would_block(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            let _ = rustix::net::shutdown(dst.as_fd(), Shutdown::Write);
+            return Ok(());
+        }
+        let mut off = 0;
+        while off < n {
+            dst.writable().await?;
+            match dst.try_write(&buf[off..n]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(m) => {
+                    off += m;
                     count.fetch_add(m as u64, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(e) if would_block(&e) => continue,

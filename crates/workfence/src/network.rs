@@ -328,6 +328,7 @@ mod linux {
         /// refused, and [`ProxyRun::finish`] reports it.
         pub fn start(&mut self) -> Result<(), NetworkError> {
             self.theirs = None;
+            raise_fd_limit();
             let Some(ours) = self.ours.take() else {
                 return Ok(());
             };
@@ -436,6 +437,18 @@ mod linux {
             transparent,
             dns,
         })
+    }
+
+    /// Each tunnel holds up to six fds (two sockets, two pipes): lift the soft limit
+    /// to the hard one, so that a few hundred connections do not run workfence out of
+    /// fds. The sandbox was created before this and keeps its own limit.
+    fn raise_fd_limit() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            if soft < hard {
+                let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+            }
+        }
     }
 
     fn serve(

@@ -8,6 +8,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// Distinct denied names recorded (audit line and denial) per run; later ones are
+/// answered NXDOMAIN without a record.
+const MAX_DENIED_NAMES: usize = 1000;
+
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{rdata, RData, Record, RecordType};
 use tokio::net::UdpSocket;
@@ -233,15 +237,14 @@ impl Proxy {
                 None,
             ),
         };
-        self.dns_audit(Some(&name), Decision::Deny, rule.clone(), reason.clone());
-        let first = self
-            .inner
-            .synth
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .denied
-            .insert(name.clone());
+        let first = {
+            let mut s = self.inner.synth.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: a loop over random names must not grow the host's memory.
+            s.denied.len() < MAX_DENIED_NAMES && s.denied.insert(name.clone())
+        };
         if first {
+            // One audit line per denied name, not per query (retries, random names).
+            self.dns_audit(Some(&name), Decision::Deny, rule.clone(), reason.clone());
             // Port 0: a lookup names no port.
             self.deny(&Denial {
                 host: name,

@@ -76,7 +76,12 @@ impl Proxy {
                     let p = self.clone();
                     tokio::spawn(async move { p.transparent_conn(s, Some(Arc::new(slot))).await });
                 }
-                Err(e) if transient(&e) => continue,
+                Err(e) if transient(&e) => {
+                    if super::out_of_resources(&e) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    continue;
+                }
                 Err(e) => return Err(ProxyError::Accept(e)),
             }
         }
@@ -152,6 +157,17 @@ impl Proxy {
         };
         let mut buf = Vec::new();
         let sniffed = match sniff(&mut stream, &mut buf, window, timeout).await {
+            // On 443 only TLS is carried, and TLS clients speak first: a client that
+            // waits could otherwise name another server behind this address after the
+            // check (domain fronting). Other ports admit server-first protocols, so
+            // there the server-name check holds only for clients that speak at once.
+            Ok(Sniffed::Silent) if target.port == 443 => Err(format!(
+                "no TLS ClientHello within {} s on port 443",
+                timeout.as_secs()
+            )),
+            other => other,
+        };
+        let sniffed = match sniffed {
             Ok(s) => s,
             Err(reason) => {
                 audit.outcome(Decision::Reject, None, Some(reason));
@@ -209,7 +225,9 @@ impl Proxy {
                 }
                 // Zero-copy, as the explicit tunnels (crate::splice).
                 #[cfg(target_os = "linux")]
-                let _ = crate::splice::relay(&stream, up.get_ref(), &counters).await;
+                if let Err(e) = crate::splice::relay(&stream, up.get_ref(), &counters).await {
+                    audit.record.reason = Some(format!("the relay ended with an error: {e}"));
+                }
                 #[cfg(not(target_os = "linux"))]
                 let _ = tokio::io::copy_bidirectional_with_sizes(
                     &mut stream,
@@ -236,6 +254,8 @@ impl Proxy {
         let _ = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.inner.config.handshake_timeout)
+            // A client that half-closes after its request still gets its answer.
+            .half_close(true)
             .serve_connection(TokioIo::new(stream), svc)
             .await;
     }
