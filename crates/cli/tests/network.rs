@@ -644,7 +644,7 @@ fn bare_repo(sc: &Scenario) -> PathBuf {
     served
 }
 
-/// git over dumb HTTP through the proxy: `ls-remote` and `fetch` into the workspace's own
+/// git over dumb HTTP through the proxy: `ls-remote`, `clone` into the private /tmp, and `fetch` into the workspace's own
 /// repository. (`git clone` itself is refused inside the sandbox whatever the network
 /// mode: a new repository's `.git/hooks` and `.git/config` are protected everywhere under
 /// the writable roots; see the README's limitations.)
@@ -667,13 +667,23 @@ fn net_work_git_fetch_http() {
             r#"git ls-remote "http://git.test:$PG/repo.git" > "$WS/remote.txt"; echo "LSREMOTE rc=$?"
 git fetch -q "http://git.test:$PG/repo.git" main; echo "FETCH rc=$?"
 git show FETCH_HEAD:hello.txt > "$WS/fetched.txt"; echo "SHOW rc=$?"
+git clone -q "http://git.test:$PG/repo.git" /tmp/clone; echo "CLONE rc=$?"
+cp /tmp/clone/hello.txt "$WS/cloned.txt"; echo "CLONED rc=$?"
 {DIRECT}"#
         ),
     );
     assert_sandboxed(&sc, &o, "git fetch over HTTP");
-    for k in ["LSREMOTE", "FETCH", "SHOW"] {
+    // A clone goes to the sandbox's private /tmp: a new repository in the workspace
+    // would carry config and hooks host git runs later (refused; README Limitations).
+    for k in ["LSREMOTE", "FETCH", "SHOW", "CLONE", "CLONED"] {
         assert_eq!(o.field(k).as_deref(), Some("rc=0"), "{k}\n{}", o.show());
     }
+    assert_eq!(
+        read_lossy(&sc.ws.join("cloned.txt")),
+        format!("cloned {}\n", sc.token),
+        "{}",
+        o.show()
+    );
     assert!(
         read_lossy(&sc.ws.join("remote.txt")).contains("refs/heads/main"),
         "ls-remote listed no main branch\n{}",

@@ -46,6 +46,15 @@ pub struct WriteGuard {
     pub writable_within: Vec<PathBuf>,
     /// Whether the git name rules apply (always, except in tests).
     pub git_names: bool,
+    /// Directories whose contents vanish with the sandbox (its private `/tmp`): host
+    /// git never runs in a repository there, so the git name rules do not apply and
+    /// `git clone`/`git init` work there. Exact paths still do.
+    #[serde(default)]
+    pub ephemeral: Vec<PathBuf>,
+    /// Host directories mounted inside an ephemeral one (a writable root under
+    /// `/tmp`): the git name rules apply there as anywhere.
+    #[serde(default)]
+    pub ephemeral_except: Vec<PathBuf>,
 }
 
 /// Where a path sits relative to git directories, after walking its components.
@@ -152,7 +161,7 @@ impl WriteGuard {
         {
             return Some("a non-directory here would redirect a protected path below it");
         }
-        if !self.git_names {
+        if !self.git_names || self.is_ephemeral(path) {
             return None;
         }
         let (parent, name) = split_last(path);
@@ -173,6 +182,16 @@ impl WriteGuard {
         }
     }
 
+    /// Whether `path` is in the sandbox's own ephemeral storage (and not in a host
+    /// directory mounted there).
+    fn is_ephemeral(&self, path: &[u8]) -> bool {
+        let within = |list: &[PathBuf]| {
+            list.iter()
+                .any(|e| at_or_below(path, e.as_os_str().as_encoded_bytes()))
+        };
+        within(&self.ephemeral) && !within(&self.ephemeral_except)
+    }
+
     /// Why renaming a directory to `dst` is refused: its contents would land where
     /// they become protected.
     pub fn refuse_dir_destination(&self, dst: &[u8]) -> Option<&'static str> {
@@ -184,7 +203,7 @@ impl WriteGuard {
                 return Some("the directory would become an ancestor of a protected path");
             }
         }
-        if !self.git_names {
+        if !self.git_names || self.is_ephemeral(dst) {
             return None;
         }
         match state_of(dst) {
@@ -208,7 +227,28 @@ mod tests {
             ],
             writable_within: vec!["/w/.git/modules/sub".into()],
             git_names: true,
+            ephemeral: vec!["/tmp".into()],
+            ephemeral_except: vec!["/tmp/hostroot".into()],
         }
+    }
+
+    #[test]
+    fn the_private_tmp_may_hold_new_repositories_host_mounts_in_it_may_not() {
+        // A clone into the sandbox's own /tmp: it vanishes with the sandbox.
+        assert!(!refused("/tmp/clone/.git/config", Kind::NonDir));
+        assert!(!refused("/tmp/clone/.git/hooks", Kind::Dir));
+        assert!(!refused("/tmp/clone/.git/hooks/pre-commit", Kind::NonDir));
+        assert!(guard()
+            .refuse_dir_destination(b"/tmp/clone/.git/hooks")
+            .is_none());
+        // A host directory bound under /tmp, and everything else, keep the rules.
+        assert!(refused("/tmp/hostroot/r/.git/config", Kind::NonDir));
+        assert!(refused("/tmp/hostroot/r/.git/hooks/x", Kind::NonDir));
+        assert!(refused("/w/r/.git/config", Kind::NonDir));
+        assert!(refused("/tmpx/r/.git/config", Kind::NonDir));
+        assert!(guard().refuse_dir_destination(b"/w/r/.git/hooks").is_some());
+        // A move from /tmp into the workspace is judged at its destination.
+        assert!(guard().refuse_dir_destination(b"/w/sub/.git").is_some());
     }
 
     fn refused(p: &str, k: Kind) -> bool {

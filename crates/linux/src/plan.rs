@@ -1041,10 +1041,26 @@ pub fn plan(
         .filter(|p| exact.iter().any(|e| p.path.starts_with(e) && p.path != *e))
         .map(|p| p.path.clone())
         .collect();
+    // The private /tmp is a tmpfs of this sandbox alone, gone when it ends: nested
+    // repositories there (a `git clone` into /tmp) never meet host git. Not in
+    // degraded mode, whose TMPDIR is a host directory.
+    let (ephemeral, ephemeral_except) = if ns {
+        let under: Vec<PathBuf> = layout
+            .writable
+            .iter()
+            .filter(|w| w.path.starts_with(&tmp))
+            .map(|w| w.path.clone())
+            .collect();
+        (vec![tmp.clone()], under)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     seccomp.write_guard = crate::guard::WriteGuard {
         exact,
         writable_within,
         git_names: true,
+        ephemeral,
+        ephemeral_except,
     };
     if !ns && facts.foreign_procfs {
         seccomp.brokered = false;
@@ -1234,6 +1250,20 @@ impl fmt::Display for LinuxPlan {
             }
             if g.git_names {
                 writeln!(f, "    in every git directory (.git, .git/worktrees/*, .git/modules/**): config, config.worktree, commondir, hooks/**; any .git that is not a directory; directory renames that would create git metadata or an ancestor of a path above")?;
+                for e in &g.ephemeral {
+                    writeln!(
+                        f,
+                        "    (not in {}: the sandbox's private tmpfs, gone when it ends, so git clone/init work there{})",
+                        e.display(),
+                        if g.ephemeral_except.is_empty() {
+                            String::new()
+                        } else {
+                            let v: Vec<String> =
+                                g.ephemeral_except.iter().map(|p| p.display().to_string()).collect();
+                            format!("; except the host directories {}", v.join(", "))
+                        }
+                    )?;
+                }
             }
         }
         writeln!(f, "\nLimits:")?;
