@@ -316,7 +316,8 @@ impl Proxy {
         })
     }
 
-    /// How many connections accepted by `serve_tcp`/`serve_unix` are still being served.
+    /// How many connections accepted by `serve_tcp`/`serve_unix` are still being served
+    /// (while a serve loop runs, the slot it holds for its next accept counts too).
     pub fn in_flight(&self) -> usize {
         self.inner.config.max_connections.max(1) - self.inner.slots.available_permits()
     }

@@ -82,7 +82,10 @@ impl Synth {
         if n + 1 >= self.pool.size() {
             return None;
         }
-        let a = Ipv4Addr::from(u32::from(self.pool.base) + n);
+        // The base aligned to its prefix, so that base + n stays inside the block (and
+        // cannot overflow) whatever a library caller passed.
+        let base = u32::from(self.pool.base) & !(self.pool.size() - 1);
+        let a = Ipv4Addr::from(base + n);
         self.by_name.insert(name.to_string(), a);
         self.by_addr.insert(a, name.to_string());
         Some(a)
