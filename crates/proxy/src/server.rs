@@ -371,13 +371,7 @@ impl Proxy {
                     let p = self.clone();
                     tokio::spawn(async move { p.serve(s, Some(Arc::new(slot))).await });
                 }
-                Err(e) if transient(&e) => {
-                    if out_of_resources(&e) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    continue;
-                }
-                Err(e) => return Err(ProxyError::Accept(e)),
+                Err(e) => accept_failed(e).await?,
             }
         }
     }
@@ -397,13 +391,7 @@ impl Proxy {
                     let p = self.clone();
                     tokio::spawn(async move { p.serve(s, Some(Arc::new(slot))).await });
                 }
-                Err(e) if transient(&e) => {
-                    if out_of_resources(&e) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    continue;
-                }
-                Err(e) => return Err(ProxyError::Accept(e)),
+                Err(e) => accept_failed(e).await?,
             }
         }
     }
@@ -461,6 +449,49 @@ impl Proxy {
             .await;
     }
 
+    /// For an HTTP request (explicit or transparent): authorizes `target`, connects to
+    /// a checked address, and records the decision in `audit`; a refusal comes back as
+    /// the response to send (403 with the fix, or 502), its record written.
+    async fn http_upstream(
+        &self,
+        target: &Target,
+        mut audit: Audit,
+        sink: &Arc<dyn AuditSink>,
+    ) -> Result<(TcpStream, Audit), Response<Body>> {
+        let (addrs, rule) = match self.authorize(target).await {
+            Authz::Allowed { addrs, rule } => (addrs, rule),
+            Authz::Denied(d) => {
+                audit.outcome(Decision::Deny, d.rule.clone(), Some(d.reason.clone()));
+                audit.finish(&**sink, (0, 0));
+                let body = format!("{d}\n");
+                self.deny(&d);
+                return Err(text_response(StatusCode::FORBIDDEN, body));
+            }
+            Authz::Failed { rule, reason } => {
+                audit.outcome(Decision::Error, Some(rule), Some(reason.clone()));
+                audit.finish(&**sink, (0, 0));
+                return Err(text_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("workfence: {reason}\n"),
+                ));
+            }
+        };
+        let upstream = match self.connect(target, &addrs).await {
+            Ok(s) => s,
+            Err(reason) => {
+                audit.outcome(Decision::Error, Some(rule), Some(reason.clone()));
+                audit.finish(&**sink, (0, 0));
+                return Err(text_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("workfence: {reason}\n"),
+                ));
+            }
+        };
+        audit.record.resolved = upstream.peer_addr().ok();
+        audit.outcome(Decision::Allow, Some(rule), None);
+        Ok((upstream, audit))
+    }
+
     fn check_auth(&self, headers: &HeaderMap) -> bool {
         use base64::Engine as _;
         let Some(expected) = &self.inner.expected_auth else {
@@ -512,31 +543,10 @@ impl Proxy {
             }
         };
         audit.target(&target);
-        let (addrs, rule) = match self.authorize(&target).await {
-            Authz::Allowed { addrs, rule } => (addrs, rule),
-            Authz::Denied(d) => {
-                audit.outcome(Decision::Deny, d.rule.clone(), Some(d.reason.clone()));
-                audit.finish(&*sink, (0, 0));
-                let body = format!("{d}\n");
-                self.deny(&d);
-                return text_response(StatusCode::FORBIDDEN, body);
-            }
-            Authz::Failed { rule, reason } => {
-                audit.outcome(Decision::Error, Some(rule), Some(reason.clone()));
-                audit.finish(&*sink, (0, 0));
-                return text_response(StatusCode::BAD_GATEWAY, format!("workfence: {reason}\n"));
-            }
+        let (upstream, audit) = match self.http_upstream(&target, audit, &sink).await {
+            Ok(x) => x,
+            Err(refusal) => return refusal,
         };
-        let upstream = match self.connect(&target, &addrs).await {
-            Ok(s) => s,
-            Err(reason) => {
-                audit.outcome(Decision::Error, Some(rule), Some(reason.clone()));
-                audit.finish(&*sink, (0, 0));
-                return text_response(StatusCode::BAD_GATEWAY, format!("workfence: {reason}\n"));
-            }
-        };
-        audit.record.resolved = upstream.peer_addr().ok();
-        audit.outcome(Decision::Allow, Some(rule), None);
         match self.handling(&target) {
             Handling::PassThrough if protocol == Protocol::Connect => {
                 tunnel_after_upgrade(req, upstream, audit, sink, slot)
@@ -883,6 +893,18 @@ fn transient(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionReset
             | std::io::ErrorKind::Interrupted
     ) || out_of_resources(e)
+}
+
+/// What a serve loop does when accept(2) fails: carry on after a transient error
+/// (waiting a little when fds or memory ran out), stop on any other.
+pub(crate) async fn accept_failed(e: std::io::Error) -> Result<(), ProxyError> {
+    if !transient(&e) {
+        return Err(ProxyError::Accept(e));
+    }
+    if out_of_resources(&e) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// accept(2) failing for lack of fds or memory: the proxy waits a little and accepts

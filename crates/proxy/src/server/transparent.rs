@@ -28,9 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[cfg(not(target_os = "linux"))]
 use super::TUNNEL_BUF;
-use super::{
-    forward, text_response, transient, Audit, Authz, Body, Handling, Proxy, ProxyError, Slot,
-};
+use super::{forward, text_response, Audit, Authz, Body, Handling, Proxy, ProxyError, Slot};
 use crate::audit::{Decision, Protocol};
 use crate::host::{normalize_name, Host, Target};
 use crate::io::{Counted, Counters};
@@ -76,13 +74,7 @@ impl Proxy {
                     let p = self.clone();
                     tokio::spawn(async move { p.transparent_conn(s, Some(Arc::new(slot))).await });
                 }
-                Err(e) if transient(&e) => {
-                    if super::out_of_resources(&e) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    continue;
-                }
-                Err(e) => return Err(ProxyError::Accept(e)),
+                Err(e) => super::accept_failed(e).await?,
             }
         }
     }
@@ -274,31 +266,10 @@ impl Proxy {
             audit.finish(&*sink, (0, 0));
             return text_response(StatusCode::BAD_REQUEST, format!("workfence: {reason}\n"));
         }
-        let (addrs, rule) = match self.authorize(&target).await {
-            Authz::Allowed { addrs, rule } => (addrs, rule),
-            Authz::Denied(d) => {
-                audit.outcome(Decision::Deny, d.rule.clone(), Some(d.reason.clone()));
-                audit.finish(&*sink, (0, 0));
-                let body = format!("{d}\n");
-                self.deny(&d);
-                return text_response(StatusCode::FORBIDDEN, body);
-            }
-            Authz::Failed { rule, reason } => {
-                audit.outcome(Decision::Error, Some(rule), Some(reason.clone()));
-                audit.finish(&*sink, (0, 0));
-                return text_response(StatusCode::BAD_GATEWAY, format!("workfence: {reason}\n"));
-            }
+        let (upstream, audit) = match self.http_upstream(&target, audit, &sink).await {
+            Ok(x) => x,
+            Err(refusal) => return refusal,
         };
-        let upstream = match self.connect(&target, &addrs).await {
-            Ok(s) => s,
-            Err(reason) => {
-                audit.outcome(Decision::Error, Some(rule), Some(reason.clone()));
-                audit.finish(&*sink, (0, 0));
-                return text_response(StatusCode::BAD_GATEWAY, format!("workfence: {reason}\n"));
-            }
-        };
-        audit.record.resolved = upstream.peer_addr().ok();
-        audit.outcome(Decision::Allow, Some(rule), None);
         match self.handling(&target) {
             Handling::PassThrough => forward(req, &target, upstream, audit, sink, slot).await,
         }
