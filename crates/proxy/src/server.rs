@@ -359,37 +359,46 @@ impl Proxy {
     /// Serves connections accepted on a TCP listener (loopback, for tests and for the
     /// platforms that reach the proxy over a loopback port). Runs until accept fails.
     pub async fn serve_tcp(&self, listener: TcpListener) -> Result<(), ProxyError> {
-        let slots = self.inner.slots.clone();
-        loop {
-            // acquire fails only on a closed semaphore, and this one is never closed.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return Ok(());
-            };
-            match listener.accept().await {
-                Ok((s, _)) => {
-                    let _ = s.set_nodelay(true);
-                    let p = self.clone();
-                    tokio::spawn(async move { p.serve(s, Some(Arc::new(slot))).await });
-                }
-                Err(e) => accept_failed(e).await?,
-            }
-        }
+        self.accept_loop(
+            &listener,
+            |p, s, slot| async move { p.serve(s, slot).await },
+        )
+        .await
     }
 
     /// Serves connections accepted on a unix listener (the supervisor's bridge hands each
     /// sandbox connection over one). Runs until accept fails.
     #[cfg(unix)]
     pub async fn serve_unix(&self, listener: tokio::net::UnixListener) -> Result<(), ProxyError> {
+        self.accept_loop(
+            &listener,
+            |p, s, slot| async move { p.serve(s, slot).await },
+        )
+        .await
+    }
+
+    /// The serve loops' common part: one connection slot per accepted connection (the
+    /// run's shared budget; past it connections wait in the listen backlog), each served
+    /// on its own task by `handle`, until accept fails for good.
+    pub(crate) async fn accept_loop<L, F, Fut>(
+        &self,
+        listener: &L,
+        handle: F,
+    ) -> Result<(), ProxyError>
+    where
+        L: Accept,
+        F: Fn(Proxy, L::Stream, Slot) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let slots = self.inner.slots.clone();
         loop {
             // acquire fails only on a closed semaphore, and this one is never closed.
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return Ok(());
             };
-            match listener.accept().await {
-                Ok((s, _)) => {
-                    let p = self.clone();
-                    tokio::spawn(async move { p.serve(s, Some(Arc::new(slot))).await });
+            match listener.accept_one().await {
+                Ok(s) => {
+                    tokio::spawn(handle(self.clone(), s, Some(Arc::new(slot))));
                 }
                 Err(e) => accept_failed(e).await?,
             }
@@ -895,9 +904,36 @@ fn transient(e: &std::io::Error) -> bool {
     ) || out_of_resources(e)
 }
 
+/// A listener the serve loops accept from.
+pub(crate) trait Accept {
+    /// The accepted connection.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Accepts one connection.
+    fn accept_one(&self)
+        -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn accept_one(&self) -> std::io::Result<TcpStream> {
+        let (s, _) = self.accept().await?;
+        // Proxied request/response exchanges must not wait for Nagle.
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+#[cfg(unix)]
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<tokio::net::UnixStream> {
+        Ok(self.accept().await?.0)
+    }
+}
+
 /// What a serve loop does when accept(2) fails: carry on after a transient error
 /// (waiting a little when fds or memory ran out), stop on any other.
-pub(crate) async fn accept_failed(e: std::io::Error) -> Result<(), ProxyError> {
+async fn accept_failed(e: std::io::Error) -> Result<(), ProxyError> {
     if !transient(&e) {
         return Err(ProxyError::Accept(e));
     }

@@ -12,7 +12,6 @@
 //! HTTP on port 80 is served request by request, with the Host header checked.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -62,21 +61,10 @@ impl Proxy {
     /// checked.
     pub async fn serve_transparent(&self, listener: TcpListener) -> Result<(), ProxyError> {
         // The same slots as the explicit listeners: one budget per run.
-        let slots = self.inner.slots.clone();
-        loop {
-            // acquire fails only on a closed semaphore, and this one is never closed.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return Ok(());
-            };
-            match listener.accept().await {
-                Ok((s, _)) => {
-                    let _ = s.set_nodelay(true);
-                    let p = self.clone();
-                    tokio::spawn(async move { p.transparent_conn(s, Some(Arc::new(slot))).await });
-                }
-                Err(e) => super::accept_failed(e).await?,
-            }
-        }
+        self.accept_loop(&listener, |p, s, slot| async move {
+            p.transparent_conn(s, slot).await
+        })
+        .await
     }
 
     /// The destination a transparent connection was made to: the name behind a
